@@ -1,0 +1,81 @@
+"""Compiled contract artifacts (committed under ``contracts/artifacts``) and their errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+
+ARTIFACT_DIR = Path(__file__).resolve().parents[2] / "contracts" / "artifacts"
+
+_ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
+_PANIC = bytes.fromhex("4e487b71")  # Panic(uint256)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Artifact:
+    name: str
+    abi: list[dict[str, Any]]
+    bytecode: str
+
+
+@cache
+def load_artifact(name: str) -> Artifact:
+    data = json.loads((ARTIFACT_DIR / f"{name}.json").read_text())
+    return Artifact(name=name, abi=data["abi"], bytecode=data["bytecode"])
+
+
+def _abi_type(param: dict[str, Any]) -> str:
+    if param["type"].startswith("tuple"):
+        inner = ",".join(_abi_type(c) for c in param["components"])
+        return f"({inner}){param['type'][5:]}"
+    return str(param["type"])
+
+
+@cache
+def _error_table(name: str) -> dict[bytes, tuple[str, list[str], list[str]]]:
+    table: dict[bytes, tuple[str, list[str], list[str]]] = {}
+    for item in load_artifact(name).abi:
+        if item["type"] != "error":
+            continue
+        types = [_abi_type(p) for p in item["inputs"]]
+        selector = function_signature_to_4byte_selector(f"{item['name']}({','.join(types)})")
+        table[selector] = (item["name"], [p["name"] for p in item["inputs"]], types)
+    return table
+
+
+def decode_revert(data: bytes | str | None, contract: str = "InferenceCoordinator") -> str:
+    """Turn revert data into a readable reason such as ``SeatsFull(requestId=3)``."""
+    raw = bytes.fromhex(data[2:] if data.startswith("0x") else data) if isinstance(data, str) else data
+    if not raw or len(raw) < 4:
+        return "reverted without a reason"
+    selector, body = raw[:4], raw[4:]
+    if selector == _ERROR_STRING:
+        return str(abi_decode(["string"], body)[0])
+    if selector == _PANIC:
+        return f"Panic(0x{abi_decode(['uint256'], body)[0]:02x})"
+    known = _error_table(contract).get(selector)
+    if known is None:
+        return f"unknown error 0x{raw.hex()}"
+    error_name, names, types = known
+    values = abi_decode(types, body)
+    args = ", ".join(f"{n}={_show(v, t)}" for n, v, t in zip(names, values, types, strict=True))
+    return f"{error_name}({args})"
+
+
+def error_name(data: bytes | str | None, contract: str = "InferenceCoordinator") -> str:
+    """Just the custom error's name of a revert (``SeatsFull``)."""
+    return decode_revert(data, contract).split("(", 1)[0]
+
+
+def _show(value: object, abi_type: str) -> str:
+    if abi_type == "address":
+        return to_checksum_address(str(value))
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value)

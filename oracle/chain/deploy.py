@@ -1,0 +1,45 @@
+"""Deploying the coordinator (and the example consumer) to a chain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eth_typing import ChecksumAddress
+from web3 import Web3
+
+from oracle.chain.artifacts import load_artifact
+
+DEFAULT_REVEAL_WINDOW_S = 30
+DEFAULT_DISPUTE_WINDOW_S = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deployment:
+    coordinator: ChecksumAddress
+    consumer: ChecksumAddress
+
+
+def deploy_contract(w3: Web3, name: str, *args: Any, sender: ChecksumAddress) -> ChecksumAddress:
+    """Deploy from an account the node (anvil) holds unlocked and wait for the receipt."""
+    artifact = load_artifact(name)
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    tx_hash = factory.constructor(*args).transact({"from": sender})
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash)
+    if receipt["status"] != 1 or receipt["contractAddress"] is None:
+        raise RuntimeError(f"deploying {name} failed in {tx_hash.hex()}")
+    return Web3.to_checksum_address(receipt["contractAddress"])
+
+
+def deploy_all(
+    w3: Web3,
+    *,
+    sender: ChecksumAddress,
+    reveal_window_s: int = DEFAULT_REVEAL_WINDOW_S,
+    dispute_window_s: int = DEFAULT_DISPUTE_WINDOW_S,
+) -> Deployment:
+    coordinator = deploy_contract(
+        w3, "InferenceCoordinator", reveal_window_s, dispute_window_s, sender=sender
+    )
+    consumer = deploy_contract(w3, "ExampleConsumer", coordinator, sender=sender)
+    return Deployment(coordinator=coordinator, consumer=consumer)

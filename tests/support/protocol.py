@@ -1,0 +1,209 @@
+"""Drives the coordinator contract from tests: requests, commits, reveals, disputes, finalize."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from eth_typing import ChecksumAddress
+from web3 import Web3
+from web3.contract import Contract
+from web3.exceptions import ContractLogicError
+from web3.logs import DISCARD
+
+from oracle.chain.artifacts import decode_revert, load_artifact
+from oracle.chain.commitment import commitment_hash, new_salt
+from oracle.chain.deploy import deploy_contract
+
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+MODEL = "SmolLM2-135M-Instruct-Q4_1"
+DIM_BYTES = 48
+REVEAL_WINDOW_S = 30
+DISPUTE_WINDOW_S = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    request_id: int
+    oracle: ChecksumAddress
+    output: str
+    model_index: int
+    bits: bytes
+    salt: bytes
+
+
+def random_bits(rng: Any, length: int = DIM_BYTES) -> bytes:
+    return bytes(rng.getrandbits(8) for _ in range(length))
+
+
+def flip_bits(bits: bytes, positions: Sequence[int]) -> bytes:
+    value = int.from_bytes(bits, "big")
+    for p in positions:
+        value ^= 1 << p
+    return value.to_bytes(len(bits), "big")
+
+
+def frame(**overrides: Any) -> tuple[Any, ...]:
+    values = {
+        "quorum": 3,
+        "maxTimeMs": 30_000,
+        "secDistance": 3500,
+        "secPercentage": 6700,
+        "embeddingModel": EMBEDDING_MODEL,
+    }
+    values.update(overrides)
+    return (
+        values["quorum"],
+        values["maxTimeMs"],
+        values["secDistance"],
+        values["secPercentage"],
+        values["embeddingModel"],
+    )
+
+
+def revert_reason(call: Callable[[], Any]) -> str:
+    """Run a contract call expected to revert and return its decoded reason."""
+    with pytest.raises(ContractLogicError) as caught:
+        call()
+    return decode_revert(caught.value.data)  # type: ignore[arg-type]
+
+
+@dataclass(kw_only=True)
+class Protocol:
+    w3: Web3
+    coordinator: Contract
+    owner: ChecksumAddress
+    requester: ChecksumAddress
+    oracles: list[ChecksumAddress]
+    gas_used: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def deploy(cls, w3: Web3) -> Protocol:
+        accounts = [Web3.to_checksum_address(a) for a in w3.eth.accounts]
+        owner, requester, oracles = accounts[0], accounts[1], accounts[2:]
+        address = deploy_contract(
+            w3, "InferenceCoordinator", REVEAL_WINDOW_S, DISPUTE_WINDOW_S, sender=owner
+        )
+        coordinator = w3.eth.contract(address=address, abi=load_artifact("InferenceCoordinator").abi)
+        return cls(w3=w3, coordinator=coordinator, owner=owner, requester=requester, oracles=oracles)
+
+    def deploy_helper(self, name: str, *args: Any) -> Contract:
+        address = deploy_contract(self.w3, name, *args, sender=self.owner)
+        return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
+
+    def transact(self, label: str, call: Any, sender: ChecksumAddress, **tx: Any) -> Any:
+        tx_hash = call.transact({"from": sender, **tx})
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash)
+        assert receipt["status"] == 1, f"{label} failed"
+        self.gas_used.setdefault(label, []).append(receipt["gasUsed"])
+        return receipt
+
+    def events(self, receipt: Any, name: str) -> tuple[Any, ...]:
+        """The coordinator's events of one kind in a receipt (other contracts' logs skipped)."""
+        event = getattr(self.coordinator.events, name)()
+        return tuple(event.process_receipt(receipt, errors=DISCARD))
+
+    # --- time ---------------------------------------------------------------
+
+    def now(self) -> int:
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def advance(self, seconds: int) -> None:
+        self.w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+        self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+    # --- protocol steps -----------------------------------------------------
+
+    def register_oracles(self, count: int, stake: int = 0) -> list[ChecksumAddress]:
+        chosen = self.oracles[:count]
+        for oracle in chosen:
+            self.transact("register", self.coordinator.functions.register(), oracle, value=stake)
+        return chosen
+
+    def request_call(
+        self,
+        *,
+        prompt: str = "What is the capital of France?",
+        models: Sequence[str] = (MODEL,),
+        temperature: int = 700,
+        max_tokens: int = 64,
+        callback: str = "0x0000000000000000000000000000000000000000",
+        callback_gas: int = 0,
+        **frame_overrides: Any,
+    ) -> Any:
+        return self.coordinator.functions.requestInference(
+            prompt, list(models), temperature, max_tokens, frame(**frame_overrides), callback, callback_gas
+        )
+
+    def request(self, *, fee: int = 10**15, **kwargs: Any) -> int:
+        receipt = self.transact("request", self.request_call(**kwargs), self.requester, value=fee)
+        (event,) = self.events(receipt, "InferenceRequested")
+        return int(event["args"]["requestId"])
+
+    def commit(
+        self, oracle: ChecksumAddress, request_id: int, output: str, bits: bytes, model_index: int = 0
+    ) -> Answer:
+        answer = Answer(
+            request_id=request_id,
+            oracle=oracle,
+            output=output,
+            model_index=model_index,
+            bits=bits,
+            salt=new_salt(),
+        )
+        self.transact("commit", self.coordinator.functions.commit(request_id, self.commitment(answer)), oracle)
+        return answer
+
+    @staticmethod
+    def commitment(answer: Answer) -> bytes:
+        return commitment_hash(
+            request_id=answer.request_id,
+            oracle=answer.oracle,
+            output=answer.output,
+            model_index=answer.model_index,
+            embedding_bits=answer.bits,
+            salt=answer.salt,
+        )
+
+    def reveal_call(self, answer: Answer) -> Any:
+        return self.coordinator.functions.reveal(
+            answer.request_id, answer.output, answer.model_index, answer.bits, answer.salt
+        )
+
+    def reveal(self, answer: Answer) -> Any:
+        return self.transact("reveal", self.reveal_call(answer), answer.oracle)
+
+    def dispute(self, disputer: ChecksumAddress, request_id: int, accused: ChecksumAddress) -> Any:
+        return self.transact("dispute", self.coordinator.functions.dispute(request_id, accused), disputer)
+
+    def close_disputes(self, request_id: int) -> None:
+        closes_at = self.coordinator.functions.disputeDeadline(request_id).call()
+        self.advance(max(0, closes_at - self.now()) + 1)
+
+    def finalize_call(self, request_id: int, seat_bits: Sequence[bytes], winner_output: str) -> Any:
+        return self.coordinator.functions.finalize(request_id, list(seat_bits), winner_output)
+
+    def finalize(
+        self, request_id: int, seat_bits: Sequence[bytes], winner_output: str, **tx: Any
+    ) -> Any:
+        return self.transact(
+            "finalize", self.finalize_call(request_id, seat_bits, winner_output), self.owner, **tx
+        )
+
+    def balance(self, address: str) -> int:
+        return int(self.w3.eth.get_balance(Web3.to_checksum_address(address)))
+
+    def run_round(self, request_id: int, answers: Sequence[tuple[ChecksumAddress, str, bytes]]) -> list[Answer]:
+        """Commit and reveal every (oracle, output, bits) in order; returns the answers by seat."""
+        committed = [self.commit(o, request_id, out, bits) for o, out, bits in answers]
+        if len(committed) < self.coordinator.functions.getRequest(request_id).call()[2]:
+            self.advance(self.commit_time_left(request_id) + 1)
+        for answer in committed:
+            self.reveal(answer)
+        return committed
+
+    def commit_time_left(self, request_id: int) -> int:
+        commit_deadline = self.coordinator.functions.getRequest(request_id).call()[1]
+        return max(0, int(commit_deadline) - self.now())
