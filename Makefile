@@ -1,0 +1,51 @@
+# Everything runs from the project's own virtualenv and node_modules; `make setup`
+# builds them once and stamps each step, so reruns only redo what changed.
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Pinned and installed first: left to the resolver, torch pulls a multi-GB CUDA build.
+TORCH_SPEC := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup test dev lint bench
+
+setup: $(VENV)/.stamp-python-deps node_modules/.stamp-npm
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.stamp-torch: | $(PY)
+	$(PIP) install '$(TORCH_SPEC)'
+	touch $@
+
+$(VENV)/.stamp-python-deps: pyproject.toml $(VENV)/.stamp-torch
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+$(VENV)/.stamp-bench-deps: pyproject.toml $(VENV)/.stamp-python-deps
+	$(PIP) install -e '.[dev,bench]'
+	touch $@
+
+node_modules/.stamp-npm: package.json $(wildcard package-lock.json)
+	if [ -f package-lock.json ]; then npm ci; else npm install; fi
+	touch $@
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+dev: setup
+	$(VENV)/bin/oracle dev
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+bench: setup $(VENV)/.stamp-bench-deps
+	@set -e; for script in bench/*.py; do \
+		[ -e "$$script" ] || continue; \
+		echo "== $$script"; \
+		$(PY) "$$script"; \
+	done

@@ -1,0 +1,37 @@
+"""The node's tables, one module per concern; importing this registers them all."""
+
+from oracle.store.models.base import Base
+from oracle.store.models.chain import ChainBlock, ChainCheckpoint, ChainEvent
+from oracle.store.models.outbox import TX_KINDS, TX_STATUSES, OutgoingTx, TxKind, TxStatus
+from oracle.store.models.queue import JOB_KINDS, JOB_STATUSES, Job, JobKind, JobStatus
+from oracle.store.models.requests import (
+    OPEN_REQUEST_PHASES,
+    REQUEST_PHASES,
+    Answer,
+    Request,
+    RequestPhase,
+    Seat,
+)
+
+__all__ = [
+    "JOB_KINDS",
+    "JOB_STATUSES",
+    "OPEN_REQUEST_PHASES",
+    "REQUEST_PHASES",
+    "TX_KINDS",
+    "TX_STATUSES",
+    "Answer",
+    "Base",
+    "ChainBlock",
+    "ChainCheckpoint",
+    "ChainEvent",
+    "Job",
+    "JobKind",
+    "JobStatus",
+    "OutgoingTx",
+    "Request",
+    "RequestPhase",
+    "Seat",
+    "TxKind",
+    "TxStatus",
+]

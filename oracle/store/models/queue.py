@@ -1,0 +1,72 @@
+"""The job queue: inference, embedding and verification work for the worker pools."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, SmallInteger, Text, func, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from oracle.store.models.base import Base
+from oracle.store.types import Uint256, one_of
+
+JobKind = Literal["inference", "embedding", "verification"]
+JobStatus = Literal["queued", "running", "done", "failed", "dead", "expired"]
+JOB_KINDS: tuple[JobKind, ...] = get_args(JobKind)
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+
+
+class Job(Base):
+    """A unit of work; claimed in ``ORDER BY priority, deadline, id`` (lower priority first).
+
+    ``request_id`` deliberately has no foreign key, so benchmarks and maintenance jobs
+    can be queued without a request row.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(one_of("kind", JOB_KINDS), name="kind"),
+        CheckConstraint(one_of("status", JOB_STATUSES), name="status"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        CheckConstraint("max_attempts >= 1", name="max_attempts"),
+        # A running job always has an owner and a lease that can run out.
+        CheckConstraint(
+            "status <> 'running' OR (worker_id IS NOT NULL AND lease_expires_at IS NOT NULL)",
+            name="running_has_lease",
+        ),
+        # Serves the claim query: its WHERE and ORDER BY, nothing else.
+        Index(
+            "ix_jobs_queued_claim_order",
+            "priority",
+            "deadline",
+            "id",
+            postgresql_where=text("status = 'queued'"),
+        ),
+        # Serves lease reclaim: running jobs whose lease ran out.
+        Index(
+            "ix_jobs_running_lease_expires_at",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index("ix_jobs_request_id", "request_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[JobKind] = mapped_column(Text)
+    request_id: Mapped[int | None] = mapped_column(Uint256)
+    model: Mapped[str | None]
+    priority: Mapped[int] = mapped_column(SmallInteger)
+    deadline: Mapped[datetime]
+    status: Mapped[JobStatus] = mapped_column(Text, server_default="queued")
+    payload: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    result: Mapped[dict[str, Any] | None]
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    max_attempts: Mapped[int] = mapped_column(Integer, server_default=text("3"))
+    run_after: Mapped[datetime] = mapped_column(server_default=func.now())
+    lease_expires_at: Mapped[datetime | None]
+    worker_id: Mapped[str | None]
+    heartbeat_at: Mapped[datetime | None]
+    last_error: Mapped[str | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]

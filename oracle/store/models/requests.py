@@ -1,0 +1,153 @@
+"""Inference requests as the chain describes them, their seats and this node's answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, get_args
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Mapped, mapped_column
+
+from oracle.store.models.base import Base
+from oracle.store.types import Uint256, address, between, byte_length, one_of, uint256
+
+RequestPhase = Literal[
+    "requested", "committing", "revealing", "finalizing", "finalized", "failed", "skipped"
+]
+REQUEST_PHASES: tuple[RequestPhase, ...] = get_args(RequestPhase)
+OPEN_REQUEST_PHASES: tuple[RequestPhase, ...] = (
+    "requested",
+    "committing",
+    "revealing",
+    "finalizing",
+)
+
+_UINT16_MAX = 2**16 - 1
+_UINT32_MAX = 2**32 - 1
+_BASIS_POINTS = 10_000
+
+
+class Request(Base):
+    """One ``InferenceRequested`` and where it stands for this node.
+
+    Numeric fields keep their on-chain units (thousandths, basis points, ms, wei);
+    the contract validates meaning, the checks here only the on-chain type ranges.
+    """
+
+    __tablename__ = "requests"
+    __table_args__ = (
+        CheckConstraint(uint256("id"), name="id"),
+        CheckConstraint(address("requester"), name="requester"),
+        CheckConstraint("cardinality(accepted_models) >= 1", name="accepted_models"),
+        CheckConstraint(between("temperature_milli", 0, _UINT16_MAX), name="temperature_milli"),
+        CheckConstraint(between("max_tokens", 0, _UINT32_MAX), name="max_tokens"),
+        CheckConstraint(between("quorum", 1, 255), name="quorum"),
+        CheckConstraint(between("max_time_ms", 0, _UINT32_MAX), name="max_time_ms"),
+        CheckConstraint(between("sec_distance_bp", 0, _BASIS_POINTS), name="sec_distance_bp"),
+        CheckConstraint(between("sec_percentage_bp", 0, _BASIS_POINTS), name="sec_percentage_bp"),
+        CheckConstraint(address("callback"), name="callback"),
+        CheckConstraint(between("callback_gas_limit", 0, _UINT32_MAX), name="callback_gas_limit"),
+        CheckConstraint(uint256("fee_wei"), name="fee_wei"),
+        CheckConstraint("reveal_deadline >= commit_deadline", name="deadlines"),
+        CheckConstraint("block_number >= 0", name="block_number"),
+        CheckConstraint(one_of("phase", REQUEST_PHASES), name="phase"),
+        Index("ix_requests_block_number", "block_number"),
+        # The scheduler's scan for requests that still need a step, by deadline.
+        Index(
+            "ix_requests_open_commit_deadline",
+            "commit_deadline",
+            postgresql_where=text(one_of("phase", OPEN_REQUEST_PHASES)),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Uint256, primary_key=True, autoincrement=False)
+    requester: Mapped[str]
+    prompt: Mapped[str]
+    accepted_models: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    temperature_milli: Mapped[int] = mapped_column(Integer)
+    max_tokens: Mapped[int] = mapped_column(BigInteger)
+    quorum: Mapped[int] = mapped_column(SmallInteger)
+    max_time_ms: Mapped[int] = mapped_column(BigInteger)
+    sec_distance_bp: Mapped[int] = mapped_column(Integer)
+    sec_percentage_bp: Mapped[int] = mapped_column(Integer)
+    embedding_model: Mapped[str]
+    callback: Mapped[str | None] = mapped_column(comment="NULL when no consumer contract")
+    callback_gas_limit: Mapped[int] = mapped_column(BigInteger)
+    fee_wei: Mapped[int] = mapped_column(Uint256)
+    commit_deadline: Mapped[datetime]
+    reveal_deadline: Mapped[datetime]
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    phase: Mapped[RequestPhase] = mapped_column(Text, server_default="requested")
+    outcome_reason: Mapped[str | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class Seat(Base):
+    """One node's seat on a request: its commitment and, once revealed, its answer."""
+
+    __tablename__ = "seats"
+    __table_args__ = (
+        UniqueConstraint("request_id", "oracle"),
+        CheckConstraint("seat_no >= 0", name="seat_no"),
+        CheckConstraint(address("oracle"), name="oracle"),
+        CheckConstraint(byte_length("commitment", 32), name="commitment"),
+        CheckConstraint("model_index >= 0", name="model_index"),
+        CheckConstraint("commit_block_number >= 0", name="commit_block_number"),
+        # A reveal arrives whole: output, model and bits together, or none of them.
+        CheckConstraint(
+            "(revealed_output IS NULL) = (model_index IS NULL)"
+            " AND (revealed_output IS NULL) = (embedding_bits IS NULL)"
+            " AND (revealed_output IS NULL) = (reveal_block_number IS NULL)",
+            name="reveal_complete",
+        ),
+    )
+
+    request_id: Mapped[int] = mapped_column(
+        Uint256, ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True
+    )
+    seat_no: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    oracle: Mapped[str]
+    commitment: Mapped[bytes]
+    commit_block_number: Mapped[int] = mapped_column(BigInteger)
+    revealed_output: Mapped[str | None]
+    model_index: Mapped[int | None] = mapped_column(SmallInteger)
+    embedding_bits: Mapped[bytes | None]
+    reveal_block_number: Mapped[int | None] = mapped_column(BigInteger)
+    excluded: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+
+
+class Answer(Base):
+    """This node's own answer; stored, salt included, before the commit is sent."""
+
+    __tablename__ = "answers"
+    __table_args__ = (
+        CheckConstraint("model_index >= 0", name="model_index"),
+        CheckConstraint(byte_length("salt", 32), name="salt"),
+        CheckConstraint(byte_length("commitment", 32), name="commitment"),
+    )
+
+    request_id: Mapped[int] = mapped_column(
+        Uint256, ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str]
+    model_index: Mapped[int] = mapped_column(SmallInteger)
+    output: Mapped[str]
+    embedding_bits: Mapped[bytes]
+    salt: Mapped[bytes]
+    seed: Mapped[int] = mapped_column(BigInteger)
+    commitment: Mapped[bytes]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -1,0 +1,1 @@
+"""Helpers behind the shared fixtures: a local anvil chain and throwaway Postgres databases."""
