@@ -34,25 +34,27 @@ contract InferenceCoordinator {
         NoConsensus
     }
 
+    /// @dev packed so that commit and reveal touch one slot of it (slot 0), and a request
+    ///      without a consumer writes no slot 2; timestamps in uint40 last until year 36812
     struct Request {
-        // slot 0
-        address requester;
-        uint64 commitDeadline;
+        // slot 0: the phase state and the consensus parameters
+        uint40 commitDeadline;
+        uint40 revealDeadline;
+        uint40 lastRevealAt;
         uint8 quorum;
         uint8 seatCount;
         uint8 revealCount;
         Status status;
-        // slot 1
-        address callback;
-        uint32 callbackGasLimit;
-        uint64 lastRevealAt;
-        // slot 2
-        uint128 fee;
-        uint64 revealDeadline;
-        uint16 secDistance;
-        uint16 secPercentage;
         uint16 dimBits;
         uint8 modelCount;
+        uint16 secDistance;
+        uint16 secPercentage;
+        // slot 1
+        address requester;
+        uint96 fee;
+        // slot 2
+        address callback;
+        uint32 callbackGasLimit;
         // slots 3..
         string[] acceptedModels;
     }
@@ -64,10 +66,6 @@ contract InferenceCoordinator {
         uint16 disputedBy; // bit j set when seat j disputed this reveal
     }
 
-    struct SeatHashes {
-        bytes32 commitment; // replaced by keccak256(embeddingBits) once revealed
-        bytes32 outputHash;
-    }
 
     struct Oracle {
         uint128 stake;
@@ -98,16 +96,17 @@ contract InferenceCoordinator {
     error UnknownEmbeddingModel(string embeddingModel);
     error CallbackGasTooHigh(uint32 callbackGasLimit, uint32 maxCallbackGas);
     error FeeTooLow(uint256 sent, uint256 required);
+    error FeeTooHigh(uint256 sent, uint256 maxFee);
 
     error UnknownRequest(uint256 requestId);
     error RequestClosed(uint256 requestId);
     error EmptyCommitment();
-    error CommitPhaseOver(uint256 requestId, uint64 commitDeadline);
+    error CommitPhaseOver(uint256 requestId, uint40 commitDeadline);
     error SeatsFull(uint256 requestId);
     error AlreadyCommitted(uint256 requestId, address oracle);
     error NotCommitted(uint256 requestId, address oracle);
     error RevealNotOpen(uint256 requestId);
-    error RevealPhaseOver(uint256 requestId, uint64 revealDeadline);
+    error RevealPhaseOver(uint256 requestId, uint40 revealDeadline);
     error AlreadyRevealed(uint256 requestId, address oracle);
     error InvalidModelIndex(uint8 modelIndex, uint8 modelCount);
     error InvalidEmbeddingLength(uint256 length, uint256 expected);
@@ -115,10 +114,10 @@ contract InferenceCoordinator {
     error NotARevealer(uint256 requestId, address oracle);
     error SelfDispute();
     error AlreadyDisputed(uint256 requestId, address accused, address disputer);
-    error DisputeWindowClosed(uint256 requestId, uint64 closedAt);
-    error FinalizeTooEarly(uint256 requestId, uint64 opensAfter);
+    error DisputeWindowClosed(uint256 requestId, uint40 closedAt);
+    error FinalizeTooEarly(uint256 requestId, uint40 opensAfter);
     error SeatCountMismatch(uint256 given, uint256 seats);
-    error EmbeddingMismatch(uint256 seat);
+    error RevealMismatch(uint256 seat);
     error WinnerOutputMismatch(uint256 requestId, uint256 winnerSeat);
     error InsufficientGasForCallback(uint256 available, uint256 required);
 
@@ -143,7 +142,7 @@ contract InferenceCoordinator {
         uint64 revealDeadline,
         uint32 disputeWindow
     );
-    event Committed(uint256 indexed requestId, address indexed oracle, uint8 seat);
+    event Committed(uint256 indexed requestId, address indexed oracle, uint8 seat, bytes32 commitment);
     event Revealed(
         uint256 indexed requestId,
         address indexed oracle,
@@ -189,7 +188,8 @@ contract InferenceCoordinator {
 
     mapping(uint256 => Request) private _requests;
     mapping(uint256 => Seat[16]) private _seats;
-    mapping(uint256 => SeatHashes[16]) private _seatHashes;
+    /// @dev the commitment until the seat reveals, then keccak256(abi.encode(outputHash, keccak256(bits)))
+    mapping(uint256 => bytes32[16]) private _seatHashes;
 
     bool private transient _entered;
 
@@ -279,10 +279,11 @@ contract InferenceCoordinator {
         uint16 dimBits = _validateRequest(prompt, acceptedModels, temperature, maxTokens, frame, callbackGasLimit);
         uint256 requiredFee = minFeePerSeat * frame.quorum;
         if (msg.value < requiredFee) revert FeeTooLow(msg.value, requiredFee);
+        if (msg.value > type(uint96).max) revert FeeTooHigh(msg.value, type(uint96).max);
 
         requestId = nextRequestId++;
-        uint64 commitDeadline = uint64(block.timestamp + (uint256(frame.maxTimeMs) + 999) / 1000);
-        uint64 revealDeadline = commitDeadline + revealWindow;
+        uint40 commitDeadline = uint40(block.timestamp + (uint256(frame.maxTimeMs) + 999) / 1000);
+        uint40 revealDeadline = commitDeadline + revealWindow;
 
         Request storage request = _requests[requestId];
         request.requester = msg.sender;
@@ -293,7 +294,7 @@ contract InferenceCoordinator {
             request.callback = callback;
             request.callbackGasLimit = callbackGasLimit;
         }
-        request.fee = uint128(msg.value);
+        request.fee = uint96(msg.value);
         request.revealDeadline = revealDeadline;
         request.secDistance = frame.secDistance;
         request.secPercentage = frame.secPercentage;
@@ -359,9 +360,9 @@ contract InferenceCoordinator {
         if (_findSeat(requestId, seatCount, msg.sender) < 16) revert AlreadyCommitted(requestId, msg.sender);
 
         _seats[requestId][seatCount].oracle = msg.sender;
-        _seatHashes[requestId][seatCount].commitment = commitment;
+        _seatHashes[requestId][seatCount] = commitment;
         request.seatCount = seatCount + 1;
-        emit Committed(requestId, msg.sender, seatCount);
+        emit Committed(requestId, msg.sender, seatCount, commitment);
     }
 
     // ------------------------------------------------------------------ reveal
@@ -386,15 +387,14 @@ contract InferenceCoordinator {
         }
         bytes32 outputHash = keccak256(bytes(output));
         bytes32 expected = keccak256(abi.encode(requestId, msg.sender, outputHash, modelIndex, embeddingBits, salt));
-        SeatHashes storage hashes = _seatHashes[requestId][seatNo];
-        if (hashes.commitment != expected) revert CommitmentMismatch(requestId, msg.sender);
+        bytes32[16] storage hashes = _seatHashes[requestId];
+        if (hashes[seatNo] != expected) revert CommitmentMismatch(requestId, msg.sender);
 
         seat.revealed = true;
         seat.modelIndex = modelIndex;
-        hashes.commitment = keccak256(embeddingBits);
-        hashes.outputHash = outputHash;
+        hashes[seatNo] = _revealHash(outputHash, embeddingBits);
         request.revealCount += 1;
-        request.lastRevealAt = uint64(block.timestamp);
+        request.lastRevealAt = uint40(block.timestamp);
         emit Revealed(requestId, msg.sender, uint8(seatNo), output, modelIndex, embeddingBits);
     }
 
@@ -403,7 +403,7 @@ contract InferenceCoordinator {
     function dispute(uint256 requestId, address accused) external {
         Request storage request = _openRequest(requestId);
         if (accused == msg.sender) revert SelfDispute();
-        uint64 closesAt = _disputeDeadline(request);
+        uint40 closesAt = _disputeDeadline(request);
         if (request.revealCount == 0 || block.timestamp > closesAt) revert DisputeWindowClosed(requestId, closesAt);
         uint256 disputerSeat = _revealedSeat(requestId, request.seatCount, msg.sender);
         uint256 accusedSeat = _revealedSeat(requestId, request.seatCount, accused);
@@ -416,9 +416,17 @@ contract InferenceCoordinator {
 
     // ------------------------------------------------------------------ finalize
 
+    /// @notice Settles a request once its dispute window has closed; anyone may call it.
     /// @param bits the revealed embedding of every seat in seat order (empty for seats that never revealed)
+    /// @param outputHashes keccak256 of every seat's revealed output in seat order (zero when unrevealed)
     /// @param winnerOutput the winning reveal's output text; ignored when consensus fails
-    function finalize(uint256 requestId, bytes[] calldata bits, string calldata winnerOutput) external nonReentrant {
+    /// @dev the reveals' data comes as calldata and is checked against one stored hash per seat
+    function finalize(
+        uint256 requestId,
+        bytes[] calldata bits,
+        bytes32[] calldata outputHashes,
+        string calldata winnerOutput
+    ) external nonReentrant {
         Request storage request = _openRequest(requestId);
         uint256 seatCount = request.seatCount;
         if (seatCount == 0) {
@@ -428,22 +436,23 @@ contract InferenceCoordinator {
             _fail(requestId, request, FailureReason.NoCommits);
             return;
         }
-        uint64 closesAt = _disputeDeadline(request);
+        uint40 closesAt = _disputeDeadline(request);
         if (block.timestamp <= closesAt) revert FinalizeTooEarly(requestId, closesAt);
         if (request.revealCount == 0) {
             _fail(requestId, request, FailureReason.NoReveals);
             return;
         }
         if (bits.length != seatCount) revert SeatCountMismatch(bits.length, seatCount);
+        if (outputHashes.length != seatCount) revert SeatCountMismatch(outputHashes.length, seatCount);
 
-        uint256 eligible = _eligibleSeats(requestId, request, bits);
+        uint256 eligible = _eligibleSeats(requestId, request, bits, outputHashes);
         ConsensusLib.Result memory result =
             ConsensusLib.cluster(bits, eligible, request.quorum, request.secDistance, request.secPercentage);
         if (!result.reached) {
             _fail(requestId, request, FailureReason.NoConsensus);
             return;
         }
-        if (keccak256(bytes(winnerOutput)) != _seatHashes[requestId][result.winner].outputHash) {
+        if (keccak256(bytes(winnerOutput)) != outputHashes[result.winner]) {
             revert WinnerOutputMismatch(requestId, result.winner);
         }
         request.status = Status.Finalized;
@@ -479,12 +488,13 @@ contract InferenceCoordinator {
         return _requests[requestId];
     }
 
-    function getSeat(uint256 requestId, uint256 seatNo) external view returns (Seat memory, SeatHashes memory) {
+    /// @return the seat and its stored hash (the commitment, or the reveal hash once revealed)
+    function getSeat(uint256 requestId, uint256 seatNo) external view returns (Seat memory, bytes32) {
         return (_seats[requestId][seatNo], _seatHashes[requestId][seatNo]);
     }
 
     /// @notice When the dispute window of a request closes (it moves while reveals arrive).
-    function disputeDeadline(uint256 requestId) external view returns (uint64) {
+    function disputeDeadline(uint256 requestId) external view returns (uint40) {
         return _disputeDeadline(_requests[requestId]);
     }
 
@@ -504,10 +514,10 @@ contract InferenceCoordinator {
         return request.seatCount == request.quorum || block.timestamp > request.commitDeadline;
     }
 
-    function _disputeDeadline(Request storage request) private view returns (uint64) {
+    function _disputeDeadline(Request storage request) private view returns (uint40) {
         uint8 seatCount = request.seatCount;
         bool allRevealed = seatCount > 0 && request.revealCount == seatCount && _revealOpen(request);
-        uint64 revealsEnd = allRevealed ? request.lastRevealAt : request.revealDeadline;
+        uint40 revealsEnd = allRevealed ? request.lastRevealAt : request.revealDeadline;
         return revealsEnd + disputeWindow;
     }
 
@@ -525,17 +535,23 @@ contract InferenceCoordinator {
         if (seatNo >= 16 || !_seats[requestId][seatNo].revealed) revert NotARevealer(requestId, oracle);
     }
 
-    /// @dev checks every revealed seat's bits against its stored hash and applies dispute exclusion
-    function _eligibleSeats(uint256 requestId, Request storage request, bytes[] calldata bits)
-        private
-        view
-        returns (uint256 eligible)
-    {
+    function _revealHash(bytes32 outputHash, bytes calldata bits) private pure returns (bytes32) {
+        return keccak256(abi.encode(outputHash, keccak256(bits)));
+    }
+
+    /// @dev checks every revealed seat's data against its stored hash and applies dispute exclusion
+    function _eligibleSeats(
+        uint256 requestId,
+        Request storage request,
+        bytes[] calldata bits,
+        bytes32[] calldata outputHashes
+    ) private view returns (uint256 eligible) {
         uint256 revealers = request.revealCount;
+        bytes32[16] storage hashes = _seatHashes[requestId];
         for (uint256 i = 0; i < bits.length; ++i) {
             Seat storage seat = _seats[requestId][i];
             if (!seat.revealed) continue;
-            if (keccak256(bits[i]) != _seatHashes[requestId][i].commitment) revert EmbeddingMismatch(i);
+            if (_revealHash(outputHashes[i], bits[i]) != hashes[i]) revert RevealMismatch(i);
             if (ConsensusLib.excludedByDisputes(ConsensusLib.popcount(seat.disputedBy), revealers)) continue;
             eligible |= 1 << i;
         }

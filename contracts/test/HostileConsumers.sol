@@ -32,7 +32,8 @@ contract ReentrantConsumer is IInferenceConsumer {
 
     function onInferenceResult(uint256 requestId, string calldata output, string calldata) external {
         bytes[] memory noBits = new bytes[](0);
-        try coordinator.finalize(requestId, noBits, output) {
+        bytes32[] memory noHashes = new bytes32[](0);
+        try coordinator.finalize(requestId, noBits, noHashes, output) {
             reentryFailed = false;
         } catch (bytes memory reason) {
             reentryFailed = true;

@@ -9,13 +9,14 @@ import pytest
 from web3 import Web3
 
 from oracle.chain.artifacts import decode_revert
-from oracle.chain.commitment import commitment_hash, new_salt
+from oracle.chain.commitment import new_salt, output_hash
 from tests.support.protocol import (
     DIM_BYTES,
     DISPUTE_WINDOW_S,
     EMBEDDING_MODEL,
     MODEL,
     REVEAL_WINDOW_S,
+    Answer,
     Protocol,
     flip_bits,
     random_bits,
@@ -354,8 +355,12 @@ def test_finalize_reverts_before_the_window_and_on_wrong_inputs(
     )
     forged = [bits[0], flip_bits(bits[1], [3])]
     assert revert_reason(lambda: protocol.finalize_call(rid, forged, ANSWER).call()) == (
-        "EmbeddingMismatch(seat=1)"
+        "RevealMismatch(seat=1)"
     )
+    hashes = protocol.output_hashes(rid, 2)
+    forged_hashes = [hashes[0], output_hash("Lyon")]
+    forged_call = protocol.finalize_call(rid, bits, ANSWER, forged_hashes)
+    assert revert_reason(lambda: forged_call.call()) == "RevealMismatch(seat=1)"
     assert revert_reason(lambda: protocol.finalize_call(rid, bits, "Lyon").call()) == (
         f"WinnerOutputMismatch(requestId={rid}, winnerSeat=0)"
     )
@@ -413,22 +418,22 @@ def test_reentrant_consumer_cannot_finalize_twice(protocol: Protocol, rng: rando
     # the whole fee went out exactly once: nothing is left and nothing is owed
     assert protocol.balance(protocol.coordinator.address) == 0
     assert protocol.coordinator.functions.withdrawable(consumer.address).call() == 0
-    assert protocol.coordinator.functions.getRequest(rid).call()[5] == 2  # Finalized
+    assert protocol.stored_request(rid)["status"] == 2  # Finalized
 
 
 def test_payment_to_a_payee_that_refuses_is_deferred(protocol: Protocol, rng: random.Random) -> None:
     payee = protocol.deploy_helper("RejectingPayee", protocol.coordinator.address)
     protocol.transact("register", payee.functions.register(), protocol.owner)
     rid = protocol.request(fee=FEE, quorum=1)
-    bits = random_bits(rng)
-    salt = new_salt()
-    commitment = commitment_hash(
-        request_id=rid, oracle=payee.address, output=ANSWER, model_index=0, embedding_bits=bits, salt=salt
+    answer = Answer(
+        request_id=rid, oracle=payee.address, output=ANSWER, model_index=0, bits=random_bits(rng), salt=new_salt()
     )
-    protocol.transact("commit", payee.functions.commit(rid, commitment), protocol.owner)
-    protocol.transact("reveal", payee.functions.reveal(rid, ANSWER, 0, bits, salt), protocol.owner)
+    protocol.transact("commit", payee.functions.commit(rid, Protocol.commitment(answer)), protocol.owner)
+    reveal = payee.functions.reveal(rid, ANSWER, 0, answer.bits, answer.salt)
+    protocol.transact("reveal", reveal, protocol.owner)
+    protocol.revealed[(rid, payee.address)] = answer
     protocol.close_disputes(rid)
-    receipt = protocol.finalize(rid, [bits], ANSWER)
+    receipt = protocol.finalize(rid, [answer.bits], ANSWER)
     (deferred,) = protocol.events(receipt, "PaymentDeferred")
     assert deferred["args"]["payee"] == payee.address
     assert protocol.coordinator.functions.withdrawable(payee.address).call() == FEE

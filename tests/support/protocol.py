@@ -14,7 +14,7 @@ from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
 from oracle.chain.artifacts import decode_revert, load_artifact
-from oracle.chain.commitment import commitment_hash, new_salt
+from oracle.chain.commitment import commitment_hash, new_salt, output_hash
 from oracle.chain.deploy import deploy_contract
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -78,6 +78,7 @@ class Protocol:
     requester: ChecksumAddress
     oracles: list[ChecksumAddress]
     gas_used: dict[str, list[int]] = field(default_factory=dict)
+    revealed: dict[tuple[int, str], Answer] = field(default_factory=dict)
 
     @classmethod
     def deploy(cls, w3: Web3) -> Protocol:
@@ -173,7 +174,9 @@ class Protocol:
         )
 
     def reveal(self, answer: Answer) -> Any:
-        return self.transact("reveal", self.reveal_call(answer), answer.oracle)
+        receipt = self.transact("reveal", self.reveal_call(answer), answer.oracle)
+        self.revealed[(answer.request_id, answer.oracle)] = answer
+        return receipt
 
     def dispute(self, disputer: ChecksumAddress, request_id: int, accused: ChecksumAddress) -> Any:
         return self.transact("dispute", self.coordinator.functions.dispute(request_id, accused), disputer)
@@ -182,15 +185,33 @@ class Protocol:
         closes_at = self.coordinator.functions.disputeDeadline(request_id).call()
         self.advance(max(0, closes_at - self.now()) + 1)
 
-    def finalize_call(self, request_id: int, seat_bits: Sequence[bytes], winner_output: str) -> Any:
-        return self.coordinator.functions.finalize(request_id, list(seat_bits), winner_output)
+    def output_hashes(self, request_id: int, seats: int) -> list[bytes]:
+        """keccak256 of each seat's revealed output, zero for seats that did not reveal."""
+        hashes = []
+        for seat_no in range(seats):
+            oracle = self.coordinator.functions.getSeat(request_id, seat_no).call()[0][0]
+            answer = self.revealed.get((request_id, oracle))
+            hashes.append(output_hash(answer.output) if answer else bytes(32))
+        return hashes
+
+    def finalize_call(
+        self,
+        request_id: int,
+        seat_bits: Sequence[bytes],
+        winner_output: str,
+        output_hashes: Sequence[bytes] | None = None,
+    ) -> Any:
+        if output_hashes is None:
+            output_hashes = self.output_hashes(request_id, len(seat_bits))
+        return self.coordinator.functions.finalize(
+            request_id, list(seat_bits), list(output_hashes), winner_output
+        )
 
     def finalize(
         self, request_id: int, seat_bits: Sequence[bytes], winner_output: str, **tx: Any
     ) -> Any:
-        return self.transact(
-            "finalize", self.finalize_call(request_id, seat_bits, winner_output), self.owner, **tx
-        )
+        call = self.finalize_call(request_id, seat_bits, winner_output)
+        return self.transact("finalize", call, self.owner, **tx)
 
     def balance(self, address: str) -> int:
         return int(self.w3.eth.get_balance(Web3.to_checksum_address(address)))
@@ -198,12 +219,18 @@ class Protocol:
     def run_round(self, request_id: int, answers: Sequence[tuple[ChecksumAddress, str, bytes]]) -> list[Answer]:
         """Commit and reveal every (oracle, output, bits) in order; returns the answers by seat."""
         committed = [self.commit(o, request_id, out, bits) for o, out, bits in answers]
-        if len(committed) < self.coordinator.functions.getRequest(request_id).call()[2]:
+        if len(committed) < self.stored_request(request_id)["quorum"]:
             self.advance(self.commit_time_left(request_id) + 1)
         for answer in committed:
             self.reveal(answer)
         return committed
 
     def commit_time_left(self, request_id: int) -> int:
-        commit_deadline = self.coordinator.functions.getRequest(request_id).call()[1]
-        return max(0, int(commit_deadline) - self.now())
+        return max(0, int(self.stored_request(request_id)["commitDeadline"]) - self.now())
+
+    def stored_request(self, request_id: int) -> dict[str, Any]:
+        """The coordinator's ``Request`` struct by field name."""
+        (abi,) = [f for f in self.coordinator.abi if f.get("name") == "getRequest"]
+        names = [c["name"] for c in abi["outputs"][0]["components"]]
+        values = self.coordinator.functions.getRequest(request_id).call()
+        return dict(zip(names, values, strict=True))

@@ -1,0 +1,85 @@
+"""Gas of every protocol step per quorum, measured on a fresh anvil.
+
+Run with ``make bench`` or ``.venv/bin/python bench/gas.py``. The last line reads
+``finalize_q5_gas=<n> protocol_q5_gas=<n>``. "protocol" is one request, every commit,
+every reveal (100-byte outputs) and the finalize, without a consumer callback and
+without disputes (a dispute is a rare extra, priced separately).
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from oracle.chain.anvil import start_anvil  # noqa: E402
+from tests.support.protocol import DIM_BYTES, Protocol, flip_bits, random_bits  # noqa: E402
+
+QUORUMS = (1, 3, 5, 9, 16)
+SHORT_OUTPUT = "P" * 100
+LONG_OUTPUT = "L" * 1000
+
+
+def measure_quorum(chain: Any, quorum: int, rng: random.Random) -> dict[str, int]:
+    snapshot = chain.rpc("evm_snapshot")
+    try:
+        protocol = Protocol.deploy(chain.w3)
+        protocol.register_oracles(quorum)
+        request_id = protocol.request(fee=10**15, quorum=quorum, secPercentage=6000)
+        base = random_bits(rng)
+        bits = [flip_bits(base, rng.sample(range(DIM_BYTES * 8), 8)) for _ in range(quorum)]
+        rows = list(zip(protocol.oracles[:quorum], [SHORT_OUTPUT] * quorum, bits, strict=True))
+        protocol.run_round(request_id, rows)
+        if quorum > 1:
+            protocol.dispute(protocol.oracles[1], request_id, protocol.oracles[0])
+        protocol.close_disputes(request_id)
+        protocol.finalize(request_id, bits, SHORT_OUTPUT)
+        used = dict(protocol.gas_used)
+        long_reveal = measure_long_reveal(protocol, rng)
+    finally:
+        chain.rpc("evm_revert", snapshot)
+    protocol_total = used["request"][0] + sum(used["commit"]) + sum(used["reveal"]) + used["finalize"][0]
+    return {
+        "request": used["request"][0],
+        "commit": max(used["commit"]),
+        "reveal_100b": max(used["reveal"]),
+        "reveal_1000b": long_reveal,
+        "dispute": used["dispute"][0] if "dispute" in used else 0,
+        "finalize": used["finalize"][0],
+        "protocol": protocol_total,
+    }
+
+
+def measure_long_reveal(protocol: Protocol, rng: random.Random) -> int:
+    """A quorum-1 reveal of a 1000-byte output (the reveal's cost barely depends on quorum)."""
+    protocol.gas_used = {}
+    request_id = protocol.request(fee=10**15, quorum=1)
+    answer = protocol.commit(protocol.oracles[0], request_id, LONG_OUTPUT, random_bits(rng))
+    return int(protocol.reveal(answer)["gasUsed"])
+
+
+def main() -> None:
+    chain = start_anvil("--accounts", "20")
+    rng = random.Random(1)
+    try:
+        results = {q: measure_quorum(chain, q, rng) for q in QUORUMS}
+    finally:
+        chain.stop()
+    columns = ["request", "commit", "reveal_100b", "reveal_1000b", "dispute", "finalize", "protocol"]
+    print(f"machine: {platform.machine()} {platform.system()}, anvil (gas is machine-independent)")
+    print("gas per step (commit and reveal: the costliest seat; protocol: request + all commits")
+    print("+ all reveals + finalize, no callback, no dispute)")
+    print("| quorum | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for quorum, row in results.items():
+        print(f"| {quorum} | " + " | ".join(f"{row[c]:,}" for c in columns) + " |")
+    q5 = results[5]
+    print(f"finalize_q5_gas={q5['finalize']} protocol_q5_gas={q5['protocol']}")
+
+
+if __name__ == "__main__":
+    main()
