@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from oracle.store import make_engine, upgrade
-from tests.support.anvil import Anvil, start_anvil
+from oracle.chain.anvil import Anvil, start_anvil
 from tests.support.postgres import (
     create_database,
     drop_database,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from eth_account import Account
 from web3 import Web3
 
-from tests.support.anvil import CHAIN_ID, DEV_PRIVATE_KEYS, Anvil
+from oracle.chain.anvil import CHAIN_ID, DEV_PRIVATE_KEYS, Anvil
 
 RECIPIENT = Web3.to_checksum_address("0x" + "42" * 20)
 AMOUNT = Web3.to_wei(1, "ether")
