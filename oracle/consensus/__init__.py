@@ -1,0 +1,40 @@
+"""Consensus arithmetic: pure, integer, identical to the contract's (DESIGN.md §3).
+
+See docs/consensus.md for the arithmetic, the defaults and the measurements behind them.
+"""
+
+from oracle.consensus.bits import BASIS_POINTS, are_neighbours, hamming, pack_sign_bits
+from oracle.consensus.clustering import (
+    ConsensusResult,
+    RevealBits,
+    cluster_mask,
+    compute_consensus,
+    required_support,
+)
+from oracle.consensus.verification import (
+    default_verify_tolerance_bits,
+    dispute_excludes,
+    verify_embedding,
+)
+
+__all__ = [
+    "BASIS_POINTS",
+    "DEFAULT_SEC_DISTANCE_BP",
+    "ConsensusResult",
+    "RevealBits",
+    "are_neighbours",
+    "cluster_mask",
+    "compute_consensus",
+    "default_verify_tolerance_bits",
+    "dispute_excludes",
+    "hamming",
+    "pack_sign_bits",
+    "required_support",
+    "verify_embedding",
+]
+
+DEFAULT_SEC_DISTANCE_BP = 3_500
+"""secDistance for short factual answers with all-MiniLM-L6-v2 sign bits: 0.35, i.e. at
+most 134 of 384 bits. Measured (docs/consensus.md): answers that agree lie up to 0.30
+apart (SmolLM2-135M's own answers up to 0.34), answers to other prompts and unrelated text
+0.37 and more."""

@@ -1,0 +1,1 @@
+"""Engines: LLM and embedding workers, their supervision and scaling."""

