@@ -145,6 +145,7 @@ def _create_requests() -> None:
         sa.Column("fee_wei", UINT256, nullable=False),
         _timestamp("commit_deadline"),
         _timestamp("reveal_deadline"),
+        sa.Column("dispute_window_s", sa.Integer(), nullable=False),
         sa.Column("block_number", sa.BigInteger(), nullable=False),
         sa.Column("phase", sa.Text(), server_default="requested", nullable=False),
         sa.Column("outcome_reason", sa.Text(), nullable=True),
@@ -164,6 +165,7 @@ def _create_requests() -> None:
         _check("requests", "callback_gas_limit", f"callback_gas_limit BETWEEN 0 AND {UINT32_MAX}"),
         _check("requests", "fee_wei", _uint256("fee_wei")),
         _check("requests", "deadlines", "reveal_deadline >= commit_deadline"),
+        _check("requests", "dispute_window_s", "dispute_window_s >= 0"),
         _check("requests", "block_number", "block_number >= 0"),
         _check(
             "requests",

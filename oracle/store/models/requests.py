@@ -62,6 +62,7 @@ class Request(Base):
         CheckConstraint(between("callback_gas_limit", 0, _UINT32_MAX), name="callback_gas_limit"),
         CheckConstraint(uint256("fee_wei"), name="fee_wei"),
         CheckConstraint("reveal_deadline >= commit_deadline", name="deadlines"),
+        CheckConstraint("dispute_window_s >= 0", name="dispute_window_s"),
         CheckConstraint("block_number >= 0", name="block_number"),
         CheckConstraint(one_of("phase", REQUEST_PHASES), name="phase"),
         Index("ix_requests_block_number", "block_number"),
@@ -89,6 +90,7 @@ class Request(Base):
     fee_wei: Mapped[int] = mapped_column(Uint256)
     commit_deadline: Mapped[datetime]
     reveal_deadline: Mapped[datetime]
+    dispute_window_s: Mapped[int] = mapped_column(Integer)
     block_number: Mapped[int] = mapped_column(BigInteger)
     phase: Mapped[RequestPhase] = mapped_column(Text, server_default="requested")
     outcome_reason: Mapped[str | None]
