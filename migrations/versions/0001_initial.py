@@ -149,6 +149,7 @@ def _create_requests() -> None:
         sa.Column("block_number", sa.BigInteger(), nullable=False),
         sa.Column("phase", sa.Text(), server_default="requested", nullable=False),
         sa.Column("outcome_reason", sa.Text(), nullable=True),
+        sa.Column("skip_reason", sa.Text(), nullable=True, comment="why this node stayed out"),
         _timestamp("created_at", now=True),
         _timestamp("updated_at", now=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_requests")),

@@ -94,6 +94,7 @@ class Request(Base):
     block_number: Mapped[int] = mapped_column(BigInteger)
     phase: Mapped[RequestPhase] = mapped_column(Text, server_default="requested")
     outcome_reason: Mapped[str | None]
+    skip_reason: Mapped[str | None] = mapped_column(comment="why this node stayed out")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
