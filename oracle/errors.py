@@ -123,3 +123,63 @@ class EmbeddingModelMissing(OracleError):
         )
         self.model = model
         self.package = package
+
+
+# --- the chain's RPC endpoint and the transaction sender -------------------------------
+
+# Appended rather than merged into the list above: several people add errors here.
+__all__ += [
+    "LogRangeTooLarge",
+    "RpcError",
+    "RpcRateLimited",
+    "RpcUnavailable",
+    "SenderAlreadyRunning",
+]
+
+
+class RpcError(OracleError):
+    """The chain's RPC endpoint answered a call with an error."""
+
+    method: str
+    reason: str
+
+    def __init__(self, *, method: str, reason: str) -> None:
+        super().__init__(f"{method}: {reason}")
+        self.method = method
+        self.reason = reason
+
+
+class RpcUnavailable(RpcError):
+    """The chain's RPC endpoint cannot be reached right now."""
+
+
+class RpcRateLimited(RpcUnavailable):
+    """The chain's RPC endpoint is rate limiting this node."""
+
+    retry_after_s: float | None
+
+    def __init__(self, *, method: str, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(method=method, reason=reason)
+        self.retry_after_s = retry_after_s
+
+
+class LogRangeTooLarge(RpcError):
+    """The RPC endpoint refused an eth_getLogs block range as too large."""
+
+    from_block: int
+    to_block: int
+
+    def __init__(self, *, from_block: int, to_block: int, reason: str) -> None:
+        super().__init__(method="eth_getLogs", reason=f"blocks {from_block}..{to_block}: {reason}")
+        self.from_block = from_block
+        self.to_block = to_block
+
+
+class SenderAlreadyRunning(OracleError):
+    """Another transaction sender already holds this key's nonces."""
+
+    address: str
+
+    def __init__(self, *, address: str) -> None:
+        super().__init__(address)
+        self.address = address

@@ -1,0 +1,240 @@
+"""The coordinator contract as the node uses it: decode its logs, encode its calls, read it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from eth_typing import ChecksumAddress
+from eth_utils.abi import event_abi_to_log_topic
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractEvent
+from web3.types import LogReceipt
+
+from oracle.chain.artifacts import load_artifact
+from oracle.chain.rpc import rpc_errors
+from oracle.domain.events import (
+    FAILURE_REASONS,
+    ChainEvent,
+    CommittedEvent,
+    DisputedEvent,
+    EventPosition,
+    FailedEvent,
+    FinalizedEvent,
+    RequestedEvent,
+    RevealedEvent,
+)
+from oracle.domain.request import RequestId
+
+__all__ = ["CONTRACT_NAME", "CoordinatorBinding"]
+
+CONTRACT_NAME = "InferenceCoordinator"
+ZERO_ADDRESS = "0x" + "00" * 20
+
+_Args = Mapping[str, Any]
+_Decoder = Callable[[EventPosition, _Args], ChainEvent]
+
+
+class CoordinatorBinding:
+    """The coordinator deployed at ``address``: log decoding, calldata, and the views the
+    node reads (through ``w3``), with the ABI of the committed artifact."""
+
+    def __init__(self, w3: Web3, address: str) -> None:
+        abi = load_artifact(CONTRACT_NAME).abi
+        contract = w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi)
+        self._contract: Contract = contract
+        self._events: dict[bytes, tuple[ContractEvent, _Decoder]] = {}
+        for name, decoder in _DECODERS.items():
+            event: ContractEvent = getattr(contract.events, name)()
+            self._events[bytes(event_abi_to_log_topic(event.abi))] = (event, decoder)
+
+    @property
+    def address(self) -> ChecksumAddress:
+        return self._contract.address
+
+    @property
+    def event_topics(self) -> list[HexBytes]:
+        """topic0 of every event ``decode_logs`` understands (an ``eth_getLogs`` filter)."""
+        return [HexBytes(topic) for topic in self._events]
+
+    # --- logs ---------------------------------------------------------------------------
+
+    def decode_logs(self, logs: Iterable[LogReceipt]) -> list[ChainEvent]:
+        """The coordinator events among ``logs``, in the given order.
+
+        Logs of other contracts, other events of this one (registrations, payments) and
+        logs a node marked ``removed`` are left out silently.
+        """
+        decoded: list[ChainEvent] = []
+        for log in logs:
+            event = self._decode(log)
+            if event is not None:
+                decoded.append(event)
+        return decoded
+
+    def _decode(self, log: LogReceipt) -> ChainEvent | None:
+        if log.get("removed") or not log["topics"]:
+            return None
+        if Web3.to_checksum_address(log["address"]) != self.address:
+            return None
+        known = self._events.get(bytes(log["topics"][0]))
+        if known is None:
+            return None
+        event, decoder = known
+        data = event.process_log(log)
+        position = EventPosition(
+            block_number=int(log["blockNumber"]),
+            block_hash=bytes(log["blockHash"]),
+            log_index=int(log["logIndex"]),
+            tx_hash=bytes(log["transactionHash"]),
+        )
+        return decoder(position, data["args"])
+
+    # --- calldata -----------------------------------------------------------------------
+
+    def encode_register(self) -> bytes:
+        return self._encode("register", [])
+
+    def encode_commit(self, request_id: int, commitment: bytes) -> bytes:
+        return self._encode("commit", [request_id, commitment])
+
+    def encode_reveal(
+        self, request_id: int, output: str, model_index: int, bits: bytes, salt: bytes
+    ) -> bytes:
+        return self._encode("reveal", [request_id, output, model_index, bits, salt])
+
+    def encode_dispute(self, request_id: int, accused: str) -> bytes:
+        return self._encode("dispute", [request_id, Web3.to_checksum_address(accused)])
+
+    def encode_finalize(
+        self,
+        request_id: int,
+        bits: Sequence[bytes],
+        output_hashes: Sequence[bytes],
+        winner_output: str,
+    ) -> bytes:
+        """Calldata for ``finalize``: every seat's bits and output hash, in seat order."""
+        return self._encode(
+            "finalize", [request_id, list(bits), list(output_hashes), winner_output]
+        )
+
+    def _encode(self, function: str, args: list[Any]) -> bytes:
+        return bytes(HexBytes(self._contract.encode_abi(function, args=args)))
+
+    # --- views --------------------------------------------------------------------------
+
+    def is_registered(self, address: str) -> bool:
+        with rpc_errors("eth_call"):
+            _stake, registered = self._contract.functions.oracles(
+                Web3.to_checksum_address(address)
+            ).call()
+        return bool(registered)
+
+    def dispute_deadline(self, request_id: int) -> int:
+        """When (unix seconds, chain time) disputes close; it moves while reveals arrive."""
+        with rpc_errors("eth_call"):
+            return int(self._contract.functions.disputeDeadline(request_id).call())
+
+    def reveal_open(self, request_id: int) -> bool:
+        with rpc_errors("eth_call"):
+            return bool(self._contract.functions.revealOpen(request_id).call())
+
+    def min_stake(self) -> int:
+        with rpc_errors("eth_call"):
+            return int(self._contract.functions.minStake().call())
+
+
+# --- one decoder per event --------------------------------------------------------------
+
+
+def _address(value: str) -> str:
+    return value.lower()
+
+
+def _requested(position: EventPosition, args: _Args) -> ChainEvent:
+    frame = args["frame"]
+    callback = _address(args["callback"])
+    return RequestedEvent(
+        position=position,
+        request_id=RequestId(args["requestId"]),
+        requester=_address(args["requester"]),
+        prompt=args["prompt"],
+        accepted_models=tuple(args["acceptedModels"]),
+        temperature_milli=args["temperature"],
+        max_tokens=args["maxTokens"],
+        quorum=frame["quorum"],
+        max_time_ms=frame["maxTimeMs"],
+        sec_distance_bp=frame["secDistance"],
+        sec_percentage_bp=frame["secPercentage"],
+        embedding_model=frame["embeddingModel"],
+        callback=None if callback == ZERO_ADDRESS else callback,
+        callback_gas_limit=args["callbackGasLimit"],
+        fee_wei=args["fee"],
+        commit_deadline=args["commitDeadline"],
+        reveal_deadline=args["revealDeadline"],
+        dispute_window_s=args["disputeWindow"],
+    )
+
+
+def _committed(position: EventPosition, args: _Args) -> ChainEvent:
+    return CommittedEvent(
+        position=position,
+        request_id=RequestId(args["requestId"]),
+        oracle=_address(args["oracle"]),
+        seat=args["seat"],
+        commitment=bytes(args["commitment"]),
+    )
+
+
+def _revealed(position: EventPosition, args: _Args) -> ChainEvent:
+    return RevealedEvent(
+        position=position,
+        request_id=RequestId(args["requestId"]),
+        oracle=_address(args["oracle"]),
+        seat=args["seat"],
+        output=args["output"],
+        model_index=args["modelIndex"],
+        embedding_bits=bytes(args["embeddingBits"]),
+    )
+
+
+def _disputed(position: EventPosition, args: _Args) -> ChainEvent:
+    return DisputedEvent(
+        position=position,
+        request_id=RequestId(args["requestId"]),
+        accused=_address(args["accused"]),
+        disputer=_address(args["disputer"]),
+    )
+
+
+def _finalized(position: EventPosition, args: _Args) -> ChainEvent:
+    return FinalizedEvent(
+        position=position,
+        request_id=RequestId(args["requestId"]),
+        winner_seat=args["winnerSeat"],
+        output=args["output"],
+        model=args["model"],
+        cluster_mask=args["clusterMask"],
+        reward_per_oracle=args["rewardPerOracle"],
+        callback_succeeded=bool(args["callbackSucceeded"]),
+    )
+
+
+def _failed(position: EventPosition, args: _Args) -> ChainEvent:
+    return FailedEvent(
+        position=position,
+        request_id=RequestId(args["requestId"]),
+        reason=FAILURE_REASONS[args["reason"]],
+    )
+
+
+_DECODERS: dict[str, _Decoder] = {
+    RequestedEvent.event_name: _requested,
+    CommittedEvent.event_name: _committed,
+    RevealedEvent.event_name: _revealed,
+    DisputedEvent.event_name: _disputed,
+    FinalizedEvent.event_name: _finalized,
+    FailedEvent.event_name: _failed,
+}
