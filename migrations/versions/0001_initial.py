@@ -149,6 +149,18 @@ def _create_requests() -> None:
         sa.Column("block_number", sa.BigInteger(), nullable=False),
         sa.Column("phase", sa.Text(), server_default="requested", nullable=False),
         sa.Column("outcome_reason", sa.Text(), nullable=True),
+        sa.Column(
+            "outcome_block_number",
+            sa.BigInteger(),
+            nullable=True,
+            comment="block of InferenceFinalized/InferenceFailed; a reorg past it reopens",
+        ),
+        sa.Column(
+            "phase_before_outcome",
+            sa.Text(),
+            nullable=True,
+            comment="the phase an outcome replaced, restored when a reorg undoes the outcome",
+        ),
         sa.Column("skip_reason", sa.Text(), nullable=True, comment="why this node stayed out"),
         _timestamp("created_at", now=True),
         _timestamp("updated_at", now=True),
@@ -172,7 +184,14 @@ def _create_requests() -> None:
             "requests",
             "phase",
             "phase IN ('requested', 'committing', 'revealing', 'finalizing',"
-            " 'finalized', 'failed', 'skipped')",
+            " 'finalized', 'failed', 'skipped', 'orphaned')",
+        ),
+        _check("requests", "outcome_block_number", "outcome_block_number >= 0"),
+        _check(
+            "requests",
+            "phase_before_outcome",
+            "phase_before_outcome IN ('requested', 'committing', 'revealing', 'finalizing',"
+            " 'finalized', 'failed', 'skipped', 'orphaned')",
         ),
     )
     op.create_index("ix_requests_block_number", "requests", ["block_number"])
@@ -322,6 +341,19 @@ def _create_outgoing_txs() -> None:
         _timestamp("sent_at", nullable=True),
         _timestamp("confirmed_at", nullable=True),
         sa.Column("receipt_block", sa.BigInteger(), nullable=True),
+        sa.Column(
+            "not_before",
+            sa.DateTime(timezone=True),
+            nullable=True,
+            comment="a pending tx whose simulation said 'not yet' waits until then",
+        ),
+        sa.Column(
+            "replaced_tx_hashes",
+            postgresql.ARRAY(postgresql.BYTEA()),
+            server_default=sa.text("'{}'"),
+            nullable=False,
+            comment="hashes of earlier fee levels of the same nonce; any of them may still be mined",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outgoing_txs")),
         sa.UniqueConstraint(
             "kind",
@@ -334,7 +366,11 @@ def _create_outgoing_txs() -> None:
             "kind",
             "kind IN ('register', 'commit', 'reveal', 'dispute', 'finalize')",
         ),
-        _check("outgoing_txs", "status", "status IN ('pending', 'sent', 'confirmed', 'failed')"),
+        _check(
+            "outgoing_txs",
+            "status",
+            "status IN ('pending', 'sent', 'confirmed', 'failed', 'skipped')",
+        ),
         _check("outgoing_txs", "request_id", _uint256("request_id")),
         _check("outgoing_txs", "from_address", f"from_address ~ {ADDRESS}"),
         _check("outgoing_txs", "to_address", f"to_address ~ {ADDRESS}"),

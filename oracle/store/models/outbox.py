@@ -15,13 +15,15 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA
 from sqlalchemy.orm import Mapped, mapped_column
 
 from oracle.store.models.base import Base
 from oracle.store.types import Uint256, address, byte_length, one_of, uint256
 
 TxKind = Literal["register", "commit", "reveal", "dispute", "finalize"]
-TxStatus = Literal["pending", "sent", "confirmed", "failed"]
+TxStatus = Literal["pending", "sent", "confirmed", "failed", "skipped"]
+"""``skipped``: simulation showed the work already done (e.g. AlreadyCommitted); not sent."""
 TX_KINDS: tuple[TxKind, ...] = get_args(TxKind)
 TX_STATUSES: tuple[TxStatus, ...] = get_args(TxStatus)
 
@@ -87,3 +89,11 @@ class OutgoingTx(Base):
     sent_at: Mapped[datetime | None]
     confirmed_at: Mapped[datetime | None]
     receipt_block: Mapped[int | None] = mapped_column(BigInteger)
+    not_before: Mapped[datetime | None] = mapped_column(
+        comment="a pending tx whose simulation said 'not yet' waits until then"
+    )
+    replaced_tx_hashes: Mapped[list[bytes]] = mapped_column(
+        ARRAY(BYTEA),
+        server_default=text("'{}'"),
+        comment="hashes of earlier fee levels of the same nonce; any of them may still be mined",
+    )

@@ -25,7 +25,16 @@ from oracle.store.models.base import Base
 from oracle.store.types import Uint256, address, between, byte_length, one_of, uint256
 
 RequestPhase = Literal[
-    "requested", "committing", "revealing", "finalizing", "finalized", "failed", "skipped"
+    "requested",
+    "committing",
+    "revealing",
+    "finalizing",
+    "finalized",
+    "failed",
+    "skipped",
+    # The block that announced the request was reorged away while this node held an
+    # answer (and its salt) for it: kept, but no longer followed (oracle.store.chain_state).
+    "orphaned",
 ]
 REQUEST_PHASES: tuple[RequestPhase, ...] = get_args(RequestPhase)
 OPEN_REQUEST_PHASES: tuple[RequestPhase, ...] = (
@@ -65,6 +74,8 @@ class Request(Base):
         CheckConstraint("dispute_window_s >= 0", name="dispute_window_s"),
         CheckConstraint("block_number >= 0", name="block_number"),
         CheckConstraint(one_of("phase", REQUEST_PHASES), name="phase"),
+        CheckConstraint("outcome_block_number >= 0", name="outcome_block_number"),
+        CheckConstraint(one_of("phase_before_outcome", REQUEST_PHASES), name="phase_before_outcome"),
         Index("ix_requests_block_number", "block_number"),
         # The scheduler's scan for requests that still need a step, by deadline.
         Index(
@@ -94,6 +105,12 @@ class Request(Base):
     block_number: Mapped[int] = mapped_column(BigInteger)
     phase: Mapped[RequestPhase] = mapped_column(Text, server_default="requested")
     outcome_reason: Mapped[str | None]
+    outcome_block_number: Mapped[int | None] = mapped_column(
+        BigInteger, comment="block of InferenceFinalized/InferenceFailed; a reorg past it reopens"
+    )
+    phase_before_outcome: Mapped[RequestPhase | None] = mapped_column(
+        Text, comment="the phase an outcome replaced, restored when a reorg undoes the outcome"
+    )
     skip_reason: Mapped[str | None] = mapped_column(comment="why this node stayed out")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
