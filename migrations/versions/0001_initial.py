@@ -352,7 +352,7 @@ def _create_outgoing_txs() -> None:
             postgresql.ARRAY(postgresql.BYTEA()),
             server_default=sa.text("'{}'"),
             nullable=False,
-            comment="hashes of earlier fee levels of the same nonce; any of them may still be mined",
+            comment="hashes of earlier fee levels of this nonce; any of them may still be mined",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outgoing_txs")),
         sa.UniqueConstraint(

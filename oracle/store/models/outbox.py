@@ -95,5 +95,5 @@ class OutgoingTx(Base):
     replaced_tx_hashes: Mapped[list[bytes]] = mapped_column(
         ARRAY(BYTEA),
         server_default=text("'{}'"),
-        comment="hashes of earlier fee levels of the same nonce; any of them may still be mined",
+        comment="hashes of earlier fee levels of this nonce; any of them may still be mined",
     )

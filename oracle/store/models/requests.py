@@ -75,7 +75,9 @@ class Request(Base):
         CheckConstraint("block_number >= 0", name="block_number"),
         CheckConstraint(one_of("phase", REQUEST_PHASES), name="phase"),
         CheckConstraint("outcome_block_number >= 0", name="outcome_block_number"),
-        CheckConstraint(one_of("phase_before_outcome", REQUEST_PHASES), name="phase_before_outcome"),
+        CheckConstraint(
+            one_of("phase_before_outcome", REQUEST_PHASES), name="phase_before_outcome"
+        ),
         Index("ix_requests_block_number", "block_number"),
         # The scheduler's scan for requests that still need a step, by deadline.
         Index(
