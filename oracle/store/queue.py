@@ -1,0 +1,273 @@
+"""The job queue: enqueue, claim, heartbeat, complete, retry, reclaim, expire, prune.
+
+The claim query is the heart of it: the most urgent queued job first
+(``ORDER BY priority, deadline, id``), taken with ``FOR UPDATE SKIP LOCKED`` so workers
+never wait on each other, and served by the partial index ``ix_jobs_queued_claim_order``
+(``migrations/versions/0001_initial.py``). A claim is a lease: the worker must heartbeat
+before ``lease_expires_at``, or the job goes back to the queue and a late answer from
+the old worker is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from oracle.errors import OracleError
+from oracle.store.models import JobKind
+
+JOBS_CHANNEL = "oracle_jobs"
+"""NOTIFY channel: a job was queued (payload: its kind)."""
+JOBS_DONE_CHANNEL = "oracle_jobs_done"
+"""NOTIFY channel: a job finished (payload: its request id or empty)."""
+
+PRIORITY_VERIFICATION = 0
+PRIORITY_EMBEDDING = 1
+PRIORITY_INFERENCE = 1
+
+
+class LeaseLost(OracleError):
+    """The job's lease ran out and it went to another worker; this result is refused."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimedJob:
+    id: int
+    kind: JobKind
+    request_id: int | None
+    model: str | None
+    priority: int
+    deadline: datetime
+    payload: Mapping[str, Any]
+    attempts: int
+    max_attempts: int
+
+
+CLAIM_SQL = text(
+    """
+    WITH next AS (
+        SELECT id FROM jobs
+        WHERE status = 'queued'
+          AND kind = ANY(:kinds)
+          AND model = ANY(:models)
+          AND run_after <= now()
+        ORDER BY priority, deadline, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE jobs AS j
+    SET status = 'running',
+        worker_id = :worker_id,
+        attempts = j.attempts + 1,
+        heartbeat_at = now(),
+        lease_expires_at = now() + make_interval(secs => :lease_s)
+    FROM next
+    WHERE j.id = next.id
+    RETURNING j.id, j.kind, j.request_id, j.model, j.priority, j.deadline, j.payload,
+              j.attempts, j.max_attempts
+    """
+)
+
+
+def claim_jobs(
+    conn: Connection,
+    *,
+    worker_id: str,
+    kinds: Sequence[JobKind],
+    models: Sequence[str],
+    limit: int = 1,
+    lease_s: float = 30.0,
+) -> list[ClaimedJob]:
+    """Lease up to ``limit`` of the most urgent queued jobs this worker can run."""
+    rows = conn.execute(
+        CLAIM_SQL,
+        {
+            "kinds": list(kinds),
+            "models": list(models),
+            "limit": limit,
+            "worker_id": worker_id,
+            "lease_s": lease_s,
+        },
+    ).all()
+    jobs = [_claimed(row._asdict()) for row in rows]
+    return sorted(jobs, key=lambda j: (j.priority, j.deadline, j.id))
+
+
+def _claimed(row: dict[str, Any]) -> ClaimedJob:
+    request_id = row.pop("request_id")
+    return ClaimedJob(request_id=None if request_id is None else int(request_id), **row)
+
+
+def enqueue_job(
+    conn: Connection,
+    *,
+    kind: JobKind,
+    model: str,
+    priority: int,
+    deadline: datetime,
+    payload: Mapping[str, Any],
+    request_id: int | None = None,
+    max_attempts: int = 3,
+) -> int:
+    """Queue a job and wake the workers (the NOTIFY is delivered on commit)."""
+    job_id: int = conn.execute(
+        text(
+            """
+            INSERT INTO jobs (kind, request_id, model, priority, deadline, payload, max_attempts)
+            VALUES (:kind, :request_id, :model, :priority, :deadline, CAST(:payload AS jsonb),
+                    :max_attempts)
+            RETURNING id
+            """
+        ),
+        {
+            "kind": kind,
+            "request_id": request_id,
+            "model": model,
+            "priority": priority,
+            "deadline": deadline,
+            "payload": json.dumps(dict(payload)),
+            "max_attempts": max_attempts,
+        },
+    ).scalar_one()
+    conn.execute(text("SELECT pg_notify(:channel, :kind)"), {"channel": JOBS_CHANNEL, "kind": kind})
+    return job_id
+
+
+def heartbeat(conn: Connection, *, job_id: int, worker_id: str, lease_s: float = 30.0) -> None:
+    """Extend the lease; raises LeaseLost when the job is no longer this worker's."""
+    updated = conn.execute(
+        text(
+            """
+            UPDATE jobs SET heartbeat_at = now(),
+                            lease_expires_at = now() + make_interval(secs => :lease_s)
+            WHERE id = :id AND worker_id = :worker_id AND status = 'running'
+            """
+        ),
+        {"id": job_id, "worker_id": worker_id, "lease_s": lease_s},
+    ).rowcount
+    if updated == 0:
+        raise LeaseLost(f"job {job_id}, worker {worker_id}")
+
+
+def complete_job(
+    conn: Connection, *, job_id: int, worker_id: str, result: Mapping[str, Any]
+) -> None:
+    """Record the result; refused (LeaseLost) when the lease went to another worker."""
+    row = conn.execute(
+        text(
+            """
+            UPDATE jobs SET status = 'done', result = CAST(:result AS jsonb), finished_at = now(),
+                            lease_expires_at = NULL, heartbeat_at = now()
+            WHERE id = :id AND worker_id = :worker_id AND status = 'running'
+            RETURNING request_id
+            """
+        ),
+        {"id": job_id, "worker_id": worker_id, "result": json.dumps(dict(result))},
+    ).first()
+    if row is None:
+        raise LeaseLost(f"job {job_id}, worker {worker_id}")
+    _notify_done(conn, row.request_id)
+
+
+def fail_job(
+    conn: Connection,
+    *,
+    job_id: int,
+    worker_id: str,
+    error: str,
+    retry_after_s: float | None,
+) -> str:
+    """Record a failure: back to the queue after ``retry_after_s`` while attempts remain,
+    else ``dead`` with the error kept. ``retry_after_s=None`` means never retry.
+    Returns the job's new status."""
+    row = conn.execute(
+        text(
+            """
+            UPDATE jobs SET
+                status = CASE WHEN :retry AND attempts < max_attempts THEN 'queued' ELSE 'dead' END,
+                run_after = now() + make_interval(secs => :delay),
+                last_error = :error,
+                worker_id = NULL, lease_expires_at = NULL,
+                finished_at = CASE WHEN :retry AND attempts < max_attempts THEN NULL ELSE now() END
+            WHERE id = :id AND worker_id = :worker_id AND status = 'running'
+            RETURNING status, request_id
+            """
+        ),
+        {
+            "id": job_id,
+            "worker_id": worker_id,
+            "error": error,
+            "retry": retry_after_s is not None,
+            "delay": retry_after_s or 0.0,
+        },
+    ).first()
+    if row is None:
+        raise LeaseLost(f"job {job_id}, worker {worker_id}")
+    if row.status == "dead":
+        _notify_done(conn, row.request_id)
+    return str(row.status)
+
+
+def backoff_s(attempts: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+    """Exponential retry delay after ``attempts`` tries."""
+    return float(min(cap_s, base_s * 2 ** max(0, attempts - 1)))
+
+
+def reclaim_expired_leases(conn: Connection) -> int:
+    """Give running jobs whose worker stopped heartbeating back to the queue (or bury them)."""
+    rows = conn.execute(
+        text(
+            """
+            UPDATE jobs SET
+                status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'dead' END,
+                last_error = 'lease expired: worker ' || worker_id || ' stopped heartbeating',
+                worker_id = NULL, lease_expires_at = NULL
+            WHERE status = 'running' AND lease_expires_at < now()
+            RETURNING id, status
+            """
+        )
+    ).all()
+    if any(r.status == "queued" for r in rows):
+        conn.execute(text("SELECT pg_notify(:channel, 'reclaimed')"), {"channel": JOBS_CHANNEL})
+    return len(rows)
+
+
+def expire_overdue_jobs(conn: Connection) -> int:
+    """Jobs still queued past their deadline can no longer help anyone."""
+    rows = conn.execute(
+        text(
+            """
+            UPDATE jobs SET status = 'expired', finished_at = now(),
+                            last_error = 'deadline passed before a worker took it'
+            WHERE status = 'queued' AND deadline < now()
+            RETURNING request_id
+            """
+        )
+    ).all()
+    for row in rows:
+        _notify_done(conn, row.request_id)
+    return len(rows)
+
+
+def prune_finished_jobs(conn: Connection, *, older_than: timedelta) -> int:
+    """Delete finished jobs so the table does not grow without bound."""
+    return conn.execute(
+        text(
+            """
+            DELETE FROM jobs
+            WHERE status IN ('done', 'dead', 'expired', 'failed')
+              AND finished_at < now() - make_interval(secs => :age_s)
+            """
+        ),
+        {"age_s": older_than.total_seconds()},
+    ).rowcount
+
+
+def _notify_done(conn: Connection, request_id: int | None) -> None:
+    payload = "" if request_id is None else str(request_id)
+    conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": JOBS_DONE_CHANNEL, "payload": payload})

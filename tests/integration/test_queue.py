@@ -1,0 +1,151 @@
+"""The Postgres job queue: claim order, leases, retries, expiry and the claim index."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, text
+
+from oracle.store.maintenance import maintain_queue
+from oracle.store.queue import (
+    CLAIM_SQL,
+    LeaseLost,
+    claim_jobs,
+    complete_job,
+    enqueue_job,
+    fail_job,
+    heartbeat,
+)
+
+MODEL = "SmolLM2-135M-Instruct-Q4_1"
+
+
+def _enqueue(engine: Engine, *, deadline_s: float, priority: int = 1, kind: str = "inference", model: str = MODEL) -> int:
+    with engine.begin() as conn:
+        return enqueue_job(
+            conn,
+            kind=kind,  # type: ignore[arg-type]
+            model=model,
+            priority=priority,
+            deadline=datetime.now(UTC) + timedelta(seconds=deadline_s),
+            payload={"n": deadline_s},
+        )
+
+
+def _claim(engine: Engine, worker: str = "w1", **kwargs: object) -> list[int]:
+    with engine.begin() as conn:
+        jobs = claim_jobs(conn, worker_id=worker, kinds=kwargs.pop("kinds", ["inference"]),  # type: ignore[arg-type]
+                          models=kwargs.pop("models", [MODEL]), **kwargs)  # type: ignore[arg-type]
+    return [j.id for j in jobs]
+
+
+def _status(engine: Engine, job_id: int) -> str:
+    with engine.connect() as conn:
+        return str(conn.scalar(text("SELECT status FROM jobs WHERE id = :id"), {"id": job_id}))
+
+
+def test_claims_most_urgent_first_and_priority_class_before_deadline(db_engine: Engine) -> None:
+    late = _enqueue(db_engine, deadline_s=60)
+    soon = _enqueue(db_engine, deadline_s=10)
+    verification = _enqueue(db_engine, deadline_s=120, priority=0, kind="verification", model="emb")
+    embedding = _enqueue(db_engine, deadline_s=5, priority=1, kind="embedding", model="emb")
+    assert _claim(db_engine, limit=5) == [soon, late]
+    assert _claim(db_engine, kinds=["verification", "embedding"], models=["emb"], limit=5) == [
+        verification,
+        embedding,
+    ]
+
+
+def test_a_worker_only_takes_jobs_of_its_model(db_engine: Engine) -> None:
+    _enqueue(db_engine, deadline_s=10, model="gemma-3-270m-Q4_K_M")
+    assert _claim(db_engine) == []
+    assert len(_claim(db_engine, models=["gemma-3-270m-Q4_K_M"])) == 1
+
+
+def test_concurrent_claims_skip_locked_rows(db_engine: Engine) -> None:
+    first, second = _enqueue(db_engine, deadline_s=10), _enqueue(db_engine, deadline_s=20)
+    with db_engine.begin() as conn_a:
+        a = claim_jobs(conn_a, worker_id="a", kinds=["inference"], models=[MODEL])
+        # while a's transaction still holds its row, b gets the next one instead of waiting
+        with db_engine.begin() as conn_b:
+            b = claim_jobs(conn_b, worker_id="b", kinds=["inference"], models=[MODEL])
+    assert [j.id for j in a] == [first]
+    assert [j.id for j in b] == [second]
+
+
+def test_an_expired_lease_goes_back_and_a_late_answer_is_refused(db_engine: Engine) -> None:
+    job = _enqueue(db_engine, deadline_s=60)
+    assert _claim(db_engine, worker="crashed", lease_s=0.01) == [job]
+    with db_engine.begin() as conn:
+        conn.execute(text("SELECT pg_sleep(0.05)"))
+    assert maintain_queue(db_engine)["reclaimed"] == 1
+    assert _claim(db_engine, worker="healthy") == [job]
+    with db_engine.begin() as conn, pytest.raises(LeaseLost):
+        complete_job(conn, job_id=job, worker_id="crashed", result={"text": "late"})
+    with db_engine.begin() as conn, pytest.raises(LeaseLost):
+        heartbeat(conn, job_id=job, worker_id="crashed")
+    with db_engine.begin() as conn:
+        complete_job(conn, job_id=job, worker_id="healthy", result={"text": "on time"})
+        result = conn.scalar(text("SELECT result->>'text' FROM jobs WHERE id = :id"), {"id": job})
+    assert result == "on time"
+
+
+def test_failures_retry_with_backoff_then_die_with_the_error(db_engine: Engine) -> None:
+    job = _enqueue(db_engine, deadline_s=600)
+    for attempt in range(3):
+        assert _claim(db_engine) == [job]
+        with db_engine.begin() as conn:
+            status = fail_job(conn, job_id=job, worker_id="w1", error=f"boom {attempt}", retry_after_s=0.0)
+        assert status == ("dead" if attempt == 2 else "queued")
+    with db_engine.connect() as conn:
+        row = conn.execute(text("SELECT status, attempts, last_error FROM jobs WHERE id = :id"), {"id": job}).one()
+    assert tuple(row) == ("dead", 3, "boom 2")
+
+
+def test_a_retry_waits_for_its_backoff(db_engine: Engine) -> None:
+    job = _enqueue(db_engine, deadline_s=600)
+    _claim(db_engine)
+    with db_engine.begin() as conn:
+        fail_job(conn, job_id=job, worker_id="w1", error="transient", retry_after_s=60)
+    assert _claim(db_engine) == []
+    assert _status(db_engine, job) == "queued"
+
+
+def test_permanent_failure_is_not_retried(db_engine: Engine) -> None:
+    job = _enqueue(db_engine, deadline_s=600)
+    _claim(db_engine)
+    with db_engine.begin() as conn:
+        assert fail_job(conn, job_id=job, worker_id="w1", error="prompt too long", retry_after_s=None) == "dead"
+
+
+def test_jobs_past_their_deadline_expire(db_engine: Engine) -> None:
+    overdue = _enqueue(db_engine, deadline_s=-1)
+    fresh = _enqueue(db_engine, deadline_s=60)
+    assert maintain_queue(db_engine)["expired"] == 1
+    assert _status(db_engine, overdue) == "expired"
+    assert _claim(db_engine) == [fresh]
+
+
+def test_claim_query_uses_the_partial_index(db_engine: Engine) -> None:
+    with db_engine.begin() as conn:
+        conn.execute(
+            text(
+                """
+                INSERT INTO jobs (kind, model, priority, deadline, status, payload)
+                SELECT 'inference', :model, 1, now() + (i || ' seconds')::interval,
+                       CASE WHEN i % 10 = 0 THEN 'queued' ELSE 'done' END, '{}'::jsonb
+                FROM generate_series(1, 20000) AS i
+                """
+            ),
+            {"model": MODEL},
+        )
+        conn.execute(text("ANALYZE jobs"))
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                text(f"EXPLAIN {CLAIM_SQL.text}"),
+                {"kinds": ["inference"], "models": [MODEL], "limit": 1, "worker_id": "w", "lease_s": 30.0},
+            )
+        )
+    assert "ix_jobs_queued_claim_order" in plan, plan
