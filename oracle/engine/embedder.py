@@ -1,0 +1,91 @@
+"""Sentence embeddings reduced to sign bits, the form consensus compares (DESIGN.md §3).
+
+The model is loaded once from its local package (nothing is fetched from a model hub)
+and runs in float32: reduced precisions flip a few sign bits (docs/consensus.md), which
+eats into the verification tolerance for nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+from oracle.consensus import pack_sign_bits
+from oracle.engine.embedding_models import lookup_embedding_model, resolve_embedding_model
+from oracle.errors import InvalidEmbedding
+
+__all__ = ["DEFAULT_BATCH_SIZE", "Embedder"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+"""Texts per forward pass inside one embed() call; the bits do not depend on it."""
+
+
+class Embedder:
+    """One sentence-transformers model, turning texts into packed sign bits."""
+
+    def __init__(
+        self,
+        model: str = "all-MiniLM-L6-v2",
+        *,
+        device: str = "cpu",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        """Load the named embedding model (UnknownEmbeddingModel / EmbeddingModelMissing)."""
+        self.model = lookup_embedding_model(model).name
+        self.batch_size = max(1, batch_size)
+        path = resolve_embedding_model(model)
+        started = time.perf_counter()
+        self._encoder = SentenceTransformer(str(path), device=device, local_files_only=True)
+        self._encoder.eval()
+        self.load_seconds = time.perf_counter() - started
+        dimensions = self._encoder.get_embedding_dimension()
+        if not dimensions or dimensions % 8 != 0:
+            raise InvalidEmbedding(
+                reason=f"{self.model} gives {dimensions} dimensions; sign bits need a multiple of 8"
+            )
+        self._dim_bits = int(dimensions)
+        logger.info(
+            "loaded embedding model",
+            extra={
+                "model": self.model,
+                "device": device,
+                "dim_bits": self._dim_bits,
+                "load_seconds": round(self.load_seconds, 3),
+            },
+        )
+
+    @property
+    def dim_bits(self) -> int:
+        """Sign bits in one embedding (the model's dimensions): 384 for all-MiniLM-L6-v2."""
+        return self._dim_bits
+
+    @property
+    def dim_bytes(self) -> int:
+        """Bytes in one packed embedding: dim_bits / 8."""
+        return self._dim_bits // 8
+
+    def embed(self, texts: Sequence[str]) -> list[bytes]:
+        """The packed sign bits of each text, in order, from one encode call.
+
+        Texts longer than the model's window (256 word pieces for all-MiniLM-L6-v2) are
+        truncated by the model, the same way on every node.
+        """
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of texts, not one string")
+        if not texts:
+            return []
+        vectors = self._encoder.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        matrix = np.asarray(vectors, dtype=np.float32)
+        return [pack_sign_bits(row) for row in matrix]

@@ -1,0 +1,367 @@
+"""Running one GGUF model with llama-cpp-python, reproducibly.
+
+A node's answer must be reproducible from (model, prompt, temperature, max_tokens, seed):
+the seed is passed on every call (a seed given only to the constructor drifts from call
+to call), the context is reset before every request (reusing the KV cache of the last
+prompt changes Gemma's output even at temperature 0), and the sampling settings that a
+request does not carry are pinned here rather than left to the library's defaults,
+which differ between its completion and chat paths.
+
+The text is returned exactly as the model produced it: nothing is stripped or
+normalised, because its keccak256 is what the node commits to. The only change is the
+library's own: bytes that do not decode as UTF-8 (a character cut by max_tokens) are
+dropped.
+
+A runner is not for concurrent use from several threads; calls are serialised by a lock.
+Workers run one runner per process (STYLE.md §8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from oracle.engine.models import DEFAULT_LLMS, LlmRegistry, LlmSpec, lookup_llm
+from oracle.errors import OracleError
+
+__all__ = [
+    "MAX_SEED",
+    "Generation",
+    "InvalidGenerationRequest",
+    "LlmRunner",
+    "ModelHasNoChatTemplate",
+    "ModelLoadFailed",
+    "PromptTooLong",
+    "request_seed",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 2
+"""llama.cpp seeds are uint32, and 0xFFFFFFFF (LLAMA_DEFAULT_SEED) means "random"."""
+
+# Sampling settings a request does not carry. Every node must use the same ones for
+# answers to be comparable; these are llama.cpp's usual defaults, written out.
+_TOP_K = 40
+_TOP_P = 0.95
+_MIN_P = 0.05
+_TYPICAL_P = 1.0
+_REPEAT_PENALTY = 1.0
+_LOAD_SEED = 1  # unused by generation (each call passes its own); 0 would mean "random"
+_CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
+_SEED_DOMAIN = b"oracle/llm-seed/v1"
+
+FinishReason = Literal["stop", "length"]
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+class PromptTooLong(OracleError):
+    """The prompt and the tokens asked for do not fit the model's context."""
+
+    model: str
+    prompt_tokens: int
+    max_tokens: int
+    context_tokens: int
+
+    def __init__(
+        self, *, model: str, prompt_tokens: int, max_tokens: int, context_tokens: int
+    ) -> None:
+        super().__init__(
+            f"{model}: {prompt_tokens} prompt tokens + {max_tokens} max_tokens "
+            f"> {context_tokens} context tokens"
+        )
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_tokens = context_tokens
+
+
+class InvalidGenerationRequest(OracleError):
+    """A generation parameter is out of range."""
+
+    field: str
+    value: object
+    allowed: str
+
+    def __init__(self, *, field: str, value: object, allowed: str) -> None:
+        super().__init__(f"{field}={value!r}, allowed {allowed}")
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+
+
+class ModelLoadFailed(OracleError):
+    """llama.cpp could not load the model file."""
+
+    model: str
+    path: Path
+
+    def __init__(self, *, model: str, path: Path, reason: str) -> None:
+        super().__init__(f"{model} from {path}: {reason}")
+        self.model = model
+        self.path = path
+
+
+class ModelHasNoChatTemplate(OracleError):
+    """The model is registered for chat prompts but its GGUF file has no chat template."""
+
+    model: str
+
+    def __init__(self, *, model: str) -> None:
+        super().__init__(f"{model}; register it with prompt_style='completion'")
+        self.model = model
+
+
+# --- seeds ----------------------------------------------------------------------------
+
+
+def request_seed(request_id: int, node_address: str) -> int:
+    """The sampling seed a node uses for a request: fixed, yet different for each node.
+
+    sha256("oracle/llm-seed/v1" || request_id as 32 bytes || the node's 20 address
+    bytes), the first 8 bytes reduced into 0..MAX_SEED. The address is read as hex with
+    or without 0x, in any case. Anyone can recompute a node's seed and replay its answer.
+    """
+    if not 0 <= request_id < 2**256:
+        raise InvalidGenerationRequest(field="request_id", value=request_id, allowed="a uint256")
+    digits = node_address.removeprefix("0x").removeprefix("0X")
+    try:
+        address = bytes.fromhex(digits)
+    except ValueError:
+        address = b""
+    if len(address) != 20:
+        raise InvalidGenerationRequest(
+            field="node_address", value=node_address, allowed="a 20-byte hex address"
+        )
+    digest = hashlib.sha256(_SEED_DOMAIN + request_id.to_bytes(32, "big") + address).digest()
+    return int.from_bytes(digest[:8], "big") % (MAX_SEED + 1)
+
+
+# --- generation -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Generation:
+    """One answer and what produced it."""
+
+    text: str
+    """Exactly as generated (see the module docstring)."""
+    completion_tokens: int
+    prompt_tokens: int
+    """Tokens the model read, chat template included."""
+    finish_reason: FinishReason
+    """``stop``: the model ended its answer; ``length``: max_tokens was reached."""
+    seed: int
+    model: str
+    """The on-chain name of the model."""
+
+
+class LlmRunner:
+    """One GGUF model loaded once, answering one request at a time."""
+
+    def __init__(
+        self,
+        spec: LlmSpec,
+        *,
+        n_threads: int,
+        n_ctx: int | None = None,
+        model_path: Path | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        """Load ``spec``'s model (from ``model_path`` if given, else from the registry).
+
+        ``n_ctx`` overrides the spec's context_tokens. Loading takes a fraction of a
+        second for the default models; it raises ModelNotInstalled or ModelLoadFailed.
+        """
+        if n_threads < 1:
+            raise InvalidGenerationRequest(field="n_threads", value=n_threads, allowed=">= 1")
+        self.spec = spec
+        self.context_tokens = n_ctx if n_ctx is not None else spec.context_tokens
+        if self.context_tokens < 1:
+            raise InvalidGenerationRequest(field="n_ctx", value=n_ctx, allowed=">= 1")
+        self.model_path = model_path or spec.resolve(cache_dir=cache_dir)
+        self._lock = threading.Lock()
+        started = time.perf_counter()
+        self._llm = self._load(n_threads)
+        self._chat_template = self._chat_formatter() if spec.prompt_style == "chat" else None
+        self.load_seconds = time.perf_counter() - started
+        logger.info(
+            "loaded model",
+            extra={
+                "model": spec.name,
+                "path": str(self.model_path),
+                "n_ctx": self.context_tokens,
+                "n_threads": n_threads,
+                "load_seconds": round(self.load_seconds, 3),
+            },
+        )
+
+    @classmethod
+    def from_registry(
+        cls,
+        name: str,
+        registry: LlmRegistry = DEFAULT_LLMS,
+        *,
+        n_threads: int,
+        n_ctx: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> LlmRunner:
+        """Load the model registered under an on-chain name."""
+        return cls(
+            lookup_llm(name, registry), n_threads=n_threads, n_ctx=n_ctx, cache_dir=cache_dir
+        )
+
+    @property
+    def model(self) -> str:
+        """The on-chain name of the loaded model."""
+        return self.spec.name
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        """Tokens the model reads for this prompt (chat template and BOS included)."""
+        return len(self._prompt_tokens(prompt))
+
+    def check_fits(self, prompt: str, max_tokens: int) -> int:
+        """The prompt's token count; PromptTooLong when it and max_tokens exceed the context."""
+        _check_max_tokens(max_tokens)
+        return self._check_fits(self._prompt_tokens(prompt), max_tokens)
+
+    def generate(
+        self, *, prompt: str, temperature_milli: int, max_tokens: int, seed: int
+    ) -> Generation:
+        """Answer a prompt; the same arguments give the same text.
+
+        temperature_milli is in thousandths (700 = 0.7; 0 = greedy). At most max_tokens
+        tokens are generated. Raises PromptTooLong before any work when it cannot fit.
+        """
+        if temperature_milli < 0:
+            raise InvalidGenerationRequest(
+                field="temperature_milli", value=temperature_milli, allowed=">= 0"
+            )
+        _check_max_tokens(max_tokens)
+        if not 0 <= seed <= MAX_SEED:
+            raise InvalidGenerationRequest(field="seed", value=seed, allowed=f"0..{MAX_SEED}")
+        prompt_tokens = self._prompt_tokens(prompt)
+        self._check_fits(prompt_tokens, max_tokens)
+        sampling: dict[str, Any] = {
+            "temperature": temperature_milli / 1000,
+            "max_tokens": max_tokens,
+            "seed": seed,
+            "top_k": _TOP_K,
+            "top_p": _TOP_P,
+            "min_p": _MIN_P,
+            "typical_p": _TYPICAL_P,
+            "repeat_penalty": _REPEAT_PENALTY,
+            "stream": False,
+        }
+        with self._lock:
+            # Never reuse the previous request's KV cache (llama_cpp leaves reset untyped).
+            self._llm.reset()  # type: ignore[no-untyped-call]
+            if self._chat_template is not None:
+                response: Any = self._llm.create_chat_completion(
+                    messages=[{"role": "user", "content": prompt}], **sampling
+                )
+                text = response["choices"][0]["message"]["content"] or ""
+            else:
+                response = self._llm.create_completion(prompt=prompt_tokens, **sampling)
+                text = response["choices"][0]["text"]
+        usage = response["usage"]
+        return Generation(
+            text=text,
+            completion_tokens=int(usage["completion_tokens"]),
+            prompt_tokens=int(usage["prompt_tokens"]),
+            finish_reason=_finish_reason(response["choices"][0]["finish_reason"]),
+            seed=seed,
+            model=self.spec.name,
+        )
+
+    def close(self) -> None:
+        """Free the model's memory now rather than at garbage collection."""
+        with self._lock:
+            self._llm.close()
+
+    def __enter__(self) -> LlmRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- inside ---------------------------------------------------------------------
+
+    def _load(self, n_threads: int) -> Llama:
+        try:
+            return Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.context_tokens,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                seed=_LOAD_SEED,
+                verbose=False,
+                # The model's own template, never a format guessed from its metadata.
+                chat_format="chat_template.default" if self.spec.prompt_style == "chat" else None,
+            )
+        except ValueError as exc:  # llama_cpp's "Failed to load model from file"
+            raise ModelLoadFailed(
+                model=self.spec.name, path=self.model_path, reason=str(exc)
+            ) from exc
+
+    def _chat_formatter(self) -> Jinja2ChatFormatter:
+        """The formatter llama_cpp builds from the GGUF's template, to count prompt tokens."""
+        template = self._llm.metadata.get(_CHAT_TEMPLATE_KEY)
+        if not template:
+            self._llm.close()
+            raise ModelHasNoChatTemplate(model=self.spec.name)
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(self._llm.token_eos()),
+            bos_token=self._token_text(self._llm.token_bos()),
+        )
+
+    def _token_text(self, token: int) -> str:
+        return self._llm._model.token_get_text(token) if token != -1 else ""
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        """The tokens the model will read, built as llama_cpp builds them."""
+        if self._chat_template is None:
+            # BOS is added when the model asks for it; special tokens are parsed, as
+            # llama_cpp's create_completion does for a text prompt.
+            return self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        rendered = self._chat_template(messages=[{"role": "user", "content": prompt}])
+        return self._llm.tokenize(
+            rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
+        )
+
+    def _check_fits(self, prompt_tokens: list[int], max_tokens: int) -> int:
+        count = len(prompt_tokens)
+        if count == 0:
+            raise InvalidGenerationRequest(field="prompt", value="", allowed="at least one token")
+        if count + max_tokens > self.context_tokens:
+            raise PromptTooLong(
+                model=self.spec.name,
+                prompt_tokens=count,
+                max_tokens=max_tokens,
+                context_tokens=self.context_tokens,
+            )
+        return count
+
+
+def _check_max_tokens(max_tokens: int) -> None:
+    if max_tokens < 1:
+        raise InvalidGenerationRequest(field="max_tokens", value=max_tokens, allowed=">= 1")
+
+
+def _finish_reason(reason: object) -> FinishReason:
+    if reason == "stop":
+        return "stop"
+    if reason == "length":
+        return "length"
+    raise OracleError(f"llama_cpp returned an unexpected finish_reason {reason!r}")

@@ -1,0 +1,300 @@
+"""LlmRunner and the model registry on the real default models (SmolLM2, Gemma 3 270M)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from oracle.engine.llm import (
+    MAX_SEED,
+    InvalidGenerationRequest,
+    LlmRunner,
+    ModelHasNoChatTemplate,
+    ModelLoadFailed,
+    PromptTooLong,
+    request_seed,
+)
+from oracle.engine.models import (
+    DEFAULT_LLMS,
+    AssembledFromChunks,
+    InvalidModelSpec,
+    LlmSpec,
+    ModelNotInstalled,
+    PackagedFile,
+    UnknownModel,
+    lookup_llm,
+    operator_llm,
+    registry_with,
+    resolve_llm,
+)
+from oracle.errors import OracleError
+
+pytestmark = pytest.mark.slow
+
+SMOLLM = "SmolLM2-135M-Instruct-Q4_1"
+GEMMA = "gemma-3-270m-Q4_K_M"
+THREADS = 2
+POEM = "Write a short poem about the sea."
+STORY = "Tell me a long story about a dragon who learns to read."
+NODE = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh cache per run, so Gemma's assembly from its chunk packages is exercised."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def smollm(cache_dir: Path) -> Iterator[LlmRunner]:
+    with LlmRunner.from_registry(SMOLLM, n_threads=THREADS, cache_dir=cache_dir) as runner:
+        yield runner
+
+
+@pytest.fixture(scope="module")
+def gemma(cache_dir: Path) -> Iterator[LlmRunner]:
+    with LlmRunner.from_registry(GEMMA, n_threads=THREADS, cache_dir=cache_dir) as runner:
+        yield runner
+
+
+# --- SmolLM2 (chat) -------------------------------------------------------------------
+
+
+def test_same_seed_gives_the_same_text_after_another_request(smollm: LlmRunner) -> None:
+    first = smollm.generate(prompt=POEM, temperature_milli=700, max_tokens=40, seed=11)
+    smollm.generate(prompt=STORY, temperature_milli=1200, max_tokens=30, seed=99)
+    again = smollm.generate(prompt=POEM, temperature_milli=700, max_tokens=40, seed=11)
+
+    assert again == first
+    assert first.text
+    assert first.model == SMOLLM
+    assert first.seed == 11
+
+
+def test_different_seeds_give_different_texts(smollm: LlmRunner) -> None:
+    texts = {
+        smollm.generate(prompt=POEM, temperature_milli=700, max_tokens=40, seed=seed).text
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(texts) > 1
+
+
+def test_max_tokens_is_honoured_exactly(smollm: LlmRunner) -> None:
+    for max_tokens in (1, 7, 33):
+        answer = smollm.generate(prompt=STORY, temperature_milli=700, max_tokens=max_tokens, seed=5)
+        assert answer.completion_tokens == max_tokens
+        assert answer.finish_reason == "length"
+
+
+def test_an_answer_that_ends_by_itself_stops_early(smollm: LlmRunner) -> None:
+    answer = smollm.generate(
+        prompt="What is the capital of France? Answer in one word.",
+        temperature_milli=0,
+        max_tokens=200,
+        seed=1,
+    )
+    assert answer.finish_reason == "stop"
+    assert 0 < answer.completion_tokens < 200
+    assert "Paris" in answer.text
+
+
+def test_prompt_tokens_count_what_the_model_reads(smollm: LlmRunner) -> None:
+    answer = smollm.generate(prompt=POEM, temperature_milli=700, max_tokens=5, seed=3)
+    # The chat template (with SmolLM2's default system message) is part of the prompt.
+    assert answer.prompt_tokens == smollm.count_prompt_tokens(POEM)
+    assert answer.prompt_tokens > len(POEM.split())
+
+
+def test_a_prompt_too_long_for_the_context_is_refused(smollm: LlmRunner) -> None:
+    prompt = "sea " * smollm.context_tokens
+    with pytest.raises(PromptTooLong) as refused:
+        smollm.generate(prompt=prompt, temperature_milli=700, max_tokens=16, seed=1)
+
+    assert refused.value.model == SMOLLM
+    assert refused.value.prompt_tokens == smollm.count_prompt_tokens(prompt)
+    assert refused.value.max_tokens == 16
+    assert refused.value.context_tokens == smollm.context_tokens
+    assert str(smollm.context_tokens) in str(refused.value)
+
+
+def test_check_fits_counts_prompt_and_max_tokens_together(smollm: LlmRunner) -> None:
+    prompt_tokens = smollm.count_prompt_tokens(POEM)
+    room = smollm.context_tokens - prompt_tokens
+
+    assert smollm.check_fits(POEM, room) == prompt_tokens
+    with pytest.raises(PromptTooLong):
+        smollm.check_fits(POEM, room + 1)
+
+
+def test_a_request_that_fills_the_context_exactly_is_served(cache_dir: Path) -> None:
+    spec = lookup_llm(SMOLLM)
+    with LlmRunner(spec, n_threads=THREADS, n_ctx=64, cache_dir=cache_dir) as small:
+        room = small.context_tokens - small.count_prompt_tokens(STORY)
+        answer = small.generate(prompt=STORY, temperature_milli=700, max_tokens=room, seed=2)
+        assert answer.completion_tokens <= room
+        assert answer.prompt_tokens + answer.completion_tokens <= 64
+        with pytest.raises(PromptTooLong):
+            small.generate(prompt=STORY, temperature_milli=700, max_tokens=room + 1, seed=2)
+
+
+@pytest.mark.parametrize(
+    ("field", "arguments"),
+    [
+        ("max_tokens", {"max_tokens": 0}),
+        ("temperature_milli", {"temperature_milli": -1}),
+        ("seed", {"seed": MAX_SEED + 1}),
+        ("seed", {"seed": -1}),
+    ],
+)
+def test_parameters_out_of_range_are_refused(
+    smollm: LlmRunner, field: str, arguments: dict[str, int]
+) -> None:
+    request = {"temperature_milli": 700, "max_tokens": 8, "seed": 1} | arguments
+    with pytest.raises(InvalidGenerationRequest) as refused:
+        smollm.generate(prompt=POEM, **request)
+    assert refused.value.field == field
+
+
+# --- Gemma 3 270M (base model, plain completion) --------------------------------------
+
+
+def test_gemma_completes_plain_text(gemma: LlmRunner) -> None:
+    answer = gemma.generate(
+        prompt="The capital of France is", temperature_milli=0, max_tokens=12, seed=1
+    )
+    assert answer.model == GEMMA
+    assert answer.text
+    assert answer.completion_tokens <= 12
+    assert answer.prompt_tokens == gemma.count_prompt_tokens("The capital of France is")
+
+
+@pytest.mark.parametrize("temperature_milli", [0, 700])
+def test_gemma_is_reproducible_after_another_request(
+    gemma: LlmRunner, temperature_milli: int
+) -> None:
+    prompt = "Once upon a time, in a small village by the sea,"
+    first = gemma.generate(
+        prompt=prompt, temperature_milli=temperature_milli, max_tokens=32, seed=21
+    )
+    gemma.generate(
+        prompt="The three laws of motion are", temperature_milli=900, max_tokens=24, seed=7
+    )
+    again = gemma.generate(
+        prompt=prompt, temperature_milli=temperature_milli, max_tokens=32, seed=21
+    )
+    assert again == first
+
+
+def test_gemma_is_assembled_once_into_the_cache(gemma: LlmRunner, cache_dir: Path) -> None:
+    assert gemma.model_path.parent == cache_dir
+    before = gemma.model_path.stat()
+
+    assert resolve_llm(GEMMA, cache_dir=cache_dir) == gemma.model_path
+    after = gemma.model_path.stat()
+    assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
+    assert not list(cache_dir.glob("*.partial"))
+
+
+def test_a_completion_model_registered_for_chat_is_refused(
+    gemma: LlmRunner, cache_dir: Path
+) -> None:
+    spec = operator_llm("gemma-as-chat", gemma.model_path, prompt_style="chat")
+    with pytest.raises(ModelHasNoChatTemplate):
+        LlmRunner(spec, n_threads=THREADS, cache_dir=cache_dir)
+
+
+# --- the registry ---------------------------------------------------------------------
+
+
+def test_the_default_registry_names_both_models() -> None:
+    assert DEFAULT_LLMS[SMOLLM].prompt_style == "chat"
+    assert DEFAULT_LLMS[GEMMA].prompt_style == "completion"
+    assert resolve_llm(SMOLLM).name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_an_unknown_model_is_named_in_the_error() -> None:
+    with pytest.raises(UnknownModel) as refused:
+        resolve_llm("llama-9000")
+    assert refused.value.model == "llama-9000"
+    assert SMOLLM in str(refused.value)
+    assert isinstance(refused.value, OracleError)
+
+
+def test_an_operator_model_whose_file_is_missing_says_where(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.gguf"
+    registry = registry_with(
+        {"my-model": operator_llm("my-model", missing, prompt_style="completion")}
+    )
+    with pytest.raises(ModelNotInstalled) as refused:
+        resolve_llm("my-model", registry)
+    assert refused.value.model == "my-model"
+    assert str(missing) in str(refused.value)
+
+    with pytest.raises(ModelNotInstalled):
+        LlmRunner.from_registry("my-model", registry, n_threads=THREADS)
+
+
+@pytest.mark.parametrize(
+    "locator",
+    [
+        PackagedFile(module="no_such_model_package", filename="model.gguf"),
+        AssembledFromChunks(module="no_such_model_package"),
+    ],
+)
+def test_a_model_package_not_installed_names_the_package(
+    locator: PackagedFile | AssembledFromChunks, tmp_path: Path
+) -> None:
+    spec = LlmSpec(
+        name="packaged",
+        prompt_style="chat",
+        locate=locator,
+        install_hint="install it with `pip install no-such-model-package`",
+    )
+    with pytest.raises(ModelNotInstalled) as refused:
+        resolve_llm("packaged", registry_with({"packaged": spec}), cache_dir=tmp_path)
+    assert "pip install no-such-model-package" in str(refused.value)
+    assert "no_such_model_package" in str(refused.value)
+
+
+def test_a_file_that_is_not_a_gguf_fails_to_load(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model" * 100)
+    with pytest.raises(ModelLoadFailed) as refused:
+        LlmRunner(operator_llm("junk", junk, prompt_style="completion"), n_threads=THREADS)
+    assert refused.value.path == junk
+
+
+def test_operator_entries_replace_and_extend_the_defaults(tmp_path: Path) -> None:
+    replacement = operator_llm(SMOLLM, tmp_path / "smol.gguf", prompt_style="chat")
+    registry = registry_with({SMOLLM: replacement})
+    assert registry[SMOLLM] is replacement
+    assert registry[GEMMA] is DEFAULT_LLMS[GEMMA]
+    assert DEFAULT_LLMS[SMOLLM] is not replacement
+
+    with pytest.raises(InvalidModelSpec):
+        registry_with({"alias": replacement})
+    with pytest.raises(InvalidModelSpec):
+        operator_llm("tiny", tmp_path / "t.gguf", prompt_style="chat", context_tokens=0)
+
+
+# --- seeds ----------------------------------------------------------------------------
+
+
+def test_request_seed_is_fixed_per_request_and_node() -> None:
+    seed = request_seed(7, NODE)
+    assert seed == request_seed(7, NODE.lower())
+    assert seed == request_seed(7, NODE.removeprefix("0x"))
+    assert 0 <= seed <= MAX_SEED
+    assert seed != request_seed(8, NODE)
+    assert seed != request_seed(7, "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC")
+
+
+@pytest.mark.parametrize(
+    ("request_id", "address"),
+    [(-1, NODE), (2**256, NODE), (1, "0x1234"), (1, "not an address")],
+)
+def test_request_seed_refuses_bad_input(request_id: int, address: str) -> None:
+    with pytest.raises(InvalidGenerationRequest):
+        request_seed(request_id, address)
