@@ -159,7 +159,7 @@ def _create_requests() -> None:
             "phase_before_outcome",
             sa.Text(),
             nullable=True,
-            comment="the phase an outcome replaced, restored when a reorg undoes the outcome",
+            comment="the phase an outcome or orphaning replaced; a reorg or re-mining restores it",
         ),
         sa.Column("skip_reason", sa.Text(), nullable=True, comment="why this node stayed out"),
         _timestamp("created_at", now=True),

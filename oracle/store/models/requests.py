@@ -111,7 +111,8 @@ class Request(Base):
         BigInteger, comment="block of InferenceFinalized/InferenceFailed; a reorg past it reopens"
     )
     phase_before_outcome: Mapped[RequestPhase | None] = mapped_column(
-        Text, comment="the phase an outcome replaced, restored when a reorg undoes the outcome"
+        Text,
+        comment="the phase an outcome or orphaning replaced; a reorg or re-mining restores it",
     )
     skip_reason: Mapped[str | None] = mapped_column(comment="why this node stayed out")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
