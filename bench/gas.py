@@ -16,8 +16,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oracle.chain.anvil import start_anvil  # noqa: E402
-from tests.support.protocol import DIM_BYTES, Protocol, flip_bits, random_bits  # noqa: E402
+from oracle.chain.anvil import start_anvil
+from tests.support.protocol import DIM_BYTES, Protocol, flip_bits, random_bits
 
 QUORUMS = (1, 3, 5, 9, 16)
 SHORT_OUTPUT = "P" * 100
@@ -42,7 +42,9 @@ def measure_quorum(chain: Any, quorum: int, rng: random.Random) -> dict[str, int
         long_reveal = measure_long_reveal(protocol, rng)
     finally:
         chain.rpc("evm_revert", snapshot)
-    protocol_total = used["request"][0] + sum(used["commit"]) + sum(used["reveal"]) + used["finalize"][0]
+    protocol_total = (
+        used["request"][0] + sum(used["commit"]) + sum(used["reveal"]) + used["finalize"][0]
+    )
     return {
         "request": used["request"][0],
         "commit": max(used["commit"]),
@@ -69,7 +71,15 @@ def main() -> None:
         results = {q: measure_quorum(chain, q, rng) for q in QUORUMS}
     finally:
         chain.stop()
-    columns = ["request", "commit", "reveal_100b", "reveal_1000b", "dispute", "finalize", "protocol"]
+    columns = [
+        "request",
+        "commit",
+        "reveal_100b",
+        "reveal_1000b",
+        "dispute",
+        "finalize",
+        "protocol",
+    ]
     print(f"machine: {platform.machine()} {platform.system()}, anvil (gas is machine-independent)")
     print("gas per step (commit and reveal: the costliest seat; protocol: request + all commits")
     print("+ all reveals + finalize, no callback, no dispute)")

@@ -25,6 +25,18 @@ DEV_PRIVATE_KEYS = (
     "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
 )
 
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+def dev_private_key(index: int) -> str:
+    """The key of anvil's ``index``-th default account (any index, not only the first five)."""
+    from eth_account import Account
+
+    Account.enable_unaudited_hdwallet_features()
+    account = Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    return "0x" + bytes(account.key).hex()
+
+
 _PLATFORMS = {"Linux": "linux", "Darwin": "darwin", "Windows": "win32"}
 _ARCHITECTURES = {"x86_64": "amd64", "AMD64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
 

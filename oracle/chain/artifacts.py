@@ -51,7 +51,11 @@ def _error_table(name: str) -> dict[bytes, tuple[str, list[str], list[str]]]:
 
 def decode_revert(data: bytes | str | None, contract: str = "InferenceCoordinator") -> str:
     """Turn revert data into a readable reason such as ``SeatsFull(requestId=3)``."""
-    raw = bytes.fromhex(data[2:] if data.startswith("0x") else data) if isinstance(data, str) else data
+    raw = (
+        bytes.fromhex(data[2:] if data.startswith("0x") else data)
+        if isinstance(data, str)
+        else data
+    )
     if not raw or len(raw) < 4:
         return "reverted without a reason"
     selector, body = raw[:4], raw[4:]

@@ -24,7 +24,14 @@ def commitment_hash(
     """keccak256(abi.encode(id, node, keccak256(output), modelIndex, embeddingBits, salt))."""
     encoded = encode(
         ["uint256", "address", "bytes32", "uint8", "bytes", "bytes32"],
-        [request_id, to_checksum_address(oracle), output_hash(output), model_index, embedding_bits, salt],
+        [
+            request_id,
+            to_checksum_address(oracle),
+            output_hash(output),
+            model_index,
+            embedding_bits,
+            salt,
+        ],
     )
     return keccak(encoded)
 

@@ -270,4 +270,7 @@ def prune_finished_jobs(conn: Connection, *, older_than: timedelta) -> int:
 
 def _notify_done(conn: Connection, request_id: int | None) -> None:
     payload = "" if request_id is None else str(request_id)
-    conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": JOBS_DONE_CHANNEL, "payload": payload})
+    conn.execute(
+        text("SELECT pg_notify(:channel, :payload)"),
+        {"channel": JOBS_DONE_CHANNEL, "payload": payload},
+    )

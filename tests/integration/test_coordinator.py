@@ -97,12 +97,16 @@ INVALID_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "reason"), INVALID_REQUESTS, ids=[r for _, r in INVALID_REQUESTS])
+@pytest.mark.parametrize(
+    ("overrides", "reason"), INVALID_REQUESTS, ids=[r for _, r in INVALID_REQUESTS]
+)
 def test_invalid_requests_revert_with_a_clear_reason(
     protocol: Protocol, overrides: dict[str, Any], reason: str
 ) -> None:
     call = protocol.request_call(**overrides)
-    assert revert_reason(lambda: call.transact({"from": protocol.requester, "value": FEE})) == reason
+    assert (
+        revert_reason(lambda: call.transact({"from": protocol.requester, "value": FEE})) == reason
+    )
 
 
 def test_fee_below_the_minimum_per_seat_reverts(protocol: Protocol) -> None:
@@ -113,7 +117,9 @@ def test_fee_below_the_minimum_per_seat_reverts(protocol: Protocol) -> None:
 
 
 def test_request_event_carries_everything_a_node_needs(protocol: Protocol) -> None:
-    call = protocol.request_call(prompt="Name a prime.", temperature=200, max_tokens=32, maxTimeMs=4500)
+    call = protocol.request_call(
+        prompt="Name a prime.", temperature=200, max_tokens=32, maxTimeMs=4500
+    )
     receipt = protocol.transact("request", call, protocol.requester, value=FEE)
     block_time = protocol.w3.eth.get_block(receipt["blockNumber"])["timestamp"]
     (event,) = protocol.events(receipt, "InferenceRequested")
@@ -155,7 +161,9 @@ def test_honest_round_finalizes_pays_the_cluster_and_calls_back(
     assert reason == f"RequestClosed(requestId={rid})"
 
 
-def test_outlier_is_left_out_of_the_cluster_and_unpaid(protocol: Protocol, rng: random.Random) -> None:
+def test_outlier_is_left_out_of_the_cluster_and_unpaid(
+    protocol: Protocol, rng: random.Random
+) -> None:
     rid = protocol.request(fee=FEE, quorum=4, secPercentage=7500)
     bits = [*honest_bits(rng, 3), random_bits(rng)]
     outputs = [ANSWER, ANSWER, "Paris.", "Bananas are yellow."]
@@ -173,7 +181,9 @@ def test_outlier_is_left_out_of_the_cluster_and_unpaid(protocol: Protocol, rng: 
 def test_no_consensus_fails_and_refunds(protocol: Protocol, rng: random.Random) -> None:
     rid = protocol.request(fee=FEE)
     bits = [random_bits(rng) for _ in range(3)]
-    protocol.run_round(rid, [(o, f"answer {i}", b) for i, (o, b) in enumerate(zip(protocol.oracles, bits))])
+    protocol.run_round(
+        rid, [(protocol.oracles[i], f"answer {i}", b) for i, b in enumerate(bits)]
+    )
     protocol.close_disputes(rid)
     before = protocol.balance(protocol.requester)
     receipt = protocol.finalize(rid, bits, "")
@@ -185,7 +195,7 @@ def test_no_consensus_fails_and_refunds(protocol: Protocol, rng: random.Random) 
 def test_missing_reveals_count_against_the_quorum(protocol: Protocol, rng: random.Random) -> None:
     rid = protocol.request(fee=FEE, quorum=3, secPercentage=10_000)
     bits = honest_bits(rng, 3)
-    answers = [protocol.commit(o, rid, ANSWER, b) for o, b in zip(protocol.oracles[:3], bits)]
+    answers = [protocol.commit(protocol.oracles[i], rid, ANSWER, b) for i, b in enumerate(bits)]
     for answer in answers[:2]:
         protocol.reveal(answer)
     protocol.close_disputes(rid)  # one seat never reveals: the window runs to the reveal deadline
@@ -226,12 +236,12 @@ def test_commit_reverts(protocol: Protocol, rng: random.Random) -> None:
     assert revert_reason(lambda: fn.commit(rid, b"\x01" * 32).call({"from": stranger})) == (
         f"NotRegistered(oracle={stranger})"
     )
-    assert revert_reason(lambda: fn.commit(rid, b"\x00" * 32).call({"from": protocol.oracles[0]})) == (
-        "EmptyCommitment()"
-    )
-    assert revert_reason(lambda: fn.commit(999, b"\x01" * 32).call({"from": protocol.oracles[0]})) == (
-        "UnknownRequest(requestId=999)"
-    )
+    assert revert_reason(
+        lambda: fn.commit(rid, b"\x00" * 32).call({"from": protocol.oracles[0]})
+    ) == ("EmptyCommitment()")
+    assert revert_reason(
+        lambda: fn.commit(999, b"\x01" * 32).call({"from": protocol.oracles[0]})
+    ) == ("UnknownRequest(requestId=999)")
     protocol.commit(protocol.oracles[0], rid, ANSWER, bits)
     double = revert_reason(lambda: fn.commit(rid, b"\x01" * 32).call({"from": protocol.oracles[0]}))
     assert double == f"AlreadyCommitted(requestId={rid}, oracle={protocol.oracles[0]})"
@@ -252,7 +262,9 @@ def test_late_commit_reverts(protocol: Protocol) -> None:
 # --- reveal reverts --------------------------------------------------------------------
 
 
-def test_reveal_waits_for_all_seats_or_the_commit_deadline(protocol: Protocol, rng: random.Random) -> None:
+def test_reveal_waits_for_all_seats_or_the_commit_deadline(
+    protocol: Protocol, rng: random.Random
+) -> None:
     rid = protocol.request(fee=FEE, quorum=2)
     answer = protocol.commit(protocol.oracles[0], rid, ANSWER, random_bits(rng))
     sender = {"from": answer.oracle}
@@ -281,9 +293,15 @@ def test_reveal_that_does_not_match_its_commitment_reverts(
     wrong_salt = fn.reveal(rid, ANSWER, 0, answer.bits, b"\x00" * 32)
     assert revert_reason(lambda: wrong_salt.call(sender)) == mismatch
     bad_index = fn.reveal(rid, ANSWER, 1, answer.bits, answer.salt)
-    assert revert_reason(lambda: bad_index.call(sender)) == "InvalidModelIndex(modelIndex=1, modelCount=1)"
+    assert (
+        revert_reason(lambda: bad_index.call(sender))
+        == "InvalidModelIndex(modelIndex=1, modelCount=1)"
+    )
     short = fn.reveal(rid, ANSWER, 0, answer.bits[:47], answer.salt)
-    assert revert_reason(lambda: short.call(sender)) == "InvalidEmbeddingLength(length=47, expected=48)"
+    assert (
+        revert_reason(lambda: short.call(sender))
+        == "InvalidEmbeddingLength(length=47, expected=48)"
+    )
     stranger = {"from": protocol.oracles[1]}
     assert revert_reason(lambda: protocol.reveal_call(answer).call(stranger)) == (
         f"NotCommitted(requestId={rid}, oracle={protocol.oracles[1]})"
@@ -319,7 +337,9 @@ def test_majority_dispute_excludes_a_reveal(protocol: Protocol, rng: random.Rand
     )
     protocol.dispute(oracles[2], rid, liar)
     protocol.close_disputes(rid)
-    late = revert_reason(lambda: protocol.coordinator.functions.dispute(rid, oracles[1]).call({"from": liar}))
+    late = revert_reason(
+        lambda: protocol.coordinator.functions.dispute(rid, oracles[1]).call({"from": liar})
+    )
     assert late.startswith(f"DisputeWindowClosed(requestId={rid}")
     before = protocol.balance(liar)
     receipt = protocol.finalize(rid, bits, ANSWER)
@@ -421,14 +441,23 @@ def test_reentrant_consumer_cannot_finalize_twice(protocol: Protocol, rng: rando
     assert protocol.stored_request(rid)["status"] == 2  # Finalized
 
 
-def test_payment_to_a_payee_that_refuses_is_deferred(protocol: Protocol, rng: random.Random) -> None:
+def test_payment_to_a_payee_that_refuses_is_deferred(
+    protocol: Protocol, rng: random.Random
+) -> None:
     payee = protocol.deploy_helper("RejectingPayee", protocol.coordinator.address)
     protocol.transact("register", payee.functions.register(), protocol.owner)
     rid = protocol.request(fee=FEE, quorum=1)
     answer = Answer(
-        request_id=rid, oracle=payee.address, output=ANSWER, model_index=0, bits=random_bits(rng), salt=new_salt()
+        request_id=rid,
+        oracle=payee.address,
+        output=ANSWER,
+        model_index=0,
+        bits=random_bits(rng),
+        salt=new_salt(),
     )
-    protocol.transact("commit", payee.functions.commit(rid, Protocol.commitment(answer)), protocol.owner)
+    protocol.transact(
+        "commit", payee.functions.commit(rid, Protocol.commitment(answer)), protocol.owner
+    )
     reveal = payee.functions.reveal(rid, ANSWER, 0, answer.bits, answer.salt)
     protocol.transact("reveal", reveal, protocol.owner)
     protocol.revealed[(rid, payee.address)] = answer

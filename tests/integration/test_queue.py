@@ -21,7 +21,14 @@ from oracle.store.queue import (
 MODEL = "SmolLM2-135M-Instruct-Q4_1"
 
 
-def _enqueue(engine: Engine, *, deadline_s: float, priority: int = 1, kind: str = "inference", model: str = MODEL) -> int:
+def _enqueue(
+    engine: Engine,
+    *,
+    deadline_s: float,
+    priority: int = 1,
+    kind: str = "inference",
+    model: str = MODEL,
+) -> int:
     with engine.begin() as conn:
         return enqueue_job(
             conn,
@@ -35,8 +42,13 @@ def _enqueue(engine: Engine, *, deadline_s: float, priority: int = 1, kind: str 
 
 def _claim(engine: Engine, worker: str = "w1", **kwargs: object) -> list[int]:
     with engine.begin() as conn:
-        jobs = claim_jobs(conn, worker_id=worker, kinds=kwargs.pop("kinds", ["inference"]),  # type: ignore[arg-type]
-                          models=kwargs.pop("models", [MODEL]), **kwargs)  # type: ignore[arg-type]
+        jobs = claim_jobs(
+            conn,
+            worker_id=worker,
+            kinds=kwargs.pop("kinds", ["inference"]),  # type: ignore[arg-type]
+            models=kwargs.pop("models", [MODEL]),
+            **kwargs,
+        )  # type: ignore[arg-type]
     return [j.id for j in jobs]
 
 
@@ -96,10 +108,14 @@ def test_failures_retry_with_backoff_then_die_with_the_error(db_engine: Engine) 
     for attempt in range(3):
         assert _claim(db_engine) == [job]
         with db_engine.begin() as conn:
-            status = fail_job(conn, job_id=job, worker_id="w1", error=f"boom {attempt}", retry_after_s=0.0)
+            status = fail_job(
+                conn, job_id=job, worker_id="w1", error=f"boom {attempt}", retry_after_s=0.0
+            )
         assert status == ("dead" if attempt == 2 else "queued")
     with db_engine.connect() as conn:
-        row = conn.execute(text("SELECT status, attempts, last_error FROM jobs WHERE id = :id"), {"id": job}).one()
+        row = conn.execute(
+            text("SELECT status, attempts, last_error FROM jobs WHERE id = :id"), {"id": job}
+        ).one()
     assert tuple(row) == ("dead", 3, "boom 2")
 
 
@@ -116,7 +132,10 @@ def test_permanent_failure_is_not_retried(db_engine: Engine) -> None:
     job = _enqueue(db_engine, deadline_s=600)
     _claim(db_engine)
     with db_engine.begin() as conn:
-        assert fail_job(conn, job_id=job, worker_id="w1", error="prompt too long", retry_after_s=None) == "dead"
+        assert (
+            fail_job(conn, job_id=job, worker_id="w1", error="prompt too long", retry_after_s=None)
+            == "dead"
+        )
 
 
 def test_jobs_past_their_deadline_expire(db_engine: Engine) -> None:
@@ -145,7 +164,13 @@ def test_claim_query_uses_the_partial_index(db_engine: Engine) -> None:
             row[0]
             for row in conn.execute(
                 text(f"EXPLAIN {CLAIM_SQL.text}"),
-                {"kinds": ["inference"], "models": [MODEL], "limit": 1, "worker_id": "w", "lease_s": 30.0},
+                {
+                    "kinds": ["inference"],
+                    "models": [MODEL],
+                    "limit": 1,
+                    "worker_id": "w",
+                    "lease_s": 30.0,
+                },
             )
         )
     assert "ix_jobs_queued_claim_order" in plan, plan

@@ -87,8 +87,12 @@ class Protocol:
         address = deploy_contract(
             w3, "InferenceCoordinator", REVEAL_WINDOW_S, DISPUTE_WINDOW_S, sender=owner
         )
-        coordinator = w3.eth.contract(address=address, abi=load_artifact("InferenceCoordinator").abi)
-        return cls(w3=w3, coordinator=coordinator, owner=owner, requester=requester, oracles=oracles)
+        coordinator = w3.eth.contract(
+            address=address, abi=load_artifact("InferenceCoordinator").abi
+        )
+        return cls(
+            w3=w3, coordinator=coordinator, owner=owner, requester=requester, oracles=oracles
+        )
 
     def deploy_helper(self, name: str, *args: Any) -> Contract:
         address = deploy_contract(self.w3, name, *args, sender=self.owner)
@@ -135,7 +139,13 @@ class Protocol:
         **frame_overrides: Any,
     ) -> Any:
         return self.coordinator.functions.requestInference(
-            prompt, list(models), temperature, max_tokens, frame(**frame_overrides), callback, callback_gas
+            prompt,
+            list(models),
+            temperature,
+            max_tokens,
+            frame(**frame_overrides),
+            callback,
+            callback_gas,
         )
 
     def request(self, *, fee: int = 10**15, **kwargs: Any) -> int:
@@ -144,7 +154,12 @@ class Protocol:
         return int(event["args"]["requestId"])
 
     def commit(
-        self, oracle: ChecksumAddress, request_id: int, output: str, bits: bytes, model_index: int = 0
+        self,
+        oracle: ChecksumAddress,
+        request_id: int,
+        output: str,
+        bits: bytes,
+        model_index: int = 0,
     ) -> Answer:
         answer = Answer(
             request_id=request_id,
@@ -154,7 +169,9 @@ class Protocol:
             bits=bits,
             salt=new_salt(),
         )
-        self.transact("commit", self.coordinator.functions.commit(request_id, self.commitment(answer)), oracle)
+        self.transact(
+            "commit", self.coordinator.functions.commit(request_id, self.commitment(answer)), oracle
+        )
         return answer
 
     @staticmethod
@@ -179,7 +196,9 @@ class Protocol:
         return receipt
 
     def dispute(self, disputer: ChecksumAddress, request_id: int, accused: ChecksumAddress) -> Any:
-        return self.transact("dispute", self.coordinator.functions.dispute(request_id, accused), disputer)
+        return self.transact(
+            "dispute", self.coordinator.functions.dispute(request_id, accused), disputer
+        )
 
     def close_disputes(self, request_id: int) -> None:
         closes_at = self.coordinator.functions.disputeDeadline(request_id).call()
@@ -216,7 +235,9 @@ class Protocol:
     def balance(self, address: str) -> int:
         return int(self.w3.eth.get_balance(Web3.to_checksum_address(address)))
 
-    def run_round(self, request_id: int, answers: Sequence[tuple[ChecksumAddress, str, bytes]]) -> list[Answer]:
+    def run_round(
+        self, request_id: int, answers: Sequence[tuple[ChecksumAddress, str, bytes]]
+    ) -> list[Answer]:
         """Commit and reveal every (oracle, output, bits) in order; returns the answers by seat."""
         committed = [self.commit(o, request_id, out, bits) for o, out, bits in answers]
         if len(committed) < self.stored_request(request_id)["quorum"]:

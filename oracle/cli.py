@@ -1,0 +1,303 @@
+"""The ``oracle`` command. Every option also comes from the config file and ``ORACLE_*``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from oracle.config import DEFAULT_DATA_DIR, ConfigError, NodeSettings, load_config_file
+from oracle.errors import OracleError
+from oracle.logs import configure_logging
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        ctx.default_map = {**(ctx.default_map or {}), **load_config_file(Path(value))}
+    return value
+
+
+@click.group(context_settings={"auto_envvar_prefix": "ORACLE", "show_default": True})
+@click.option("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR.")
+@click.option("--log-json", is_flag=True, help="One JSON object per log line.")
+@click.option("--log-prefix", default="", hidden=True)
+def main(log_level: str, log_json: bool, log_prefix: str) -> None:
+    """Oracle: LLM inference for smart contracts, agreed on by independent nodes."""
+    configure_logging(log_level, json_lines=log_json, prefix=log_prefix)
+
+
+# --- run -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    help="TOML file with the options below (a [node] table).",
+)
+@click.option(
+    "--rpc", "rpc_url", required=True, envvar="ORACLE_RPC", help="JSON-RPC URL of the chain."
+)
+@click.option(
+    "--contract",
+    required=True,
+    envvar="ORACLE_CONTRACT",
+    help="Address of the InferenceCoordinator.",
+)
+@click.option(
+    "--private-key",
+    default=None,
+    show_default=False,
+    hidden=True,
+    envvar="ORACLE_PRIVATE_KEY",
+    help="The node's key (prefer ORACLE_PRIVATE_KEY or --keystore).",
+)
+@click.option(
+    "--keystore",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="ORACLE_KEYSTORE",
+    help="Encrypted key file; password from ORACLE_KEYSTORE_PASSWORD.",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    envvar="ORACLE_DATABASE_URL",
+    help="Postgres URL; an embedded server when omitted.",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=str(DEFAULT_DATA_DIR))
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    default=("SmolLM2-135M-Instruct-Q4_1",),
+    help="A model to serve (repeat for several); see `oracle models`.",
+)
+@click.option("--embedding-model", "embedding_models", multiple=True, default=("all-MiniLM-L6-v2",))
+@click.option(
+    "--llm-workers", default=1, type=click.IntRange(min=1), help="Worker processes per model."
+)
+@click.option(
+    "--llm-threads", default=2, type=click.IntRange(min=1), help="Threads per LLM worker."
+)
+@click.option(
+    "--confirmations", default=0, type=click.IntRange(min=0), help="Blocks to wait before acting."
+)
+@click.option(
+    "--start-block", default=0, type=click.IntRange(min=0), help="First block on a fresh database."
+)
+@click.option("--poll-interval", "poll_interval_s", default=0.5, type=float)
+@click.option("--stake-wei", default=0, type=int, help="Stake sent when registering.")
+@click.option("--http-port", default=None, type=int, help="Serve /healthz and /metrics here.")
+@click.option(
+    "--no-migrate", is_flag=True, help="Refuse to start on an old schema instead of migrating."
+)
+@click.option("--verify-tolerance-bits", default=None, type=int)
+@click.option(
+    "--test-fault",
+    type=click.Choice(["unrelated-answer", "wrong-embedding"]),
+    default=None,
+    hidden=True,
+    help="Test only: misbehave on purpose.",
+)
+def run(keystore: str | None, private_key: str | None, no_migrate: bool, **options: Any) -> None:
+    """Run a node: follow the chain, answer requests, commit, reveal, verify, finalize."""
+    from oracle.node import run_node
+
+    settings = _settings(
+        private_key=_read_key(private_key, keystore), migrate=not no_migrate, **options
+    )
+    _serve(lambda stop: run_node(settings, stop))
+
+
+def _settings(**options: Any) -> NodeSettings:
+    options["models"] = tuple(options["models"])
+    options["embedding_models"] = tuple(options["embedding_models"])
+    options["data_dir"] = Path(options["data_dir"])
+    try:
+        return NodeSettings(**options)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _read_key(private_key: str | None, keystore: str | None) -> str:
+    if keystore:
+        from eth_account import Account
+
+        password = os.environ.get("ORACLE_KEYSTORE_PASSWORD", "")
+        try:
+            key: bytes = Account.decrypt(json.loads(Path(keystore).read_text()), password)
+        except ValueError as exc:
+            raise click.UsageError(
+                f"cannot decrypt {keystore}: wrong ORACLE_KEYSTORE_PASSWORD?"
+            ) from exc
+        return "0x" + key.hex()
+    if not private_key:
+        raise click.UsageError("no key: set ORACLE_PRIVATE_KEY or pass --keystore")
+    return private_key
+
+
+def _serve(make: Any) -> None:
+    """Run a coroutine until SIGINT/SIGTERM; report our own errors plainly."""
+
+    async def body() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await make(stop)
+
+    try:
+        asyncio.run(body())
+    except OracleError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+# --- worker --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--database-url", required=True, envvar="ORACLE_DATABASE_URL", help="The node's Postgres."
+)
+@click.option("--role", type=click.Choice(["llm", "embedding"]), default="llm")
+@click.option("--model", required=True, help="The one model this worker loads.")
+@click.option("--threads", default=2, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", help="Embedding device: cpu or cuda.")
+def worker(database_url: str, role: str, model: str, threads: int, device: str) -> None:
+    """Run one worker process; it shares only the database with the node."""
+    from oracle.engine.worker import WorkerConfig, run_worker
+
+    config = WorkerConfig(
+        database_url=database_url, role=role, model=model, threads=threads, device=device
+    )  # type: ignore[arg-type]
+    try:
+        run_worker(config)
+    except OracleError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+# --- db, models, status ----------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--database-url", required=True, envvar="ORACLE_DATABASE_URL")
+def db_upgrade(database_url: str) -> None:
+    """Migrate the database to this version's schema."""
+    from oracle.store import current_revision, head_revision, upgrade
+
+    upgrade(database_url)
+    click.echo(f"schema at {current_revision(database_url)} (head {head_revision()})")
+
+
+@main.command()
+def models() -> None:
+    """List the models this installation knows and whether their files are present."""
+    from oracle.engine.embedding_models import EMBEDDING_MODELS, resolve_embedding_model
+    from oracle.engine.models import DEFAULT_LLMS
+
+    for name, spec in DEFAULT_LLMS.items():
+        click.echo(
+            f"llm        {name:<32} {_presence(lambda s=spec: s.resolve())}  ({spec.prompt_style})"
+        )
+    for name in EMBEDDING_MODELS:
+        click.echo(f"embedding  {name:<32} {_presence(lambda n=name: resolve_embedding_model(n))}")
+
+
+def _presence(resolve: Any) -> str:
+    try:
+        return f"installed at {resolve()}"
+    except OracleError as exc:
+        return f"MISSING: {exc}"
+
+
+@main.command()
+@click.option("--database-url", required=True, envvar="ORACLE_DATABASE_URL")
+@click.option("--limit", default=20)
+def status(database_url: str, limit: int) -> None:
+    """Show this node's requests, their phases and outcomes."""
+    from oracle.status import request_rows
+
+    for line in request_rows(database_url, limit):
+        click.echo(line)
+
+
+# --- request and dev -------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--rpc", "rpc_url", required=True, envvar="ORACLE_RPC")
+@click.option("--contract", required=True, envvar="ORACLE_CONTRACT")
+@click.option(
+    "--private-key",
+    required=True,
+    show_default=False,
+    envvar="ORACLE_PRIVATE_KEY",
+    help="Pays the fee.",
+)
+@click.option("--model", "models", multiple=True, default=("SmolLM2-135M-Instruct-Q4_1",))
+@click.option("--quorum", default=3, type=click.IntRange(1, 16))
+@click.option("--max-tokens", default=48, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.2, type=click.FloatRange(0, 2))
+@click.option("--max-time-ms", default=60_000, type=click.IntRange(min=1))
+@click.option("--sec-distance", default=0.35, type=click.FloatRange(0, 1))
+@click.option("--sec-percentage", default=0.67, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--fee-wei", default=10**15, type=int)
+@click.option("--wait/--no-wait", default=True, help="Wait for the outcome.")
+@click.option("--timeout", "timeout_s", default=300.0)
+def request(**options: Any) -> None:
+    """Send an inference request and wait for the network's answer."""
+    from oracle.client import RequestOptions, send_request
+
+    result = send_request(RequestOptions(**options))
+    click.echo(result.summary())
+    if result.failed:
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--nodes", default=3, type=click.IntRange(1, 8))
+@click.option("--keep-running", is_flag=True, help="Leave the network up for `oracle request`.")
+@click.option("--prompt", default="What is the capital of France? Answer in one short sentence.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=".oracle/dev")
+@click.option("--database-url", default=None, help="A Postgres server for the nodes' databases.")
+def dev(
+    nodes: int, keep_running: bool, prompt: str, data_dir: str, database_url: str | None
+) -> None:
+    """Start anvil, deploy, run N nodes, send a sample request and print the agreed answer."""
+    from oracle.devnet import DevOptions, run_devnet
+
+    options = DevOptions(
+        nodes=nodes,
+        keep_running=keep_running,
+        prompt=prompt,
+        data_dir=Path(data_dir),
+        database_url=database_url,
+    )
+    try:
+        code = run_devnet(options)
+    except OracleError as exc:
+        click.echo(f"failed: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

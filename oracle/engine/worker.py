@@ -1,0 +1,264 @@
+"""A worker process: one model loaded once, jobs claimed from Postgres until told to stop.
+
+The node's engines start these as subprocesses (``oracle worker ...``); the same command
+runs them on other machines, sharing only the database with the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Literal, Protocol
+
+import psycopg
+from sqlalchemy import Engine
+
+from oracle.errors import OracleError
+from oracle.store import make_engine, to_sqlalchemy_url
+from oracle.store.models import JobKind
+from oracle.store.queue import (
+    JOBS_CHANNEL,
+    ClaimedJob,
+    LeaseLost,
+    backoff_s,
+    claim_jobs,
+    complete_job,
+    fail_job,
+    heartbeat,
+)
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["llm", "embedding"]
+LEASE_S = 30.0
+HEARTBEAT_S = 5.0
+EMBED_BATCH = 32
+
+
+class RetryLater(OracleError):
+    """The job failed for a reason that may pass; it goes back to the queue."""
+
+
+class JobRunner(Protocol):
+    """Runs a batch of claimed jobs of one model and returns one result per job (or error)."""
+
+    kinds: Sequence[JobKind]
+    batch_size: int
+
+    def run(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerConfig:
+    database_url: str
+    role: Role
+    model: str
+    threads: int = 1
+    poll_interval_s: float = 1.0
+    lease_s: float = LEASE_S
+    device: str = "cpu"
+
+
+class LlmJobRunner:
+    kinds: Sequence[JobKind] = ("inference",)
+    batch_size = 1
+
+    def __init__(self, model: str, threads: int) -> None:
+        from oracle.engine.llm import LlmRunner
+
+        self._runner = LlmRunner.from_registry(model, n_threads=threads)
+
+    def run(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
+        return [self._run_one(job) for job in jobs]
+
+    def _run_one(self, job: ClaimedJob) -> Mapping[str, Any] | OracleError:
+        started = time.perf_counter()
+        try:
+            generation = self._runner.generate(
+                prompt=str(job.payload["prompt"]),
+                temperature_milli=int(job.payload["temperature_milli"]),
+                max_tokens=int(job.payload["max_tokens"]),
+                seed=int(job.payload["seed"]),
+            )
+        except OracleError as exc:
+            return exc
+        return {
+            "text": generation.text,
+            "completion_tokens": generation.completion_tokens,
+            "prompt_tokens": generation.prompt_tokens,
+            "finish_reason": generation.finish_reason,
+            "seed": generation.seed,
+            "model": generation.model,
+            "elapsed_s": round(time.perf_counter() - started, 4),
+        }
+
+
+class EmbeddingJobRunner:
+    kinds: Sequence[JobKind] = ("verification", "embedding")
+    batch_size = EMBED_BATCH
+
+    def __init__(self, model: str, device: str) -> None:
+        from oracle.engine.embedder import Embedder
+
+        self._embedder = Embedder(model, device=device)
+
+    def run(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
+        started = time.perf_counter()
+        bits = self._embedder.embed([str(job.payload["text"]) for job in jobs])
+        elapsed = round(time.perf_counter() - started, 4)
+        return [
+            {
+                "bits": b.hex(),
+                "model": self._embedder.model,
+                "elapsed_s": elapsed,
+                "batch": len(jobs),
+            }
+            for b in bits
+        ]
+
+
+def make_runner(config: WorkerConfig) -> JobRunner:
+    if config.role == "llm":
+        return LlmJobRunner(config.model, config.threads)
+    return EmbeddingJobRunner(config.model, config.device)
+
+
+class Worker:
+    """Claims, runs and completes jobs; heartbeats while a batch runs."""
+
+    def __init__(self, config: WorkerConfig, runner: JobRunner, engine: Engine) -> None:
+        self.config = config
+        self.runner = runner
+        self.engine = engine
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{config.model}"
+        self.stopping = threading.Event()
+
+    def run(self, wait_for_work: Callable[[float], None]) -> None:
+        logger.info("worker ready", extra={"worker_id": self.worker_id, "role": self.config.role})
+        while not self.stopping.is_set():
+            if not self.run_once():
+                wait_for_work(self.config.poll_interval_s)
+        logger.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    def run_once(self) -> bool:
+        """Claim and run one batch; False when there was nothing to do."""
+        with self.engine.begin() as conn:
+            jobs = claim_jobs(
+                conn,
+                worker_id=self.worker_id,
+                kinds=self.runner.kinds,
+                models=[self.config.model],
+                limit=self.runner.batch_size,
+                lease_s=self.config.lease_s,
+            )
+        if not jobs:
+            return False
+        with _Heartbeat(self, [j.id for j in jobs]):
+            try:
+                outcomes = self.runner.run(jobs)
+            except Exception as exc:  # a crash in the model must not kill the worker
+                logger.exception("job batch crashed", extra={"worker_id": self.worker_id})
+                outcomes = [RetryLater(f"{type(exc).__name__}: {exc}") for _ in jobs]
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            self._finish(job, outcome)
+        return True
+
+    def _finish(self, job: ClaimedJob, outcome: Mapping[str, Any] | OracleError) -> None:
+        fields = {"job_id": job.id, "request_id": job.request_id, "worker_id": self.worker_id}
+        try:
+            with self.engine.begin() as conn:
+                if isinstance(outcome, OracleError):
+                    # other errors are about the input (too long, invalid): retrying won't help
+                    delay = backoff_s(job.attempts) if isinstance(outcome, RetryLater) else None
+                    status = fail_job(
+                        conn,
+                        job_id=job.id,
+                        worker_id=self.worker_id,
+                        error=str(outcome),
+                        retry_after_s=delay,
+                    )
+                    logger.warning(
+                        "job failed", extra={**fields, "error": str(outcome), "status": status}
+                    )
+                else:
+                    complete_job(conn, job_id=job.id, worker_id=self.worker_id, result=outcome)
+                    logger.info("job done", extra={**fields, "kind": job.kind})
+        except LeaseLost:
+            logger.warning("result refused: lease lost", extra=fields)
+
+
+class _Heartbeat:
+    """Extends the leases of a running batch from a side thread."""
+
+    def __init__(self, worker: Worker, job_ids: list[int]) -> None:
+        self._worker = worker
+        self._job_ids = job_ids
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        interval = min(HEARTBEAT_S, self._worker.config.lease_s / 3)
+        while not self._done.wait(interval):
+            for job_id in self._job_ids:
+                try:
+                    with self._worker.engine.begin() as conn:
+                        heartbeat(
+                            conn,
+                            job_id=job_id,
+                            worker_id=self._worker.worker_id,
+                            lease_s=self._worker.config.lease_s,
+                        )
+                except LeaseLost:
+                    logger.warning("lease lost while running", extra={"job_id": job_id})
+
+
+class _NotifyWaiter:
+    """Sleeps until a NOTIFY on the jobs channel or the poll interval passes."""
+
+    def __init__(self, database_url: str) -> None:
+        libpq_url = to_sqlalchemy_url(database_url).set(drivername="postgresql")
+        self._conn = psycopg.connect(
+            libpq_url.render_as_string(hide_password=False), autocommit=True
+        )
+        self._conn.execute(f"LISTEN {JOBS_CHANNEL}")
+
+    def __call__(self, timeout_s: float) -> None:
+        for _ in self._conn.notifies(timeout=timeout_s, stop_after=1):
+            pass
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def run_worker(config: WorkerConfig) -> None:
+    """The body of ``oracle worker``: load, serve until SIGTERM/SIGINT, finish the batch, exit."""
+    runner = make_runner(config)
+    engine = make_engine(config.database_url, pool_size=2)
+    worker = Worker(config, runner, engine)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("stopping after the current batch", extra={"signal": signum})
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    waiter = _NotifyWaiter(config.database_url)
+    try:
+        worker.run(waiter)
+    finally:
+        waiter.close()
+        engine.dispose()

@@ -1,0 +1,1 @@
+"""The node's side of the protocol: admission, answering, revealing, disputing, finalizing."""

@@ -1,0 +1,81 @@
+"""Admission: can this node serve a request, and finish before its commit deadline?"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from oracle.lifecycle.context import ModelProfile, NodeContext
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelLoad:
+    """The measured speed of a model here and the work already waiting for it."""
+
+    tokens_per_s: float | None
+    queued_tokens: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admit:
+    model: str
+    model_index: int
+    job_deadline: datetime
+    """When the inference must be done so that embedding and commit still fit."""
+    estimate_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refuse:
+    reason: str
+
+
+def admit(
+    *,
+    accepted_models: Sequence[str],
+    embedding_model: str,
+    max_tokens: int,
+    commit_deadline: datetime,
+    now: datetime,
+    ctx: NodeContext,
+    loads: Mapping[str, ModelLoad],
+) -> Admit | Refuse:
+    """Pick the served model that finishes soonest, or say plainly why none can."""
+    if embedding_model not in ctx.embedding_models:
+        return Refuse(reason=f"embedding model {embedding_model!r} is not served here")
+    served = [(i, ctx.models[m]) for i, m in enumerate(accepted_models) if m in ctx.models]
+    if not served:
+        return Refuse(
+            reason=f"none of the accepted models {list(accepted_models)} is served here "
+            f"(serving {sorted(ctx.models)})"
+        )
+    fitting = [(i, p) for i, p in served if max_tokens < p.context_tokens]
+    if not fitting:
+        biggest = max(p.context_tokens for _, p in served)
+        return Refuse(
+            reason=f"maxTokens {max_tokens} exceeds the served models' context ({biggest} tokens)"
+        )
+    finish_by = commit_deadline - timedelta(seconds=ctx.commit_margin_s + ctx.embed_estimate_s)
+    available_s = (finish_by - now).total_seconds()
+    options = sorted(
+        ((_estimate_s(p, max_tokens, loads.get(p.name)), i, p) for i, p in fitting),
+        key=lambda option: (option[0], option[1]),
+    )
+    estimate, index, profile = options[0]
+    if estimate > available_s:
+        return Refuse(
+            reason=f"cannot finish before the commit deadline: needs about {estimate:.1f} s "
+            f"of inference, {max(available_s, 0):.1f} s left after embedding and commit"
+        )
+    return Admit(model=profile.name, model_index=index, job_deadline=finish_by, estimate_s=estimate)
+
+
+def _estimate_s(profile: ModelProfile, max_tokens: int, load: ModelLoad | None) -> float:
+    """Seconds until this request's answer is ready: the queue ahead of it, then its own tokens."""
+    speed = profile.prior_tokens_per_s
+    queued = 0
+    if load is not None:
+        speed = load.tokens_per_s or speed
+        queued = load.queued_tokens
+    return (queued / max(profile.workers, 1) + max_tokens) / speed

@@ -1,0 +1,66 @@
+"""What the request lifecycle needs to know about this node, and what it asks of the chain."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+TestFault = Literal["unrelated-answer", "wrong-embedding"]
+"""Test-only misbehaviour: answer with unrelated text, or reveal bits that do not match."""
+
+UNRELATED_ANSWER = (
+    "Bananas are rich in potassium and grow in large hanging clusters on tropical plants."
+)
+
+
+class ChainCalls(Protocol):
+    """Reads and calldata the lifecycle needs from the coordinator (CoordinatorBinding)."""
+
+    def dispute_deadline(self, request_id: int) -> int: ...
+
+    def encode_commit(self, request_id: int, commitment: bytes) -> bytes: ...
+
+    def encode_reveal(
+        self, request_id: int, output: str, model_index: int, bits: bytes, salt: bytes
+    ) -> bytes: ...
+
+    def encode_dispute(self, request_id: int, accused: str) -> bytes: ...
+
+    def encode_finalize(
+        self,
+        request_id: int,
+        bits: list[bytes],
+        output_hashes: list[bytes],
+        winner_output: str,
+    ) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelProfile:
+    """What admission knows of a served model before anything has been measured."""
+
+    name: str
+    context_tokens: int
+    workers: int = 1
+    prior_tokens_per_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeContext:
+    address: str
+    """This node's address, lowercase."""
+    coordinator: str
+    """The coordinator's address, lowercase."""
+    models: Mapping[str, ModelProfile]
+    embedding_models: Sequence[str]
+    verify_tolerance_bits: int | None = None
+    """None: the consensus module's default for the embedding's size."""
+    commit_margin_s: float = 3.0
+    """Time kept free after the embedding for the commit transaction to land."""
+    embed_estimate_s: float = 0.5
+    finalize_stagger_s: float = 2.0
+    """Non-winning nodes wait this much per rank before finalizing themselves."""
+    outsider_delay_s: float = 20.0
+    """Nodes without a seat wait this much longer before settling a forgotten request."""
+    test_fault: TestFault | None = field(default=None)

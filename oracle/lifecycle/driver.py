@@ -1,0 +1,55 @@
+"""Runs the lifecycle's steps over every request that may need one."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from oracle.lifecycle.context import ChainCalls, NodeContext
+from oracle.lifecycle.steps import Step, advance
+from oracle.store.models import OPEN_REQUEST_PHASES, Request
+
+logger = logging.getLogger(__name__)
+
+
+def advance_requests(
+    sessions: sessionmaker[Session],
+    ctx: NodeContext,
+    chain: ChainCalls,
+    now: datetime | None = None,
+) -> int:
+    """One pass over the open (and skipped, not yet settled) requests; returns how many."""
+    now = now or datetime.now(UTC)
+    with sessions() as session:
+        ids = list(
+            session.scalars(
+                select(Request.id)
+                .where(or_(Request.phase.in_(OPEN_REQUEST_PHASES), Request.phase == "skipped"))
+                .order_by(Request.commit_deadline)
+            )
+        )
+    for request_id in ids:
+        _advance_one(sessions, ctx, chain, now, request_id)
+    return len(ids)
+
+
+def _advance_one(
+    sessions: sessionmaker[Session],
+    ctx: NodeContext,
+    chain: ChainCalls,
+    now: datetime,
+    request_id: int,
+) -> None:
+    try:
+        with sessions.begin() as session:
+            # the row lock keeps a second pass (or a second node process on this database) out
+            request = session.get(Request, request_id, with_for_update={"skip_locked": True})
+            if request is None:
+                return
+            advance(Step(session, request, ctx, chain, now))
+    except Exception:
+        # one request's trouble (an RPC hiccup, a bad row) must not stop the others
+        logger.exception("step failed; will retry", extra={"request_id": request_id})

@@ -1,0 +1,60 @@
+"""The embedded Postgres (pgserver) used when the operator names no database server."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from oracle.errors import OracleError
+from oracle.store.db import make_engine, to_sqlalchemy_url
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedPostgresFailed(OracleError):
+    """The embedded Postgres (pgserver) could not start; pass --database-url to use a server"""
+
+
+@contextmanager
+def embedded_postgres(data_dir: Path) -> Iterator[URL]:
+    """Start (or reuse) a pgserver whose data lives in ``data_dir``; stop it on exit."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        server = _pgserver(data_dir)
+    except Exception as exc:
+        raise EmbeddedPostgresFailed(f"{type(exc).__name__}: {exc}") from exc
+    logger.info("embedded postgres running", extra={"data_dir": str(data_dir)})
+    try:
+        yield to_sqlalchemy_url(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+def ensure_database(server_url: URL, name: str) -> URL:
+    """The URL of database ``name`` on the server, created first if it does not exist."""
+    engine = make_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return server_url.set(database=name)
+
+
+def _pgserver(data_dir: Path) -> Any:
+    with warnings.catch_warnings():
+        # platformdirs warns at pgserver's import when XDG_RUNTIME_DIR is unset (root, CI)
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
+
+    return pgserver.get_server(data_dir, cleanup_mode="stop")
