@@ -1,7 +1,8 @@
 """The edge between web3/requests and the node: their errors become ``RpcError`` subclasses.
 
-Contract reverts (``ContractLogicError``) pass through untouched: they are answers,
-not failures of the endpoint, and the caller decodes them.
+Contract reverts (``ContractLogicError``) and "no such block / transaction"
+(``BlockNotFound``, ``TransactionNotFound``) pass through untouched: they are answers,
+not failures of the endpoint, and the caller handles them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from contextlib import contextmanager
 
 import requests
 from web3.exceptions import (
+    BlockNotFound,
     ContractLogicError,
     ProviderConnectionError,
     TooManyRequests,
+    TransactionNotFound,
     Web3RPCError,
 )
 
@@ -42,7 +45,7 @@ def rpc_errors(method: str) -> Iterator[None]:
     """Translate the transport's and the endpoint's errors for one RPC call."""
     try:
         yield
-    except ContractLogicError:
+    except (ContractLogicError, BlockNotFound, TransactionNotFound):
         raise
     except TooManyRequests as exc:
         raise RpcRateLimited(method=method, reason=str(exc)) from exc

@@ -40,6 +40,7 @@ __all__ = [
     "ORPHANED_REASON",
     "BlockRef",
     "apply_event",
+    "delete_checkpoint",
     "disputes_against",
     "load_checkpoint",
     "prune_blocks",
@@ -383,6 +384,11 @@ def save_checkpoint(session: Session, listener: str, block: BlockRef) -> None:
             },
         )
     )
+
+
+def delete_checkpoint(session: Session, listener: str) -> None:
+    """Forget where ``listener`` was: it starts again from its start block."""
+    session.execute(delete(ChainCheckpoint).where(ChainCheckpoint.listener == listener))
 
 
 def record_block(session: Session, block: BlockRef) -> None:

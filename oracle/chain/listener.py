@@ -1,0 +1,358 @@
+"""Follows the coordinator's logs into Postgres: checkpointed, reorg-aware, adaptive ranges.
+
+Each poll:
+
+1. reads the checkpoint (the last block fully processed, with its hash);
+2. checks that the checkpoint block is still on the chain; if not, walks back through the
+   remembered blocks to the newest one that still is, rolls back what the orphaned blocks
+   brought (``rollback_after``) and continues from there;
+3. reads ``eth_getLogs`` from the checkpoint up to ``latest - confirmations`` in block
+   ranges that grow while the endpoint accepts them and halve when it refuses them
+   (never skipping a block), backing off when it rate-limits;
+4. checks the range hangs off the checkpoint (its first block's parent hash) and that
+   every log's block is the chain's block at that number, then stores the range's events,
+   the blocks it touched and the new checkpoint in one transaction.
+
+Only blocks that carried events and the checkpoint block are remembered (the newest
+``retained_blocks`` of them), so catching up does not fetch every header; a reorg rolls
+back to the newest remembered block still on the chain, which may be a little further
+back than the fork point, and the rest is read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar, cast
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+from web3 import Web3
+from web3.exceptions import BlockNotFound
+from web3.types import BlockData, FilterParams, LogReceipt
+
+from oracle.chain.coordinator import CoordinatorBinding
+from oracle.chain.rpc import is_log_range_refusal, rpc_errors
+from oracle.domain.events import ChainEvent
+from oracle.errors import LogRangeTooLarge, RpcError, RpcRateLimited
+from oracle.store.chain_state import (
+    BlockRef,
+    apply_event,
+    delete_checkpoint,
+    load_checkpoint,
+    prune_blocks,
+    recent_blocks,
+    record_block,
+    rollback_after,
+    save_checkpoint,
+)
+
+__all__ = ["Listener"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_TRANSIENT = (RpcError, OperationalError)
+_HEADER_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """A verified block range: its events, the blocks to remember, and its last block."""
+
+    events: list[ChainEvent]
+    blocks: list[BlockRef]
+    end: BlockRef
+
+
+class _ChainMoved(Exception):
+    """The chain reorganised while a range was being read; read it again next poll."""
+
+
+class Listener:
+    """Keeps Postgres in step with the coordinator's events (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        w3: Web3,
+        session_factory: Callable[[], Session],
+        binding: CoordinatorBinding,
+        name: str = "coordinator",
+        start_block: int = 0,
+        confirmations: int = 0,
+        initial_range: int = 500,
+        max_range: int = 5000,
+        retained_blocks: int = 256,
+        progress_interval_s: float = 5.0,
+        rate_limit_retries: int = 5,
+        poll_budget_s: float = 5.0,
+    ) -> None:
+        if not 1 <= initial_range <= max_range:
+            raise ValueError(f"need 1 <= initial_range={initial_range} <= max_range={max_range}")
+        if retained_blocks < 1 or confirmations < 0 or start_block < 0:
+            raise ValueError("retained_blocks must be >= 1; confirmations, start_block >= 0")
+        self._w3 = w3
+        self._sessions = session_factory
+        self._binding = binding
+        self.name = name
+        self.start_block = start_block
+        self.confirmations = confirmations
+        self.max_range = max_range
+        self.block_range = initial_range
+        """The current eth_getLogs range; adapts to what the endpoint accepts."""
+        self._retained_blocks = retained_blocks
+        self._progress_interval_s = progress_interval_s
+        self._rate_limit_retries = rate_limit_retries
+        self._poll_budget_s = poll_budget_s
+        self._last_progress_log = 0.0
+        self.blocks_behind = 0
+        """How far the last poll stopped short of ``latest - confirmations``."""
+
+    # --- polling ------------------------------------------------------------------------
+
+    def poll_once(self) -> int:
+        """Catch up to ``latest - confirmations``; returns how many events were applied."""
+        return self._poll(deadline=None)
+
+    async def run(self, stop: asyncio.Event, poll_interval: float) -> None:
+        """Poll until ``stop`` is set; RPC and database outages are logged and waited out."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                deadline = time.monotonic() + self._poll_budget_s
+                await asyncio.to_thread(self._poll, deadline)
+            except _TRANSIENT as exc:
+                failures += 1
+                delay = _backoff(exc, poll_interval, failures)
+                logger.warning(
+                    "listener poll failed; retrying",
+                    extra={"error": str(exc), "failures": failures, "retry_in_s": delay},
+                )
+            else:
+                failures = 0
+                delay = 0.0 if self.blocks_behind else poll_interval
+            await _sleep_unless_stopped(stop, delay)
+
+    def _poll(self, deadline: float | None) -> int:
+        with self._sessions() as session:
+            checkpoint = load_checkpoint(session, self.name)
+        latest = self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number)
+        target = latest - self.confirmations
+        if checkpoint is not None:
+            checkpoint = self._follow_reorg(checkpoint)
+        applied = 0
+        try:
+            while self._next_block(checkpoint) <= target:
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                chunk = self._read_range(self._next_block(checkpoint), target, checkpoint)
+                applied += self._store(chunk)
+                checkpoint = chunk.end
+                self._log_progress(checkpoint.number, target)
+        except _ChainMoved as moved:
+            logger.info("the chain moved while reading; again next poll", extra={"why": str(moved)})
+        self.blocks_behind = max(0, target - self._next_block(checkpoint) + 1)
+        return applied
+
+    def _next_block(self, checkpoint: BlockRef | None) -> int:
+        return self.start_block if checkpoint is None else checkpoint.number + 1
+
+    # --- reorgs -------------------------------------------------------------------------
+
+    def _follow_reorg(self, checkpoint: BlockRef) -> BlockRef | None:
+        """The checkpoint if still on the chain; else roll back to the common ancestor."""
+        canonical = self._header_or_none(checkpoint.number)
+        if canonical is not None and canonical.hash == checkpoint.hash:
+            return checkpoint
+        ancestor = self._common_ancestor()
+        with self._sessions() as session, session.begin():
+            if ancestor is None:
+                rollback_after(session, self.start_block - 1)
+                delete_checkpoint(session, self.name)
+            else:
+                rollback_after(session, ancestor.number)
+                save_checkpoint(session, self.name, ancestor)
+        self._log_reorg(checkpoint, ancestor)
+        return ancestor
+
+    def _common_ancestor(self) -> BlockRef | None:
+        """The newest remembered block that is still on the chain, if any is."""
+        with self._sessions() as session:
+            remembered = recent_blocks(session, self._retained_blocks)
+        for block in remembered:
+            canonical = self._header_or_none(block.number)
+            if canonical is not None and canonical.hash == block.hash:
+                return block
+        return None
+
+    def _log_reorg(self, checkpoint: BlockRef, ancestor: BlockRef | None) -> None:
+        if ancestor is None:
+            logger.error(
+                "reorg deeper than every remembered block; re-reading from the start block",
+                extra={"checkpoint_block": checkpoint.number, "start_block": self.start_block},
+            )
+            return
+        logger.warning(
+            "reorg detected; rolled back to the common ancestor",
+            extra={
+                "depth": checkpoint.number - ancestor.number,
+                "checkpoint_block": checkpoint.number,
+                "ancestor_block": ancestor.number,
+            },
+        )
+
+    # --- reading a range ----------------------------------------------------------------
+
+    def _read_range(self, first: int, target: int, checkpoint: BlockRef | None) -> _Chunk:
+        logs, last = self._logs_adaptive(first, target)
+        events = sorted(
+            self._binding.decode_logs(logs),
+            key=lambda e: (e.position.block_number, e.position.log_index),
+        )
+        wanted = {first, last} | {e.position.block_number for e in events}
+        headers = self._headers(sorted(wanted))
+        _check_links(headers, first, checkpoint, events)
+        remembered = {e.position.block_number for e in events} | {last}
+        blocks = [headers[n] for n in sorted(remembered)]
+        return _Chunk(events=events, blocks=blocks, end=headers[last])
+
+    def _logs_adaptive(self, first: int, target: int) -> tuple[list[LogReceipt], int]:
+        """Logs from ``first`` on, as far as the endpoint accepts; returns them and the end."""
+        while True:
+            last = min(target, first + self.block_range - 1)
+            try:
+                logs = self._get_logs(first, last)
+            except LogRangeTooLarge:
+                if last == first:
+                    raise
+                self.block_range = max(1, (last - first + 1) // 2)
+                logger.info("log range refused; halved", extra={"block_range": self.block_range})
+                continue
+            if last - first + 1 >= self.block_range:
+                self.block_range = min(self.max_range, self.block_range + self.block_range // 4 + 1)
+            return logs, last
+
+    def _get_logs(self, first: int, last: int) -> list[LogReceipt]:
+        params: FilterParams = {
+            "fromBlock": first,
+            "toBlock": last,
+            "address": self._binding.address,
+            "topics": [self._binding.event_topics],
+        }
+        try:
+            return self._rpc("eth_getLogs", lambda: list(self._w3.eth.get_logs(params)))
+        except RpcError as exc:
+            if isinstance(exc, RpcRateLimited) or not is_log_range_refusal(exc.reason):
+                raise
+            raise LogRangeTooLarge(from_block=first, to_block=last, reason=exc.reason) from exc
+
+    def _headers(self, numbers: Sequence[int]) -> dict[int, BlockRef]:
+        """Headers of ``numbers``, fetched in JSON-RPC batches."""
+        headers: dict[int, BlockRef] = {}
+        for start in range(0, len(numbers), _HEADER_BATCH):
+            batch_numbers = numbers[start : start + _HEADER_BATCH]
+            try:
+                fetch = functools.partial(self._get_blocks, batch_numbers)
+                blocks = self._rpc("eth_getBlockByNumber", fetch)
+            except BlockNotFound as exc:  # the chain got shorter under us
+                raise _ChainMoved(str(exc)) from exc
+            for block in blocks:
+                ref = _block_ref(block)
+                headers[ref.number] = ref
+        return headers
+
+    def _get_blocks(self, numbers: Sequence[int]) -> list[BlockData]:
+        with self._w3.batch_requests() as batch:
+            for number in numbers:
+                batch.add(self._w3.eth.get_block(number))
+            return cast(list[BlockData], batch.execute())
+
+    def _header_or_none(self, number: int) -> BlockRef | None:
+        try:
+            block = self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block(number))
+            return _block_ref(block)
+        except BlockNotFound:
+            return None
+
+    def _rpc(self, method: str, call: Callable[[], _T]) -> _T:
+        """One RPC call with its errors translated, waiting out rate limits a few times."""
+        for attempt in itertools.count(1):
+            try:
+                with rpc_errors(method):
+                    return call()
+            except RpcRateLimited as exc:
+                if attempt > self._rate_limit_retries:
+                    raise
+                delay = _backoff(exc, 0.25, attempt)
+                logger.info("rate limited; waiting", extra={"method": method, "wait_s": delay})
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # --- storing ------------------------------------------------------------------------
+
+    def _store(self, chunk: _Chunk) -> int:
+        """Events, remembered blocks and checkpoint of one range, in one transaction."""
+        with self._sessions() as session, session.begin():
+            for event in chunk.events:
+                apply_event(session, event)
+            for block in chunk.blocks:
+                record_block(session, block)
+            save_checkpoint(session, self.name, chunk.end)
+            prune_blocks(session, self._retained_blocks)
+        return len(chunk.events)
+
+    def _log_progress(self, block: int, target: int) -> None:
+        behind = target - block
+        now = time.monotonic()
+        if behind <= self.block_range or now - self._last_progress_log < self._progress_interval_s:
+            return
+        self._last_progress_log = now
+        logger.info(
+            "catching up with the chain",
+            extra={"block": block, "target_block": target, "blocks_behind": behind},
+        )
+
+
+def _check_links(
+    headers: dict[int, BlockRef],
+    first: int,
+    checkpoint: BlockRef | None,
+    events: Iterable[ChainEvent],
+) -> None:
+    """The range hangs off the checkpoint and its logs come from the chain's blocks."""
+    if checkpoint is not None and headers[first].parent_hash != checkpoint.hash:
+        raise _ChainMoved(f"block {first} no longer follows the checkpoint {checkpoint.number}")
+    for event in events:
+        position = event.position
+        if headers[position.block_number].hash != position.block_hash:
+            raise _ChainMoved(f"a log of block {position.block_number} came from another fork")
+
+
+def _block_ref(block: BlockData) -> BlockRef:
+    return BlockRef(
+        number=int(block["number"]),
+        hash=bytes(block["hash"]),
+        parent_hash=bytes(block["parentHash"]),
+    )
+
+
+def _backoff(exc: BaseException, base: float, failures: int) -> float:
+    """Exponential backoff (at most a minute), or what a rate limit asked for."""
+    if isinstance(exc, RpcRateLimited) and exc.retry_after_s is not None:
+        return exc.retry_after_s
+    return float(min(60.0, max(base, 0.05) * 2 ** min(failures, 10)))
+
+
+async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    if seconds <= 0:
+        await asyncio.sleep(0)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
