@@ -83,8 +83,10 @@ def run_devnet(options: DevOptions) -> int:
 
 def _run_network(options: DevOptions, anvil: Anvil, deployment: Deployment, server_url: URL) -> int:
     with LocalNetwork(anvil, deployment, server_url, options.data_dir) as network:
+        # one LLM thread per core the node gets: oversubscribed cores slow llama.cpp tenfold
+        threads = str(max(1, (os.cpu_count() or 1) // options.nodes))
         for i in range(options.nodes):
-            network.start_node(i)
+            network.start_node(i, "--llm-threads", threads)
         network.wait_for_registration()
         say(f"{options.nodes} nodes registered; sending the sample request")
         started = time.monotonic()

@@ -55,7 +55,8 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False, prefix: 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("apscheduler", "urllib3", "web3", "httpx", "sentence_transformers", "filelock"):
+    quiet = ("apscheduler", "urllib3", "web3", "httpx", "sentence_transformers", "filelock", "pgserver")
+    for noisy in quiet:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -1,0 +1,210 @@
+"""The composition root: the one place that builds a node from its parts and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from eth_account import Account
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from web3 import Web3
+
+from oracle.chain.coordinator import CoordinatorBinding
+from oracle.chain.listener import Listener
+from oracle.chain.sender import TxSender
+from oracle.config import NodeSettings
+from oracle.engine.models import DEFAULT_LLMS, lookup_llm
+from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor
+from oracle.errors import OracleError
+from oracle.lifecycle.context import ModelProfile, NodeContext
+from oracle.lifecycle.driver import advance_requests
+from oracle.observability import serve_http
+from oracle.store import current_revision, head_revision, make_engine, make_session_factory, upgrade
+from oracle.store.embedded import embedded_postgres, ensure_database
+from oracle.store.maintenance import maintain_queue
+from oracle.store.outbox import enqueue_tx
+
+logger = logging.getLogger(__name__)
+
+
+class SchemaBehind(OracleError):
+    """The database schema is older than this version of the node; run `oracle db upgrade`"""
+
+
+@contextmanager
+def node_database(settings: NodeSettings) -> Iterator[str]:
+    """The operator's database, or an embedded Postgres under the data directory."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    with embedded_postgres(settings.data_dir / "postgres") as server:
+        yield ensure_database(server, "oracle").render_as_string(hide_password=False)
+
+
+def prepare_schema(database_url: str, *, migrate: bool) -> None:
+    current, head = current_revision(database_url), head_revision()
+    if current == head:
+        return
+    if not migrate:
+        raise SchemaBehind(f"database at {current or 'empty'}, this node needs {head}")
+    logger.info("migrating database", extra={"from": current, "to": head})
+    upgrade(database_url)
+
+
+@dataclass(slots=True)
+class Node:
+    settings: NodeSettings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    binding: CoordinatorBinding
+    listener: Listener
+    sender: TxSender
+    supervisor: WorkerSupervisor
+    ctx: NodeContext
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the chain and serve requests until ``stop`` is set or a part fails."""
+        scheduler = AsyncIOScheduler()
+        poll = self.settings.poll_interval_s
+        parts: list[Awaitable[None]] = [
+            self.listener.run(stop, poll),
+            self.sender.run(stop, poll),
+            self.supervisor.run(stop),
+            self._register_then_serve(scheduler, stop),
+        ]
+        if self.settings.http_port is not None:
+            parts.append(serve_http(self.engine, self.settings.http_port, stop))
+        try:
+            await _run_together(parts, stop)
+        finally:
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
+            self.engine.dispose()
+
+    async def _register_then_serve(self, scheduler: AsyncIOScheduler, stop: asyncio.Event) -> None:
+        await self._ensure_registered(stop)
+        scheduler.add_job(
+            self._advance,
+            "interval",
+            seconds=self.settings.poll_interval_s,
+            max_instances=1,
+            coalesce=True,
+            id="advance-requests",
+        )
+        scheduler.add_job(
+            self._maintain,
+            "interval",
+            seconds=2.0,
+            max_instances=1,
+            coalesce=True,
+            id="maintain-queue",
+        )
+        scheduler.start()
+        logger.info("serving requests", extra={"address": self.ctx.address})
+        await stop.wait()
+
+    async def _ensure_registered(self, stop: asyncio.Event) -> None:
+        address = self.ctx.address
+        if await asyncio.to_thread(self.binding.is_registered, address):
+            return
+        with self.sessions.begin() as session:
+            enqueue_tx(
+                session,
+                kind="register",
+                request_id=None,
+                from_address=address,
+                to_address=self.ctx.coordinator,
+                data=self.binding.encode_register(),
+                value_wei=self.settings.stake_wei,
+            )
+        logger.info(
+            "registering with the coordinator", extra={"stake_wei": self.settings.stake_wei}
+        )
+        while not stop.is_set() and not await asyncio.to_thread(
+            self.binding.is_registered, address
+        ):
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+    async def _advance(self) -> None:
+        await asyncio.to_thread(advance_requests, self.sessions, self.ctx, self.binding)
+
+    async def _maintain(self) -> None:
+        await asyncio.to_thread(maintain_queue, self.engine)
+
+
+async def _run_together(parts: list[Awaitable[None]], stop: asyncio.Event) -> None:
+    """Every part runs until stop; the first one to fail stops the rest and is re-raised."""
+    tasks = [asyncio.ensure_future(p) for p in parts]
+    _done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    stop.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result
+
+
+def build_node(settings: NodeSettings, database_url: str) -> Node:
+    engine = make_engine(database_url, pool_size=10)
+    sessions = make_session_factory(engine)
+    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 30}))
+    account = Account.from_key(settings.private_key)
+    binding = CoordinatorBinding(w3, settings.contract)
+    ctx = NodeContext(
+        address=account.address.lower(),
+        coordinator=settings.contract.lower(),
+        models={m: _profile(m, settings) for m in settings.models},
+        embedding_models=settings.embedding_models,
+        verify_tolerance_bits=settings.verify_tolerance_bits,
+        test_fault=settings.test_fault,
+    )
+    specs = [
+        WorkerSpec(role="llm", model=m, threads=settings.llm_threads)
+        for m in settings.models
+        for _ in range(settings.llm_workers)
+    ] + [
+        WorkerSpec(role="embedding", model=m)
+        for m in settings.embedding_models
+        for _ in range(settings.embedding_workers)
+    ]
+    return Node(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        binding=binding,
+        listener=Listener(
+            w3=w3,
+            session_factory=sessions,
+            binding=binding,
+            start_block=settings.start_block,
+            confirmations=settings.confirmations,
+        ),
+        sender=TxSender(
+            w3=w3,
+            session_factory=sessions,
+            account=account,
+            chain_id=w3.eth.chain_id,
+            binding=binding,
+        ),
+        supervisor=WorkerSupervisor(database_url, specs),
+        ctx=ctx,
+    )
+
+
+def _profile(model: str, settings: NodeSettings) -> ModelProfile:
+    spec = lookup_llm(model, DEFAULT_LLMS)
+    return ModelProfile(
+        name=model, context_tokens=spec.context_tokens, workers=settings.llm_workers
+    )
+
+
+async def run_node(settings: NodeSettings, stop: asyncio.Event) -> None:
+    """``oracle run``: database, schema, parts, then serve until stopped."""
+    with node_database(settings) as database_url:
+        await asyncio.to_thread(prepare_schema, database_url, migrate=settings.migrate)
+        node = await asyncio.to_thread(build_node, settings, database_url)
+        await node.run(stop)

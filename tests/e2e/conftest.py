@@ -1,0 +1,130 @@
+"""End-to-end fixtures: a chain with real block times, the contracts, node processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+from web3 import Web3
+
+from oracle.chain.anvil import Anvil, dev_private_key, start_anvil
+from oracle.chain.artifacts import load_artifact
+from oracle.chain.deploy import Deployment, deploy_all
+from oracle.client import RequestOptions, RequestResult, coordinator_contract, send_request
+from oracle.devnet import LocalNetwork
+from oracle.store.db import make_engine
+from tests.support.postgres import drop_database
+
+REVEAL_WINDOW_S = 20
+DISPUTE_WINDOW_S = 3
+
+
+@pytest.fixture(scope="session")
+def timed_anvil() -> Iterator[Anvil]:
+    """A chain that mines a block every second, as a real one does (not on every tx)."""
+    node = start_anvil("--block-time", "1", "--accounts", "12")
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@dataclass
+class Network:
+    """A fresh deployment and the node processes serving it."""
+
+    anvil: Anvil
+    deployment: Deployment
+    local: LocalNetwork
+
+    @property
+    def w3(self) -> Web3:
+        return self.anvil.w3
+
+    def start(self, count: int, *extra_args: str) -> None:
+        for index in range(len(self.local.nodes), len(self.local.nodes) + count):
+            self.local.start_node(index, *extra_args)
+
+    def ask(self, prompt: str, **options: Any) -> RequestResult:
+        defaults: dict[str, Any] = {
+            "rpc_url": self.anvil.url,
+            "contract": self.deployment.coordinator,
+            "private_key": dev_private_key(0),
+            "callback": self.deployment.consumer,
+            "callback_gas_limit": 300_000,
+            "timeout_s": 240,
+            "max_tokens": 32,
+        }
+        return send_request(RequestOptions(prompt=prompt, **{**defaults, **options}))
+
+    def coordinator(self) -> Any:
+        return coordinator_contract(self.w3, self.deployment.coordinator)
+
+    def consumer(self) -> Any:
+        return self.w3.eth.contract(
+            address=Web3.to_checksum_address(self.deployment.consumer),
+            abi=load_artifact("ExampleConsumer").abi,
+        )
+
+    def node_rows(self, index: int, sql: str, **params: Any) -> list[Any]:
+        engine = make_engine(self.local.nodes[index].database_url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(text(sql), params))
+        finally:
+            engine.dispose()
+
+    def net_received(self, address: str, from_block: int) -> int:
+        """Wei the address gained since ``from_block`` before paying for its own gas."""
+        spent = 0
+        for number in range(from_block, self.w3.eth.block_number + 1):
+            block = self.w3.eth.get_block(number, full_transactions=True)
+            for tx in block["transactions"]:
+                if tx["from"] == address:  # type: ignore[index]
+                    receipt = self.w3.eth.get_transaction_receipt(tx["hash"])  # type: ignore[index]
+                    spent += receipt["gasUsed"] * receipt["effectiveGasPrice"]
+        before = self.w3.eth.get_balance(address, block_identifier=from_block - 1)
+        return int(self.w3.eth.get_balance(address)) - int(before) + spent
+
+    def txs_to_coordinator(self, address: str, from_block: int) -> list[str]:
+        """Function names of the address's transactions to the coordinator since ``from_block``."""
+        coordinator = self.coordinator()
+        names = []
+        for number in range(from_block, self.w3.eth.block_number + 1):
+            for tx in self.w3.eth.get_block(number, full_transactions=True)["transactions"]:
+                if tx["from"] == address and tx["to"] == coordinator.address:  # type: ignore[index]
+                    function, _ = coordinator.decode_function_input(tx["input"])  # type: ignore[index]
+                    names.append(function.fn_name)
+        return names
+
+
+@pytest.fixture
+def network(timed_anvil: Anvil, postgres_server_url: URL, tmp_path: Path) -> Iterator[Network]:
+    deployment = deploy_all(
+        timed_anvil.w3,
+        sender=Web3.to_checksum_address(timed_anvil.w3.eth.accounts[0]),
+        reveal_window_s=REVEAL_WINDOW_S,
+        dispute_window_s=DISPUTE_WINDOW_S,
+    )
+    local = LocalNetwork(timed_anvil, deployment, postgres_server_url, tmp_path)
+    try:
+        yield Network(anvil=timed_anvil, deployment=deployment, local=local)
+    finally:
+        local.stop_all()
+        for node in local.nodes.values():
+            drop_database(postgres_server_url, node.database_url.rsplit("/", 1)[1])
+        _attach_logs(tmp_path)
+
+
+def _attach_logs(directory: Path) -> None:
+    """Print the tail of every node log so a failing test shows what the nodes did."""
+    for log in sorted(directory.glob("node*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        print(f"----- {log.name} (last 60 lines) -----")
+        print("\n".join(lines[-60:]))

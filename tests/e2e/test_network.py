@@ -1,0 +1,188 @@
+"""Whole requests through real nodes: anvil, Postgres, real models, nodes as subprocesses."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from oracle.chain.anvil import dev_private_key
+from oracle.client import RequestRejected, follow_request
+from oracle.lifecycle.context import UNRELATED_ANSWER
+from tests.e2e.conftest import Network
+
+pytestmark = pytest.mark.slow
+
+PROMPT = "What is the capital of France? Answer in one short sentence."
+GEMMA = "gemma-3-270m-Q4_K_M"
+SMOL = "SmolLM2-135M-Instruct-Q4_1"
+
+
+def request_block(network: Network, request_id: int) -> int:
+    (log,) = (
+        network.coordinator()
+        .events.InferenceRequested()
+        .get_logs(from_block=0, argument_filters={"requestId": request_id})
+    )
+    return int(log["blockNumber"])
+
+
+def test_three_honest_nodes_agree_and_are_paid(network: Network) -> None:
+    network.start(3)
+    network.local.wait_for_registration()
+    result = network.ask(PROMPT, quorum=3, fee_wei=3 * 10**15)
+    assert result.finalized, result.phases
+    assert result.cluster_seats == (0, 1, 2)
+    stored = network.consumer().functions.answers(result.request_id).call()
+    assert stored == [result.output, SMOL, True]
+    start = request_block(network, result.request_id)
+    for node in network.local.nodes.values():
+        assert network.net_received(node.address, start) == 10**15
+
+
+def test_an_unrelated_answer_falls_outside_the_cluster(network: Network) -> None:
+    network.start(3)
+    network.start(1, "--test-fault", "unrelated-answer")
+    network.local.wait_for_registration()
+    result = network.ask(PROMPT, quorum=4, fee_wei=3 * 10**15)
+    assert result.finalized, result.phases
+    assert result.output != UNRELATED_ANSWER
+    liar = network.local.nodes[3].address
+    seat_of = {
+        log["args"]["oracle"]: log["args"]["seat"] for log in _events(network, "Committed", result)
+    }
+    assert seat_of[liar] not in result.cluster_seats
+    assert len(result.cluster_seats) == 3
+    start = request_block(network, result.request_id)
+    assert network.net_received(liar, start) == 0
+    for index in range(3):
+        assert network.net_received(network.local.nodes[index].address, start) == 10**15
+
+
+def test_mismatched_embedding_is_disputed_and_excluded(network: Network) -> None:
+    network.start(3)
+    network.start(1, "--test-fault", "wrong-embedding")
+    network.local.wait_for_registration()
+    result = network.ask(PROMPT, quorum=4, fee_wei=4 * 10**15)
+    assert result.finalized, result.phases
+    liar = network.local.nodes[3].address
+    disputes = _events(network, "Disputed", result)
+    assert {d["args"]["accused"] for d in disputes} == {liar}
+    assert len({d["args"]["disputer"] for d in disputes}) == 3
+    seat_of = {
+        log["args"]["oracle"]: log["args"]["seat"] for log in _events(network, "Committed", result)
+    }
+    assert seat_of[liar] not in result.cluster_seats
+
+
+def test_unreachable_quorum_fails_and_refunds(network: Network) -> None:
+    network.start(2)
+    network.local.wait_for_registration()
+    requester = network.w3.eth.account.from_key(dev_private_key(0)).address
+    # one deadline no node can make, one quorum that two nodes cannot fill
+    short = network.ask(PROMPT, quorum=2, max_time_ms=1000, wait=False)
+    too_few = network.ask(PROMPT, quorum=3, max_time_ms=15_000, wait=False)
+    start = request_block(network, short.request_id)
+    for result in (short, too_few):
+        follow_request(network.w3, network.coordinator(), result, start, timeout_s=180)
+    assert short.failed and short.reason == "no commits", short.phases
+    assert too_few.failed and too_few.reason == "no consensus", too_few.phases
+    # both fees came back: what the requester lost is only the gas it paid itself
+    assert network.net_received(requester, start) == 0
+    _wait_until_idle(network, [0, 1])
+    rows = network.node_rows(0, "SELECT phase, skip_reason FROM requests ORDER BY id")
+    assert [r.phase for r in rows] == ["failed", "failed"]
+    assert "cannot finish before the commit deadline" in rows[0].skip_reason
+
+
+def test_two_models_serve_one_request(network: Network) -> None:
+    network.start(2)
+    network.start(1, "--model", GEMMA)
+    network.local.wait_for_registration()
+    result = network.ask(PROMPT, quorum=3, models=(SMOL, GEMMA), sec_percentage=0.6)
+    assert result.finalized, result.phases
+    reveals = _events(network, "Revealed", result)
+    assert {r["args"]["modelIndex"] for r in reveals} == {0, 1}
+
+
+def test_a_node_killed_after_its_commit_reveals_after_restart(network: Network) -> None:
+    network.start(3)
+    network.local.wait_for_registration()
+    victim = network.local.nodes[0].address
+    sent = network.ask(PROMPT, quorum=3, max_time_ms=60_000, wait=False)
+    start = request_block(network, sent.request_id)
+    _wait_for(lambda: victim in {c["args"]["oracle"] for c in _events(network, "Committed", sent)})
+    network.local.kill_node(0)
+    network.local.restart_node(0)
+    follow_request(network.w3, network.coordinator(), sent, start, timeout_s=180)
+    assert sent.finalized, sent.phases
+    revealers = {r["args"]["oracle"] for r in _events(network, "Revealed", sent)}
+    assert victim in revealers  # its salt survived the crash
+    assert sorted(network.txs_to_coordinator(victim, start)) == ["commit", "reveal"]
+
+
+def test_hostile_requests_end_with_reasons_and_the_node_keeps_serving(network: Network) -> None:
+    network.start(1)
+    network.local.wait_for_registration()
+    coordinator = network.coordinator()
+    owner = network.w3.eth.accounts[0]
+    network.w3.eth.wait_for_transaction_receipt(
+        coordinator.functions.setMaxPromptBytes(200_000).transact({"from": owner})
+    )
+    hostile = [
+        network.ask(PROMPT, quorum=1, models=("no-such-model",), wait=False),
+        network.ask("tell me more " * 5000, quorum=1, wait=False),
+        network.ask(PROMPT, quorum=1, max_tokens=1_000_000, wait=False),
+    ]
+    with pytest.raises(RequestRejected, match="ZeroMaxTokens"):
+        network.ask(PROMPT, quorum=1, max_tokens=0)
+    healthy = network.ask(PROMPT, quorum=1)
+    assert healthy.finalized, healthy.phases
+    ids = [h.request_id for h in hostile]
+    _wait_for(lambda: all(r.skip_reason for r in _requests(network, ids)))
+    reasons = [r.skip_reason for r in _requests(network, ids)]
+    assert "none of the accepted models ['no-such-model']" in reasons[0]
+    assert "Prompt too long" in reasons[1] or "prompt" in reasons[1].lower()
+    assert "maxTokens 1000000 exceeds" in reasons[2]
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _events(network: Network, name: str, result: object) -> list[dict[str, object]]:
+    request_id = result.request_id  # type: ignore[attr-defined]
+    event = getattr(network.coordinator().events, name)()
+    return list(event.get_logs(from_block=0, argument_filters={"requestId": request_id}))
+
+
+def _requests(network: Network, ids: list[int]) -> list[object]:
+    return network.node_rows(
+        0, "SELECT id, phase, skip_reason FROM requests WHERE id = ANY(:ids) ORDER BY id", ids=ids
+    )
+
+
+def _wait_for(condition: object, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.5)
+    raise AssertionError("condition not met in time")
+
+
+def _wait_until_idle(network: Network, indexes: list[int]) -> None:
+    """Nothing left queued, running or unsent: no node hangs or retries forever."""
+
+    def idle() -> bool:
+        for index in indexes:
+            jobs = network.node_rows(
+                index, "SELECT count(*) FROM jobs WHERE status IN ('queued','running')"
+            )
+            txs = network.node_rows(
+                index, "SELECT count(*) FROM outgoing_txs WHERE status IN ('pending','sent')"
+            )
+            if jobs[0][0] or txs[0][0]:
+                return False
+        return True
+
+    _wait_for(idle, timeout_s=60)
