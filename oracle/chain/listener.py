@@ -22,7 +22,6 @@ back than the fork point, and the rest is read again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import logging
@@ -38,6 +37,7 @@ from web3.exceptions import BlockNotFound
 from web3.types import BlockData, FilterParams, LogReceipt
 
 from oracle.chain.coordinator import CoordinatorBinding
+from oracle.chain.polling import backoff_delay, sleep_unless_stopped
 from oracle.chain.rpc import is_log_range_refusal, rpc_errors
 from oracle.domain.events import ChainEvent
 from oracle.errors import LogRangeTooLarge, RpcError, RpcRateLimited
@@ -130,7 +130,7 @@ class Listener:
                 await asyncio.to_thread(self._poll, deadline)
             except _TRANSIENT as exc:
                 failures += 1
-                delay = _backoff(exc, poll_interval, failures)
+                delay = backoff_delay(exc, poll_interval, failures)
                 logger.warning(
                     "listener poll failed; retrying",
                     extra={"error": str(exc), "failures": failures, "retry_in_s": delay},
@@ -138,7 +138,7 @@ class Listener:
             else:
                 failures = 0
                 delay = 0.0 if self.blocks_behind else poll_interval
-            await _sleep_unless_stopped(stop, delay)
+            await sleep_unless_stopped(stop, delay)
 
     def _poll(self, deadline: float | None) -> int:
         with self._sessions() as session:
@@ -290,7 +290,7 @@ class Listener:
             except RpcRateLimited as exc:
                 if attempt > self._rate_limit_retries:
                     raise
-                delay = _backoff(exc, 0.25, attempt)
+                delay = backoff_delay(exc, 0.25, attempt)
                 logger.info("rate limited; waiting", extra={"method": method, "wait_s": delay})
                 time.sleep(delay)
         raise AssertionError("unreachable")
@@ -341,18 +341,3 @@ def _block_ref(block: BlockData) -> BlockRef:
         hash=bytes(block["hash"]),
         parent_hash=bytes(block["parentHash"]),
     )
-
-
-def _backoff(exc: BaseException, base: float, failures: int) -> float:
-    """Exponential backoff (at most a minute), or what a rate limit asked for."""
-    if isinstance(exc, RpcRateLimited) and exc.retry_after_s is not None:
-        return exc.retry_after_s
-    return float(min(60.0, max(base, 0.05) * 2 ** min(failures, 10)))
-
-
-async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
-    if seconds <= 0:
-        await asyncio.sleep(0)
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -6,13 +6,13 @@ import asyncio
 import itertools
 import logging
 import random
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import requests
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
-from web3 import Web3
+from web3 import HTTPProvider, Web3
 from web3.types import RPCEndpoint, RPCResponse
 
 from oracle.chain.anvil import Anvil
@@ -22,7 +22,7 @@ from oracle.store.models import ChainBlock, ChainCheckpoint, ChainEvent, Request
 from tests.support.protocol import Protocol, random_bits
 
 
-class FaultyProvider(Web3.HTTPProvider):
+class FaultyProvider(HTTPProvider):
     """The real anvil behind a thin layer that refuses what a public endpoint would.
 
     ``max_log_range``: eth_getLogs over more blocks than this answers like Infura's
@@ -53,7 +53,10 @@ class FaultyProvider(Web3.HTTPProvider):
             self.log_ranges.append((first, last, refused))
             if refused:
                 message = "query returned more than 10000 results"
-                return {"jsonrpc": "2.0", "id": 1, "error": {"code": -32005, "message": message}}
+                return cast(
+                    RPCResponse,
+                    {"jsonrpc": "2.0", "id": 1, "error": {"code": -32005, "message": message}},
+                )
         return super().make_request(method, params)
 
 

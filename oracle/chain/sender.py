@@ -1,0 +1,497 @@
+"""Works the transaction outbox for one key: simulate, sign, persist, broadcast, follow up.
+
+The order that makes a crash harmless: a pending row is simulated, signed with the next
+local nonce, and stored as ``sent`` (nonce, gas, fees, the signed hash) in a committed
+transaction *before* it is broadcast. After a crash the row is found ``sent``; if the
+chain has neither a receipt nor the transaction, it is signed again from the stored
+fields (EIP-1559 signatures are deterministic, so the same bytes and hash) and
+broadcast: nothing is lost and nothing is sent twice.
+
+Simulation (``eth_call`` from the key's address against the pending block) sorts
+reverts into three kinds: the work is already done (the row is ``skipped``), the
+contract says "not yet" (the row waits, with backoff), or anything else (``failed``,
+with the decoded custom error). A transaction that is not mined within
+``bump_after_s`` is replaced at the same nonce with fees raised by at least
+``fee_bump_percent``; every hash it was sent under is kept, since any may be mined.
+
+One sender per key: nonces are allocated here, resynced from the chain's ``pending``
+count (and the outbox's own highest nonce) at start and after nonce errors; ``run``
+holds a Postgres advisory lock on the key so a second node process on the same
+database and key refuses to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from eth_account.datastructures import SignedTransaction
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+from web3 import Web3
+from web3.exceptions import ContractLogicError, TransactionNotFound
+from web3.types import TxParams, TxReceipt, Wei
+
+from oracle.chain.artifacts import decode_revert
+from oracle.chain.coordinator import CoordinatorBinding
+from oracle.chain.polling import backoff_delay, sleep_unless_stopped
+from oracle.chain.rpc import rpc_errors
+from oracle.errors import RpcError, SenderAlreadyRunning
+from oracle.store.models import OutgoingTx
+from oracle.store.outbox import (
+    defer_tx,
+    highest_nonce,
+    in_flight_txs,
+    mark_confirmed,
+    mark_failed,
+    mark_replaced,
+    mark_sent,
+    mark_skipped,
+    note_tx_error,
+    release_nonce,
+    sendable_txs,
+)
+
+__all__ = ["ALREADY_DONE_ERRORS", "NOT_YET_ERRORS", "PreparedTx", "TxSender"]
+
+logger = logging.getLogger(__name__)
+
+ALREADY_DONE_ERRORS = frozenset(
+    {"AlreadyCommitted", "AlreadyRevealed", "AlreadyDisputed", "RequestClosed", "AlreadyRegistered"}
+)
+"""Reverts meaning someone (perhaps this node, before a crash) already did the work."""
+NOT_YET_ERRORS = frozenset({"RevealNotOpen", "FinalizeTooEarly"})
+"""Reverts meaning the contract will accept the call later."""
+
+_V = TypeVar("_V")
+_GWEI = 10**9
+_TRANSIENT = (RpcError, OperationalError)
+_ALREADY_KNOWN = ("already known", "known transaction", "alreadyknown", "already imported")
+_NONCE_TOO_LOW = ("nonce too low", "noncetoolow", "nonce is too low", "invalid nonce")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedTx:
+    """A row stored as ``sent`` whose signed bytes still have to reach the chain."""
+
+    tx_id: int
+    raw: bytes
+    log: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Fees:
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+
+
+class TxSender:
+    """The one sender of ``account``'s transactions (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        w3: Web3,
+        session_factory: Callable[[], Session],
+        account: LocalAccount,
+        chain_id: int,
+        binding: CoordinatorBinding,
+        bump_after_s: float = 15,
+        fee_bump_percent: int = 15,
+        max_fee_gwei_cap: float | None = None,
+        gas_margin_percent: int = 20,
+        not_yet_retry_s: float = 2.0,
+    ) -> None:
+        if fee_bump_percent < 10:
+            raise ValueError("fee_bump_percent below 10 is refused as an underpriced replacement")
+        self._w3 = w3
+        self._sessions = session_factory
+        self._account = account
+        self._chain_id = chain_id
+        self._binding = binding
+        self.address = account.address.lower()
+        self._bump_after = timedelta(seconds=bump_after_s)
+        self._bump_percent = fee_bump_percent
+        self._fee_cap = None if max_fee_gwei_cap is None else int(max_fee_gwei_cap * _GWEI)
+        self._gas_margin_percent = gas_margin_percent
+        self._not_yet_retry_s = not_yet_retry_s
+        self._next_nonce: int | None = None
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def sync_once(self) -> None:
+        """Send the pending rows (oldest first), then follow up on the sent ones."""
+        for prepared in self.prepare_pending():
+            self.broadcast(prepared)
+        self.check_sent()
+
+    async def run(self, stop: asyncio.Event, poll_interval: float) -> None:
+        """Sync until ``stop`` is set, holding this key's lock; outages are waited out."""
+        lock = await asyncio.to_thread(self._lock_key)
+        try:
+            await self._loop(stop, poll_interval)
+        finally:
+            await asyncio.to_thread(_unlock, lock, _lock_id(self.address))
+
+    async def _loop(self, stop: asyncio.Event, poll_interval: float) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.sync_once)
+            except _TRANSIENT as exc:
+                failures += 1
+                delay = backoff_delay(exc, poll_interval, failures)
+                logger.warning(
+                    "sender sync failed; retrying",
+                    extra={"error": str(exc), "failures": failures, "retry_in_s": delay},
+                )
+            else:
+                failures = 0
+                delay = poll_interval
+            await sleep_unless_stopped(stop, delay)
+
+    def _lock_key(self) -> Connection:
+        with self._sessions() as session:
+            engine = session.get_bind()
+        assert isinstance(engine, Engine)
+        connection = engine.connect()
+        locked = connection.scalar(select(func.pg_try_advisory_lock(_lock_id(self.address))))
+        connection.commit()  # the lock is the connection's, not the transaction's
+        if not locked:
+            connection.close()
+            raise SenderAlreadyRunning(address=self.address)
+        return connection
+
+    # --- pending rows -------------------------------------------------------------------
+
+    def prepare_pending(self) -> list[PreparedTx]:
+        """Simulate, sign and store as ``sent`` every ready pending row; broadcast nothing."""
+        if self._next_nonce is None:
+            self._resync_nonce()
+        with self._sessions() as session:
+            ready = sendable_txs(session, self.address, _now())
+        prepared = []
+        for tx in ready:
+            one = self._prepare(tx)
+            if one is not None:
+                prepared.append(one)
+        return prepared
+
+    def _prepare(self, tx: OutgoingTx) -> PreparedTx | None:
+        params = self._call_params(tx)
+        revert = self._simulate(params)
+        if revert is None:
+            revert, gas = self._estimate_gas(params)
+        if revert is not None:
+            self._handle_revert(tx, revert)
+            return None
+        nonce = self._allocate_nonce()
+        fees = self._fees()
+        signed = self._sign(tx, nonce=nonce, gas=gas, fees=fees)
+        with self._sessions() as session, session.begin():
+            mark_sent(
+                session,
+                tx.id,
+                nonce=nonce,
+                tx_hash=bytes(signed.hash),
+                gas_limit=gas,
+                max_fee_per_gas=fees.max_fee_per_gas,
+                max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+            )
+        self._next_nonce = nonce + 1
+        log = _fields(tx, tx_hash=bytes(signed.hash), nonce=nonce)
+        return PreparedTx(tx_id=tx.id, raw=bytes(signed.raw_transaction), log=log)
+
+    def _simulate(self, params: TxParams) -> str | None:
+        """The decoded revert of ``params`` against the pending block, or None if it passes."""
+        try:
+            with rpc_errors("eth_call"):
+                self._w3.eth.call(params, "pending")
+        except ContractLogicError as exc:
+            return _revert_reason(exc)
+        return None
+
+    def _estimate_gas(self, params: TxParams) -> tuple[str | None, int]:
+        try:
+            with rpc_errors("eth_estimateGas"):
+                estimate = self._w3.eth.estimate_gas(params)
+        except ContractLogicError as exc:
+            return _revert_reason(exc), 0
+        return None, estimate * (100 + self._gas_margin_percent) // 100
+
+    def _handle_revert(self, tx: OutgoingTx, reason: str) -> None:
+        name = reason.split("(", 1)[0]
+        log = _fields(tx, reason=reason)
+        with self._sessions() as session, session.begin():
+            if name in ALREADY_DONE_ERRORS:
+                mark_skipped(session, tx.id, reason=reason)
+                logger.info("not sent: already done", extra=log)
+            elif name in NOT_YET_ERRORS:
+                delay = min(60.0, self._not_yet_retry_s * 2 ** min(tx.attempts, 5))
+                defer_tx(session, tx.id, until=_now() + timedelta(seconds=delay), reason=reason)
+                logger.info("not sent yet: the contract says wait", extra={**log, "wait_s": delay})
+            else:
+                mark_failed(session, tx.id, reason=reason)
+                logger.error("not sent: the call would revert", extra=log)
+
+    # --- broadcasting -------------------------------------------------------------------
+
+    def broadcast(self, prepared: PreparedTx) -> None:
+        """Hand signed bytes to the node; a refusal is logged and settled by ``check_sent``."""
+        try:
+            with rpc_errors("eth_sendRawTransaction"):
+                self._w3.eth.send_raw_transaction(prepared.raw)
+        except RpcError as exc:
+            self._broadcast_refused(prepared, exc)
+            return
+        logger.info("transaction sent", extra=prepared.log)
+
+    def _broadcast_refused(self, prepared: PreparedTx, exc: RpcError) -> None:
+        reason = exc.reason.lower()
+        if any(marker in reason for marker in _ALREADY_KNOWN):
+            return
+        if any(marker in reason for marker in _NONCE_TOO_LOW):
+            self._next_nonce = None  # resync; check_sent settles the row
+        with self._sessions() as session, session.begin():
+            note_tx_error(session, prepared.tx_id, reason=f"broadcast refused: {exc.reason}")
+        logger.warning("broadcast refused", extra={**prepared.log, "error": exc.reason})
+
+    # --- sent rows ----------------------------------------------------------------------
+
+    def check_sent(self) -> None:
+        """Receipts settle rows; unknown ones are broadcast again; slow ones get higher fees."""
+        with self._sessions() as session:
+            sent = in_flight_txs(session, self.address)
+        for tx in sent:
+            self._check_one(tx)
+
+    def _check_one(self, tx: OutgoingTx) -> None:
+        receipt = self._receipt(tx)
+        if receipt is not None:
+            self._settle(tx, receipt)
+        elif not self._known(_stored(tx.tx_hash)):
+            self._resend_or_release(tx)
+        elif tx.sent_at is not None and _now() - tx.sent_at >= self._bump_after:
+            self._bump(tx)
+
+    def _receipt(self, tx: OutgoingTx) -> TxReceipt | None:
+        for tx_hash in [_stored(tx.tx_hash), *tx.replaced_tx_hashes]:
+            try:
+                with rpc_errors("eth_getTransactionReceipt"):
+                    return self._w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+            except TransactionNotFound:
+                continue
+        return None
+
+    def _known(self, tx_hash: bytes) -> bool:
+        try:
+            with rpc_errors("eth_getTransactionByHash"):
+                self._w3.eth.get_transaction(HexBytes(tx_hash))
+        except TransactionNotFound:
+            return False
+        return True
+
+    def _settle(self, tx: OutgoingTx, receipt: TxReceipt) -> None:
+        mined_hash = bytes(receipt["transactionHash"])
+        block = int(receipt["blockNumber"])
+        log = _fields(tx, tx_hash=mined_hash, block=block)
+        if receipt["status"] == 1:
+            with self._sessions() as session, session.begin():
+                mark_confirmed(session, tx.id, tx_hash=mined_hash, receipt_block=block)
+            logger.info("transaction confirmed", extra=log)
+            return
+        reason = self._failure_reason(tx, receipt)
+        with self._sessions() as session, session.begin():
+            mark_failed(session, tx.id, reason=reason, tx_hash=mined_hash, receipt_block=block)
+        logger.error("transaction reverted on chain", extra={**log, "reason": reason})
+
+    def _failure_reason(self, tx: OutgoingTx, receipt: TxReceipt) -> str:
+        """Why a mined transaction reverted: replayed on the state its block left."""
+        try:
+            with rpc_errors("eth_call"):
+                self._w3.eth.call(self._call_params(tx), receipt["blockNumber"])
+        except ContractLogicError as exc:
+            return _revert_reason(exc)
+        if tx.gas_limit is not None and receipt["gasUsed"] >= tx.gas_limit:
+            return f"out of gas (limit {tx.gas_limit})"
+        return "reverted on chain; replaying it afterwards succeeds"
+
+    def _resend_or_release(self, tx: OutgoingTx) -> None:
+        """The chain knows none of it: broadcast it again, unless its nonce went elsewhere."""
+        assert tx.nonce is not None
+        with rpc_errors("eth_getTransactionCount"):
+            mined_nonces = self._w3.eth.get_transaction_count(self._account.address, "latest")
+        if mined_nonces > tx.nonce and self._receipt(tx) is None:  # (mined meanwhile?)
+            reason = f"nonce {tx.nonce} was used by another transaction"
+            with self._sessions() as session, session.begin():
+                release_nonce(session, tx.id, reason=reason)
+            self._next_nonce = None
+            logger.warning("nonce taken elsewhere; will send again", extra=_fields(tx))
+            return
+        signed = self._sign(tx, nonce=tx.nonce, gas=_stored(tx.gas_limit), fees=_stored_fees(tx))
+        if bytes(signed.hash) != tx.tx_hash:
+            logger.error("re-signing gave another hash; sending it anyway", extra=_fields(tx))
+        logger.info("re-broadcasting a transaction the chain does not know", extra=_fields(tx))
+        self.broadcast(PreparedTx(tx_id=tx.id, raw=bytes(signed.raw_transaction), log=_fields(tx)))
+
+    def _bump(self, tx: OutgoingTx) -> None:
+        """Replace a slow transaction: same nonce, fees up by at least the bump percent."""
+        assert tx.nonce is not None
+        fees = self._bumped_fees(_stored_fees(tx))
+        if fees is None:
+            logger.warning("stuck at the fee cap; waiting", extra=_fields(tx))
+            return
+        signed = self._sign(tx, nonce=tx.nonce, gas=_stored(tx.gas_limit), fees=fees)
+        with self._sessions() as session, session.begin():
+            mark_replaced(
+                session,
+                tx.id,
+                tx_hash=bytes(signed.hash),
+                max_fee_per_gas=fees.max_fee_per_gas,
+                max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+            )
+        log = _fields(tx, tx_hash=bytes(signed.hash), replaces=_hex(tx.tx_hash))
+        logger.info("replacing a slow transaction with higher fees", extra=log)
+        self.broadcast(PreparedTx(tx_id=tx.id, raw=bytes(signed.raw_transaction), log=log))
+
+    # --- nonces, fees, signatures -------------------------------------------------------
+
+    def _resync_nonce(self) -> None:
+        with rpc_errors("eth_getTransactionCount"):
+            pending = self._w3.eth.get_transaction_count(self._account.address, "pending")
+        with self._sessions() as session:
+            stored = highest_nonce(session, self.address)
+        self._next_nonce = max(pending, -1 if stored is None else stored + 1)
+        logger.info("nonce synced", extra={"address": self.address, "nonce": self._next_nonce})
+
+    def _allocate_nonce(self) -> int:
+        if self._next_nonce is None:
+            self._resync_nonce()
+        assert self._next_nonce is not None
+        return self._next_nonce
+
+    def _fees(self) -> _Fees:
+        """EIP-1559 fees: twice the latest base fee plus the suggested tip, under the cap."""
+        with rpc_errors("eth_getBlockByNumber"):
+            base_fee = int(self._w3.eth.get_block("latest").get("baseFeePerGas", 0))
+        with rpc_errors("eth_maxPriorityFeePerGas"):
+            tip = int(self._w3.eth.max_priority_fee)
+        max_fee = 2 * base_fee + tip
+        if self._fee_cap is not None:
+            max_fee = min(max_fee, self._fee_cap)
+        return _Fees(max_fee_per_gas=max_fee, max_priority_fee_per_gas=min(tip, max_fee))
+
+    def _bumped_fees(self, old: _Fees) -> _Fees | None:
+        """``fee_bump_percent`` over ``old`` (and no less than today's fees), under the cap.
+
+        None when the cap leaves less than the 10% raise nodes demand of a replacement.
+        """
+        current = self._fees()
+        tip = max(
+            _raised(old.max_priority_fee_per_gas, self._bump_percent),
+            current.max_priority_fee_per_gas,
+        )
+        max_fee = max(
+            _raised(old.max_fee_per_gas, self._bump_percent), current.max_fee_per_gas, tip
+        )
+        if self._fee_cap is not None:
+            max_fee = min(max_fee, self._fee_cap)
+            tip = min(tip, max_fee)
+        if max_fee < _raised(old.max_fee_per_gas, 10) or tip < _raised(
+            old.max_priority_fee_per_gas, 10
+        ):
+            return None
+        return _Fees(max_fee_per_gas=max_fee, max_priority_fee_per_gas=tip)
+
+    def _call_params(self, tx: OutgoingTx) -> TxParams:
+        return {
+            "from": self._account.address,
+            "to": Web3.to_checksum_address(tx.to_address),
+            "data": HexBytes(tx.data),
+            "value": Wei(tx.value_wei),
+        }
+
+    def _sign(self, tx: OutgoingTx, *, nonce: int, gas: int, fees: _Fees) -> SignedTransaction:
+        return self._account.sign_transaction(
+            {
+                "type": 2,
+                "chainId": self._chain_id,
+                "nonce": nonce,
+                "to": Web3.to_checksum_address(tx.to_address),
+                "value": tx.value_wei,
+                "data": HexBytes(tx.data),
+                "gas": gas,
+                "maxFeePerGas": fees.max_fee_per_gas,
+                "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
+            }
+        )
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _raised(value: int, percent: int) -> int:
+    return -(-value * (100 + percent) // 100)
+
+
+def _stored(value: _V | None) -> _V:
+    assert value is not None, "a sent row stores its hash, gas and fees"
+    return value
+
+
+def _stored_fees(tx: OutgoingTx) -> _Fees:
+    return _Fees(
+        max_fee_per_gas=_stored(tx.max_fee_per_gas),
+        max_priority_fee_per_gas=_stored(tx.max_priority_fee_per_gas),
+    )
+
+
+def _revert_reason(exc: ContractLogicError) -> str:
+    data = exc.data if isinstance(exc.data, str | bytes) else None
+    if not data:
+        return exc.message or "reverted without a reason"
+    return decode_revert(data)
+
+
+def _hex(value: bytes | None) -> str | None:
+    return None if value is None else "0x" + value.hex()
+
+
+def _fields(tx: OutgoingTx, **more: object) -> dict[str, Any]:
+    """The structured log fields of a transaction: kind, request_id, tx_hash, nonce."""
+    fields: dict[str, Any] = {
+        "kind": tx.kind,
+        "request_id": tx.request_id,
+        "tx_id": tx.id,
+        "tx_hash": _hex(tx.tx_hash),
+        "nonce": tx.nonce,
+    }
+    for key, value in more.items():
+        fields[key] = _hex(value) if isinstance(value, bytes) else value
+    return fields
+
+
+def _lock_id(address: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``address``."""
+    digest = hashlib.sha256(f"oracle-sender:{address}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _unlock(connection: Connection, lock_id: int) -> None:
+    try:
+        connection.scalar(select(func.pg_advisory_unlock(lock_id)))
+        connection.commit()
+    finally:
+        connection.close()
