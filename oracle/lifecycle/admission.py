@@ -15,6 +15,9 @@ class ModelLoad:
 
     tokens_per_s: float | None
     queued_tokens: int
+    """max_tokens of this model's queued and running inferences: the work ahead."""
+    jobs: int = 0
+    """Queued and running inferences of this model."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,7 +44,11 @@ def admit(
     ctx: NodeContext,
     loads: Mapping[str, ModelLoad],
 ) -> Admit | Refuse:
-    """Pick the served model that finishes soonest, or say plainly why none can."""
+    """Pick a served model that can finish in time, or say plainly why none can.
+
+    Among those that can: one with a free worker first, then the soonest finish (the
+    faster model, when both are free), then the lighter queue, then the requester's order.
+    """
     if embedding_model not in ctx.embedding_models:
         return Refuse(reason=f"embedding model {embedding_model!r} is not served here")
     served = [(i, ctx.models[m]) for i, m in enumerate(accepted_models) if m in ctx.models]
@@ -58,17 +65,42 @@ def admit(
         )
     finish_by = commit_deadline - timedelta(seconds=ctx.commit_margin_s + ctx.embed_estimate_s)
     available_s = (finish_by - now).total_seconds()
-    options = sorted(
-        ((_estimate_s(p, max_tokens, loads.get(p.name)), i, p) for i, p in fitting),
-        key=lambda option: (option[0], option[1]),
-    )
-    estimate, index, profile = options[0]
-    if estimate > available_s:
+    options = [_Option.of(i, p, max_tokens, loads.get(p.name)) for i, p in fitting]
+    feasible = sorted((o for o in options if o.estimate_s <= available_s), key=_Option.rank)
+    if not feasible:
+        fastest = min(o.estimate_s for o in options)
         return Refuse(
-            reason=f"cannot finish before the commit deadline: needs about {estimate:.1f} s "
+            reason=f"cannot finish before the commit deadline: needs about {fastest:.1f} s "
             f"of inference, {max(available_s, 0):.1f} s left after embedding and commit"
         )
-    return Admit(model=profile.name, model_index=index, job_deadline=finish_by, estimate_s=estimate)
+    best = feasible[0]
+    return Admit(
+        model=best.profile.name,
+        model_index=best.index,
+        job_deadline=finish_by,
+        estimate_s=best.estimate_s,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    index: int
+    profile: ModelProfile
+    estimate_s: float
+    free: bool
+    queued_tokens: int
+
+    @classmethod
+    def of(
+        cls, index: int, profile: ModelProfile, max_tokens: int, load: ModelLoad | None
+    ) -> _Option:
+        jobs = load.jobs if load else 0
+        queued = load.queued_tokens if load else 0
+        free = jobs < profile.workers
+        return cls(index, profile, _estimate_s(profile, max_tokens, load), free, queued)
+
+    def rank(self) -> tuple[bool, float, int, int]:
+        return (not self.free, self.estimate_s, self.queued_tokens, self.index)
 
 
 def _estimate_s(profile: ModelProfile, max_tokens: int, load: ModelLoad | None) -> float:

@@ -129,13 +129,15 @@ def model_load(session: Session, model: str) -> ModelLoad:
     results = [r for r in session.scalars(recent) if r]
     tokens = sum(int(r.get("completion_tokens", 0)) for r in results)
     seconds = sum(float(r.get("elapsed_s", 0.0)) for r in results)
-    waiting = session.scalar(
-        select(func.coalesce(func.sum(Job.payload["max_tokens"].as_integer()), 0)).where(
-            Job.kind == "inference", Job.model == model, Job.status.in_(("queued", "running"))
-        )
-    )
+    waiting, jobs = session.execute(
+        select(
+            func.coalesce(func.sum(Job.payload["max_tokens"].as_integer()), 0), func.count()
+        ).where(Job.kind == "inference", Job.model == model, Job.status.in_(("queued", "running")))
+    ).one()
     return ModelLoad(
-        tokens_per_s=tokens / seconds if seconds > 0 else None, queued_tokens=int(waiting or 0)
+        tokens_per_s=tokens / seconds if seconds > 0 else None,
+        queued_tokens=int(waiting or 0),
+        jobs=int(jobs or 0),
     )
 
 
