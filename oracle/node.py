@@ -28,6 +28,7 @@ from oracle.store import current_revision, head_revision, make_engine, make_sess
 from oracle.store.embedded import embedded_postgres, ensure_database
 from oracle.store.maintenance import maintain_queue
 from oracle.store.outbox import enqueue_tx
+from oracle.store.workers import missing_models
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Node:
             self.engine.dispose()
 
     async def _register_then_serve(self, scheduler: AsyncIOScheduler, stop: asyncio.Event) -> None:
+        await self._wait_for_workers(stop)
         await self._ensure_registered(stop)
         scheduler.add_job(
             self._advance,
@@ -107,6 +109,23 @@ class Node:
         scheduler.start()
         logger.info("serving requests", extra={"address": self.ctx.address})
         await stop.wait()
+
+    async def _wait_for_workers(self, stop: asyncio.Event) -> None:
+        """Take no request before a worker of every served model has loaded it."""
+        wanted = [*self.settings.models, *self.settings.embedding_models]
+        announced: list[str] | None = None
+        while not stop.is_set():
+            missing = await asyncio.to_thread(self._missing_models, wanted)
+            if not missing:
+                return
+            if missing != announced:
+                logger.info("waiting for workers to load models", extra={"models": missing})
+                announced = missing
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+    def _missing_models(self, wanted: list[str]) -> list[str]:
+        with self.engine.connect() as conn:
+            return missing_models(conn, wanted)
 
     async def _ensure_registered(self, stop: asyncio.Event) -> None:
         address = self.ctx.address

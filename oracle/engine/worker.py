@@ -33,11 +33,13 @@ from oracle.store.queue import (
     fail_job,
     heartbeat,
 )
+from oracle.store.workers import announce_worker, retire_worker, worker_heartbeat
 
 logger = logging.getLogger(__name__)
 
 Role = Literal["llm", "embedding"]
 LEASE_S = 30.0
+PRESENCE_HEARTBEAT_S = 5.0
 HEARTBEAT_S = 5.0
 EMBED_BATCH = 32
 
@@ -141,11 +143,32 @@ class Worker:
         self.stopping = threading.Event()
 
     def run(self, wait_for_work: Callable[[float], None]) -> None:
+        self._announce()
         logger.info("worker ready", extra={"worker_id": self.worker_id, "role": self.config.role})
-        while not self.stopping.is_set():
-            if not self.run_once():
-                wait_for_work(self.config.poll_interval_s)
+        last_beat = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                if not self.run_once():
+                    wait_for_work(self.config.poll_interval_s)
+                if time.monotonic() - last_beat > PRESENCE_HEARTBEAT_S:
+                    with self.engine.begin() as conn:
+                        worker_heartbeat(conn, self.worker_id)
+                    last_beat = time.monotonic()
+        finally:
+            with self.engine.begin() as conn:
+                retire_worker(conn, self.worker_id)
         logger.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    def _announce(self) -> None:
+        with self.engine.begin() as conn:
+            announce_worker(
+                conn,
+                worker_id=self.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                role=self.config.role,
+                model=self.config.model,
+            )
 
     def run_once(self) -> bool:
         """Claim and run one batch; False when there was nothing to do."""

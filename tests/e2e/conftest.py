@@ -48,8 +48,9 @@ class Network:
         return self.anvil.w3
 
     def start(self, count: int, *extra_args: str) -> None:
+        # one LLM thread each: several nodes share this machine's cores
         for index in range(len(self.local.nodes), len(self.local.nodes) + count):
-            self.local.start_node(index, *extra_args)
+            self.local.start_node(index, "--llm-threads", "1", *extra_args)
 
     def ask(self, prompt: str, **options: Any) -> RequestResult:
         defaults: dict[str, Any] = {

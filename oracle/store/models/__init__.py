@@ -12,6 +12,7 @@ from oracle.store.models.requests import (
     RequestPhase,
     Seat,
 )
+from oracle.store.models.workers import WORKER_ROLES, WorkerRecord
 
 __all__ = [
     "JOB_KINDS",
@@ -34,4 +35,6 @@ __all__ = [
     "Seat",
     "TxKind",
     "TxStatus",
+    "WORKER_ROLES",
+    "WorkerRecord",
 ]
