@@ -179,8 +179,12 @@ def worker(database_url: str, role: str, model: str, threads: int, device: str) 
     from oracle.engine.worker import WorkerConfig, run_worker
 
     config = WorkerConfig(
-        database_url=database_url, role=role, model=model, threads=threads, device=device
-    )  # type: ignore[arg-type]
+        database_url=database_url,
+        role="llm" if role == "llm" else "embedding",
+        model=model,
+        threads=threads,
+        device=device,
+    )
     try:
         run_worker(config)
     except OracleError as exc:

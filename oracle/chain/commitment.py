@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import secrets
 
-from eth_abi import encode
-from eth_utils import keccak, to_checksum_address
+from eth_abi.abi import encode
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 
 def output_hash(output: str) -> bytes:

@@ -55,6 +55,6 @@ def _pgserver(data_dir: Path) -> Any:
     with warnings.catch_warnings():
         # platformdirs warns at pgserver's import when XDG_RUNTIME_DIR is unset (root, CI)
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        import pgserver
+        from pgserver.postgres_server import get_server
 
-    return pgserver.get_server(data_dir, cleanup_mode="stop")
+    return get_server(data_dir, cleanup_mode="stop")
