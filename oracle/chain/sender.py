@@ -186,12 +186,9 @@ class TxSender:
         return prepared
 
     def _prepare(self, tx: OutgoingTx) -> PreparedTx | None:
-        params = self._call_params(tx)
-        revert = self._simulate(params)
-        if revert is None:
-            revert, gas = self._estimate_gas(params)
-        if revert is not None:
-            self._handle_revert(tx, revert)
+        gas = self._simulate(self._call_params(tx))
+        if isinstance(gas, str):
+            self._handle_revert(tx, gas)
             return None
         nonce = self._allocate_nonce()
         fees = self._fees()
@@ -210,22 +207,19 @@ class TxSender:
         log = _fields(tx, tx_hash=bytes(signed.hash), nonce=nonce)
         return PreparedTx(tx_id=tx.id, raw=bytes(signed.raw_transaction), log=log)
 
-    def _simulate(self, params: TxParams) -> str | None:
-        """The decoded revert of ``params`` against the pending block, or None if it passes."""
+    def _simulate(self, params: TxParams) -> int | str:
+        """Run ``params`` on the pending block: the gas limit to sign, or the decoded revert.
+
+        The gas limit is the estimate plus ``gas_margin_percent``.
+        """
         try:
             with rpc_errors("eth_call"):
                 self._w3.eth.call(params, "pending")
+            with rpc_errors("eth_estimateGas"):
+                estimate = self._w3.eth.estimate_gas(params, "pending")
         except ContractLogicError as exc:
             return _revert_reason(exc)
-        return None
-
-    def _estimate_gas(self, params: TxParams) -> tuple[str | None, int]:
-        try:
-            with rpc_errors("eth_estimateGas"):
-                estimate = self._w3.eth.estimate_gas(params)
-        except ContractLogicError as exc:
-            return _revert_reason(exc), 0
-        return None, estimate * (100 + self._gas_margin_percent) // 100
+        return estimate * (100 + self._gas_margin_percent) // 100
 
     def _handle_revert(self, tx: OutgoingTx, reason: str) -> None:
         name = reason.split("(", 1)[0]
