@@ -55,8 +55,16 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False, prefix: 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    quiet = ("apscheduler", "urllib3", "web3", "httpx", "sentence_transformers", "filelock", "pgserver")
-    for noisy in quiet:
+    for noisy in (
+        "alembic",
+        "apscheduler",
+        "filelock",
+        "httpx",
+        "pgserver",
+        "sentence_transformers",
+        "urllib3",
+        "web3",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from oracle.store import make_engine, upgrade
 from oracle.chain.anvil import Anvil, start_anvil
+from oracle.store import make_engine, upgrade
 from tests.support.postgres import (
     create_database,
     drop_database,

@@ -35,6 +35,7 @@ def make_request(**overrides: object) -> Request:
         "fee_wei": MAX_UINT256,
         "commit_deadline": NOW,
         "reveal_deadline": NOW + timedelta(seconds=60),
+        "dispute_window_s": 10,
         "block_number": 7,
     }
     fields.update(overrides)

@@ -21,6 +21,7 @@ __all__ = [
     "REQUEST_PHASES",
     "TX_KINDS",
     "TX_STATUSES",
+    "WORKER_ROLES",
     "Answer",
     "Base",
     "ChainBlock",
@@ -35,6 +36,5 @@ __all__ = [
     "Seat",
     "TxKind",
     "TxStatus",
-    "WORKER_ROLES",
     "WorkerRecord",
 ]
