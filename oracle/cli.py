@@ -18,8 +18,16 @@ from oracle.logs import configure_logging
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Read a TOML file whose keys are the option names (``rpc``, ``model``, ``llm-threads``)."""
     if value:
-        ctx.default_map = {**(ctx.default_map or {}), **load_config_file(Path(value))}
+        names = {
+            opt.lstrip("-").replace("-", "_"): param.name
+            for param in ctx.command.params
+            for opt in param.opts
+            if param.name
+        }
+        values = {names.get(key, key): v for key, v in load_config_file(Path(value)).items()}
+        ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
 
