@@ -33,7 +33,7 @@ from oracle.timings import node_timings
 logger = logging.getLogger(__name__)
 
 REVEAL_WINDOW_S = 20
-DISPUTE_WINDOW_S = 4
+DISPUTE_WINDOW_S = 8
 REGISTRATION_TIMEOUT_S = 180
 
 

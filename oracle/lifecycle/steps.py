@@ -67,8 +67,9 @@ def advance(step: Step) -> None:
     if step.request.phase == "committing":
         _commit(step)
     if step.request.phase == "revealing":
-        _verify_and_dispute(step)
         _end_reveals(step)
+    if step.request.phase in ("revealing", "finalizing"):
+        _verify_and_dispute(step)
     if step.request.phase in ("finalizing", "skipped"):
         _finalize(step)
 
@@ -239,8 +240,12 @@ def _give_up_if_commit_lost(step: Step) -> None:
 
 
 def _verify_and_dispute(step: Step) -> None:
+    """Re-embed the other seats' outputs; dispute reveals whose bits do not match them."""
+    seats = _seats(step)
+    if step.request.phase == "finalizing" and _disputes_closed(step, seats):
+        return
     others = [
-        s for s in _seats(step) if s.revealed_output is not None and s.oracle != step.ctx.address
+        s for s in seats if s.revealed_output is not None and s.oracle != step.ctx.address
     ]
     jobs = {
         int(j.payload["seat"]): j

@@ -22,7 +22,7 @@ from oracle.store.db import make_engine
 from tests.support.postgres import drop_database
 
 REVEAL_WINDOW_S = 20
-DISPUTE_WINDOW_S = 3
+DISPUTE_WINDOW_S = 8
 
 
 @pytest.fixture(scope="session")
