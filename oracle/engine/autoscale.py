@@ -10,13 +10,14 @@ The rules, in the order a tick applies them:
    least ``min_workers``, and no worker of that model was started or stopped within
    ``scale_down_cooldown_s`` (so workers leave one at a time).
 2. **Keep the minimum.** Every served model gets ``min_workers`` workers.
-3. **A first worker for waiting jobs.** A model with queued jobs and no worker gets one,
-   most urgent model (earliest deadline) first. When the budget is full, idle workers
-   of models without demand are stopped to make room (never a busy one, never below a
-   minimum); the new worker starts once they have gone.
+3. **A first worker for waiting jobs.** A model with queued jobs and no worker (here or
+   on another machine) gets one, most urgent model (earliest deadline) first. When the
+   budget is full, idle workers of models without demand are stopped to make room (never
+   a busy one, never below a minimum); the new worker starts once they have gone.
 4. **Enough throughput for the deadlines.** A model whose waiting work needs more work
-   per second than its workers give (measured per worker, a prior until measured) gets
-   more workers, most urgent first, at most once per ``scale_up_cooldown_s``.
+   per second than its workers give (measured per worker, a prior until measured; workers
+   on other machines count) gets more workers, most urgent first, at most once per
+   ``scale_up_cooldown_s``.
 
 Hysteresis comes from the asymmetry: demand starts workers at once, but only a long idle
 spell without demand stops them, so demand that comes and goes keeps its workers. Every
@@ -60,6 +61,9 @@ class Demand:
     running_jobs: int = 0
     work_per_s: float | None = None
     """Measured throughput of one worker; None until measured."""
+    other_workers: int = 0
+    """Live workers of this model that another process runs (``oracle worker`` elsewhere):
+    they serve the demand too, but are not this supervisor's to stop."""
 
     @property
     def key(self) -> ModelKey:
@@ -382,7 +386,7 @@ def _keep_minimum(tick: _Tick) -> None:
 
 def _first_workers(tick: _Tick) -> None:
     for demand in tick.urgent_first():
-        if tick.count.get(demand.key, 0) > 0:
+        if tick.count.get(demand.key, 0) + demand.other_workers > 0:
             continue
         reason = f"{_describe(demand)} and no worker of this model"
         cost = tick.budget.cost(demand.role, demand.model)
@@ -428,7 +432,7 @@ def _make_room(tick: _Tick, demand: Demand, cost: Usage) -> None:
 
 def _meet_deadlines(tick: _Tick) -> None:
     for demand in tick.urgent_first():
-        have = tick.count.get(demand.key, 0)
+        have = tick.count.get(demand.key, 0) + demand.other_workers
         want = wanted_workers(demand, tick.settings)
         if want <= have or have == 0:
             continue  # a model without workers was handled by _first_workers

@@ -1,26 +1,83 @@
-"""Supervises worker processes: starts them, restarts the ones that die, stops them all.
+"""Supervises worker processes: starts them, restarts the ones that die, scales, stops them.
 
 Each worker is a separate process (``oracle worker``), so a model crash, a leak or a
 SIGKILL takes down one worker, never the node; its leased jobs go back to the queue when
 the lease runs out.
+
+Two ways to run: a fixed list of workers (``specs``), or autoscaling, where every tick
+reads the demand from the queue, asks the planner (:mod:`oracle.engine.autoscale`) how
+many workers of each model to run inside the budget, and applies its decisions: a start
+spawns a worker, a stop sends SIGTERM (the worker finishes its batch, then exits). Each
+decision is logged with its reason and counted in the supervisor's metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from oracle.engine.worker import Role
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from oracle.engine.autoscale import (
+    AutoscaleSettings,
+    Budget,
+    Demand,
+    ModelKey,
+    ScaleDecision,
+    ScaleHistory,
+    WorkerView,
+    plan,
+    wanted_workers,
+)
+from oracle.engine.worker import (
+    LEASE_S,
+    EmbeddingJobRunner,
+    LlmJobRunner,
+    Role,
+    make_worker_id,
+)
+from oracle.store.models import JobKind
+from oracle.store.queue_stats import (
+    WorkerActivity,
+    live_workers,
+    model_demand,
+    worker_activity,
+)
 
 logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+HEALTHY_AFTER_S = 60.0
+"""A worker that has run this long without exiting starts its crash count afresh."""
+
+ROLE_KINDS: Mapping[Role, Sequence[JobKind]] = {
+    "llm": LlmJobRunner.kinds,
+    "embedding": EmbeddingJobRunner.kinds,
+}
+
+MEMORY_ESTIMATE_MIB: Mapping[str, float] = {
+    "SmolLM2-135M-Instruct-Q4_1": 280.0,
+    "gemma-3-270m-Q4_K_M": 460.0,
+    "all-MiniLM-L6-v2": 560.0,
+}
+"""Resident memory of one worker, measured on a 2-core CPU machine and rounded up."""
+DEFAULT_MEMORY_MIB: Mapping[Role, float] = {"llm": 1024.0, "embedding": 768.0}
+"""For models not measured above."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,6 +86,11 @@ class WorkerSpec:
     model: str
     threads: int = 1
     device: str = "cpu"
+    lease_s: float = LEASE_S
+
+    @property
+    def key(self) -> ModelKey:
+        return (self.role, self.model)
 
     def command(self) -> list[str]:
         """The ``oracle worker`` command line (the database URL travels in the environment,
@@ -46,67 +108,181 @@ class WorkerSpec:
             str(self.threads),
             "--device",
             self.device,
+            "--lease-s",
+            str(self.lease_s),
         ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Autoscaling:
+    """How a supervisor scales: the workers it may run, its budget and its rules."""
+
+    specs: Mapping[ModelKey, WorkerSpec]
+    """How to start a worker of each model it may run."""
+    budget: Budget
+    settings: AutoscaleSettings
+    interval_s: float = 2.0
+
+
+def autoscaling_for(
+    specs: Sequence[WorkerSpec],
+    *,
+    min_workers: Mapping[ModelKey, int],
+    max_workers: int,
+    max_memory_mib: float | None = None,
+    max_threads: int | None = None,
+    gpu_slots: int = 0,
+    idle_unload_s: float = 300.0,
+) -> Autoscaling:
+    """Autoscaling over one spec per model, with the measured memory of known models."""
+    llm_threads = max((s.threads for s in specs if s.role == "llm"), default=1)
+    budget = Budget(
+        max_workers=max_workers,
+        max_memory_mib=max_memory_mib,
+        memory_mib={s.model: estimate_memory_mib(s.role, s.model) for s in specs},
+        max_threads=max_threads,
+        llm_threads=llm_threads,
+        gpu_slots=gpu_slots,
+        gpu_need={s.model: 0 if s.device == "cpu" else 1 for s in specs},
+    )
+    settings = AutoscaleSettings(
+        min_workers={s.key: min_workers.get(s.key, 0) for s in specs},
+        idle_unload_s=idle_unload_s,
+    )
+    return Autoscaling(specs={s.key: s for s in specs}, budget=budget, settings=settings)
+
+
+def estimate_memory_mib(role: Role, model: str) -> float:
+    return MEMORY_ESTIMATE_MIB.get(model, DEFAULT_MEMORY_MIB[role])
+
+
+def role_of(model: str) -> Role:
+    """``embedding`` for a known embedding model, else ``llm``."""
+    from oracle.engine.embedding_models import EMBEDDING_MODELS
+
+    return "embedding" if model in EMBEDDING_MODELS else "llm"
 
 
 @dataclass(slots=True)
 class _Slot:
+    key: str
     spec: WorkerSpec
     process: subprocess.Popen[bytes] | None = None
     crashes: int = 0
     restart_at: float = 0.0
     started_at: float = field(default_factory=time.monotonic)
+    stopping: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
 
 class WorkerSupervisor:
-    """Keeps a set of worker processes running until stopped."""
+    """Keeps worker processes running, scaled to demand when autoscaling, until stopped."""
 
-    def __init__(self, database_url: str, specs: list[WorkerSpec]) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        specs: Sequence[WorkerSpec] = (),
+        *,
+        autoscaling: Autoscaling | None = None,
+    ) -> None:
         self._database_url = database_url
-        self._slots = [_Slot(spec) for spec in specs]
+        self._autoscaling = autoscaling
+        self._serial = itertools.count(1)
+        self._slots: dict[str, _Slot] = {}
+        for spec in specs:
+            self._add_slot(spec)
+        self._hostname = socket.gethostname()
+        self._history: dict[ModelKey, ScaleHistory] = {}
+        self._held: dict[ModelKey, str] = {}
+        self._wanted: dict[ModelKey, int] = {}
+        self._decision_counts: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.RLock()
+        self.metrics = SupervisorMetrics(self)
 
     @property
     def pids(self) -> list[int]:
-        return [
-            s.process.pid for s in self._slots if s.process is not None and s.process.poll() is None
-        ]
+        with self._lock:
+            return [s.process.pid for s in self._slots.values() if s.process and s.alive]
+
+    def worker_ids(self) -> dict[str, str]:
+        """``jobs.worker_id`` of each live worker, by slot key."""
+        with self._lock:
+            return {
+                key: make_worker_id(s.spec.model, s.process.pid, self._hostname)
+                for key, s in self._slots.items()
+                if s.process is not None and s.alive
+            }
+
+    def counts(self) -> dict[ModelKey, int]:
+        """Workers by (role, model), not counting those told to stop."""
+        with self._lock:
+            return dict(Counter(s.spec.key for s in self._slots.values() if not s.stopping))
 
     def start(self) -> None:
-        for slot in self._slots:
-            self._spawn(slot)
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.process is None:
+                    self._spawn(slot)
 
     def check(self) -> None:
-        """Restart workers that exited, with growing delays for ones that keep crashing."""
+        """Restart workers that exited unasked (with growing delays for ones that keep
+        crashing); forget the ones that exited after being told to stop."""
         now = time.monotonic()
-        for slot in self._slots:
-            if slot.process is None:
-                if now >= slot.restart_at:
-                    self._spawn(slot)
-                continue
-            code = slot.process.poll()
-            if code is None:
-                if now - slot.started_at > 60:
-                    slot.crashes = 0  # it has been healthy for a while
-                continue
-            delay = RESTART_BACKOFF_S[min(slot.crashes, len(RESTART_BACKOFF_S) - 1)]
-            slot.crashes += 1
-            slot.process = None
-            slot.restart_at = now + delay
-            logger.error(
-                "worker exited; restarting",
-                extra={
-                    "model": slot.spec.model,
-                    "role": slot.spec.role,
-                    "exit_code": code,
-                    "restart_in_s": delay,
-                },
-            )
+        with self._lock:
+            for slot in list(self._slots.values()):
+                if slot.stopping:
+                    if not slot.alive:
+                        self._forget(slot)
+                elif slot.process is None:
+                    if now >= slot.restart_at:
+                        self._spawn(slot)
+                elif slot.alive:
+                    if now - slot.started_at > HEALTHY_AFTER_S:
+                        slot.crashes = 0
+                else:
+                    self._schedule_restart(slot, now)
 
-    async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
+    def autoscale_tick(self, engine: Engine) -> list[ScaleDecision]:
+        """Read the demand, plan, apply; the decisions taken (holds included)."""
+        scaling = self._autoscaling
+        if scaling is None:
+            return []
+        ids = self.worker_ids()
+        with engine.connect() as conn:
+            demands = _read_demand(conn, scaling, ids.values())
+            activity = worker_activity(conn, list(ids.values()))
+        with self._lock:
+            now = time.monotonic()
+            views = [self._view(slot, ids, activity, now) for slot in self._slots.values()]
+            decisions = plan(
+                demands=demands,
+                workers=views,
+                budget=scaling.budget,
+                settings=scaling.settings,
+                now=now,
+                history=self._history,
+            )
+            for decision in decisions:
+                self._apply(decision, now)
+            self._note_holds(decisions)
+            self._wanted = {d.key: wanted_workers(d, scaling.settings) for d in demands}
+        return decisions
+
+    async def run(
+        self, stop: asyncio.Event, interval_s: float = 1.0, engine: Engine | None = None
+    ) -> None:
+        """Supervise until ``stop``; with an engine and autoscaling, scale on every tick."""
         self.start()
+        next_tick = 0.0
         try:
             while not stop.is_set():
                 self.check()
+                if engine is not None and self._autoscaling and time.monotonic() >= next_tick:
+                    await asyncio.to_thread(self._tick_logging_errors, engine)
+                    next_tick = time.monotonic() + self._autoscaling.interval_s
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval_s)
         finally:
@@ -114,7 +290,9 @@ class WorkerSupervisor:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every worker (they finish their batch), then SIGKILL what is left."""
-        running = [s.process for s in self._slots if s.process is not None]
+        with self._lock:
+            running = [s.process for s in self._slots.values() if s.process is not None]
+            self._slots.clear()
         for process in running:
             if process.poll() is None:
                 process.terminate()
@@ -126,11 +304,182 @@ class WorkerSupervisor:
                 process.kill()
                 process.wait()
 
+    # --- inside -------------------------------------------------------------------------
+
+    def _tick_logging_errors(self, engine: Engine) -> None:
+        try:
+            self.autoscale_tick(engine)
+        except DBAPIError as exc:  # the database may come back; the workers keep running
+            logger.warning("autoscaling skipped: database error", extra={"error": str(exc)})
+
+    def _view(
+        self,
+        slot: _Slot,
+        ids: Mapping[str, str],
+        activity: Mapping[str, WorkerActivity],
+        now: float,
+    ) -> WorkerView:
+        seen = activity.get(ids.get(slot.key, ""))
+        idle_since = slot.started_at
+        if seen is not None and seen.idle_for_s is not None:
+            idle_since = max(idle_since, now - seen.idle_for_s)
+        return WorkerView(
+            key=slot.key,
+            role=slot.spec.role,
+            model=slot.spec.model,
+            busy=seen is not None and seen.running_jobs > 0,
+            idle_since=idle_since,
+            started_at=slot.started_at,
+            stopping=slot.stopping,
+        )
+
+    def _apply(self, decision: ScaleDecision, now: float) -> None:
+        scaling = self._autoscaling
+        assert scaling is not None
+        fields = {
+            "role": decision.role,
+            "model": decision.model,
+            "cause": decision.cause,
+            "reason": decision.reason,
+        }
+        if decision.action == "start":
+            slot = self._add_slot(scaling.specs[decision.model_key])
+            self._spawn(slot)
+            logger.info("scaling: worker started", extra={**fields, "worker": slot.key})
+        elif decision.action == "stop" and decision.worker_key in self._slots:
+            self._ask_to_stop(self._slots[decision.worker_key])
+            logger.info("scaling: worker stopping", extra={**fields, "worker": decision.worker_key})
+        if decision.action != "hold":
+            self._decision_counts[(decision.action, decision.cause)] += 1
+            self._record(decision, now)
+
+    def _record(self, decision: ScaleDecision, now: float) -> None:
+        last = self._history.get(decision.model_key, ScaleHistory())
+        if decision.action == "start":
+            last = ScaleHistory(last_start_at=now, last_stop_at=last.last_stop_at)
+        else:
+            last = ScaleHistory(last_start_at=last.last_start_at, last_stop_at=now)
+        self._history[decision.model_key] = last
+
+    def _note_holds(self, decisions: Sequence[ScaleDecision]) -> None:
+        """Log a hold when it begins or its cause changes, not on every tick."""
+        held = {d.model_key: d for d in decisions if d.action == "hold"}
+        for key, decision in held.items():
+            if self._held.get(key) != decision.cause:
+                fields = {"role": key[0], "model": key[1], "cause": decision.cause}
+                logger.info("scaling: held back", extra={**fields, "reason": decision.reason})
+        self._held = {key: d.cause for key, d in held.items()}
+
+    def _add_slot(self, spec: WorkerSpec) -> _Slot:
+        slot = _Slot(key=f"{spec.role}:{spec.model}#{next(self._serial)}", spec=spec)
+        self._slots[slot.key] = slot
+        return slot
+
+    def _ask_to_stop(self, slot: _Slot) -> None:
+        slot.stopping = True
+        if slot.process is not None and slot.alive:
+            slot.process.terminate()  # SIGTERM: the worker finishes its batch first
+        else:
+            self._forget(slot)
+
+    def _forget(self, slot: _Slot) -> None:
+        self._slots.pop(slot.key, None)
+        code = None if slot.process is None else slot.process.returncode
+        logger.info(
+            "worker stopped",
+            extra={"worker": slot.key, "model": slot.spec.model, "exit_code": code},
+        )
+
+    def _schedule_restart(self, slot: _Slot, now: float) -> None:
+        assert slot.process is not None
+        code = slot.process.returncode
+        delay = RESTART_BACKOFF_S[min(slot.crashes, len(RESTART_BACKOFF_S) - 1)]
+        slot.crashes += 1
+        slot.process = None
+        slot.restart_at = now + delay
+        logger.error(
+            "worker exited; restarting",
+            extra={
+                "worker": slot.key,
+                "model": slot.spec.model,
+                "role": slot.spec.role,
+                "exit_code": code,
+                "restart_in_s": delay,
+            },
+        )
+
     def _spawn(self, slot: _Slot) -> None:
         env = {**os.environ, "ORACLE_DATABASE_URL": self._database_url}
         slot.process = subprocess.Popen(slot.spec.command(), env=env)
         slot.started_at = time.monotonic()
         logger.info(
             "worker started",
-            extra={"model": slot.spec.model, "role": slot.spec.role, "pid": slot.process.pid},
+            extra={
+                "worker": slot.key,
+                "model": slot.spec.model,
+                "role": slot.spec.role,
+                "pid": slot.process.pid,
+            },
         )
+
+    def _snapshot(self) -> tuple[dict[ModelKey, int], dict[ModelKey, int], dict[Any, int]]:
+        with self._lock:
+            return self.counts(), dict(self._wanted), dict(self._decision_counts)
+
+
+def _read_demand(conn: Connection, scaling: Autoscaling, ours: Collection[str]) -> list[Demand]:
+    """Demand for every role this supervisor runs; ``ours``: its own workers' ids (the
+    live ones not among them run elsewhere)."""
+    roles = {role for role, _model in scaling.specs}
+    floor_s = scaling.settings.deadline_floor_s
+    live = live_workers(conn)
+    demands = []
+    for role in sorted(roles):
+        rows = model_demand(conn, kinds=ROLE_KINDS[role], deadline_floor_s=floor_s)
+        for model, row in rows.items():
+            demands.append(
+                Demand(
+                    role=role,
+                    model=model,
+                    queued_jobs=row.queued_jobs,
+                    queued_work=row.queued_work,
+                    earliest_deadline_s=row.earliest_deadline_s,
+                    required_rate=row.required_rate,
+                    running_jobs=row.running_jobs,
+                    work_per_s=row.work_per_s,
+                    other_workers=len(live.get((role, model), set()) - set(ours)),
+                )
+            )
+    return demands
+
+
+class SupervisorMetrics(Collector):
+    """Workers by model, workers wanted by the demand, and scaling decisions taken."""
+
+    def __init__(self, supervisor: WorkerSupervisor) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        counts, wanted, decisions = self._supervisor._snapshot()
+        workers = GaugeMetricFamily(
+            "oracle_workers", "Worker processes by role and model", labels=["role", "model"]
+        )
+        for (role, model), count in sorted(counts.items()):
+            workers.add_metric([role, model], float(count))
+        yield workers
+        want = GaugeMetricFamily(
+            "oracle_workers_wanted",
+            "Workers the queued demand needs by role and model (before minimum and budget)",
+            labels=["role", "model"],
+        )
+        for (role, model), count in sorted(wanted.items()):
+            want.add_metric([role, model], float(count))
+        yield want
+        taken = CounterMetricFamily(
+            "oracle_autoscale_decisions",
+            "Workers started and stopped by the autoscaler, by action and cause",
+            labels=["action", "cause"],
+        )
+        for (action, cause), count in sorted(decisions.items()):
+            taken.add_metric([action, cause], float(count))
+        yield taken

@@ -428,3 +428,10 @@ def test_demand_swinging_around_the_threshold_keeps_the_larger_pool() -> None:
     for tick in range(100):
         sim.tick([large if tick % 2 else small], busy=True)
     assert [action for _, action in sim.log] == ["start"] * 4
+
+
+def test_workers_on_other_machines_count_as_capacity() -> None:
+    elsewhere = replace(demand(jobs=10, work=1000, deadline_s=20), other_workers=2)
+    decisions = decide([elsewhere], [worker("w1", busy=True)])
+    assert taken(decisions) == [("start", "smol", None, "deadline")] * 2  # 5 wanted, 3 serve
+    assert decide([replace(demand(jobs=1), other_workers=1)]) == []

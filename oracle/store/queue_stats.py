@@ -1,0 +1,157 @@
+"""What the queue asks of each model, and what each worker is doing: the autoscaler's input.
+
+Work is counted in one unit per kind of job: an inference's ``max_tokens`` (an upper
+bound of what it generates), one unit for an embedding or verification job. Throughput
+is measured from the results of recent done jobs in the same unit: completion tokens
+over ``elapsed_s`` for inference, jobs over the batch's ``elapsed_s`` for embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+from oracle.store.models import JobKind
+from oracle.store.workers import ALIVE_WITHIN_S
+
+RECENT_JOBS = 50
+"""Done jobs per model that the throughput is measured over."""
+
+_WORK = "COALESCE((payload->>'max_tokens')::float, 1.0)"
+
+QUEUED_SQL = text(
+    f"""
+    WITH open AS (
+        SELECT model, status, deadline,
+               sum({_WORK}) OVER (PARTITION BY model ORDER BY deadline, id) AS work_due,
+               {_WORK} AS work
+        FROM jobs
+        WHERE status IN ('queued', 'running') AND kind = ANY(:kinds) AND model IS NOT NULL
+    )
+    SELECT model,
+           count(*) FILTER (WHERE status = 'queued') AS queued_jobs,
+           COALESCE(sum(work) FILTER (WHERE status = 'queued'), 0) AS queued_work,
+           EXTRACT(EPOCH FROM min(deadline) FILTER (WHERE status = 'queued') - now())
+               AS earliest_deadline_s,
+           max(work_due / GREATEST(EXTRACT(EPOCH FROM deadline - now()), :floor_s))
+               AS required_rate,
+           count(*) FILTER (WHERE status = 'running') AS running_jobs
+    FROM open
+    GROUP BY model
+    """
+)
+"""Queued and running work per model; ``required_rate`` counts running jobs' work in full
+(how far they are is not known), so it errs towards more workers."""
+
+THROUGHPUT_SQL = text(
+    """
+    WITH recent AS (
+        SELECT model,
+               COALESCE((result->>'completion_tokens')::float, 1.0) AS work,
+               (result->>'elapsed_s')::float
+                   / GREATEST(COALESCE((result->>'batch')::float, 1.0), 1.0) AS seconds,
+               row_number() OVER (PARTITION BY model ORDER BY finished_at DESC) AS age
+        FROM jobs
+        WHERE status = 'done' AND kind = ANY(:kinds) AND model IS NOT NULL
+          AND result ? 'elapsed_s'
+    )
+    SELECT model, sum(work) / NULLIF(sum(seconds), 0) AS work_per_s
+    FROM recent
+    WHERE age <= :recent
+    GROUP BY model
+    """
+)
+
+ACTIVITY_SQL = text(
+    """
+    SELECT worker_id,
+           count(*) FILTER (WHERE status = 'running') AS running_jobs,
+           EXTRACT(EPOCH FROM now() - max(finished_at)) AS idle_for_s
+    FROM jobs
+    WHERE worker_id = ANY(:worker_ids)
+    GROUP BY worker_id
+    """
+)
+
+LIVE_WORKERS_SQL = text(
+    """
+    SELECT role, model, worker_id FROM workers
+    WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => :alive_within_s)
+    """
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelDemand:
+    model: str
+    queued_jobs: int = 0
+    queued_work: float = 0.0
+    earliest_deadline_s: float | None = None
+    """Seconds from now to the earliest deadline of a queued job (negative: passed)."""
+    required_rate: float | None = None
+    """Work per second that finishes every queued and running job by its deadline."""
+    running_jobs: int = 0
+    work_per_s: float | None = None
+    """Measured work per second of one worker; None when nothing has been measured."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerActivity:
+    running_jobs: int
+    idle_for_s: float | None
+    """Seconds since it last finished a job; None when it never finished one."""
+
+
+def model_demand(
+    conn: Connection,
+    *,
+    kinds: Sequence[JobKind],
+    deadline_floor_s: float = 1.0,
+    recent: int = RECENT_JOBS,
+) -> dict[str, ModelDemand]:
+    """Demand by model for jobs of ``kinds``: every model with open jobs or a measured speed."""
+    speeds = {
+        str(row.model): float(row.work_per_s)
+        for row in conn.execute(THROUGHPUT_SQL, {"kinds": list(kinds), "recent": recent})
+        if row.work_per_s is not None
+    }
+    demand = {model: ModelDemand(model=model, work_per_s=speed) for model, speed in speeds.items()}
+    params = {"kinds": list(kinds), "floor_s": deadline_floor_s}
+    for row in conn.execute(QUEUED_SQL, params):
+        deadline = row.earliest_deadline_s
+        demand[row.model] = ModelDemand(
+            model=str(row.model),
+            queued_jobs=int(row.queued_jobs),
+            queued_work=float(row.queued_work),
+            earliest_deadline_s=None if deadline is None else float(deadline),
+            required_rate=float(row.required_rate),
+            running_jobs=int(row.running_jobs),
+            work_per_s=speeds.get(row.model),
+        )
+    return demand
+
+
+def worker_activity(conn: Connection, worker_ids: Sequence[str]) -> dict[str, WorkerActivity]:
+    """Running jobs and idle time of each worker id that has any job on record."""
+    if not worker_ids:
+        return {}
+    rows = conn.execute(ACTIVITY_SQL, {"worker_ids": list(worker_ids)})
+    return {
+        str(row.worker_id): WorkerActivity(
+            running_jobs=int(row.running_jobs),
+            idle_for_s=None if row.idle_for_s is None else float(row.idle_for_s),
+        )
+        for row in rows
+    }
+
+
+def live_workers(
+    conn: Connection, alive_within_s: float = ALIVE_WITHIN_S
+) -> dict[tuple[str, str], set[str]]:
+    """Worker ids with a recent presence heartbeat, by (role, model), on any machine."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for row in conn.execute(LIVE_WORKERS_SQL, {"alive_within_s": alive_within_s}):
+        found.setdefault((str(row.role), str(row.model)), set()).add(str(row.worker_id))
+    return found

@@ -1,0 +1,197 @@
+"""The supervisor on a real database: demand queries, autoscaling real worker processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import Engine, text
+
+from oracle.engine.autoscale import ScaleDecision
+from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, autoscaling_for
+from oracle.store.queue import claim_jobs, complete_job, enqueue_job
+from oracle.store.queue_stats import live_workers, model_demand, worker_activity
+from oracle.store.workers import announce_worker
+
+SMOLLM = "SmolLM2-135M-Instruct-Q4_1"
+MINILM = "all-MiniLM-L6-v2"
+TIMEOUT_S = 180.0
+
+
+def _enqueue(
+    engine: Engine,
+    *,
+    kind: str = "inference",
+    model: str = SMOLLM,
+    deadline_s: float = 60.0,
+    max_tokens: int | None = 8,
+) -> int:
+    payload: dict[str, Any] = {"text": "hello"}
+    if max_tokens is not None:
+        payload = {
+            "prompt": "Say hello.",
+            "temperature_milli": 0,
+            "max_tokens": max_tokens,
+            "seed": 1,
+        }
+    with engine.begin() as conn:
+        return enqueue_job(
+            conn,
+            kind=kind,  # type: ignore[arg-type]
+            model=model,
+            priority=1,
+            deadline=datetime.now(UTC) + timedelta(seconds=deadline_s),
+            payload=payload,
+        )
+
+
+def _statuses(engine: Engine) -> dict[int, tuple[str, str | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, status, worker_id FROM jobs"))
+        return {int(r.id): (str(r.status), r.worker_id) for r in rows}
+
+
+# --- demand from the queue ----------------------------------------------------------------
+
+
+def test_demand_counts_work_deadlines_running_jobs_and_measured_speed(db_engine: Engine) -> None:
+    soon = _enqueue(db_engine, deadline_s=10, max_tokens=100)
+    _enqueue(db_engine, deadline_s=40, max_tokens=300)
+    for _ in range(3):
+        _enqueue(db_engine, kind="verification", model=MINILM, max_tokens=None)
+    with db_engine.begin() as conn:
+        (running,) = claim_jobs(
+            conn, worker_id="w:1:smol", kinds=["inference"], models=[SMOLLM], limit=1
+        )
+    assert running.id == soon
+    done = _enqueue(db_engine, deadline_s=50, max_tokens=50)
+    with db_engine.begin() as conn:
+        (claimed,) = claim_jobs(
+            conn, worker_id="w:2:smol", kinds=["inference"], models=[SMOLLM], limit=1
+        )
+        assert claimed.id != done  # the earlier deadline first; complete whichever it is
+        complete_job(
+            conn,
+            job_id=claimed.id,
+            worker_id="w:2:smol",
+            result={"completion_tokens": 200, "elapsed_s": 4.0},
+        )
+    with db_engine.connect() as conn:
+        llm = model_demand(conn, kinds=["inference"])[SMOLLM]
+        embedding = model_demand(conn, kinds=["embedding", "verification"])[MINILM]
+        activity = worker_activity(conn, ["w:1:smol", "w:2:smol", "w:3:smol"])
+    assert (llm.queued_jobs, llm.queued_work, llm.running_jobs) == (1, 50, 1)
+    assert llm.earliest_deadline_s is not None and 40 < llm.earliest_deadline_s <= 50
+    # the running job's 100 tokens are due in 10 s: at least 10 tokens/s
+    assert llm.required_rate is not None and llm.required_rate >= 10
+    assert llm.work_per_s == pytest.approx(50.0)
+    assert (embedding.queued_jobs, embedding.queued_work, embedding.work_per_s) == (3, 3, None)
+    assert activity["w:1:smol"].running_jobs == 1
+    assert activity["w:2:smol"].running_jobs == 0
+    assert activity["w:2:smol"].idle_for_s is not None and activity["w:2:smol"].idle_for_s < 60
+    assert "w:3:smol" not in activity
+
+
+def test_live_workers_come_from_the_presence_table(db_engine: Engine) -> None:
+    with db_engine.begin() as conn:
+        announce_worker(conn, worker_id="far:7:smol", host="far", pid=7, role="llm", model=SMOLLM)
+    with db_engine.connect() as conn:
+        assert live_workers(conn) == {("llm", SMOLLM): {"far:7:smol"}}
+
+
+# --- real worker processes ------------------------------------------------------------------
+
+
+@pytest.fixture
+def supervisor(database_url: str) -> Iterator[WorkerSupervisor]:
+    """Autoscaling SmolLM2 workers from zero: at most two, unloaded after 2 idle seconds."""
+    spec = WorkerSpec(role="llm", model=SMOLLM, threads=1)
+    scaling = autoscaling_for(
+        [spec], min_workers={spec.key: 0}, max_workers=2, max_threads=2, idle_unload_s=2.0
+    )
+    quick = replace(scaling.settings, scale_up_cooldown_s=0.0, scale_down_cooldown_s=0.0)
+    sup = WorkerSupervisor(database_url, autoscaling=replace(scaling, settings=quick))
+    try:
+        yield sup
+    finally:
+        sup.stop()
+
+
+def _drive(
+    sup: WorkerSupervisor, engine: Engine, until: Callable[[], bool], what: str
+) -> list[ScaleDecision]:
+    """Tick the supervisor as the node does until ``until()`` holds."""
+    decisions: list[ScaleDecision] = []
+    give_up = time.monotonic() + TIMEOUT_S
+    while not until():
+        assert time.monotonic() < give_up, f"gave up waiting: {what}"
+        sup.check()
+        decisions += [d for d in sup.autoscale_tick(engine) if d.action != "hold"]
+        time.sleep(0.2)
+    return decisions
+
+
+def _metrics(sup: WorkerSupervisor) -> str:
+    registry = CollectorRegistry()
+    registry.register(sup.metrics)
+    return generate_latest(registry).decode()
+
+
+@pytest.mark.slow
+def test_workers_start_for_waiting_jobs_and_unload_when_idle(
+    supervisor: WorkerSupervisor, db_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="oracle.engine.supervisor")
+    assert supervisor.autoscale_tick(db_engine) == []  # nothing queued, no minimum: no worker
+    # 6 x 64 tokens due in 10 s at the prior 30 tokens/s per worker: 2 workers
+    jobs = [_enqueue(db_engine, deadline_s=10, max_tokens=64) for _ in range(6)]
+    started = _drive(supervisor, db_engine, lambda: len(supervisor.pids) == 2, "two workers")
+    assert [(d.action, d.cause) for d in started] == [("start", "waiting"), ("start", "deadline")]
+    worker_ids = set(supervisor.worker_ids().values())
+
+    def all_done() -> bool:
+        return all(_statuses(db_engine)[j][0] == "done" for j in jobs)
+
+    more = _drive(supervisor, db_engine, all_done, "jobs done")
+    assert not [d for d in more if d.action == "stop"]  # never while its model has jobs
+    assert {_statuses(db_engine)[j][1] for j in jobs} <= worker_ids
+    assert f'oracle_workers{{model="{SMOLLM}",role="llm"}} 2.0' in _metrics(supervisor)
+
+    stopped = _drive(supervisor, db_engine, lambda: not supervisor.pids, "idle unload")
+    assert [(d.action, d.cause) for d in stopped] == [("stop", "idle"), ("stop", "idle")]
+    assert all("idle for" in d.reason for d in stopped)
+    supervisor.check()  # forgets the workers that exited
+    text_metrics = _metrics(supervisor)
+    assert 'oracle_autoscale_decisions_total{action="start",cause="waiting"} 1.0' in text_metrics
+    assert 'oracle_autoscale_decisions_total{action="stop",cause="idle"} 2.0' in text_metrics
+    with db_engine.connect() as conn:  # they retired cleanly (SIGTERM, not SIGKILL)
+        assert live_workers(conn) == {}
+    taken = ("scaling: worker started", "scaling: worker stopping")
+    logged = [r for r in caplog.records if r.getMessage() in taken]
+    assert [getattr(r, "cause", None) for r in logged] == ["waiting", "deadline", "idle", "idle"]
+    assert all(getattr(r, "reason", "") and getattr(r, "model", "") == SMOLLM for r in logged)
+
+
+@pytest.mark.slow
+def test_a_crashed_worker_is_restarted(database_url: str, db_engine: Engine) -> None:
+    spec = WorkerSpec(role="llm", model=SMOLLM, threads=1)
+    sup = WorkerSupervisor(
+        database_url,
+        autoscaling=autoscaling_for([spec], min_workers={spec.key: 1}, max_workers=1),
+    )
+    try:
+        _drive(sup, db_engine, lambda: len(sup.pids) == 1, "the minimum worker")
+        (first,) = sup.pids
+        os.kill(first, signal.SIGKILL)
+        _drive(sup, db_engine, lambda: bool(sup.pids) and sup.pids != [first], "a restart")
+        assert sup.counts() == {spec.key: 1}  # restarted in place, not scaled
+    finally:
+        sup.stop()
