@@ -8,13 +8,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from oracle.config import DEFAULT_DATA_DIR, ConfigError, NodeSettings, load_config_file
 from oracle.errors import OracleError
 from oracle.logs import configure_logging
+
+if TYPE_CHECKING:
+    from oracle.engine.supervisor import WorkerSpec
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -98,6 +101,42 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     "--llm-threads", default=2, type=click.IntRange(min=1), help="Threads per LLM worker."
 )
 @click.option(
+    "--autoscale/--no-autoscale",
+    default=True,
+    help="Scale workers with demand inside the budget below; off: a fixed pool per model.",
+)
+@click.option(
+    "--min-workers",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Workers kept per served model even when idle [default: --llm-workers, 1 embedding].",
+)
+@click.option(
+    "--max-workers",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Worker processes in all [default: the minimums plus one spare].",
+)
+@click.option(
+    "--max-memory-mib",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Memory of all workers together, from per-model estimates [default: no limit].",
+)
+@click.option(
+    "--max-threads",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Threads of all workers together [default: no limit].",
+)
+@click.option("--gpu-slots", default=0, type=click.IntRange(min=0), help="GPU workers at once.")
+@click.option(
+    "--idle-unload-s",
+    default=300.0,
+    type=click.FloatRange(min=0),
+    help="Stop a worker above the minimum after this long without jobs for its model.",
+)
+@click.option(
     "--confirmations", default=0, type=click.IntRange(min=0), help="Blocks to wait before acting."
 )
 @click.option(
@@ -178,20 +217,70 @@ def _serve(make: Any) -> None:
 @click.option(
     "--database-url", required=True, envvar="ORACLE_DATABASE_URL", help="The node's Postgres."
 )
-@click.option("--role", type=click.Choice(["llm", "embedding"]), default="llm")
-@click.option("--model", required=True, help="The one model this worker loads.")
+@click.option(
+    "--model",
+    "--models",
+    "models",
+    multiple=True,
+    help="A model to serve; several (`--models A B`): one worker process each.",
+)
+@click.argument("more_models", nargs=-1)
+@click.option(
+    "--role",
+    type=click.Choice(["llm", "embedding"]),
+    default=None,
+    help="What the models are [default: embedding for known embedding models, else llm].",
+)
 @click.option("--threads", default=2, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", help="Embedding device: cpu or cuda.")
-def worker(database_url: str, role: str, model: str, threads: int, device: str) -> None:
-    """Run one worker process; it shares only the database with the node."""
+@click.option(
+    "--lease-s",
+    default=30.0,
+    type=click.FloatRange(min=1),
+    help="Job lease: without a heartbeat for this long, the job goes to another worker.",
+)
+def worker(
+    database_url: str,
+    models: tuple[str, ...],
+    more_models: tuple[str, ...],
+    role: str | None,
+    threads: int,
+    device: str,
+    lease_s: float,
+) -> None:
+    """Run workers (one process per model); they share only the database with the node."""
+    from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, role_of
+
+    names = [*models, *more_models]
+    if not names:
+        raise click.UsageError("name a model: --model NAME (or --models NAME...)")
+    specs = [
+        WorkerSpec(
+            role="embedding" if (role or role_of(name)) == "embedding" else "llm",
+            model=name,
+            threads=threads,
+            device=device,
+            lease_s=lease_s,
+        )
+        for name in names
+    ]
+    if len(specs) == 1:
+        _run_one_worker(database_url, specs[0])
+        return
+    supervisor = WorkerSupervisor(database_url, specs)
+    _serve(lambda stop: supervisor.run(stop))
+
+
+def _run_one_worker(database_url: str, spec: WorkerSpec) -> None:
     from oracle.engine.worker import WorkerConfig, run_worker
 
     config = WorkerConfig(
         database_url=database_url,
-        role="llm" if role == "llm" else "embedding",
-        model=model,
-        threads=threads,
-        device=device,
+        role=spec.role,
+        model=spec.model,
+        threads=spec.threads,
+        device=spec.device,
+        lease_s=spec.lease_s,
     )
     try:
         run_worker(config)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from oracle.errors import OracleError
 from oracle.lifecycle.context import TestFault
@@ -37,6 +37,16 @@ class NodeSettings:
     llm_workers: int = 1
     llm_threads: int = 2
     embedding_workers: int = 1
+    autoscale: bool = True
+    """Scale workers with demand; False: exactly llm_workers / embedding_workers per model."""
+    min_workers: int | None = None
+    """Workers kept per served model even when idle; None: llm_workers / embedding_workers."""
+    max_workers: int | None = None
+    """All workers together; None: the minimums (at least one per model) plus one spare."""
+    max_memory_mib: int | None = None
+    max_threads: int | None = None
+    gpu_slots: int = 0
+    idle_unload_s: float = 300.0
     confirmations: int = 0
     start_block: int = 0
     poll_interval_s: float = 0.5
@@ -58,6 +68,29 @@ class NodeSettings:
         for name, value in (("llm_workers", self.llm_workers), ("llm_threads", self.llm_threads)):
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
+        floors = sum(self.min_workers_per_model.values())
+        if self.autoscale and self.max_workers is not None and self.max_workers < floors:
+            raise ConfigError(
+                f"--max-workers {self.max_workers} is below the minimum workers of the "
+                f"served models ({floors})"
+            )
+
+    @property
+    def min_workers_per_model(self) -> dict[tuple[Literal["llm", "embedding"], str], int]:
+        """(role, model) of every served model with the workers it always keeps."""
+        llm = self.llm_workers if self.min_workers is None else self.min_workers
+        embedding = self.embedding_workers if self.min_workers is None else self.min_workers
+        return {("llm", m): llm for m in self.models} | {
+            ("embedding", m): embedding for m in self.embedding_models
+        }
+
+    @property
+    def worker_budget(self) -> int:
+        """--max-workers, or the minimums (at least one per served model) plus one spare."""
+        if self.max_workers is not None:
+            return self.max_workers
+        floors = self.min_workers_per_model.values()
+        return sum(max(floor, 1) for floor in floors) + 1
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

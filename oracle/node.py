@@ -19,7 +19,7 @@ from oracle.chain.listener import Listener
 from oracle.chain.sender import TxSender
 from oracle.config import NodeSettings
 from oracle.engine.models import DEFAULT_LLMS, lookup_llm
-from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor
+from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, autoscaling_for
 from oracle.errors import OracleError
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
@@ -75,11 +75,12 @@ class Node:
         parts: list[Awaitable[None]] = [
             self.listener.run(stop, poll),
             self.sender.run(stop, poll),
-            self.supervisor.run(stop),
+            self.supervisor.run(stop, engine=self.engine),
             self._register_then_serve(scheduler, stop),
         ]
         if self.settings.http_port is not None:
-            parts.append(serve_http(self.engine, self.settings.http_port, stop))
+            port = self.settings.http_port
+            parts.append(serve_http(self.engine, port, stop, [self.supervisor.metrics]))
         try:
             await _run_together(parts, stop)
         finally:
@@ -112,7 +113,9 @@ class Node:
 
     async def _wait_for_workers(self, stop: asyncio.Event) -> None:
         """Take no request before a worker of every served model has loaded it."""
-        wanted = [*self.settings.models, *self.settings.embedding_models]
+        floors = self.settings.min_workers_per_model
+        autoscale = self.settings.autoscale  # autoscaled models at 0 load when jobs come
+        wanted = [model for (_role, model), floor in floors.items() if floor or not autoscale]
         announced: list[str] | None = None
         while not stop.is_set():
             missing = await asyncio.to_thread(self._missing_models, wanted)
@@ -181,15 +184,6 @@ def build_node(settings: NodeSettings, database_url: str) -> Node:
         verify_tolerance_bits=settings.verify_tolerance_bits,
         test_fault=settings.test_fault,
     )
-    specs = [
-        WorkerSpec(role="llm", model=m, threads=settings.llm_threads)
-        for m in settings.models
-        for _ in range(settings.llm_workers)
-    ] + [
-        WorkerSpec(role="embedding", model=m)
-        for m in settings.embedding_models
-        for _ in range(settings.embedding_workers)
-    ]
     return Node(
         settings=settings,
         engine=engine,
@@ -209,9 +203,29 @@ def build_node(settings: NodeSettings, database_url: str) -> Node:
             chain_id=w3.eth.chain_id,
             binding=binding,
         ),
-        supervisor=WorkerSupervisor(database_url, specs),
+        supervisor=worker_supervisor(settings, database_url),
         ctx=ctx,
     )
+
+
+def worker_supervisor(settings: NodeSettings, database_url: str) -> WorkerSupervisor:
+    """Workers scaled with demand inside the operator's budget, or a fixed pool per model."""
+    threads = settings.llm_threads
+    models = [WorkerSpec(role="llm", model=m, threads=threads) for m in settings.models]
+    models += [WorkerSpec(role="embedding", model=m) for m in settings.embedding_models]
+    if not settings.autoscale:
+        pools = {"llm": settings.llm_workers, "embedding": settings.embedding_workers}
+        return WorkerSupervisor(database_url, [s for s in models for _ in range(pools[s.role])])
+    scaling = autoscaling_for(
+        models,
+        min_workers=settings.min_workers_per_model,
+        max_workers=settings.worker_budget,
+        max_memory_mib=settings.max_memory_mib,
+        max_threads=settings.max_threads,
+        gpu_slots=settings.gpu_slots,
+        idle_unload_s=settings.idle_unload_s,
+    )
+    return WorkerSupervisor(database_url, autoscaling=scaling)
 
 
 def _profile(model: str, settings: NodeSettings) -> ModelProfile:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -56,9 +56,14 @@ class StoreCollector(Collector):
         return family
 
 
-async def serve_http(engine: Engine, port: int, stop: asyncio.Event) -> None:
+async def serve_http(
+    engine: Engine, port: int, stop: asyncio.Event, collectors: Sequence[Collector] = ()
+) -> None:
+    """Serve until ``stop``; ``collectors`` add the node's in-process metrics (autoscaling)."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(engine))
+    for collector in collectors:
+        registry.register(collector)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

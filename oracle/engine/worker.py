@@ -126,6 +126,12 @@ class EmbeddingJobRunner:
         ]
 
 
+def make_worker_id(model: str, pid: int | None = None, hostname: str | None = None) -> str:
+    """The id a worker claims jobs under (``jobs.worker_id``): host, process and model."""
+    host = socket.gethostname() if hostname is None else hostname
+    return f"{host}:{os.getpid() if pid is None else pid}:{model}"
+
+
 def make_runner(config: WorkerConfig) -> JobRunner:
     if config.role == "llm":
         return LlmJobRunner(config.model, config.threads)
@@ -139,7 +145,7 @@ class Worker:
         self.config = config
         self.runner = runner
         self.engine = engine
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{config.model}"
+        self.worker_id = make_worker_id(config.model)
         self.stopping = threading.Event()
 
     def run(self, wait_for_work: Callable[[float], None]) -> None:
