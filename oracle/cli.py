@@ -367,7 +367,7 @@ def request(**options: Any) -> None:
     """Send an inference request and wait for the network's answer."""
     from oracle.client import RequestOptions, send_request
 
-    result = send_request(RequestOptions(**options))
+    result = send_request(RequestOptions(**options), on_event=lambda line: click.echo(f"  {line}"))
     click.echo(result.summary())
     if result.failed:
         sys.exit(2)
