@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -76,6 +75,8 @@ MEMORY_ESTIMATE_MIB: Mapping[str, float] = {
     "all-MiniLM-L6-v2": 560.0,
 }
 """Resident memory of one worker, measured on a 2-core CPU machine and rounded up."""
+_DecisionCounts = dict[tuple[str, str], int]
+
 DEFAULT_MEMORY_MIB: Mapping[Role, float] = {"llm": 1024.0, "embedding": 768.0}
 """For models not measured above."""
 
@@ -422,7 +423,8 @@ class WorkerSupervisor:
             },
         )
 
-    def _snapshot(self) -> tuple[dict[ModelKey, int], dict[ModelKey, int], dict[Any, int]]:
+    def snapshot(self) -> tuple[dict[ModelKey, int], dict[ModelKey, int], _DecisionCounts]:
+        """Workers by model, workers wanted by model, decisions by (action, cause)."""
         with self._lock:
             return self.counts(), dict(self._wanted), dict(self._decision_counts)
 
@@ -460,7 +462,7 @@ class SupervisorMetrics(Collector):
         self._supervisor = supervisor
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        counts, wanted, decisions = self._supervisor._snapshot()
+        counts, wanted, decisions = self._supervisor.snapshot()
         workers = GaugeMetricFamily(
             "oracle_workers", "Worker processes by role and model", labels=["role", "model"]
         )

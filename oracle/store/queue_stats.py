@@ -17,7 +17,9 @@ from oracle.store.models import JobKind
 from oracle.store.workers import ALIVE_WITHIN_S
 
 RECENT_JOBS = 50
-"""Done jobs per model that the throughput is measured over."""
+"""Done jobs per model that the throughput is measured over..."""
+RECENT_WINDOW_S = 3_600.0
+"""...among those finished within this window (older speeds fall back to the prior)."""
 
 _WORK = "COALESCE((payload->>'max_tokens')::float, 1.0)"
 
@@ -56,6 +58,7 @@ THROUGHPUT_SQL = text(
         FROM jobs
         WHERE status = 'done' AND kind = ANY(:kinds) AND model IS NOT NULL
           AND result ? 'elapsed_s'
+          AND finished_at > now() - make_interval(secs => :window_s)
     )
     SELECT model, sum(work) / NULLIF(sum(seconds), 0) AS work_per_s
     FROM recent
@@ -114,7 +117,10 @@ def model_demand(
     """Demand by model for jobs of ``kinds``: every model with open jobs or a measured speed."""
     speeds = {
         str(row.model): float(row.work_per_s)
-        for row in conn.execute(THROUGHPUT_SQL, {"kinds": list(kinds), "recent": recent})
+        for row in conn.execute(
+            THROUGHPUT_SQL,
+            {"kinds": list(kinds), "recent": recent, "window_s": RECENT_WINDOW_S},
+        )
         if row.work_per_s is not None
     }
     demand = {model: ModelDemand(model=model, work_per_s=speed) for model, speed in speeds.items()}
