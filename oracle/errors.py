@@ -19,6 +19,7 @@ __all__ = [
     "InvalidSecurityFrame",
     "OracleError",
     "UnknownEmbeddingModel",
+    "UnknownModelName",
 ]
 
 
@@ -98,8 +99,8 @@ class EmbeddingLengthMismatch(InvalidEmbedding):
 # --- embedding models -----------------------------------------------------------------
 
 
-class UnknownEmbeddingModel(OracleError):
-    """The embedding model is not one this node knows."""
+class UnknownModelName(OracleError):
+    """The model is not one this node knows."""
 
     model: str
     known: tuple[str, ...]
@@ -108,6 +109,10 @@ class UnknownEmbeddingModel(OracleError):
         super().__init__(f"{model!r}; known models: {', '.join(known) or 'none'}")
         self.model = model
         self.known = known
+
+
+class UnknownEmbeddingModel(UnknownModelName):
+    """The embedding model is not one this node knows."""
 
 
 class EmbeddingModelMissing(OracleError):

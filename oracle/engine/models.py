@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, Protocol, runtime_checkable
 
-from oracle.errors import OracleError
+from oracle.errors import OracleError, UnknownModelName
 
 __all__ = [
     "DEFAULT_CONTEXT_TOKENS",
@@ -58,16 +58,8 @@ _CACHE_ENV = "ORACLE_DATA_DIR"
 # --- errors ---------------------------------------------------------------------------
 
 
-class UnknownModel(OracleError):
+class UnknownModel(UnknownModelName):
     """The LLM is not one this node knows."""
-
-    model: str
-    known: tuple[str, ...]
-
-    def __init__(self, *, model: str, known: tuple[str, ...]) -> None:
-        super().__init__(f"{model!r}; known models: {', '.join(known) or 'none'}")
-        self.model = model
-        self.known = known
 
 
 class ModelNotInstalled(OracleError):
