@@ -244,9 +244,7 @@ def _verify_and_dispute(step: Step) -> None:
     seats = _seats(step)
     if step.request.phase == "finalizing" and _disputes_closed(step, seats):
         return
-    others = [
-        s for s in seats if s.revealed_output is not None and s.oracle != step.ctx.address
-    ]
+    others = [s for s in seats if s.revealed_output is not None and s.oracle != step.ctx.address]
     jobs = {
         int(j.payload["seat"]): j
         for j in step.session.scalars(
