@@ -127,7 +127,8 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     "--max-threads",
     default=None,
     type=click.IntRange(min=1),
-    help="Threads of all workers together [default: no limit].",
+    help="Threads of all workers (--llm-threads per LLM worker, 1 per embedding worker) "
+    "[default: no limit].",
 )
 @click.option("--gpu-slots", default=0, type=click.IntRange(min=0), help="GPU workers at once.")
 @click.option(
