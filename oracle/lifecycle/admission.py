@@ -18,6 +18,8 @@ class ModelLoad:
     """max_tokens of this model's queued and running inferences: the work ahead."""
     jobs: int = 0
     """Queued and running inferences of this model."""
+    workers: int | None = None
+    """Live workers holding the model (autoscaled, or on other machines); None: unknown."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,7 +98,8 @@ class _Option:
     ) -> _Option:
         jobs = load.jobs if load else 0
         queued = load.queued_tokens if load else 0
-        free = jobs < profile.workers
+        workers = load.workers if load and load.workers is not None else profile.workers
+        free = jobs < workers
         return cls(index, profile, _estimate_s(profile, max_tokens, load), free, queued)
 
     def rank(self) -> tuple[bool, float, int, int]:
@@ -107,7 +110,9 @@ def _estimate_s(profile: ModelProfile, max_tokens: int, load: ModelLoad | None) 
     """Seconds until this request's answer is ready: the queue ahead of it, then its own tokens."""
     speed = profile.prior_tokens_per_s
     queued = 0
+    workers = profile.workers
     if load is not None:
         speed = load.tokens_per_s or speed
         queued = load.queued_tokens
-    return (queued / max(profile.workers, 1) + max_tokens) / speed
+        workers = load.workers or workers
+    return (queued / max(workers, 1) + max_tokens) / speed

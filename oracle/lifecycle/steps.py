@@ -37,6 +37,7 @@ from oracle.store.queue import (
     PRIORITY_VERIFICATION,
     enqueue_job,
 )
+from oracle.store.workers import ready_models
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def model_load(session: Session, model: str) -> ModelLoad:
         tokens_per_s=tokens / seconds if seconds > 0 else None,
         queued_tokens=int(waiting or 0),
         jobs=int(jobs or 0),
+        workers=ready_models(session.connection()).get(model),
     )
 
 
