@@ -110,6 +110,8 @@ class EmbeddingJobRunner:
         from oracle.engine.embedder import Embedder
 
         self._embedder = Embedder(model, device=device)
+        # torch initialises lazily: pay for it before announcing readiness, not on a deadline
+        self._embedder.embed(["warm-up"])
 
     def run(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
         started = time.perf_counter()
