@@ -32,7 +32,8 @@ node_modules/.stamp-npm: package.json $(wildcard package-lock.json)
 	if [ -f package-lock.json ]; then npm ci; else npm install; fi
 	touch $@
 
-test: setup
+# the static checks first: a layering or typing slip fails as fast as a broken test
+test: setup lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 dev: setup
