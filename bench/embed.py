@@ -1,0 +1,261 @@
+"""Embeddings through the engine (Postgres jobs, an embedding worker) against
+``SentenceTransformer.encode`` called directly.
+
+The same ``--texts`` short answers (all-MiniLM-L6-v2, CPU) go both ways:
+
+- baseline: ``SentenceTransformer(path).encode(texts, batch_size=32)`` in this process,
+  after one warm-up call;
+- engine: one ``oracle worker --role embedding`` process (the command the node's
+  supervisor runs), idle and warmed up on 32 jobs first; then the clock starts, the
+  texts are enqueued as embedding jobs (``enqueue_job``, one transaction per 32, the
+  worker's claim size, so it starts on the first while the rest arrive), the worker
+  claims batches, embeds them (``Embedder.embed``: encode, normalise, sign bits) and
+  completes each job; the clock stops when the last job was completed (its ``finished_at``).
+
+A second baseline encodes the texts 32 at a time in the order they are queued, as the
+worker sees them: ``encode`` sorts texts by length inside one call, so the one-call
+baseline pads less. Both ways must give the same sign bits for every text.
+
+Run: ``.venv/bin/python bench/embed.py [--texts 512]``. The last line reads
+``ratio=<engine/baseline embeddings per second>``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.pop(0)  # bench/ -> the repository root, so that bench._common imports
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+
+from bench._common import (
+    MINILM,
+    postgres_server,
+    print_machine,
+    ratio,
+    scratch_database,
+    wait_until,
+)
+from oracle.consensus import pack_sign_bits
+from oracle.engine.embedding_models import resolve_embedding_model
+from oracle.engine.supervisor import WorkerSpec
+from oracle.engine.worker import EMBED_BATCH
+from oracle.store import make_engine
+from oracle.store.queue import PRIORITY_EMBEDDING, enqueue_job
+
+PACKAGES = ("sentence-transformers", "torch", "transformers", "psycopg", "SQLAlchemy")
+FAR_DEADLINE = datetime(2100, 1, 1, tzinfo=UTC)
+
+_SUBJECTS = (
+    ("Paris", "France"),
+    ("Berlin", "Germany"),
+    ("Madrid", "Spain"),
+    ("Rome", "Italy"),
+    ("Lisbon", "Portugal"),
+    ("Vienna", "Austria"),
+    ("Warsaw", "Poland"),
+    ("Oslo", "Norway"),
+    ("Tokyo", "Japan"),
+    ("Ottawa", "Canada"),
+    ("Canberra", "Australia"),
+    ("Nairobi", "Kenya"),
+    ("Lima", "Peru"),
+    ("Cairo", "Egypt"),
+    ("Hanoi", "Vietnam"),
+    ("Dublin", "Ireland"),
+)
+_TEMPLATES = (
+    "The capital of {country} is {city}.",
+    "{city} is the capital city of {country}.",
+    "The answer is {city}, which has been the capital of {country} for a long time.",
+    "{city}. It is the largest city in {country} and its political centre.",
+    "I believe the capital of {country} is {city}, although I am not completely sure.",
+    "The capital of {country} is {city}. It is known for its museums, its food and its "
+    "long history, and millions of tourists visit it every year.",
+    "{country}'s seat of government is in {city}, where the parliament meets.",
+    "Sure! The capital of {country} is {city}. Let me know if you have another question.",
+    "{city} is a city in {country}. Water boils at 100 degrees Celsius at sea level there.",
+    "Photosynthesis lets plants in {country} turn sunlight, water and carbon dioxide into "
+    "sugar and oxygen; around {city} the growing season is short.",
+    "The population of {city} has grown steadily, and today it is one of the busiest "
+    "cities in {country}, with a large port and an international airport.",
+    "As an AI language model, I can tell you that {city} is the capital of {country}.",
+    "{city}",
+    "The capital of {country}? That would be {city}, of course.",
+    "In {country}, the capital is {city}. The city lies on a river and is served by trains.",
+    "Historically the capital of {country} moved several times, but it is {city} now.",
+    "The quick brown fox jumps over the lazy dog in {city}, {country}.",
+    "Here is a short poem: the streets of {city} shine in the rain, {country} sleeps again.",
+    "{city} is where the government of {country} sits; the head of state lives there too.",
+    "Travel tip: visit {city} in spring, when the weather in {country} is mild and dry.",
+    "Answer: {city} ({country}).",
+    "The capital of {country} is {city}, and its currency is used across the country.",
+    "Many people think the capital of {country} is another city, but it is in fact {city}.",
+    "The main airport of {country} serves {city} and handles millions of passengers.",
+    "To compute 12 times 12 you get 144; the capital of {country} is {city}.",
+    "{city} hosts the national library of {country}, which holds millions of books.",
+    "The climate in {city} is temperate, with warm summers and cool winters in {country}.",
+    "{country} is a country whose capital, {city}, is also its cultural heart.",
+    "There is no single answer, but most sources name {city} as the capital of {country}.",
+    "The capital is {city}.",
+    "{city}, the capital of {country}, was founded many centuries ago.",
+    "Explaining briefly: {country} is governed from {city}, its capital and largest city.",
+)
+
+
+def short_answers(count: int) -> list[str]:
+    """``count`` distinct short answers, 1 to 40 words, like the LLM's output."""
+    texts = []
+    for i in range(count):
+        template = _TEMPLATES[i % len(_TEMPLATES)]
+        city, country = _SUBJECTS[(i // len(_TEMPLATES)) % len(_SUBJECTS)]
+        text_ = template.format(city=city, country=country)
+        texts.append(text_ if i < len(_TEMPLATES) * len(_SUBJECTS) else f"{text_} ({i})")
+    return texts
+
+
+# --- baseline -----------------------------------------------------------------------------
+
+
+def encode_directly(texts: Sequence[str]) -> tuple[float, float, list[bytes]]:
+    """Seconds for one encode call, for one call per 32 texts, and the sign bits."""
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    model = SentenceTransformer(
+        str(resolve_embedding_model(MINILM)), device="cpu", local_files_only=True
+    )
+    model.encode(list(texts[:EMBED_BATCH]), batch_size=EMBED_BATCH)  # warm-up
+    started = time.perf_counter()
+    vectors = model.encode(list(texts), batch_size=EMBED_BATCH)
+    one_call_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for start in range(0, len(texts), EMBED_BATCH):
+        model.encode(list(texts[start : start + EMBED_BATCH]), batch_size=EMBED_BATCH)
+    chunked_s = time.perf_counter() - started
+    normalised = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return one_call_s, chunked_s, [pack_sign_bits(row) for row in normalised]
+
+
+# --- engine -------------------------------------------------------------------------------
+
+
+@contextmanager
+def embedding_worker(url: URL) -> Iterator[subprocess.Popen[bytes]]:
+    """``oracle worker --role embedding`` on the scratch database, stopped on exit."""
+    command = WorkerSpec(role="embedding", model=MINILM).command()
+    env = {**os.environ, "ORACLE_DATABASE_URL": url.render_as_string(hide_password=False)}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def enqueue(engine: Engine, texts: Sequence[str], per_transaction: int) -> list[int]:
+    ids = []
+    for start in range(0, len(texts), per_transaction):
+        with engine.begin() as conn:
+            ids += [
+                enqueue_job(
+                    conn,
+                    kind="embedding",
+                    model=MINILM,
+                    priority=PRIORITY_EMBEDDING,
+                    deadline=FAR_DEADLINE,
+                    payload={"text": t},
+                )
+                for t in texts[start : start + per_transaction]
+            ]
+    return ids
+
+
+def wait_for_completions(engine: Engine, ids: list[int], timeout_s: float) -> float:
+    """Wait until every job is done; when the last one finished (epoch seconds, the
+    database's clock, which is this machine's). Polled: the finish times come from rows."""
+
+    def finished() -> float | None:
+        with engine.connect() as conn:
+            done, last = conn.execute(
+                text(
+                    "SELECT count(*), extract(epoch FROM max(finished_at)) FROM jobs "
+                    "WHERE id = ANY(:ids) AND status = 'done'"
+                ),
+                {"ids": ids},
+            ).one()
+        return float(last) if done == len(ids) else None
+
+    return float(wait_until(finished, timeout_s=timeout_s, interval_s=0.2, what="embedding jobs"))
+
+
+def embed_through_engine(url: URL, texts: Sequence[str]) -> tuple[float, float, list[bytes], str]:
+    """Seconds to enqueue, seconds until the last completion, the bits, the claim sizes."""
+    engine = make_engine(url)
+    with embedding_worker(url) as worker:
+        warm_up = enqueue(engine, texts[:EMBED_BATCH], EMBED_BATCH)  # loads the model
+        wait_for_completions(engine, warm_up, timeout_s=180)
+        if worker.poll() is not None:
+            raise RuntimeError(f"the embedding worker exited with {worker.returncode}")
+        started = time.time()
+        ids = enqueue(engine, texts, EMBED_BATCH)
+        enqueue_s = time.time() - started
+        done_s = wait_for_completions(engine, ids, timeout_s=600) - started
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, result FROM jobs WHERE id = ANY(:ids)"), {"ids": ids}
+        ).all()
+    engine.dispose()
+    results = {row.id: row.result for row in rows}
+    bits = [bytes.fromhex(results[i]["bits"]) for i in ids]
+    claims: dict[int, int] = {}
+    for result in results.values():
+        claims[result["batch"]] = claims.get(result["batch"], 0) + 1
+    shape = ", ".join(f"{n // size} x {size}" for size, n in sorted(claims.items(), reverse=True))
+    return enqueue_s, done_s, bits, shape
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--texts", type=int, default=512)
+    args = parser.parse_args()
+    texts = short_answers(args.texts)
+
+    with postgres_server() as server_url, scratch_database(server_url) as url:
+        title = "bench/embed.py: engine path vs SentenceTransformer.encode"
+        print_machine(title, PACKAGES, server_url)
+        words = [len(t.split()) for t in texts]
+        print(f"{len(texts)} short answers, {min(words)}-{max(words)} words, {MINILM} on CPU")
+        one_call_s, chunked_s, direct_bits = encode_directly(texts)
+        enqueue_s, engine_s, engine_bits, batches = embed_through_engine(url, texts)
+
+    n = len(texts)
+    baseline = n / one_call_s
+    engine_rate = n / engine_s
+    same = sum(a == b for a, b in zip(direct_bits, engine_bits, strict=True))
+    print(f"baseline, encode(all, batch_size=32): {baseline:6.1f} embeddings/s")
+    print(f"baseline, encode per 32 in queue order: {n / chunked_s:6.1f} embeddings/s")
+    print(
+        f"engine (enqueue -> worker -> done): {engine_rate:7.1f} embeddings/s ({engine_s:.2f} s, "
+        f"of which enqueueing {enqueue_s:.2f} s, overlapped); claims: {batches}"
+    )
+    print(f"sign bits identical for {same} of {n} texts")
+    print(f"engine/per-32 baseline {ratio(engine_rate, n / chunked_s):.3f}")
+    print(f"ratio={ratio(engine_rate, baseline):.3f}")
+
+
+if __name__ == "__main__":
+    main()
