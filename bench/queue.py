@@ -52,7 +52,7 @@ from bench._common import (
 from oracle.errors import OracleError
 from oracle.store import make_engine
 from oracle.store.models import JobKind
-from oracle.store.queue import ClaimedJob, enqueue_job
+from oracle.store.queue import ClaimedJob, NewJob, enqueue_jobs
 
 OUR_KIND: JobKind = "embedding"
 OUR_MODEL = "bench-noop"
@@ -101,16 +101,18 @@ def enqueue_ours(url: URL, jobs: int, per_transaction: int) -> None:
     engine = make_engine(url)
     try:
         for start in range(0, jobs, per_transaction):
+            batch = [
+                NewJob(
+                    kind=OUR_KIND,
+                    model=OUR_MODEL,
+                    priority=1,
+                    deadline=FAR_DEADLINE,
+                    payload={"i": i},
+                )
+                for i in range(start, min(jobs, start + per_transaction))
+            ]
             with engine.begin() as conn:
-                for i in range(start, min(jobs, start + per_transaction)):
-                    enqueue_job(
-                        conn,
-                        kind=OUR_KIND,
-                        model=OUR_MODEL,
-                        priority=1,
-                        deadline=FAR_DEADLINE,
-                        payload={"i": i},
-                    )
+                enqueue_jobs(conn, batch)
     finally:
         engine.dispose()
 

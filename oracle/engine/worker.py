@@ -29,7 +29,7 @@ from oracle.store.queue import (
     LeaseLost,
     backoff_s,
     claim_jobs,
-    complete_job,
+    complete_jobs,
     fail_job,
     heartbeat,
 )
@@ -197,32 +197,50 @@ class Worker:
             except Exception as exc:  # a crash in the model must not kill the worker
                 logger.exception("job batch crashed", extra={"worker_id": self.worker_id})
                 outcomes = [RetryLater(f"{type(exc).__name__}: {exc}") for _ in jobs]
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            self._finish(job, outcome)
+        self._finish_batch(jobs, outcomes)
         return True
 
-    def _finish(self, job: ClaimedJob, outcome: Mapping[str, Any] | OracleError) -> None:
+    def _finish_batch(
+        self, jobs: Sequence[ClaimedJob], outcomes: Sequence[Mapping[str, Any] | OracleError]
+    ) -> None:
+        """Successes in one transaction; each failure on its own (it may be retried)."""
+        results = {
+            job.id: outcome
+            for job, outcome in zip(jobs, outcomes, strict=True)
+            if not isinstance(outcome, OracleError)
+        }
+        with self.engine.begin() as conn:
+            refused = complete_jobs(conn, worker_id=self.worker_id, results=results)
+        for job_id in refused:
+            logger.warning(
+                "result refused: lease lost", extra={"job_id": job_id, "worker_id": self.worker_id}
+            )
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, OracleError):
+                self._fail(job, outcome)
+            elif job.id not in refused:
+                logger.info(
+                    "job done",
+                    extra={"job_id": job.id, "request_id": job.request_id, "kind": job.kind},
+                )
+
+    def _fail(self, job: ClaimedJob, error: OracleError) -> None:
         fields = {"job_id": job.id, "request_id": job.request_id, "worker_id": self.worker_id}
+        # other errors are about the input (too long, invalid): retrying won't help
+        delay = backoff_s(job.attempts) if isinstance(error, RetryLater) else None
         try:
             with self.engine.begin() as conn:
-                if isinstance(outcome, OracleError):
-                    # other errors are about the input (too long, invalid): retrying won't help
-                    delay = backoff_s(job.attempts) if isinstance(outcome, RetryLater) else None
-                    status = fail_job(
-                        conn,
-                        job_id=job.id,
-                        worker_id=self.worker_id,
-                        error=str(outcome),
-                        retry_after_s=delay,
-                    )
-                    logger.warning(
-                        "job failed", extra={**fields, "error": str(outcome), "status": status}
-                    )
-                else:
-                    complete_job(conn, job_id=job.id, worker_id=self.worker_id, result=outcome)
-                    logger.info("job done", extra={**fields, "kind": job.kind})
+                status = fail_job(
+                    conn,
+                    job_id=job.id,
+                    worker_id=self.worker_id,
+                    error=str(error),
+                    retry_after_s=delay,
+                )
         except LeaseLost:
-            logger.warning("result refused: lease lost", extra=fields)
+            logger.warning("failure not recorded: lease lost", extra=fields)
+            return
+        logger.warning("job failed", extra={**fields, "error": str(error), "status": status})
 
 
 class _Heartbeat:

@@ -11,9 +11,12 @@ from oracle.store.maintenance import maintain_queue
 from oracle.store.queue import (
     CLAIM_SQL,
     LeaseLost,
+    NewJob,
     claim_jobs,
     complete_job,
+    complete_jobs,
     enqueue_job,
+    enqueue_jobs,
     fail_job,
     heartbeat,
 )
@@ -174,3 +177,30 @@ def test_claim_query_uses_the_partial_index(db_engine: Engine) -> None:
             )
         )
     assert "ix_jobs_queued_claim_order" in plan, plan
+
+
+def test_a_batch_enqueues_and_completes_in_one_statement_each(db_engine: Engine) -> None:
+    deadline = datetime.now(UTC) + timedelta(seconds=60)
+    jobs = [
+        NewJob(kind="embedding", model="emb", priority=1, deadline=deadline, payload={"text": t})
+        for t in ("a", "b", "c")
+    ]
+    with db_engine.begin() as conn:
+        ids = enqueue_jobs(conn, jobs)
+    assert len(ids) == 3
+    claimed = _claim(db_engine, worker="w1", kinds=["embedding"], models=["emb"], limit=2)
+    assert claimed == ids[:2]
+    with db_engine.begin() as conn:
+        # the third job was never claimed by w1: its result is refused, the others recorded
+        refused = complete_jobs(
+            conn,
+            worker_id="w1",
+            results={ids[0]: {"bits": "00"}, ids[1]: {"bits": "01"}, ids[2]: {}},
+        )
+    assert refused == [ids[2]]
+    assert [_status(db_engine, i) for i in ids] == ["done", "done", "queued"]
+    with db_engine.connect() as conn:
+        payload = conn.scalar(
+            text("SELECT payload->>'text' FROM jobs WHERE id = :id"), {"id": ids[2]}
+        )
+    assert payload == "c"
