@@ -12,7 +12,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal, Protocol
@@ -149,6 +150,7 @@ class Worker:
         self.engine = engine
         self.worker_id = make_worker_id(config.model)
         self.stopping = threading.Event()
+        self._heartbeat: _Heartbeat | None = None
 
     def run(self, wait_for_work: Callable[[float], None]) -> None:
         self._announce()
@@ -191,7 +193,9 @@ class Worker:
             )
         if not jobs:
             return False
-        with _Heartbeat(self, [j.id for j in jobs]):
+        if self._heartbeat is None:
+            self._heartbeat = _Heartbeat(self)
+        with self._heartbeat.covering([j.id for j in jobs]):
             try:
                 outcomes = self.runner.run(jobs)
             except Exception as exc:  # a crash in the model must not kill the worker
@@ -244,25 +248,38 @@ class Worker:
 
 
 class _Heartbeat:
-    """Extends the leases of a running batch from a side thread."""
+    """Extends the leases of the batch running now, from one long-lived side thread.
 
-    def __init__(self, worker: Worker, job_ids: list[int]) -> None:
+    One thread per worker rather than one per batch: for short jobs, starting a thread
+    each batch costs more than the jobs themselves.
+    """
+
+    def __init__(self, worker: Worker) -> None:
         self._worker = worker
-        self._job_ids = job_ids
-        self._done = threading.Event()
+        self._job_ids: list[int] = []
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._beat, daemon=True)
-
-    def __enter__(self) -> None:
         self._thread.start()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._done.set()
-        self._thread.join()
+    @contextmanager
+    def covering(self, job_ids: list[int]) -> Iterator[None]:
+        with self._lock:
+            self._job_ids = job_ids
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._job_ids = []
 
     def _beat(self) -> None:
         interval = min(HEARTBEAT_S, self._worker.config.lease_s / 3)
-        while not self._done.wait(interval):
-            for job_id in self._job_ids:
+        # a daemon thread, ending with the process: a batch still running after SIGTERM
+        # keeps its leases until it is done
+        while True:
+            time.sleep(interval)
+            with self._lock:
+                job_ids = list(self._job_ids)
+            for job_id in job_ids:
                 try:
                     with self._worker.engine.begin() as conn:
                         heartbeat(
