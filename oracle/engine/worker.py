@@ -42,7 +42,9 @@ Role = Literal["llm", "embedding"]
 LEASE_S = 30.0
 PRESENCE_HEARTBEAT_S = 5.0
 HEARTBEAT_S = 5.0
-EMBED_BATCH = 32
+EMBED_BATCH = 128
+"""Texts an embedding worker claims at once: one encode call sorts them by length, so a
+larger claim pads less (bench/embed.py: 128 gives about 1.3x the throughput of 32)."""
 
 
 class RetryLater(OracleError):
