@@ -19,11 +19,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import psutil
@@ -32,6 +32,15 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from oracle.store import make_engine, to_sqlalchemy_url, upgrade
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+    from oracle.chain.anvil import Anvil
+    from oracle.chain.deploy import Deployment
+    from oracle.devnet import DevNode
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOLLM = "SmolLM2-135M-Instruct-Q4_1"
@@ -149,7 +158,9 @@ def ratio(ours: float, baseline: float) -> float:
     return ours / baseline if baseline > 0 else float("nan")
 
 
-def wait_until(check: Any, *, timeout_s: float, interval_s: float, what: str) -> Any:
+def wait_until(
+    check: Callable[[], T | None], *, timeout_s: float, interval_s: float, what: str
+) -> T:
     """Call ``check`` until it returns something truthy, and return that."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -164,10 +175,16 @@ def wait_until(check: Any, *, timeout_s: float, interval_s: float, what: str) ->
 # --- models -----------------------------------------------------------------------------
 
 # The sampling settings oracle.engine.llm pins for every request (llama.cpp's defaults).
-SAMPLING = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "typical_p": 1.0, "repeat_penalty": 1.0}
+SAMPLING: dict[str, Any] = {
+    "top_k": 40,
+    "top_p": 0.95,
+    "min_p": 0.05,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.0,
+}
 
 
-def plain_llama(n_threads: int) -> Any:
+def plain_llama(n_threads: int) -> Llama:
     """SmolLM2 loaded by llama-cpp-python directly, with the context the node gives it and
     the chat template from its GGUF file (what the node's runner uses too)."""
     from llama_cpp import Llama
@@ -237,9 +254,9 @@ class SentRequest:
 class OneNodeNetwork:
     """anvil (1 s blocks), the coordinator, one ``oracle run`` node and a block clock."""
 
-    anvil: Any
-    deployment: Any
-    node: Any
+    anvil: Anvil
+    deployment: Deployment
+    node: DevNode
     clock: BlockClock
     requester_key: str = field(repr=False)
 
@@ -276,7 +293,7 @@ class OneNodeNetwork:
         w3 = self.anvil.w3
         coordinator = self.coordinator()
         account = Account.from_key(self.requester_key)
-        nonce = w3.eth.get_transaction_count(account.address, "pending")
+        nonce = int(w3.eth.get_transaction_count(account.address, "pending"))
         frame = (1, max_time_ms, 3500, 6700, MINILM)
         zero = "0x0000000000000000000000000000000000000000"
         signed = []

@@ -134,7 +134,7 @@ def encode_directly(texts: Sequence[str]) -> tuple[float, float, list[bytes]]:
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     model = SentenceTransformer(
         str(resolve_embedding_model(MINILM)), device="cpu", local_files_only=True
     )

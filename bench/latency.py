@@ -37,6 +37,7 @@ import argparse
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bench._common import (
     SAMPLING,
@@ -98,7 +99,7 @@ class RequestTimes:
 
 
 def run_requests(net: OneNodeNetwork, count: int, max_tokens: int) -> list[RequestTimes]:
-    options = {
+    options: dict[str, Any] = {
         "max_tokens": max_tokens,
         "temperature_milli": TEMPERATURE_MILLI,
         "max_time_ms": MAX_TIME_MS,
@@ -167,10 +168,14 @@ def replay(requests: Sequence[RequestTimes], max_tokens: int) -> dict[int, tuple
     """Per request, seconds to the first streamed chunk and to the end, generated again
     with a fresh context as the node's runner does (the network has stopped by now)."""
     llm = plain_llama(LLM_THREADS)
-    sampling = {"temperature": TEMPERATURE_MILLI / 1000, "max_tokens": max_tokens, **SAMPLING}
+    sampling: dict[str, Any] = {
+        "temperature": TEMPERATURE_MILLI / 1000,
+        "max_tokens": max_tokens,
+        **SAMPLING,
+    }
     times = {}
     for request in [requests[0], *requests]:  # the first one twice: a warm-up
-        llm.reset()
+        llm.reset()  # type: ignore[no-untyped-call]
         started = time.perf_counter()
         stream = iter(
             llm.create_chat_completion(

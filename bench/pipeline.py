@@ -1,9 +1,10 @@
 """Generated tokens per second through the whole on-chain pipeline against a plain
 llama-cpp-python loop over the same prompts and seeds.
 
-Pipeline: anvil (1 s blocks), the coordinator, one ``oracle run`` node (one LLM worker
-of SmolLM2-135M-Instruct-Q4_1 with 2 threads, one embedding worker, its own Postgres
-database), quorum 1. After one warm-up request has been finalized, ``--requests``
+Pipeline: anvil (1 s blocks), the coordinator, one ``oracle run`` node (its defaults:
+one LLM worker of SmolLM2-135M-Instruct-Q4_1 with ``--llm-threads`` threads, one
+embedding worker, the autoscaler, which has no reason to add workers here; its own
+Postgres database), quorum 1. After one warm-up request has been finalized, ``--requests``
 requests (``--max-tokens`` each, temperature 0.7) are sent together so that they land
 in one block. The clock starts when that block is announced and stops when the node
 has stored its last answer: inference done, answer embedded, commitment decided (the
@@ -14,9 +15,12 @@ Tokens are the ``completion_tokens`` the node's inference jobs report.
 Baseline: after the network has stopped, ``Llama(model_path, n_threads=2, n_ctx=<the
 node's>)`` and ``create_chat_completion`` over the same prompts, with the seeds the node
 used and the sampling settings the node pins, one after another, after a warm-up call.
+The texts must come out equal to the node's.
 
-Everything shares the machine's cores: anvil, Postgres and the node's own process run
-beside the LLM worker during the pipeline run; nothing runs beside the baseline.
+Everything shares the machine's cores: anvil, Postgres, the node's own process and its
+embedding worker run beside the LLM worker during the pipeline run; nothing runs beside
+the baseline. To tell the two costs apart, the same jobs also run through one ``oracle
+worker --role llm`` alone on a scratch Postgres queue (enqueue -> last ``finished_at``).
 
 Run: ``.venv/bin/python bench/pipeline.py [--requests 32] [--max-tokens 64]``. The last
 line reads ``ratio=<pipeline/baseline tokens per second>``.
@@ -32,9 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import itertools
+import os
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
 
 from bench._common import (
     SAMPLING,
@@ -48,8 +59,12 @@ from bench._common import (
     print_cpu_use,
     print_machine,
     ratio,
+    scratch_database,
     wait_until,
 )
+from oracle.engine.supervisor import WorkerSpec
+from oracle.store import make_engine
+from oracle.store.queue import PRIORITY_INFERENCE, enqueue_job
 
 PACKAGES = ("llama-cpp-python", "sentence-transformers", "torch", "web3", "psycopg")
 TEMPERATURE_MILLI = 700
@@ -225,6 +240,71 @@ def node_inferences(net: OneNodeNetwork, sent: Sequence[SentRequest]) -> list[No
     return sorted(inferences, key=lambda i: i.claimed_at)
 
 
+# --- the LLM worker alone ------------------------------------------------------------------
+
+
+def run_worker_alone(
+    server_url: URL, inferences: Sequence[NodeInference], max_tokens: int, threads: int
+) -> tuple[int, float]:
+    """Tokens and seconds of one ``oracle worker --role llm`` on a scratch queue, nothing
+    else running: the same jobs (prompts, seeds), enqueued together after a warm-up job;
+    from the enqueue to the last job's ``finished_at``."""
+    with scratch_database(server_url) as url:
+        engine = make_engine(url)
+        command = WorkerSpec(role="llm", model=SMOLLM, threads=threads).command()
+        env = {**os.environ, "ORACLE_DATABASE_URL": url.render_as_string(hide_password=False)}
+        worker = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        try:
+            warm_up = [(WARM_UP_PROMPT, 1)]
+            wait_for_jobs(engine, enqueue_inferences(engine, warm_up, max_tokens))
+            jobs = [(i.prompt, i.seed) for i in inferences]
+            started = time.time()
+            tokens, finished = wait_for_jobs(engine, enqueue_inferences(engine, jobs, max_tokens))
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+            engine.dispose()
+    return tokens, finished - started
+
+
+def enqueue_inferences(
+    engine: Engine, jobs: Sequence[tuple[str, int]], max_tokens: int
+) -> list[int]:
+    """Inference jobs of (prompt, seed), as the node's admission queues them."""
+    payload = {"temperature_milli": TEMPERATURE_MILLI, "max_tokens": max_tokens, "model_index": 0}
+    with engine.begin() as conn:
+        return [
+            enqueue_job(
+                conn,
+                kind="inference",
+                model=SMOLLM,
+                priority=PRIORITY_INFERENCE,
+                deadline=datetime(2100, 1, 1, tzinfo=UTC),
+                payload={**payload, "prompt": prompt, "seed": seed},
+            )
+            for prompt, seed in jobs
+        ]
+
+
+def wait_for_jobs(engine: Engine, ids: list[int]) -> tuple[int, float]:
+    """Tokens generated and when the last job finished (epoch seconds), once all are done."""
+
+    def done() -> tuple[int, float] | None:
+        with engine.connect() as conn:
+            count, tokens, last = conn.execute(
+                text(
+                    "SELECT count(*), sum((result->>'completion_tokens')::int), "
+                    "extract(epoch FROM max(finished_at)) "
+                    "FROM jobs WHERE id = ANY(:ids) AND status = 'done'"
+                ),
+                {"ids": ids},
+            ).one()
+        return (int(tokens), float(last)) if count == len(ids) else None
+
+    result: tuple[int, float] = wait_until(done, timeout_s=600, interval_s=0.5, what="LLM jobs")
+    return result
+
+
 # --- the baseline -------------------------------------------------------------------------
 
 
@@ -233,14 +313,18 @@ def run_plain_loop(
 ) -> tuple[int, float, int]:
     """Tokens, seconds, and how many texts equal the node's, for the same prompts and seeds."""
     llm = plain_llama(threads)
-    sampling = {"temperature": TEMPERATURE_MILLI / 1000, "max_tokens": max_tokens, **SAMPLING}
+    sampling: dict[str, Any] = {
+        "temperature": TEMPERATURE_MILLI / 1000,
+        "max_tokens": max_tokens,
+        **SAMPLING,
+    }
     llm.create_chat_completion(
         messages=[{"role": "user", "content": WARM_UP_PROMPT}], seed=1, **sampling
     )
     tokens = same = 0
     started = time.perf_counter()
     for inference in inferences:
-        response = llm.create_chat_completion(
+        response: Any = llm.create_chat_completion(
             messages=[{"role": "user", "content": inference.prompt}],
             seed=inference.seed,
             **sampling,
@@ -255,7 +339,9 @@ def run_plain_loop(
 # --- report -------------------------------------------------------------------------------
 
 
-def report(run: PipelineRun, base_tokens: int, base_s: float, same: int) -> None:
+def report(
+    run: PipelineRun, alone: tuple[int, float], base_tokens: int, base_s: float, same: int
+) -> None:
     first = run.inferences[0]
     last = run.inferences[-1]
     to_last_token = last.finished_at - run.mined_at
@@ -313,6 +399,11 @@ def report(run: PipelineRun, base_tokens: int, base_s: float, same: int) -> None
             f"max {max(gaps) * 1000:.0f} ms"
         )
     print_cpu_use(*run.cpu)
+    alone_rate = alone[0] / alone[1]
+    print(
+        f"the LLM worker alone on a Postgres queue (same jobs, nothing else running): "
+        f"{alone[0]} tokens in {alone[1]:.2f} s, {alone_rate:.1f} tokens/s"
+    )
     print(
         f"baseline (plain llama-cpp-python loop): {base_tokens} tokens in {base_s:.2f} s, "
         f"{baseline:.1f} tokens/s; texts equal to the node's: {same} of {n}"
@@ -320,6 +411,11 @@ def report(run: PipelineRun, base_tokens: int, base_s: float, same: int) -> None
     print(
         f"worker generation / baseline {ratio(run.tokens / compute_s, baseline):.3f}; "
         f"to last commit mined / baseline {ratio(run.tokens / to_last_commit, baseline):.3f}"
+    )
+    print(
+        f"worker alone / baseline {ratio(alone_rate, baseline):.3f} (the queue and the worker); "
+        f"pipeline / worker alone {ratio(pipeline, alone_rate):.3f} (sharing the cores with "
+        "the rest of the network)"
     )
     print(f"pipeline {pipeline:.1f} tokens/s, baseline {baseline:.1f} tokens/s")
     print(f"ratio={ratio(pipeline, baseline):.3f}")
@@ -343,8 +439,9 @@ def main() -> None:
         )
         with one_node_network(server_url, "--llm-threads", str(args.llm_threads)) as net:
             run = run_pipeline(net, prompts, args.max_tokens)
+        alone = run_worker_alone(server_url, run.inferences, args.max_tokens, args.llm_threads)
     base_tokens, base_s, same = run_plain_loop(run.inferences, args.max_tokens, args.llm_threads)
-    report(run, base_tokens, base_s, same)
+    report(run, alone, base_tokens, base_s, same)
 
 
 if __name__ == "__main__":
