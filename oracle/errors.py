@@ -18,6 +18,7 @@ __all__ = [
     "InvalidRecord",
     "InvalidSecurityFrame",
     "OracleError",
+    "OutOfRange",
     "UnknownEmbeddingModel",
     "UnknownModelName",
 ]
@@ -42,7 +43,7 @@ class OracleError(Exception):
         return f"{self.message}: {self.detail}" if self.detail else self.message
 
 
-class _OutOfRange(OracleError):
+class OutOfRange(OracleError):
     """A value is out of range."""
 
     field: str
@@ -59,7 +60,7 @@ class _OutOfRange(OracleError):
 # --- domain records -------------------------------------------------------------------
 
 
-class InvalidRecord(_OutOfRange):
+class InvalidRecord(OutOfRange):
     """A domain record holds a value out of range."""
 
 
@@ -70,7 +71,7 @@ class InvalidSecurityFrame(InvalidRecord):
 # --- embeddings and consensus ---------------------------------------------------------
 
 
-class InvalidConsensusParameters(_OutOfRange):
+class InvalidConsensusParameters(OutOfRange):
     """Consensus parameters are out of range."""
 
 

@@ -30,7 +30,7 @@ from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from oracle.engine.models import DEFAULT_LLMS, LlmRegistry, LlmSpec, lookup_llm
-from oracle.errors import OracleError
+from oracle.errors import OracleError, OutOfRange
 
 __all__ = [
     "MAX_SEED",
@@ -86,18 +86,8 @@ class PromptTooLong(OracleError):
         self.context_tokens = context_tokens
 
 
-class InvalidGenerationRequest(OracleError):
+class InvalidGenerationRequest(OutOfRange):
     """A generation parameter is out of range."""
-
-    field: str
-    value: object
-    allowed: str
-
-    def __init__(self, *, field: str, value: object, allowed: str) -> None:
-        super().__init__(f"{field}={value!r}, allowed {allowed}")
-        self.field = field
-        self.value = value
-        self.allowed = allowed
 
 
 class ModelLoadFailed(OracleError):
