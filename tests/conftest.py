@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -40,10 +43,19 @@ def chain(anvil: Anvil) -> Iterator[Anvil]:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
-    """The server's maintenance database: ``DATABASE_URL`` if set, else an embedded pgserver."""
-    with postgres_server(tmp_path_factory.mktemp("pgdata")) as url:
-        yield url
+def postgres_server_url() -> Iterator[URL]:
+    """The server's maintenance database: ``DATABASE_URL`` if set, else an embedded pgserver.
+
+    Its data lives outside pytest's base temp: pytest deletes all but the newest three
+    of those when a session starts, which would pull the data out from under a server
+    still serving a concurrent run.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="oracle-test-pg-"))
+    try:
+        with postgres_server(scratch) as url:
+            yield url
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
