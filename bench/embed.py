@@ -4,17 +4,18 @@
 The same ``--texts`` short answers (all-MiniLM-L6-v2, CPU) go both ways:
 
 - baseline: ``SentenceTransformer(path).encode(texts, batch_size=32)`` in this process,
-  after one warm-up call;
+  after one warm-up call (32 texts a forward pass, as the engine's ``Embedder`` runs);
 - engine: one ``oracle worker --role embedding`` process (the command the node's
-  supervisor runs), idle and warmed up on 32 jobs first; then the clock starts, the
-  texts are enqueued as embedding jobs (``enqueue_job``, one transaction per 32, the
-  worker's claim size, so it starts on the first while the rest arrive), the worker
-  claims batches, embeds them (``Embedder.embed``: encode, normalise, sign bits) and
-  completes each job; the clock stops when the last job was completed (its ``finished_at``).
+  supervisor runs), idle and warmed up on one claim's worth of jobs first; then the
+  clock starts, the texts are enqueued as embedding jobs (``enqueue_job``, 32 to a
+  transaction, so the worker starts on the first while the rest arrive, as they would
+  from a node's requests), the worker claims up to ``EMBED_BATCH`` at a time, embeds
+  them (``Embedder.embed``: encode, normalise, sign bits) and completes them; the clock
+  stops when the last job was completed (its ``finished_at``).
 
-A second baseline encodes the texts 32 at a time in the order they are queued, as the
-worker sees them: ``encode`` sorts texts by length inside one call, so the one-call
-baseline pads less. Both ways must give the same sign bits for every text.
+A second baseline encodes the texts one claim's worth (``EMBED_BATCH``) at a time in
+queue order: ``encode`` sorts texts by length inside one call, so the one-call baseline
+pads less than any smaller call. Both ways must give the same sign bits for every text.
 
 Run: ``.venv/bin/python bench/embed.py [--texts 512]``. The last line reads
 ``ratio=<engine/baseline embeddings per second>``.
@@ -49,6 +50,7 @@ from bench._common import (
     wait_until,
 )
 from oracle.consensus import pack_sign_bits
+from oracle.engine.embedder import DEFAULT_BATCH_SIZE
 from oracle.engine.embedding_models import resolve_embedding_model
 from oracle.engine.supervisor import WorkerSpec
 from oracle.engine.worker import EMBED_BATCH
@@ -57,6 +59,10 @@ from oracle.store.queue import PRIORITY_EMBEDDING, enqueue_job
 
 PACKAGES = ("sentence-transformers", "torch", "transformers", "psycopg", "SQLAlchemy")
 FAR_DEADLINE = datetime(2100, 1, 1, tzinfo=UTC)
+FORWARD_BATCH = DEFAULT_BATCH_SIZE
+"""Texts per forward pass, both ways (32)."""
+ARRIVAL = 32
+"""Jobs per enqueue transaction."""
 
 _SUBJECTS = (
     ("Paris", "France"),
@@ -130,7 +136,7 @@ def short_answers(count: int) -> list[str]:
 
 
 def encode_directly(texts: Sequence[str]) -> tuple[float, float, list[bytes]]:
-    """Seconds for one encode call, for one call per 32 texts, and the sign bits."""
+    """Seconds for one encode call, for one call per claim's worth of texts, and the bits."""
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
@@ -138,13 +144,13 @@ def encode_directly(texts: Sequence[str]) -> tuple[float, float, list[bytes]]:
     model = SentenceTransformer(
         str(resolve_embedding_model(MINILM)), device="cpu", local_files_only=True
     )
-    model.encode(list(texts[:EMBED_BATCH]), batch_size=EMBED_BATCH)  # warm-up
+    model.encode(list(texts[:FORWARD_BATCH]), batch_size=FORWARD_BATCH)  # warm-up
     started = time.perf_counter()
-    vectors = model.encode(list(texts), batch_size=EMBED_BATCH)
+    vectors = model.encode(list(texts), batch_size=FORWARD_BATCH)
     one_call_s = time.perf_counter() - started
     started = time.perf_counter()
     for start in range(0, len(texts), EMBED_BATCH):
-        model.encode(list(texts[start : start + EMBED_BATCH]), batch_size=EMBED_BATCH)
+        model.encode(list(texts[start : start + EMBED_BATCH]), batch_size=FORWARD_BATCH)
     chunked_s = time.perf_counter() - started
     normalised = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     return one_call_s, chunked_s, [pack_sign_bits(row) for row in normalised]
@@ -211,7 +217,7 @@ def embed_through_engine(url: URL, texts: Sequence[str]) -> tuple[float, float, 
         if worker.poll() is not None:
             raise RuntimeError(f"the embedding worker exited with {worker.returncode}")
         started = time.time()
-        ids = enqueue(engine, texts, EMBED_BATCH)
+        ids = enqueue(engine, texts, ARRIVAL)
         enqueue_s = time.time() - started
         done_s = wait_for_completions(engine, ids, timeout_s=600) - started
     with engine.connect() as conn:
@@ -246,14 +252,15 @@ def main() -> None:
     baseline = n / one_call_s
     engine_rate = n / engine_s
     same = sum(a == b for a, b in zip(direct_bits, engine_bits, strict=True))
-    print(f"baseline, encode(all, batch_size=32): {baseline:6.1f} embeddings/s")
-    print(f"baseline, encode per 32 in queue order: {n / chunked_s:6.1f} embeddings/s")
+    print(f"baseline, encode(all, batch_size={FORWARD_BATCH}): {baseline:6.1f} embeddings/s")
+    print(f"baseline, encode per {EMBED_BATCH} in queue order: {n / chunked_s:6.1f} embeddings/s")
     print(
         f"engine (enqueue -> worker -> done): {engine_rate:7.1f} embeddings/s ({engine_s:.2f} s, "
         f"of which enqueueing {enqueue_s:.2f} s, overlapped); claims: {batches}"
     )
+    print(f"forward passes of {FORWARD_BATCH} texts both ways; engine claims up to {EMBED_BATCH}")
     print(f"sign bits identical for {same} of {n} texts")
-    print(f"engine/per-32 baseline {ratio(engine_rate, n / chunked_s):.3f}")
+    print(f"engine/per-{EMBED_BATCH} baseline {ratio(engine_rate, n / chunked_s):.3f}")
     print(f"ratio={ratio(engine_rate, baseline):.3f}")
 
 

@@ -197,8 +197,8 @@ def replay(requests: Sequence[RequestTimes], max_tokens: int) -> dict[int, tuple
 def summary(label: str, values: Sequence[float]) -> str:
     ms = [v * 1000 for v in values]
     return (
-        f"  {label:48s} p50 {percentile(ms, 50):7.0f} ms  p95 {percentile(ms, 95):7.0f} ms  "
-        f"max {max(ms):7.0f} ms"
+        f"  {label:48s} mean {sum(ms) / len(ms):6.0f} ms  p50 {percentile(ms, 50):6.0f} ms  "
+        f"p95 {percentile(ms, 95):6.0f} ms  max {max(ms):6.0f} ms"
     )
 
 
@@ -223,7 +223,7 @@ def report(requests: Sequence[RequestTimes], replayed: dict[int, tuple[float, fl
         "reveal -> finalize (blocks announced)": reveal_finalize,
     }
     print()
-    print(f"{len(requests)} finalized requests; stages per request:")
+    print(f"{len(requests)} finalized requests; stages per request (the means add up):")
     for label, values in stages.items():
         print(summary(label, values))
     alone = [first for first, _total in replayed.values()]

@@ -6,12 +6,13 @@ worker processes (processes, so that the GIL is not what is measured) claim them
 ``--batch`` at a time and complete them with a job body that does nothing.
 
 - ours: ``oracle.store.queue`` driven by the real ``oracle.engine.worker.Worker``
-  (``run_once``: one claim transaction per batch, one completion transaction per job,
-  a heartbeat thread per batch), with a runner that returns an empty result;
-  ``enqueue_job`` called ``--enqueue-batch`` times per transaction.
+  (``run_once``: a claim transaction and a completion transaction per batch), with a
+  runner that returns an empty result; ``enqueue_jobs`` with lists of
+  ``--enqueue-batch`` jobs, one transaction each.
 - pgqueuer: its ``QueueManager`` with an ``entrypoint``, ``run(batch_size=--batch,
   mode=drain)``, and ``Queries.enqueue`` with lists of ``--enqueue-batch`` jobs; over
-  psycopg 3 (``PsycopgDriver``), the driver ours uses, so the drivers are not compared.
+  asyncpg, its usual driver, or psycopg 3 when asyncpg is missing (pgqueuer's psycopg
+  adapter is much slower; ``pip install 'pgqueuer[asyncpg]'``).
 
 Workers are started and connected before the clock starts; they wait for a signal
 after the enqueue phase. jobs/s = jobs / (enqueue seconds + drain seconds).
