@@ -45,7 +45,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 bench: setup $(VENV)/.stamp-bench-deps
-	@set -e; for script in bench/*.py; do \
+	@set -e; for script in bench/[!_]*.py; do \
 		[ -e "$$script" ] || continue; \
 		echo "== $$script"; \
 		$(PY) "$$script"; \
