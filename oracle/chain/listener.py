@@ -30,14 +30,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from web3 import Web3
 from web3.exceptions import BlockNotFound
 from web3.types import BlockData, FilterParams, LogReceipt
 
 from oracle.chain.coordinator import CoordinatorBinding
-from oracle.chain.polling import backoff_delay, sleep_unless_stopped
+from oracle.chain.polling import backoff_delay, poll_until_stopped
 from oracle.chain.rpc import is_log_range_refusal, rpc_errors
 from oracle.domain.events import ChainEvent
 from oracle.errors import LogRangeTooLarge, RpcError, RpcRateLimited
@@ -58,7 +57,6 @@ __all__ = ["Listener"]
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_TRANSIENT = (RpcError, OperationalError)
 _HEADER_BATCH = 100
 
 
@@ -123,22 +121,13 @@ class Listener:
 
     async def run(self, stop: asyncio.Event, poll_interval: float) -> None:
         """Poll until ``stop`` is set; RPC and database outages are logged and waited out."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                deadline = time.monotonic() + self._poll_budget_s
-                await asyncio.to_thread(self._poll, deadline)
-            except _TRANSIENT as exc:
-                failures += 1
-                delay = backoff_delay(exc, poll_interval, failures)
-                logger.warning(
-                    "listener poll failed; retrying",
-                    extra={"error": str(exc), "failures": failures, "retry_in_s": delay},
-                )
-            else:
-                failures = 0
-                delay = 0.0 if self.blocks_behind else poll_interval
-            await sleep_unless_stopped(stop, delay)
+        await poll_until_stopped(
+            stop,
+            lambda: self._poll(time.monotonic() + self._poll_budget_s),
+            poll_interval=poll_interval,
+            what="listener poll",
+            next_delay=lambda: 0.0 if self.blocks_behind else poll_interval,
+        )
 
     def _poll(self, deadline: float | None) -> int:
         with self._sessions() as session:

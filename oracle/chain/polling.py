@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Callable
 
-from oracle.errors import RpcRateLimited
+from sqlalchemy.exc import OperationalError
 
-__all__ = ["backoff_delay", "sleep_unless_stopped"]
+from oracle.errors import RpcError, RpcRateLimited
+
+__all__ = ["backoff_delay", "poll_until_stopped", "sleep_unless_stopped"]
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT = (RpcError, OperationalError)
+"""Failures a loop waits out: the RPC endpoint or the database is away for a while."""
 
 MAX_BACKOFF_S = 60.0
 
@@ -26,3 +35,32 @@ async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def poll_until_stopped(
+    stop: asyncio.Event,
+    step: Callable[[], object],
+    *,
+    poll_interval: float,
+    what: str,
+    next_delay: Callable[[], float] | None = None,
+) -> None:
+    """Run the blocking ``step`` in a thread until ``stop``; transient failures back off.
+
+    ``next_delay`` says how long to wait after a good step (``poll_interval`` without it).
+    """
+    failures = 0
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(step)
+        except TRANSIENT as exc:
+            failures += 1
+            delay = backoff_delay(exc, poll_interval, failures)
+            logger.warning(
+                f"{what} failed; retrying",
+                extra={"error": str(exc), "failures": failures, "retry_in_s": delay},
+            )
+        else:
+            failures = 0
+            delay = next_delay() if next_delay is not None else poll_interval
+        await sleep_unless_stopped(stop, delay)

@@ -34,7 +34,6 @@ from eth_account.datastructures import SignedTransaction
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from sqlalchemy import Connection, Engine, func, select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound
@@ -42,7 +41,7 @@ from web3.types import TxParams, TxReceipt, Wei
 
 from oracle.chain.artifacts import decode_revert
 from oracle.chain.coordinator import CoordinatorBinding
-from oracle.chain.polling import backoff_delay, sleep_unless_stopped
+from oracle.chain.polling import poll_until_stopped
 from oracle.chain.rpc import rpc_errors
 from oracle.errors import RpcError, SenderAlreadyRunning
 from oracle.store.models import OutgoingTx
@@ -73,7 +72,6 @@ NOT_YET_ERRORS = frozenset({"RevealNotOpen", "FinalizeTooEarly"})
 
 _V = TypeVar("_V")
 _GWEI = 10**9
-_TRANSIENT = (RpcError, OperationalError)
 _ALREADY_KNOWN = ("already known", "known transaction", "alreadyknown", "already imported")
 _NONCE_TOO_LOW = ("nonce too low", "noncetoolow", "nonce is too low", "invalid nonce")
 
@@ -137,26 +135,11 @@ class TxSender:
         """Sync until ``stop`` is set, holding this key's lock; outages are waited out."""
         lock = await asyncio.to_thread(self._lock_key)
         try:
-            await self._loop(stop, poll_interval)
+            await poll_until_stopped(
+                stop, self.sync_once, poll_interval=poll_interval, what="sender sync"
+            )
         finally:
             await asyncio.to_thread(_unlock, lock, _lock_id(self.address))
-
-    async def _loop(self, stop: asyncio.Event, poll_interval: float) -> None:
-        failures = 0
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.sync_once)
-            except _TRANSIENT as exc:
-                failures += 1
-                delay = backoff_delay(exc, poll_interval, failures)
-                logger.warning(
-                    "sender sync failed; retrying",
-                    extra={"error": str(exc), "failures": failures, "retry_in_s": delay},
-                )
-            else:
-                failures = 0
-                delay = poll_interval
-            await sleep_unless_stopped(stop, delay)
 
     def _lock_key(self) -> Connection:
         with self._sessions() as session:
