@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from eth_account import Account
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 
@@ -27,10 +28,15 @@ from oracle.observability import serve_http
 from oracle.store import current_revision, head_revision, make_engine, make_session_factory, upgrade
 from oracle.store.embedded import embedded_postgres, ensure_database
 from oracle.store.maintenance import maintain_queue
+from oracle.store.notify import CHAIN_CHANNEL, NotificationWaiter
 from oracle.store.outbox import enqueue_tx
+from oracle.store.queue import JOBS_DONE_CHANNEL
 from oracle.store.workers import missing_models
 
 logger = logging.getLogger(__name__)
+
+NEWS_WAIT_S = 1.0
+"""How long one wait for notifications blocks; a stop is noticed within it."""
 
 
 class SchemaBehind(OracleError):
@@ -91,8 +97,13 @@ class Node:
     async def _register_then_serve(self, scheduler: AsyncIOScheduler, stop: asyncio.Event) -> None:
         await self._wait_for_workers(stop)
         await self._ensure_registered(stop)
+        wanted = asyncio.Event()
+
+        async def tick() -> None:  # the time-based steps: deadlines pass without any news
+            wanted.set()
+
         scheduler.add_job(
-            self._advance,
+            tick,
             "interval",
             seconds=self.settings.poll_interval_s,
             max_instances=1,
@@ -109,7 +120,33 @@ class Node:
         )
         scheduler.start()
         logger.info("serving requests", extra={"address": self.ctx.address})
-        await stop.wait()
+        await asyncio.gather(
+            self._advance_when_wanted(wanted, stop), self._wake_on_news(wanted, stop)
+        )
+
+    async def _advance_when_wanted(self, wanted: asyncio.Event, stop: asyncio.Event) -> None:
+        """One pass over the open requests at a time, again as soon as it is wanted again."""
+        while not stop.is_set():
+            await _first_of(wanted, stop)
+            if stop.is_set():
+                return
+            wanted.clear()
+            try:
+                await asyncio.to_thread(advance_requests, self.sessions, self.ctx, self.binding)
+            except OperationalError as exc:  # the database is away; the next tick tries again
+                logger.warning("advancing requests failed", extra={"error": str(exc)})
+
+    async def _wake_on_news(self, wanted: asyncio.Event, stop: asyncio.Event) -> None:
+        """A pass as soon as a job finishes or the listener stores events, not at the next tick."""
+        url = self.engine.url.render_as_string(hide_password=False)
+        channels = [JOBS_DONE_CHANNEL, CHAIN_CHANNEL]
+        waiter = await asyncio.to_thread(NotificationWaiter, url, channels)
+        try:
+            while not stop.is_set():
+                if await asyncio.to_thread(waiter.wait, NEWS_WAIT_S):
+                    wanted.set()
+        finally:
+            waiter.close()
 
     async def _wait_for_workers(self, stop: asyncio.Event) -> None:
         """Take no request before a worker of every served model has loaded it."""
@@ -152,11 +189,17 @@ class Node:
         ):
             await asyncio.sleep(self.settings.poll_interval_s)
 
-    async def _advance(self) -> None:
-        await asyncio.to_thread(advance_requests, self.sessions, self.ctx, self.binding)
-
     async def _maintain(self) -> None:
         await asyncio.to_thread(maintain_queue, self.engine)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def _run_together(parts: list[Awaitable[None]], stop: asyncio.Event) -> None:

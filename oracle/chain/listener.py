@@ -51,6 +51,7 @@ from oracle.store.chain_state import (
     rollback_after,
     save_checkpoint,
 )
+from oracle.store.notify import CHAIN_CHANNEL, notify
 
 __all__ = ["Listener"]
 
@@ -168,6 +169,7 @@ class Listener:
             else:
                 rollback_after(session, ancestor.number)
                 save_checkpoint(session, self.name, ancestor)
+            notify(session.connection(), CHAIN_CHANNEL, "reorg")
         self._log_reorg(checkpoint, ancestor)
         return ancestor
 
@@ -295,6 +297,8 @@ class Listener:
                 record_block(session, block)
             save_checkpoint(session, self.name, chunk.end)
             prune_blocks(session, self._retained_blocks)
+            if chunk.events:  # the node's lifecycle wakes on commit instead of its next tick
+                notify(session.connection(), CHAIN_CHANNEL, str(len(chunk.events)))
         return len(chunk.events)
 
     def _log_progress(self, block: int, target: int) -> None:

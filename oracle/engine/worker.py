@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal, Protocol
 
-import psycopg
 from sqlalchemy import Engine
 
 from oracle.errors import OracleError
-from oracle.store import make_engine, to_sqlalchemy_url
+from oracle.store import make_engine
 from oracle.store.models import JobKind
+from oracle.store.notify import NotificationWaiter
 from oracle.store.queue import (
     JOBS_CHANNEL,
     ClaimedJob,
@@ -154,7 +154,7 @@ class Worker:
         self.stopping = threading.Event()
         self._heartbeat: _Heartbeat | None = None
 
-    def run(self, wait_for_work: Callable[[float], None]) -> None:
+    def run(self, wait_for_work: Callable[[float], object]) -> None:
         self._announce()
         logger.info("worker ready", extra={"worker_id": self.worker_id, "role": self.config.role})
         last_beat = time.monotonic()
@@ -294,24 +294,6 @@ class _Heartbeat:
                     logger.warning("lease lost while running", extra={"job_id": job_id})
 
 
-class _NotifyWaiter:
-    """Sleeps until a NOTIFY on the jobs channel or the poll interval passes."""
-
-    def __init__(self, database_url: str) -> None:
-        libpq_url = to_sqlalchemy_url(database_url).set(drivername="postgresql")
-        self._conn = psycopg.connect(
-            libpq_url.render_as_string(hide_password=False), autocommit=True
-        )
-        self._conn.execute(f"LISTEN {JOBS_CHANNEL}")
-
-    def __call__(self, timeout_s: float) -> None:
-        for _ in self._conn.notifies(timeout=timeout_s, stop_after=1):
-            pass
-
-    def close(self) -> None:
-        self._conn.close()
-
-
 def run_worker(config: WorkerConfig) -> None:
     """The body of ``oracle worker``: load, serve until SIGTERM/SIGINT, finish the batch, exit."""
     runner = make_runner(config)
@@ -324,9 +306,9 @@ def run_worker(config: WorkerConfig) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    waiter = _NotifyWaiter(config.database_url)
+    waiter = NotificationWaiter(config.database_url, [JOBS_CHANNEL])
     try:
-        worker.run(waiter)
+        worker.run(waiter.wait)
     finally:
         waiter.close()
         engine.dispose()

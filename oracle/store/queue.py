@@ -20,6 +20,7 @@ from sqlalchemy import Connection, text
 
 from oracle.errors import OracleError
 from oracle.store.models import JobKind
+from oracle.store.notify import notify
 
 JOBS_CHANNEL = "oracle_jobs"
 """NOTIFY channel: a job was queued (payload: its kind)."""
@@ -134,7 +135,7 @@ def enqueue_job(
             "max_attempts": max_attempts,
         },
     ).scalar_one()
-    conn.execute(text("SELECT pg_notify(:channel, :kind)"), {"channel": JOBS_CHANNEL, "kind": kind})
+    notify(conn, JOBS_CHANNEL, kind)
     return job_id
 
 
@@ -167,7 +168,7 @@ def enqueue_jobs(conn: Connection, jobs: Sequence[NewJob]) -> list[int]:
         {"rows": json.dumps([_row(job) for job in jobs])},
     ).scalars()
     job_ids = [int(i) for i in ids]
-    conn.execute(text("SELECT pg_notify(:channel, 'batch')"), {"channel": JOBS_CHANNEL})
+    notify(conn, JOBS_CHANNEL, "batch")
     return job_ids
 
 
@@ -306,7 +307,7 @@ def reclaim_expired_leases(conn: Connection) -> int:
         )
     ).all()
     if any(r.status == "queued" for r in rows):
-        conn.execute(text("SELECT pg_notify(:channel, 'reclaimed')"), {"channel": JOBS_CHANNEL})
+        notify(conn, JOBS_CHANNEL, "reclaimed")
     return len(rows)
 
 
@@ -342,8 +343,4 @@ def prune_finished_jobs(conn: Connection, *, older_than: timedelta) -> int:
 
 
 def _notify_done(conn: Connection, request_id: int | None) -> None:
-    payload = "" if request_id is None else str(request_id)
-    conn.execute(
-        text("SELECT pg_notify(:channel, :payload)"),
-        {"channel": JOBS_DONE_CHANNEL, "payload": payload},
-    )
+    notify(conn, JOBS_DONE_CHANNEL, "" if request_id is None else str(request_id))

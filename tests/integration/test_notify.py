@@ -1,0 +1,76 @@
+"""LISTEN/NOTIFY wake-ups: delivered on commit, coalesced, and survived when the connection dies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, text
+
+from oracle.store.notify import CHAIN_CHANNEL, NotificationWaiter, notify
+from oracle.store.queue import JOBS_DONE_CHANNEL, complete_job, enqueue_job
+from tests.integration.test_queue import MODEL, _claim
+
+
+@pytest.fixture
+def waiter(database_url: str) -> Iterator[NotificationWaiter]:
+    waiter = NotificationWaiter(database_url, [CHAIN_CHANNEL, JOBS_DONE_CHANNEL])
+    yield waiter
+    waiter.close()
+
+
+def test_quiet_channels_time_out(waiter: NotificationWaiter) -> None:
+    assert waiter.wait(0.05) is False
+
+
+def test_a_notification_arrives_when_its_transaction_commits(
+    db_engine: Engine, waiter: NotificationWaiter
+) -> None:
+    with db_engine.connect() as conn:
+        notify(conn, CHAIN_CHANNEL, "3")
+        assert waiter.wait(0.2) is False  # not yet committed
+        conn.commit()
+    assert waiter.wait(5) is True
+
+
+def test_a_burst_of_notifications_wakes_once(db_engine: Engine, waiter: NotificationWaiter) -> None:
+    for payload in ("1", "2", "3"):
+        with db_engine.begin() as conn:
+            notify(conn, CHAIN_CHANNEL, payload)
+    assert waiter.wait(5) is True
+    assert waiter.wait(0.1) is False  # the other two were consumed by the same wake-up
+
+
+def test_a_finished_job_wakes_the_node(db_engine: Engine, waiter: NotificationWaiter) -> None:
+    deadline = datetime.now(UTC) + timedelta(seconds=60)
+    with db_engine.begin() as conn:
+        enqueue_job(conn, kind="inference", request_id=7, model=MODEL, priority=1,
+                    deadline=deadline, payload={})  # fmt: skip
+    (job_id,) = _claim(db_engine)
+    assert waiter.wait(0.1) is False  # queuing and claiming wake workers, not the node
+    with db_engine.begin() as conn:
+        complete_job(conn, job_id=job_id, worker_id="w1", result={"text": "Paris"})
+    assert waiter.wait(5) is True
+
+
+def test_a_dropped_connection_is_reopened_and_reported_as_news(
+    db_engine: Engine, waiter: NotificationWaiter
+) -> None:
+    with db_engine.begin() as conn:
+        killed = (
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert killed == [True]
+    assert waiter.wait(0.5) is False  # notices the loss
+    assert waiter.wait(0.05) is True  # back, and whatever it may have missed counts as news
+    with db_engine.begin() as conn:
+        notify(conn, CHAIN_CHANNEL)
+    assert waiter.wait(5) is True
