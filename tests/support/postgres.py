@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import uuid
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from oracle.store.db import make_engine, to_sqlalchemy_url
+from oracle.store.embedded import embedded_postgres
 
 
 @contextmanager
@@ -24,23 +23,9 @@ def postgres_server(scratch_dir: Path) -> Iterator[URL]:
     if configured:
         yield to_sqlalchemy_url(configured)
         return
-    server = _embedded_server(scratch_dir)
-    try:
-        url = to_sqlalchemy_url(server.get_uri())
+    with embedded_postgres(scratch_dir) as url:  # the node's own embedded server
         _skip_durability(url)
         yield url
-    finally:
-        server.cleanup()
-
-
-def _embedded_server(scratch_dir: Path) -> Any:
-    """Start a pgserver in ``scratch_dir`` (the import is deferred: only needed here)."""
-    with warnings.catch_warnings():
-        # platformdirs warns, at pgserver's import, when XDG_RUNTIME_DIR is unset (CI, root).
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        import pgserver
-
-    return pgserver.get_server(scratch_dir, cleanup_mode="stop")
 
 
 def _skip_durability(server_url: URL) -> None:
