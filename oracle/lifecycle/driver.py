@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.lifecycle.context import ChainCalls, NodeContext
 from oracle.lifecycle.steps import Step, advance
-from oracle.store.models import OPEN_REQUEST_PHASES, Request
+from oracle.store.models import OPEN_REQUEST_PHASES, Answer, Job, Request
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +28,27 @@ def advance_requests(
             session.scalars(
                 select(Request.id)
                 .where(or_(Request.phase.in_(OPEN_REQUEST_PHASES), Request.phase == "skipped"))
+                .where(~_waiting_for_its_answer())
                 .order_by(Request.commit_deadline)
             )
         )
     for request_id in ids:
         _advance_one(sessions, ctx, chain, now, request_id)
     return len(ids)
+
+
+def _waiting_for_its_answer() -> ColumnElement[bool]:
+    """Committing, no answer yet, and its inference or embedding job still queued or running.
+
+    The commit step has nothing to do for such a request (it waits for the job, which has
+    its own deadline and ends done, dead or expired), so a pass skips it: with many
+    requests in flight most of them are here, and each would cost a transaction.
+    """
+    return and_(
+        Request.phase == "committing",
+        ~exists().where(Answer.request_id == Request.id),
+        exists().where(Job.request_id == Request.id, Job.status.in_(("queued", "running"))),
+    )
 
 
 def _advance_one(

@@ -302,12 +302,15 @@ def reclaim_expired_leases(conn: Connection) -> int:
                 last_error = 'lease expired: worker ' || worker_id || ' stopped heartbeating',
                 worker_id = NULL, lease_expires_at = NULL
             WHERE status = 'running' AND lease_expires_at < now()
-            RETURNING id, status
+            RETURNING id, status, request_id
             """
         )
     ).all()
     if any(r.status == "queued" for r in rows):
         notify(conn, JOBS_CHANNEL, "reclaimed")
+    for row in rows:
+        if row.status == "dead":
+            _notify_done(conn, row.request_id)
     return len(rows)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -9,7 +10,12 @@ import pytest
 from sqlalchemy import Engine, text
 
 from oracle.store.notify import CHAIN_CHANNEL, NotificationWaiter, notify
-from oracle.store.queue import JOBS_DONE_CHANNEL, complete_job, enqueue_job
+from oracle.store.queue import (
+    JOBS_DONE_CHANNEL,
+    complete_job,
+    enqueue_job,
+    reclaim_expired_leases,
+)
 from tests.integration.test_queue import MODEL, _claim
 
 
@@ -73,4 +79,19 @@ def test_a_dropped_connection_is_reopened_and_reported_as_news(
     assert waiter.wait(0.05) is True  # back, and whatever it may have missed counts as news
     with db_engine.begin() as conn:
         notify(conn, CHAIN_CHANNEL)
+    assert waiter.wait(5) is True
+
+
+def test_a_job_buried_after_its_last_lease_ran_out_wakes_the_node(
+    db_engine: Engine, waiter: NotificationWaiter
+) -> None:
+    deadline = datetime.now(UTC) + timedelta(seconds=60)
+    with db_engine.begin() as conn:
+        enqueue_job(conn, kind="inference", request_id=7, model=MODEL, priority=1,
+                    deadline=deadline, payload={}, max_attempts=1)  # fmt: skip
+    _claim(db_engine, worker="crashed", lease_s=0.01)
+    time.sleep(0.05)
+    with db_engine.begin() as conn:
+        assert reclaim_expired_leases(conn) == 1
+        assert conn.scalar(text("SELECT status FROM jobs")) == "dead"
     assert waiter.wait(5) is True
