@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from eth_typing import ChecksumAddress
@@ -32,6 +32,7 @@ __all__ = ["CONTRACT_NAME", "CoordinatorBinding"]
 
 CONTRACT_NAME = "InferenceCoordinator"
 ZERO_ADDRESS = "0x" + "00" * 20
+_REMEMBERED_DEADLINES = 4096
 
 _Args = Mapping[str, Any]
 _Decoder = Callable[[EventPosition, _Args], ChainEvent]
@@ -49,6 +50,7 @@ class CoordinatorBinding:
         for name, decoder in _DECODERS.items():
             event: ContractEvent = getattr(contract.events, name)()
             self._events[bytes(event_abi_to_log_topic(event.abi))] = (event, decoder)
+        self._dispute_deadlines: dict[tuple[int, Hashable], int] = {}
 
     @property
     def address(self) -> ChecksumAddress:
@@ -132,10 +134,22 @@ class CoordinatorBinding:
             ).call()
         return bool(registered)
 
-    def dispute_deadline(self, request_id: int) -> int:
-        """When (unix seconds, chain time) disputes close; it moves while reveals arrive."""
+    def dispute_deadline(self, request_id: int, *, as_of: Hashable = None) -> int:
+        """When (unix seconds, chain time) disputes close; it moves while reveals arrive.
+
+        With ``as_of`` (the chain state the caller has seen, e.g. the reveals so far) the
+        answer is remembered for that state: a node asks once per reveal, not every pass.
+        """
+        key = (request_id, as_of)
+        if as_of is not None and key in self._dispute_deadlines:
+            return self._dispute_deadlines[key]
         with rpc_errors("eth_call"):
-            return int(self._contract.functions.disputeDeadline(request_id).call())
+            deadline = int(self._contract.functions.disputeDeadline(request_id).call())
+        if as_of is not None:
+            if len(self._dispute_deadlines) >= _REMEMBERED_DEADLINES:
+                del self._dispute_deadlines[next(iter(self._dispute_deadlines))]  # the oldest
+            self._dispute_deadlines[key] = deadline
+        return deadline
 
     def reveal_open(self, request_id: int) -> bool:
         with rpc_errors("eth_call"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -17,7 +17,7 @@ UNRELATED_ANSWER = (
 class ChainCalls(Protocol):
     """Reads and calldata the lifecycle needs from the coordinator (CoordinatorBinding)."""
 
-    def dispute_deadline(self, request_id: int) -> int: ...
+    def dispute_deadline(self, request_id: int, *, as_of: Hashable = None) -> int: ...
 
     def encode_commit(self, request_id: int, commitment: bytes) -> bytes: ...
 

@@ -345,7 +345,11 @@ def _close_time(step: Step, seats: list[Seat]) -> datetime:
         return req.commit_deadline
     revealed = sum(1 for s in seats if s.revealed_output is not None)
     if revealed == len(seats) and (len(seats) >= req.quorum or step.now > req.commit_deadline):
-        return datetime.fromtimestamp(step.chain.dispute_deadline(req.id), tz=UTC)
+        # With every seat taken, fixed once these reveals are in (the last one's block
+        # time + the window): asked once. Seats left empty turn on the chain's clock.
+        full = len(seats) >= req.quorum
+        seen = tuple((s.seat_no, s.reveal_block_number) for s in seats) if full else None
+        return datetime.fromtimestamp(step.chain.dispute_deadline(req.id, as_of=seen), tz=UTC)
     return req.reveal_deadline + timedelta(seconds=req.dispute_window_s)
 
 

@@ -10,6 +10,7 @@ from web3 import Web3
 
 from oracle.chain.artifacts import decode_revert
 from oracle.chain.commitment import new_salt, output_hash
+from oracle.chain.coordinator import CoordinatorBinding
 from tests.support.protocol import (
     DIM_BYTES,
     DISPUTE_WINDOW_S,
@@ -466,3 +467,22 @@ def test_payment_to_a_payee_that_refuses_is_deferred(
     (deferred,) = protocol.events(receipt, "PaymentDeferred")
     assert deferred["args"]["payee"] == payee.address
     assert protocol.coordinator.functions.withdrawable(payee.address).call() == FEE
+
+
+def test_the_binding_asks_the_dispute_deadline_once_per_state_it_is_told(
+    protocol: Protocol, rng: random.Random
+) -> None:
+    binding = CoordinatorBinding(protocol.w3, protocol.coordinator.address)
+    rid = protocol.request(fee=FEE, quorum=2)
+    first, second = (
+        protocol.commit(protocol.oracles[i], rid, ANSWER, b)
+        for i, b in enumerate(honest_bits(rng, 2))
+    )
+    protocol.reveal(first)
+    one_revealed = binding.dispute_deadline(rid, as_of="one revealed")
+    protocol.advance(3)
+    protocol.reveal(second)  # all in: disputes now close a window after this reveal
+    both_revealed = binding.dispute_deadline(rid)
+    assert both_revealed < one_revealed  # before, the window ran from the reveal deadline
+    assert binding.dispute_deadline(rid, as_of="one revealed") == one_revealed  # remembered
+    assert binding.dispute_deadline(rid, as_of="both revealed") == both_revealed  # asked
