@@ -17,7 +17,10 @@ A second baseline encodes the texts one claim's worth (``EMBED_BATCH``) at a tim
 queue order: ``encode`` sorts texts by length inside one call, so the one-call baseline
 pads less than any smaller call. Both ways must give the same sign bits for every text.
 
-Run: ``.venv/bin/python bench/embed.py [--texts 512]``. The last line reads
+Both ways use ``--threads`` torch threads (default 2; the node gives its embedding
+workers 1, beside the LLM workers).
+
+Run: ``.venv/bin/python bench/embed.py [--texts 512] [--threads 2]``. The last line reads
 ``ratio=<engine/baseline embeddings per second>``.
 """
 
@@ -135,10 +138,13 @@ def short_answers(count: int) -> list[str]:
 # --- baseline -----------------------------------------------------------------------------
 
 
-def encode_directly(texts: Sequence[str]) -> tuple[float, float, list[bytes]]:
+def encode_directly(texts: Sequence[str], threads: int) -> tuple[float, float, list[bytes]]:
     """Seconds for one encode call, for one call per claim's worth of texts, and the bits."""
+    import torch
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
+
+    torch.set_num_threads(threads)
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     model = SentenceTransformer(
@@ -160,9 +166,9 @@ def encode_directly(texts: Sequence[str]) -> tuple[float, float, list[bytes]]:
 
 
 @contextmanager
-def embedding_worker(url: URL) -> Iterator[subprocess.Popen[bytes]]:
+def embedding_worker(url: URL, threads: int) -> Iterator[subprocess.Popen[bytes]]:
     """``oracle worker --role embedding`` on the scratch database, stopped on exit."""
-    command = WorkerSpec(role="embedding", model=MINILM).command()
+    command = WorkerSpec(role="embedding", model=MINILM, threads=threads).command()
     env = {**os.environ, "ORACLE_DATABASE_URL": url.render_as_string(hide_password=False)}
     process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
     try:
@@ -208,10 +214,12 @@ def wait_for_completions(engine: Engine, ids: list[int], timeout_s: float) -> fl
     return float(wait_until(finished, timeout_s=timeout_s, interval_s=0.2, what="embedding jobs"))
 
 
-def embed_through_engine(url: URL, texts: Sequence[str]) -> tuple[float, float, list[bytes], str]:
+def embed_through_engine(
+    url: URL, texts: Sequence[str], threads: int
+) -> tuple[float, float, list[bytes], str]:
     """Seconds to enqueue, seconds until the last completion, the bits, the claim sizes."""
     engine = make_engine(url)
-    with embedding_worker(url) as worker:
+    with embedding_worker(url, threads) as worker:
         warm_up = enqueue(engine, texts[:EMBED_BATCH], EMBED_BATCH)  # loads the model
         wait_for_completions(engine, warm_up, timeout_s=180)
         if worker.poll() is not None:
@@ -237,6 +245,7 @@ def embed_through_engine(url: URL, texts: Sequence[str]) -> tuple[float, float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, both ways")
     args = parser.parse_args()
     texts = short_answers(args.texts)
 
@@ -244,9 +253,12 @@ def main() -> None:
         title = "bench/embed.py: engine path vs SentenceTransformer.encode"
         print_machine(title, PACKAGES, server_url)
         words = [len(t.split()) for t in texts]
-        print(f"{len(texts)} short answers, {min(words)}-{max(words)} words, {MINILM} on CPU")
-        one_call_s, chunked_s, direct_bits = encode_directly(texts)
-        enqueue_s, engine_s, engine_bits, batches = embed_through_engine(url, texts)
+        print(
+            f"{len(texts)} short answers, {min(words)}-{max(words)} words, {MINILM} on CPU, "
+            f"{args.threads} torch threads both ways"
+        )
+        one_call_s, chunked_s, direct_bits = encode_directly(texts, args.threads)
+        enqueue_s, engine_s, engine_bits, batches = embed_through_engine(url, texts, args.threads)
 
     n = len(texts)
     baseline = n / one_call_s

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from sentence_transformers import SentenceTransformer
 
 from oracle.consensus import pack_sign_bits
@@ -35,8 +36,16 @@ class Embedder:
         *,
         device: str = "cpu",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        threads: int | None = None,
     ) -> None:
-        """Load the named embedding model (UnknownEmbeddingModel / EmbeddingModelMissing)."""
+        """Load the named embedding model (UnknownEmbeddingModel / EmbeddingModelMissing).
+
+        ``threads`` caps torch's CPU threads for the whole process (None: torch's default,
+        one per core). A worker that shares the cores with llama.cpp keeps to its share:
+        torch's threads would otherwise preempt llama.cpp's, which wait for each other.
+        """
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.model = lookup_embedding_model(model).name
         self.batch_size = max(1, batch_size)
         path = resolve_embedding_model(model)

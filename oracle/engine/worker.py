@@ -109,10 +109,10 @@ class EmbeddingJobRunner:
     kinds: Sequence[JobKind] = ("verification", "embedding")
     batch_size = EMBED_BATCH
 
-    def __init__(self, model: str, device: str) -> None:
+    def __init__(self, model: str, device: str, threads: int) -> None:
         from oracle.engine.embedder import Embedder
 
-        self._embedder = Embedder(model, device=device)
+        self._embedder = Embedder(model, device=device, threads=threads)
         # torch initialises lazily: pay for it before announcing readiness, not on a deadline
         self._embedder.embed(["warm-up"])
 
@@ -140,7 +140,7 @@ def make_worker_id(model: str, pid: int | None = None, hostname: str | None = No
 def make_runner(config: WorkerConfig) -> JobRunner:
     if config.role == "llm":
         return LlmJobRunner(config.model, config.threads)
-    return EmbeddingJobRunner(config.model, config.device)
+    return EmbeddingJobRunner(config.model, config.device, config.threads)
 
 
 class Worker:

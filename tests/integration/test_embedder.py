@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from oracle.consensus import default_verify_tolerance_bits, hamming
@@ -64,3 +67,15 @@ def test_one_string_is_not_mistaken_for_a_sequence_of_texts(embedder: Embedder) 
 def test_an_unknown_embedding_model_is_refused() -> None:
     with pytest.raises(UnknownEmbeddingModel):
         Embedder("nomic-embed-text-v1.5")
+
+
+def test_a_worker_keeps_torch_to_its_threads() -> None:
+    # torch's thread count is per process: check it in a process of its own, as a worker runs
+    script = (
+        "import torch; from oracle.engine.worker import EmbeddingJobRunner; "
+        "EmbeddingJobRunner('all-MiniLM-L6-v2', 'cpu', 3); three = torch.get_num_threads(); "
+        "EmbeddingJobRunner('all-MiniLM-L6-v2', 'cpu', 1); one = torch.get_num_threads(); "
+        "print(three, one)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3", "1"]
