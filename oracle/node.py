@@ -135,6 +135,8 @@ class Node:
                 await asyncio.to_thread(advance_requests, self.sessions, self.ctx, self.binding)
             except OperationalError as exc:  # the database is away; the next tick tries again
                 logger.warning("advancing requests failed", extra={"error": str(exc)})
+            except Exception:  # one bad pass must not stop the node; each step is idempotent
+                logger.exception("advancing requests failed; the next pass tries again")
 
     async def _wake_on_news(self, wanted: asyncio.Event, stop: asyncio.Event) -> None:
         """A pass as soon as a job finishes or the listener stores events, not at the next tick."""
