@@ -365,23 +365,15 @@ def one_node_network(server_url: URL, *node_args: str) -> Iterator[OneNodeNetwor
     """Start anvil (``--block-time 1``), deploy with ``oracle dev``'s windows, run one node
     on its own database on ``server_url``, wait for its registration; tear all down after.
     """
-    from web3 import Web3
-
     from oracle.chain.anvil import dev_private_key, start_anvil
-    from oracle.chain.deploy import deploy_all
-    from oracle.devnet import DISPUTE_WINDOW_S, REVEAL_WINDOW_S, LocalNetwork
+    from oracle.devnet import LocalNetwork, deploy_local
 
     with tempfile.TemporaryDirectory(prefix="oracle-bench-net-") as data_dir:
         anvil = start_anvil("--block-time", "1", "--accounts", "4")
         local: LocalNetwork | None = None
         clock: BlockClock | None = None
         try:
-            deployment = deploy_all(
-                anvil.w3,
-                sender=Web3.to_checksum_address(anvil.w3.eth.accounts[0]),
-                reveal_window_s=REVEAL_WINDOW_S,
-                dispute_window_s=DISPUTE_WINDOW_S,
-            )
+            deployment = deploy_local(anvil)
             clock = BlockClock(anvil.url)
             local = LocalNetwork(anvil, deployment, server_url, Path(data_dir))
             node = local.start_node(0, *node_args)

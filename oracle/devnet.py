@@ -60,17 +60,23 @@ class DevNode:
     args: tuple[str, ...] = ()
 
 
+def deploy_local(anvil: Anvil) -> Deployment:
+    """The contracts on a local anvil, deployed by its first account, with the short
+    reveal and dispute windows that suit 1 s blocks."""
+    return deploy_all(
+        anvil.w3,
+        sender=Web3.to_checksum_address(anvil.w3.eth.accounts[0]),
+        reveal_window_s=REVEAL_WINDOW_S,
+        dispute_window_s=DISPUTE_WINDOW_S,
+    )
+
+
 def run_devnet(options: DevOptions) -> int:
     options.data_dir.mkdir(parents=True, exist_ok=True)
     say(f"starting anvil and deploying contracts ({options.nodes} nodes)")
     anvil = start_anvil("--block-time", "1", "--accounts", str(options.nodes + 2))
     try:
-        deployment = deploy_all(
-            anvil.w3,
-            sender=Web3.to_checksum_address(anvil.w3.eth.accounts[0]),
-            reveal_window_s=REVEAL_WINDOW_S,
-            dispute_window_s=DISPUTE_WINDOW_S,
-        )
+        deployment = deploy_local(anvil)
         say(
             f"anvil {anvil.url}  coordinator {deployment.coordinator}  "
             f"consumer {deployment.consumer}"

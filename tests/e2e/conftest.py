@@ -15,14 +15,11 @@ from web3 import Web3
 
 from oracle.chain.anvil import Anvil, dev_private_key, start_anvil
 from oracle.chain.artifacts import load_artifact
-from oracle.chain.deploy import Deployment, deploy_all
+from oracle.chain.deploy import Deployment
 from oracle.client import RequestOptions, RequestResult, coordinator_contract, send_request
-from oracle.devnet import LocalNetwork
+from oracle.devnet import LocalNetwork, deploy_local
 from oracle.store.db import make_engine
 from tests.support.postgres import drop_database
-
-REVEAL_WINDOW_S = 20
-DISPUTE_WINDOW_S = 8
 
 
 @pytest.fixture(scope="session")
@@ -107,12 +104,7 @@ class Network:
 
 @pytest.fixture
 def network(timed_anvil: Anvil, postgres_server_url: URL, tmp_path: Path) -> Iterator[Network]:
-    deployment = deploy_all(
-        timed_anvil.w3,
-        sender=Web3.to_checksum_address(timed_anvil.w3.eth.accounts[0]),
-        reveal_window_s=REVEAL_WINDOW_S,
-        dispute_window_s=DISPUTE_WINDOW_S,
-    )
+    deployment = deploy_local(timed_anvil)
     local = LocalNetwork(timed_anvil, deployment, postgres_server_url, tmp_path)
     try:
         yield Network(anvil=timed_anvil, deployment=deployment, local=local)
