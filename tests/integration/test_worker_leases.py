@@ -109,13 +109,14 @@ def _ready(engine: Engine, count: int) -> Callable[[], bool]:
     return check
 
 
-def test_a_killed_worker_loses_its_job_to_another_that_finishes_it_once(
-    db_engine: Engine, workers: Workers
-) -> None:
-    first = workers.start()
-    first_id = make_worker_id(SMOLLM, first.pid)
-    _wait_for(_ready(db_engine, 1), "the first worker to load its model")
-    with db_engine.begin() as conn:
+def _a_worker_running_a_long_job(
+    engine: Engine, workers: Workers
+) -> tuple[subprocess.Popen[bytes], str, int]:
+    """A new worker, once it has loaded its model, and the long job it claimed."""
+    process = workers.start()
+    worker_id = make_worker_id(SMOLLM, process.pid)
+    _wait_for(_ready(engine, 1), "the first worker to load its model")
+    with engine.begin() as conn:
         job_id = enqueue_job(
             conn,
             kind="inference",
@@ -124,17 +125,30 @@ def test_a_killed_worker_loses_its_job_to_another_that_finishes_it_once(
             deadline=datetime.now(UTC) + timedelta(minutes=5),
             payload=LONG_JOB,
         )
-    _wait_for(lambda: _job(db_engine, job_id).status == "running", "the claim", poll_s=0.02)
+    _wait_for(lambda: _job(engine, job_id).status == "running", "the claim", poll_s=0.02)
+    return process, worker_id, job_id
+
+
+def _reclaimed(engine: Engine, job_id: int) -> Callable[[], bool]:
+    """Whether the queue's maintenance has given the job back after its lease ran out."""
+
+    def check() -> bool:
+        maintain_queue(engine)
+        return bool(_job(engine, job_id).status == "queued")
+
+    return check
+
+
+def test_a_killed_worker_loses_its_job_to_another_that_finishes_it_once(
+    db_engine: Engine, workers: Workers
+) -> None:
+    first, first_id, job_id = _a_worker_running_a_long_job(db_engine, workers)
     assert _job(db_engine, job_id).worker_id == first_id
 
     first.send_signal(signal.SIGKILL)  # mid-job: no result, no goodbye
     assert first.wait(timeout=30) == -signal.SIGKILL
 
-    def reclaimed() -> bool:
-        maintain_queue(db_engine)
-        return bool(_job(db_engine, job_id).status == "queued")
-
-    _wait_for(reclaimed, "the lease to run out and the job to go back to the queue")
+    _wait_for(_reclaimed(db_engine, job_id), "the lease to run out and the job to go back")
     back = _job(db_engine, job_id)
     assert (back.worker_id, back.attempts, back.result) == (None, 1, None)
     assert f"worker {first_id} stopped heartbeating" in back.last_error
@@ -163,27 +177,10 @@ def test_a_killed_worker_loses_its_job_to_another_that_finishes_it_once(
 def test_a_frozen_worker_that_wakes_after_its_lease_has_its_answer_refused(
     db_engine: Engine, workers: Workers
 ) -> None:
-    first = workers.start()
-    first_id = make_worker_id(SMOLLM, first.pid)
-    _wait_for(_ready(db_engine, 1), "the first worker to load its model")
-    with db_engine.begin() as conn:
-        job_id = enqueue_job(
-            conn,
-            kind="inference",
-            model=SMOLLM,
-            priority=1,
-            deadline=datetime.now(UTC) + timedelta(minutes=5),
-            payload=LONG_JOB,
-        )
-    _wait_for(lambda: _job(db_engine, job_id).status == "running", "the claim", poll_s=0.02)
+    first, first_id, job_id = _a_worker_running_a_long_job(db_engine, workers)
     first.send_signal(signal.SIGSTOP)  # a long GC pause, a swapped-out VM: alive but silent
     try:
-
-        def reclaimed() -> bool:
-            maintain_queue(db_engine)
-            return bool(_job(db_engine, job_id).status == "queued")
-
-        _wait_for(reclaimed, "the lease to run out")
+        _wait_for(_reclaimed(db_engine, job_id), "the lease to run out")
         second = workers.start()
         _wait_for(lambda: _job(db_engine, job_id).status == "done", "the second worker's answer")
     finally:
