@@ -51,11 +51,10 @@ class NotificationWaiter:
             time.sleep(timeout_s)
             return self._reconnect()
         try:
-            arrived = False
-            for _ in self._conn.notifies(timeout=timeout_s, stop_after=1):
-                arrived = True
-            while arrived and self._drain_one():
-                pass
+            arrived = any(True for _ in self._conn.notifies(timeout=timeout_s, stop_after=1))
+            if arrived:
+                for _ in self._conn.notifies(timeout=0):  # what came with it: one wake-up
+                    pass
             return arrived
         except psycopg.OperationalError as exc:
             logger.warning(
@@ -68,10 +67,6 @@ class NotificationWaiter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-    def _drain_one(self) -> bool:
-        assert self._conn is not None
-        return any(True for _ in self._conn.notifies(timeout=0, stop_after=1))
 
     def _connect(self) -> None:
         conn = psycopg.connect(self._dsn, autocommit=True)
