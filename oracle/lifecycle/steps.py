@@ -62,17 +62,22 @@ class Step:
 
 def advance(step: Step) -> None:
     """Take every step this request is ready for."""
-    phase = step.request.phase
-    if phase == "requested":
+    if step.request.phase == "requested":
         _admit(step)
     if step.request.phase == "committing":
         _commit(step)
+    if step.request.phase not in ("revealing", "finalizing", "skipped"):
+        return
+    seats = _seats(step)  # read once: the steps below share them
     if step.request.phase == "revealing":
-        _end_reveals(step)
-    if step.request.phase in ("revealing", "finalizing"):
-        _verify_and_dispute(step)
+        _end_reveals(step, seats)
+    closes_at = None
     if step.request.phase in ("finalizing", "skipped"):
-        _finalize(step)
+        closes_at = _close_time(step, seats)
+    if step.request.phase in ("revealing", "finalizing"):
+        _verify_and_dispute(step, seats, closes_at)
+    if closes_at is not None:
+        _finalize(step, seats, closes_at)
 
 
 # --- admission ---------------------------------------------------------------------
@@ -241,10 +246,12 @@ def _give_up_if_commit_lost(step: Step) -> None:
 # --- verification and disputes -----------------------------------------------------
 
 
-def _verify_and_dispute(step: Step) -> None:
-    """Re-embed the other seats' outputs; dispute reveals whose bits do not match them."""
-    seats = _seats(step)
-    if step.request.phase == "finalizing" and _disputes_closed(step, seats):
+def _verify_and_dispute(step: Step, seats: list[Seat], closes_at: datetime | None) -> None:
+    """Re-embed the other seats' outputs; dispute reveals whose bits do not match them.
+
+    ``closes_at``: when disputes close, once the request is finalizing (None before).
+    """
+    if closes_at is not None and step.now > closes_at:
         return
     others = [s for s in seats if s.revealed_output is not None and s.oracle != step.ctx.address]
     jobs = {
@@ -292,8 +299,7 @@ def _dispute_if_mismatched(step: Step, seat: Seat, recomputed: bytes) -> None:
         )
 
 
-def _end_reveals(step: Step) -> None:
-    seats = _seats(step)
+def _end_reveals(step: Step, seats: list[Seat]) -> None:
     revealed = sum(1 for s in seats if s.revealed_output is not None)
     all_in = len(seats) >= step.request.quorum and revealed == len(seats)
     if all_in or step.now > step.request.reveal_deadline:
@@ -303,9 +309,8 @@ def _end_reveals(step: Step) -> None:
 # --- finalize ----------------------------------------------------------------------
 
 
-def _finalize(step: Step) -> None:
-    seats = _seats(step)
-    if not _disputes_closed(step, seats):
+def _finalize(step: Step, seats: list[Seat], closes_at: datetime) -> None:
+    if step.now <= closes_at:
         return
     reveals, hashes, bits = _consensus_inputs(step, seats)
     result = compute_consensus(
@@ -317,9 +322,7 @@ def _finalize(step: Step) -> None:
     winner_output = ""
     if result.reached and result.winner is not None:
         winner_output = seats[result.winner].revealed_output or ""
-    if step.now < _close_time(step, seats) + timedelta(
-        seconds=_my_delay_s(step, seats, result.winner)
-    ):
+    if step.now < closes_at + timedelta(seconds=_my_delay_s(step, seats, result.winner)):
         return
     call = step.chain.encode_finalize(step.request.id, bits, hashes, winner_output)
     if _send(step, "finalize", call):
@@ -332,10 +335,6 @@ def _finalize(step: Step) -> None:
                 "need": result.need,
             },
         )
-
-
-def _disputes_closed(step: Step, seats: list[Seat]) -> bool:
-    return step.now > _close_time(step, seats)
 
 
 def _close_time(step: Step, seats: list[Seat]) -> datetime:
