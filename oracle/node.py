@@ -246,7 +246,6 @@ def build_node(settings: NodeSettings, database_url: str) -> Node:
             session_factory=sessions,
             account=account,
             chain_id=w3.eth.chain_id,
-            binding=binding,
         ),
         supervisor=worker_supervisor(settings, database_url),
         ctx=ctx,

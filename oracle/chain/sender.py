@@ -40,7 +40,6 @@ from web3.exceptions import ContractLogicError, TransactionNotFound
 from web3.types import TxParams, TxReceipt, Wei
 
 from oracle.chain.artifacts import decode_revert
-from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.polling import poll_until_stopped
 from oracle.chain.rpc import rpc_errors
 from oracle.errors import RpcError, SenderAlreadyRunning
@@ -101,7 +100,6 @@ class TxSender:
         session_factory: Callable[[], Session],
         account: LocalAccount,
         chain_id: int,
-        binding: CoordinatorBinding,
         bump_after_s: float = 15,
         fee_bump_percent: int = 15,
         max_fee_gwei_cap: float | None = None,
@@ -114,7 +112,6 @@ class TxSender:
         self._sessions = session_factory
         self._account = account
         self._chain_id = chain_id
-        self._binding = binding
         self.address = account.address.lower()
         self._bump_after = timedelta(seconds=bump_after_s)
         self._bump_percent = fee_bump_percent

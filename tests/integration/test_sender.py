@@ -54,16 +54,13 @@ def manual_mining(chain: Anvil, protocol: Protocol) -> Iterator[None]:
         chain.rpc("evm_setAutomine", True)
 
 
-def make_sender(
-    chain: Anvil, sessions: sessionmaker[Session], binding: CoordinatorBinding, **options: Any
-) -> TxSender:
+def make_sender(chain: Anvil, sessions: sessionmaker[Session], **options: Any) -> TxSender:
     account = Account.from_key(chain.private_keys[ORACLE_KEY])
     return TxSender(
         w3=chain.w3,
         session_factory=sessions,
         account=account,
         chain_id=chain.chain_id,
-        binding=binding,
         **options,
     )
 
@@ -118,8 +115,8 @@ class Outbox:
 
 
 @pytest.fixture
-def sender(chain: Anvil, sessions: sessionmaker[Session], binding: CoordinatorBinding) -> TxSender:
-    return make_sender(chain, sessions, binding, not_yet_retry_s=0.05)
+def sender(chain: Anvil, sessions: sessionmaker[Session]) -> TxSender:
+    return make_sender(chain, sessions, not_yet_retry_s=0.05)
 
 
 @pytest.fixture
@@ -236,7 +233,7 @@ def test_a_crash_between_persisting_and_broadcasting_is_recovered_without_sendin
 ) -> None:
     protocol.register_oracles(1)
     first_nonce = nonce_of(chain, protocol.oracles[0])
-    crashed = make_sender(chain, sessions, binding)
+    crashed = make_sender(chain, sessions)
     outbox = Outbox(sessions, crashed, binding)
     first = protocol.request(quorum=1)
     outbox.add("commit", first, binding.encode_commit(first, b"\x11" * 32))
@@ -251,7 +248,7 @@ def test_a_crash_between_persisting_and_broadcasting_is_recovered_without_sendin
 
     second = protocol.request(quorum=1)  # decided while the node was down
     outbox.add("commit", second, binding.encode_commit(second, b"\x22" * 32))
-    restarted = make_sender(chain, sessions, binding)
+    restarted = make_sender(chain, sessions)
     sync(restarted)
 
     recovered, later = outbox.row("commit", first), outbox.row("commit", second)
@@ -271,7 +268,7 @@ def test_a_stuck_transaction_is_replaced_with_higher_fees(
     sessions: sessionmaker[Session],
     binding: CoordinatorBinding,
 ) -> None:
-    sender = make_sender(chain, sessions, binding, bump_after_s=0.2, fee_bump_percent=15)
+    sender = make_sender(chain, sessions, bump_after_s=0.2, fee_bump_percent=15)
     outbox = Outbox(sessions, sender, binding)
     outbox.add("register", None, binding.encode_register())
     sender.sync_once()
@@ -300,11 +297,9 @@ def test_a_stuck_transaction_is_replaced_with_higher_fees(
         chain.w3.eth.get_transaction_receipt(HexBytes(stuck.tx_hash))
 
 
-def test_one_sender_per_key(
-    chain: Anvil, sessions: sessionmaker[Session], binding: CoordinatorBinding
-) -> None:
-    first = make_sender(chain, sessions, binding)
-    second = make_sender(chain, sessions, binding)
+def test_one_sender_per_key(chain: Anvil, sessions: sessionmaker[Session]) -> None:
+    first = make_sender(chain, sessions)
+    second = make_sender(chain, sessions)
 
     async def scenario() -> None:
         stop = asyncio.Event()
