@@ -23,8 +23,9 @@ from sqlalchemy.engine import URL
 from web3 import Web3
 
 from oracle.chain.anvil import Anvil, dev_private_key, start_anvil
+from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.deploy import Deployment, deploy_all
-from oracle.client import RequestOptions, RequestResult, coordinator_contract, send_request
+from oracle.client import RequestOptions, RequestResult, send_request
 from oracle.errors import OracleError
 from oracle.store.db import to_sqlalchemy_url
 from oracle.store.embedded import embedded_postgres, ensure_database
@@ -189,7 +190,7 @@ class LocalNetwork:
         return self.start_node(index, *self.nodes[index].args)
 
     def wait_for_registration(self, timeout_s: float = REGISTRATION_TIMEOUT_S) -> None:
-        coordinator = coordinator_contract(self.anvil.w3, self.deployment.coordinator)
+        coordinator = CoordinatorBinding(self.anvil.w3, self.deployment.coordinator)
         deadline = time.monotonic() + timeout_s
         waiting = {n.address for n in self.nodes.values()}
         while waiting:
@@ -197,7 +198,7 @@ class LocalNetwork:
                 if node.process.poll() is not None:
                     code = node.process.returncode
                     raise DevnetFailed(f"node{node.index} exited with {code}; see {node.log_path}")
-            waiting = {a for a in waiting if not coordinator.functions.oracles(a).call()[1]}
+            waiting = {a for a in waiting if not coordinator.is_registered(a)}
             if time.monotonic() > deadline:
                 raise DevnetFailed(
                     f"nodes not registered after {timeout_s:.0f} s: {sorted(waiting)}"
