@@ -191,6 +191,12 @@ class ScaleHistory:
     last_start_at: float | None = None
     last_stop_at: float | None = None
 
+    def after(self, action: Literal["start", "stop"], now: float) -> ScaleHistory:
+        """The history once a worker was started or stopped at ``now``."""
+        if action == "start":
+            return replace(self, last_start_at=now)
+        return replace(self, last_stop_at=now)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScaleDecision:
@@ -284,7 +290,7 @@ class _Tick:
     def start(self, key: ModelKey, cause: Cause, reason: str) -> None:
         self.used += self.budget.cost(*key)
         self.count[key] = self.count.get(key, 0) + 1
-        self.history[key] = replace(self.history.get(key, ScaleHistory()), last_start_at=self.now)
+        self.history[key] = self.history.get(key, ScaleHistory()).after("start", self.now)
         self._decide("start", key, None, cause, reason)
 
     def stop(self, view: WorkerView, cause: Cause, reason: str) -> None:
@@ -292,7 +298,7 @@ class _Tick:
         self.leaving += self.budget.cost(*key)
         self.count[key] -= 1
         self.stopped.add(view.key)
-        self.history[key] = replace(self.history.get(key, ScaleHistory()), last_stop_at=self.now)
+        self.history[key] = self.history.get(key, ScaleHistory()).after("stop", self.now)
         self._decide("stop", key, view.key, cause, reason)
 
     def hold(self, key: ModelKey, cause: Cause, reason: str) -> None:

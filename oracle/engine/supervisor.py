@@ -352,15 +352,8 @@ class WorkerSupervisor:
             logger.info("scaling: worker stopping", extra={**fields, "worker": decision.worker_key})
         if decision.action != "hold":
             self._decision_counts[(decision.action, decision.cause)] += 1
-            self._record(decision, now)
-
-    def _record(self, decision: ScaleDecision, now: float) -> None:
-        last = self._history.get(decision.model_key, ScaleHistory())
-        if decision.action == "start":
-            last = ScaleHistory(last_start_at=now, last_stop_at=last.last_stop_at)
-        else:
-            last = ScaleHistory(last_start_at=last.last_start_at, last_stop_at=now)
-        self._history[decision.model_key] = last
+            last = self._history.get(decision.model_key, ScaleHistory())
+            self._history[decision.model_key] = last.after(decision.action, now)
 
     def _note_holds(self, decisions: Sequence[ScaleDecision]) -> None:
         """Log a hold when it begins or its cause changes, not on every tick."""

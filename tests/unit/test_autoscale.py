@@ -394,11 +394,11 @@ class Simulation:
                 idle_since=self.now,
                 started_at=self.now,
             )
-            self.history[d.model_key] = replace(last, last_start_at=self.now)
+            self.history[d.model_key] = last.after("start", self.now)
         elif d.action == "stop":
             assert d.worker_key is not None
             self.workers[d.worker_key] = replace(self.workers[d.worker_key], stopping=True)
-            self.history[d.model_key] = replace(last, last_stop_at=self.now)
+            self.history[d.model_key] = last.after("stop", self.now)
         if d.action != "hold":
             self.log.append((self.now, d.action))
 
