@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -92,7 +93,7 @@ def _admit(step: Step) -> None:
         commit_deadline=req.commit_deadline,
         now=step.now,
         ctx=step.ctx,
-        loads={m: model_load(step.session, m) for m in step.ctx.models},
+        loads=_loads(step),
     )
     if not isinstance(decision, Admit):
         _skip(step, decision.reason)
@@ -125,8 +126,16 @@ def _admit(step: Step) -> None:
     )
 
 
-def model_load(session: Session, model: str) -> ModelLoad:
-    """Measured tokens/s of recent inferences of ``model`` and the tokens still waiting for it."""
+def _loads(step: Step) -> dict[str, ModelLoad]:
+    """The load of each served model the request accepts (admission looks at no other)."""
+    ready = ready_models(step.session.connection())
+    accepted = set(step.request.accepted_models)
+    return {m: model_load(step.session, m, ready) for m in step.ctx.models if m in accepted}
+
+
+def model_load(session: Session, model: str, ready: Mapping[str, int]) -> ModelLoad:
+    """Measured tokens/s of recent inferences of ``model`` and the tokens still waiting for
+    it; ``ready`` is ``ready_models``' count of live workers per model."""
     recent = (
         select(Job.result)
         .where(Job.kind == "inference", Job.model == model, Job.status == "done")
@@ -145,7 +154,7 @@ def model_load(session: Session, model: str) -> ModelLoad:
         tokens_per_s=tokens / seconds if seconds > 0 else None,
         queued_tokens=int(waiting or 0),
         jobs=int(jobs or 0),
-        workers=ready_models(session.connection()).get(model),
+        workers=ready.get(model),
     )
 
 
