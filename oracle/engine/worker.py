@@ -32,7 +32,7 @@ from oracle.store.queue import (
     claim_jobs,
     complete_jobs,
     fail_job,
-    heartbeat,
+    heartbeat_jobs,
 )
 from oracle.store.workers import announce_worker, retire_worker, worker_heartbeat
 
@@ -281,17 +281,15 @@ class _Heartbeat:
             time.sleep(interval)
             with self._lock:
                 job_ids = list(self._job_ids)
-            for job_id in job_ids:
-                try:
-                    with self._worker.engine.begin() as conn:
-                        heartbeat(
-                            conn,
-                            job_id=job_id,
-                            worker_id=self._worker.worker_id,
-                            lease_s=self._worker.config.lease_s,
-                        )
-                except LeaseLost:
-                    logger.warning("lease lost while running", extra={"job_id": job_id})
+            with self._worker.engine.begin() as conn:  # the whole batch in one statement
+                lost = heartbeat_jobs(
+                    conn,
+                    job_ids=job_ids,
+                    worker_id=self._worker.worker_id,
+                    lease_s=self._worker.config.lease_s,
+                )
+            for job_id in lost:
+                logger.warning("lease lost while running", extra={"job_id": job_id})
 
 
 def run_worker(config: WorkerConfig) -> None:

@@ -214,38 +214,37 @@ def complete_jobs(
 
 def heartbeat(conn: Connection, *, job_id: int, worker_id: str, lease_s: float = 30.0) -> None:
     """Extend the lease; raises LeaseLost when the job is no longer this worker's."""
-    updated = conn.execute(
+    if heartbeat_jobs(conn, job_ids=[job_id], worker_id=worker_id, lease_s=lease_s):
+        raise LeaseLost(f"job {job_id}, worker {worker_id}")
+
+
+def heartbeat_jobs(
+    conn: Connection, *, job_ids: Sequence[int], worker_id: str, lease_s: float = 30.0
+) -> list[int]:
+    """Extend the leases of a batch in one statement; returns the ids no longer this worker's."""
+    if not job_ids:
+        return []
+    kept = conn.execute(
         text(
             """
             UPDATE jobs SET heartbeat_at = now(),
                             lease_expires_at = now() + make_interval(secs => :lease_s)
-            WHERE id = :id AND worker_id = :worker_id AND status = 'running'
+            WHERE id = ANY(:ids) AND worker_id = :worker_id AND status = 'running'
+            RETURNING id
             """
         ),
-        {"id": job_id, "worker_id": worker_id, "lease_s": lease_s},
-    ).rowcount
-    if updated == 0:
-        raise LeaseLost(f"job {job_id}, worker {worker_id}")
+        {"ids": list(job_ids), "worker_id": worker_id, "lease_s": lease_s},
+    ).scalars()
+    still_ours = {int(i) for i in kept}
+    return [i for i in job_ids if i not in still_ours]
 
 
 def complete_job(
     conn: Connection, *, job_id: int, worker_id: str, result: Mapping[str, Any]
 ) -> None:
     """Record the result; refused (LeaseLost) when the lease went to another worker."""
-    row = conn.execute(
-        text(
-            """
-            UPDATE jobs SET status = 'done', result = CAST(:result AS jsonb), finished_at = now(),
-                            lease_expires_at = NULL, heartbeat_at = now()
-            WHERE id = :id AND worker_id = :worker_id AND status = 'running'
-            RETURNING request_id
-            """
-        ),
-        {"id": job_id, "worker_id": worker_id, "result": json.dumps(dict(result))},
-    ).first()
-    if row is None:
+    if complete_jobs(conn, worker_id=worker_id, results={job_id: result}):
         raise LeaseLost(f"job {job_id}, worker {worker_id}")
-    _notify_done(conn, row.request_id)
 
 
 def fail_job(

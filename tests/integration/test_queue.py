@@ -19,6 +19,7 @@ from oracle.store.queue import (
     enqueue_jobs,
     fail_job,
     heartbeat,
+    heartbeat_jobs,
 )
 
 MODEL = "SmolLM2-135M-Instruct-Q4_1"
@@ -104,6 +105,23 @@ def test_an_expired_lease_goes_back_and_a_late_answer_is_refused(db_engine: Engi
         complete_job(conn, job_id=job, worker_id="healthy", result={"text": "on time"})
         result = conn.scalar(text("SELECT result->>'text' FROM jobs WHERE id = :id"), {"id": job})
     assert result == "on time"
+
+
+def test_a_batch_heartbeat_extends_its_leases_and_names_the_ones_lost(db_engine: Engine) -> None:
+    kept, lost = _enqueue(db_engine, deadline_s=60), _enqueue(db_engine, deadline_s=60)
+    assert sorted(_claim(db_engine, worker="w", limit=2, lease_s=0.01)) == [kept, lost]
+    with db_engine.begin() as conn:  # the second lease runs out and goes to another worker
+        conn.execute(text("SELECT pg_sleep(0.05)"))
+        conn.execute(text("UPDATE jobs SET worker_id = 'other' WHERE id = :id"), {"id": lost})
+    with db_engine.begin() as conn:
+        assert heartbeat_jobs(conn, job_ids=[kept, lost], worker_id="w", lease_s=60) == [lost]
+        expires = conn.scalar(
+            text(
+                "SELECT lease_expires_at > now() + interval '50 seconds' FROM jobs WHERE id = :id"
+            ),
+            {"id": kept},
+        )
+    assert expires is True
 
 
 def test_failures_retry_with_backoff_then_die_with_the_error(db_engine: Engine) -> None:
