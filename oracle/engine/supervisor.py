@@ -51,12 +51,8 @@ from oracle.engine.worker import (
     make_worker_id,
 )
 from oracle.store.models import JobKind
-from oracle.store.queue_stats import (
-    WorkerActivity,
-    live_workers,
-    model_demand,
-    worker_activity,
-)
+from oracle.store.queue_stats import WorkerActivity, model_demand, worker_activity
+from oracle.store.workers import live_workers
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 
 from oracle.store.models import JobKind
-from oracle.store.workers import ALIVE_WITHIN_S
 
 RECENT_JOBS = 50
 """Done jobs per model that the throughput is measured over..."""
@@ -75,13 +74,6 @@ ACTIVITY_SQL = text(
     FROM jobs
     WHERE worker_id = ANY(:worker_ids)
     GROUP BY worker_id
-    """
-)
-
-LIVE_WORKERS_SQL = text(
-    """
-    SELECT role, model, worker_id FROM workers
-    WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => :alive_within_s)
     """
 )
 
@@ -151,13 +143,3 @@ def worker_activity(conn: Connection, worker_ids: Sequence[str]) -> dict[str, Wo
         )
         for row in rows
     }
-
-
-def live_workers(
-    conn: Connection, alive_within_s: float = ALIVE_WITHIN_S
-) -> dict[tuple[str, str], set[str]]:
-    """Worker ids with a recent presence heartbeat, by (role, model), on any machine."""
-    found: dict[tuple[str, str], set[str]] = {}
-    for row in conn.execute(LIVE_WORKERS_SQL, {"alive_within_s": alive_within_s}):
-        found.setdefault((str(row.role), str(row.model)), set()).add(str(row.worker_id))
-    return found

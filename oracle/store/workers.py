@@ -8,6 +8,13 @@ from sqlalchemy import Connection, text
 
 ALIVE_WITHIN_S = 30.0
 
+_LIVE_WORKERS_SQL = text(
+    """
+    SELECT role, model, worker_id FROM workers
+    WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => :alive_within_s)
+    """
+)
+
 
 def announce_worker(
     conn: Connection, *, worker_id: str, host: str, pid: int, role: str, model: str
@@ -38,19 +45,22 @@ def retire_worker(conn: Connection, worker_id: str) -> None:
     )
 
 
+def live_workers(
+    conn: Connection, alive_within_s: float = ALIVE_WITHIN_S
+) -> dict[tuple[str, str], set[str]]:
+    """Worker ids with a recent presence heartbeat, by (role, model), on any machine."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for row in conn.execute(_LIVE_WORKERS_SQL, {"alive_within_s": alive_within_s}):
+        found.setdefault((str(row.role), str(row.model)), set()).add(str(row.worker_id))
+    return found
+
+
 def ready_models(conn: Connection, alive_within_s: float = ALIVE_WITHIN_S) -> dict[str, int]:
     """Model name -> number of live workers holding it (here or on other machines)."""
-    rows = conn.execute(
-        text(
-            """
-            SELECT model, count(*) FROM workers
-            WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => :s)
-            GROUP BY model
-            """
-        ),
-        {"s": alive_within_s},
-    )
-    return {str(model): int(count) for model, count in rows}
+    ready: dict[str, int] = {}
+    for (_role, model), worker_ids in live_workers(conn, alive_within_s).items():
+        ready[model] = ready.get(model, 0) + len(worker_ids)
+    return ready
 
 
 def missing_models(conn: Connection, wanted: Iterable[str]) -> list[str]:

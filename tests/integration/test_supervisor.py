@@ -18,8 +18,8 @@ from sqlalchemy import Engine, text
 from oracle.engine.autoscale import ScaleDecision
 from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, autoscaling_for
 from oracle.store.queue import claim_jobs, complete_job, enqueue_job
-from oracle.store.queue_stats import live_workers, model_demand, worker_activity
-from oracle.store.workers import announce_worker
+from oracle.store.queue_stats import model_demand, worker_activity
+from oracle.store.workers import announce_worker, live_workers
 
 SMOLLM = "SmolLM2-135M-Instruct-Q4_1"
 MINILM = "all-MiniLM-L6-v2"
