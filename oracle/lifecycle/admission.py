@@ -99,20 +99,10 @@ class _Option:
         jobs = load.jobs if load else 0
         queued = load.queued_tokens if load else 0
         workers = load.workers if load and load.workers is not None else profile.workers
-        free = jobs < workers
-        return cls(index, profile, _estimate_s(profile, max_tokens, load), free, queued)
+        speed = (load.tokens_per_s if load else None) or profile.prior_tokens_per_s
+        # until the answer is ready: the queue ahead, shared by the workers, then its tokens
+        estimate_s = (queued / max(workers, 1) + max_tokens) / speed
+        return cls(index, profile, estimate_s, jobs < workers, queued)
 
     def rank(self) -> tuple[bool, float, int, int]:
         return (not self.free, self.estimate_s, self.queued_tokens, self.index)
-
-
-def _estimate_s(profile: ModelProfile, max_tokens: int, load: ModelLoad | None) -> float:
-    """Seconds until this request's answer is ready: the queue ahead of it, then its own tokens."""
-    speed = profile.prior_tokens_per_s
-    queued = 0
-    workers = profile.workers
-    if load is not None:
-        speed = load.tokens_per_s or speed
-        queued = load.queued_tokens
-        workers = load.workers or workers
-    return (queued / max(workers, 1) + max_tokens) / speed
