@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -18,6 +19,10 @@ from oracle.logs import configure_logging
 
 if TYPE_CHECKING:
     from oracle.engine.supervisor import WorkerSpec
+
+
+NODE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(NodeSettings)}
+"""``oracle run``'s option defaults: NodeSettings' own, so the two cannot drift apart."""
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -90,15 +95,26 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     "--model",
     "models",
     multiple=True,
-    default=("SmolLM2-135M-Instruct-Q4_1",),
+    default=NODE_DEFAULTS["models"],
     help="A model to serve (repeat for several); see `oracle models`.",
 )
-@click.option("--embedding-model", "embedding_models", multiple=True, default=("all-MiniLM-L6-v2",))
 @click.option(
-    "--llm-workers", default=1, type=click.IntRange(min=1), help="Worker processes per model."
+    "--embedding-model",
+    "embedding_models",
+    multiple=True,
+    default=NODE_DEFAULTS["embedding_models"],
 )
 @click.option(
-    "--llm-threads", default=2, type=click.IntRange(min=1), help="Threads per LLM worker."
+    "--llm-workers",
+    default=NODE_DEFAULTS["llm_workers"],
+    type=click.IntRange(min=1),
+    help="Worker processes per model.",
+)
+@click.option(
+    "--llm-threads",
+    default=NODE_DEFAULTS["llm_threads"],
+    type=click.IntRange(min=1),
+    help="Threads per LLM worker.",
 )
 @click.option(
     "--autoscale/--no-autoscale",
@@ -130,21 +146,36 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     help="Threads of all workers (--llm-threads per LLM worker, 1 per embedding worker) "
     "[default: no limit].",
 )
-@click.option("--gpu-slots", default=0, type=click.IntRange(min=0), help="GPU workers at once.")
+@click.option(
+    "--gpu-slots",
+    default=NODE_DEFAULTS["gpu_slots"],
+    type=click.IntRange(min=0),
+    help="GPU workers at once.",
+)
 @click.option(
     "--idle-unload-s",
-    default=300.0,
+    default=NODE_DEFAULTS["idle_unload_s"],
     type=click.FloatRange(min=0),
     help="Stop a worker above the minimum after this long without jobs for its model.",
 )
 @click.option(
-    "--confirmations", default=0, type=click.IntRange(min=0), help="Blocks to wait before acting."
+    "--confirmations",
+    default=NODE_DEFAULTS["confirmations"],
+    type=click.IntRange(min=0),
+    help="Blocks to wait before acting.",
 )
 @click.option(
-    "--start-block", default=0, type=click.IntRange(min=0), help="First block on a fresh database."
+    "--start-block",
+    default=NODE_DEFAULTS["start_block"],
+    type=click.IntRange(min=0),
+    help="First block on a fresh database.",
 )
-@click.option("--poll-interval", "poll_interval_s", default=0.5, type=float)
-@click.option("--stake-wei", default=0, type=int, help="Stake sent when registering.")
+@click.option(
+    "--poll-interval", "poll_interval_s", default=NODE_DEFAULTS["poll_interval_s"], type=float
+)
+@click.option(
+    "--stake-wei", default=NODE_DEFAULTS["stake_wei"], type=int, help="Stake sent when registering."
+)
 @click.option("--http-port", default=None, type=int, help="Serve /healthz and /metrics here.")
 @click.option(
     "--no-migrate", is_flag=True, help="Refuse to start on an old schema instead of migrating."
