@@ -23,6 +23,7 @@ database and key refuses to start.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -159,19 +160,20 @@ class TxSender:
         with self._sessions() as session:
             ready = sendable_txs(session, self.address, _now())
         prepared = []
+        poll_fees = functools.cache(self._fees)  # asked once a poll, and only if one is signed
         for tx in ready:
-            one = self._prepare(tx)
+            one = self._prepare(tx, poll_fees)
             if one is not None:
                 prepared.append(one)
         return prepared
 
-    def _prepare(self, tx: OutgoingTx) -> PreparedTx | None:
+    def _prepare(self, tx: OutgoingTx, fees_now: Callable[[], _Fees]) -> PreparedTx | None:
         gas = self._simulate(self._call_params(tx))
         if isinstance(gas, str):
             self._handle_revert(tx, gas)
             return None
         nonce = self._allocate_nonce()
-        fees = self._fees()
+        fees = fees_now()
         signed = self._sign(tx, nonce=nonce, gas=gas, fees=fees)
         with self._sessions() as session, session.begin():
             mark_sent(
