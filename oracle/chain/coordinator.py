@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from eth_abi.abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
 from eth_typing import ChecksumAddress
-from eth_utils.abi import event_abi_to_log_topic
+from eth_utils.abi import collapse_if_tuple, event_abi_to_log_topic
+from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
-from web3.contract.contract import ContractEvent
 from web3.types import LogReceipt
 
 from oracle.chain.artifacts import load_artifact
@@ -27,6 +31,8 @@ from oracle.domain.events import (
     RevealedEvent,
 )
 from oracle.domain.request import RequestId
+from oracle.domain.text import ChainText, chain_text
+from oracle.errors import RpcMalformedResponse
 
 __all__ = ["CONTRACT_NAME", "CoordinatorBinding"]
 
@@ -36,6 +42,33 @@ _REMEMBERED_DEADLINES = 4096
 
 _Args = Mapping[str, Any]
 _Decoder = Callable[[EventPosition, _Args], ChainEvent]
+_STRING = re.compile(r"\bstring\b")
+
+
+@dataclass(frozen=True, slots=True)
+class _EventLayout:
+    """How one event's log is laid out: indexed inputs in topics, the rest in data.
+
+    Strings are read as ``bytes`` (the ABI encodes both alike), so that no sender can
+    make decoding fail with bytes that are not UTF-8; the decoders turn them into
+    ``ChainText``.
+    """
+
+    indexed: tuple[dict[str, Any], ...]
+    data: tuple[dict[str, Any], ...]
+    decoder: _Decoder
+
+    def args(self, topics: Sequence[bytes], data: bytes) -> dict[str, Any]:
+        if len(topics) != len(self.indexed) + 1:
+            raise ValueError(f"{len(topics) - 1} indexed topics, the event has {len(self.indexed)}")
+        args = {
+            item["name"]: abi_decode([_raw_type(item)], bytes(topic))[0]
+            for item, topic in zip(self.indexed, topics[1:], strict=True)
+        }
+        values = abi_decode([_raw_type(item) for item in self.data], data)
+        for item, value in zip(self.data, values, strict=True):
+            args[item["name"]] = _named(item, value)
+        return args
 
 
 class CoordinatorBinding:
@@ -46,10 +79,15 @@ class CoordinatorBinding:
         abi = load_artifact(CONTRACT_NAME).abi
         contract = w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi)
         self._contract: Contract = contract
-        self._events: dict[bytes, tuple[ContractEvent, _Decoder]] = {}
+        self._events: dict[bytes, _EventLayout] = {}
         for name, decoder in _DECODERS.items():
-            event: ContractEvent = getattr(contract.events, name)()
-            self._events[bytes(event_abi_to_log_topic(event.abi))] = (event, decoder)
+            event_abi = getattr(contract.events, name)().abi
+            inputs = tuple(event_abi["inputs"])
+            self._events[bytes(event_abi_to_log_topic(event_abi))] = _EventLayout(
+                indexed=tuple(i for i in inputs if i.get("indexed")),
+                data=tuple(i for i in inputs if not i.get("indexed")),
+                decoder=decoder,
+            )
         self._dispute_deadlines: dict[tuple[int, Hashable], int] = {}
 
     @property
@@ -67,7 +105,10 @@ class CoordinatorBinding:
         """The coordinator events among ``logs``, in the given order.
 
         Logs of other contracts, other events of this one (registrations, payments) and
-        logs a node marked ``removed`` are left out silently.
+        logs a node marked ``removed`` are left out silently. Any bytes in a string field
+        decode (see ``oracle.domain.text``); a log that does not fit the event's ABI at
+        all cannot come from the contract, so the endpoint answered wrongly:
+        ``RpcMalformedResponse``.
         """
         decoded: list[ChainEvent] = []
         for log in logs:
@@ -77,22 +118,26 @@ class CoordinatorBinding:
         return decoded
 
     def _decode(self, log: LogReceipt) -> ChainEvent | None:
-        if log.get("removed") or not log["topics"]:
-            return None
-        if Web3.to_checksum_address(log["address"]) != self.address:
-            return None
-        known = self._events.get(bytes(log["topics"][0]))
-        if known is None:
-            return None
-        event, decoder = known
-        data = event.process_log(log)
-        position = EventPosition(
-            block_number=int(log["blockNumber"]),
-            block_hash=bytes(log["blockHash"]),
-            log_index=int(log["logIndex"]),
-            tx_hash=bytes(log["transactionHash"]),
-        )
-        return decoder(position, data["args"])
+        try:
+            if log.get("removed") or not log["topics"]:
+                return None
+            if Web3.to_checksum_address(log["address"]) != self.address:
+                return None
+            layout = self._events.get(bytes(log["topics"][0]))
+            if layout is None:
+                return None
+            args = layout.args([bytes(t) for t in log["topics"]], bytes(log["data"]))
+            position = EventPosition(
+                block_number=int(log["blockNumber"]),
+                block_hash=bytes(log["blockHash"]),
+                log_index=int(log["logIndex"]),
+                tx_hash=bytes(log["transactionHash"]),
+            )
+            return layout.decoder(position, args)
+        except (DecodingError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise RpcMalformedResponse(
+                method="eth_getLogs", reason=f"a log does not fit the coordinator's ABI: {exc}"
+            ) from exc
 
     # --- calldata -----------------------------------------------------------------------
 
@@ -163,32 +208,64 @@ class CoordinatorBinding:
 # --- one decoder per event --------------------------------------------------------------
 
 
+def _raw_type(item: Mapping[str, Any]) -> str:
+    """The input's ABI type with every ``string`` read as ``bytes``."""
+    return _STRING.sub("bytes", collapse_if_tuple(dict(item)))
+
+
+def _named(item: Mapping[str, Any], value: Any) -> Any:
+    """A decoded tuple as a dict by component name (arrays of tuples stay lists)."""
+    components = item.get("components")
+    if not components or str(item["type"]) != "tuple":
+        return value
+    return {c["name"]: _named(c, v) for c, v in zip(components, value, strict=True)}
+
+
 def _address(value: str) -> str:
     return value.lower()
+
+
+def _texts(named: Iterable[tuple[str, bytes]]) -> tuple[list[ChainText], tuple[str, ...]]:
+    """Decoded strings, and a sentence for each one whose bytes are not usable text."""
+    texts = []
+    defects = []
+    for name, raw in named:
+        text = chain_text(raw)
+        texts.append(text)
+        if text.defect is not None:
+            defects.append(f"{name} {text.defect}")
+    return texts, tuple(defects)
 
 
 def _requested(position: EventPosition, args: _Args) -> ChainEvent:
     frame = args["frame"]
     callback = _address(args["callback"])
+    models = list(args["acceptedModels"])
+    texts, defects = _texts(
+        [("prompt", args["prompt"]), ("embeddingModel", frame["embeddingModel"])]
+        + [(f"acceptedModels[{i}]", raw) for i, raw in enumerate(models)]
+    )
+    prompt, embedding_model, *accepted = texts
     return RequestedEvent(
         position=position,
         request_id=RequestId(args["requestId"]),
         requester=_address(args["requester"]),
-        prompt=args["prompt"],
-        accepted_models=tuple(args["acceptedModels"]),
+        prompt=prompt.text,
+        accepted_models=tuple(m.text for m in accepted),
         temperature_milli=args["temperature"],
         max_tokens=args["maxTokens"],
         quorum=frame["quorum"],
         max_time_ms=frame["maxTimeMs"],
         sec_distance_bp=frame["secDistance"],
         sec_percentage_bp=frame["secPercentage"],
-        embedding_model=frame["embeddingModel"],
+        embedding_model=embedding_model.text,
         callback=None if callback == ZERO_ADDRESS else callback,
         callback_gas_limit=args["callbackGasLimit"],
         fee_wei=args["fee"],
         commit_deadline=args["commitDeadline"],
         reveal_deadline=args["revealDeadline"],
         dispute_window_s=args["disputeWindow"],
+        defects=defects,
     )
 
 
@@ -203,12 +280,15 @@ def _committed(position: EventPosition, args: _Args) -> ChainEvent:
 
 
 def _revealed(position: EventPosition, args: _Args) -> ChainEvent:
+    output = chain_text(args["output"])
     return RevealedEvent(
         position=position,
         request_id=RequestId(args["requestId"]),
         oracle=_address(args["oracle"]),
         seat=args["seat"],
-        output=args["output"],
+        output=output.text,
+        output_hash=keccak(args["output"]),
+        output_defect=output.defect,
         model_index=args["modelIndex"],
         embedding_bits=bytes(args["embeddingBits"]),
     )
@@ -228,8 +308,8 @@ def _finalized(position: EventPosition, args: _Args) -> ChainEvent:
         position=position,
         request_id=RequestId(args["requestId"]),
         winner_seat=args["winnerSeat"],
-        output=args["output"],
-        model=args["model"],
+        output=chain_text(args["output"]).text,
+        model=chain_text(args["model"]).text,
         cluster_mask=args["clusterMask"],
         reward_per_oracle=args["rewardPerOracle"],
         callback_succeeded=bool(args["callbackSucceeded"]),

@@ -70,6 +70,10 @@ class RequestedEvent:
     reveal_deadline: int
     """Unix seconds, chain time."""
     dispute_window_s: int
+    defects: tuple[str, ...] = ()
+    """Why string fields are unusable (bytes that are not UTF-8, a NUL), one sentence
+    each; those fields then hold an escaped form (``oracle.domain.text``). A request
+    with defects is declined, never served."""
 
     def to_request(self) -> InferenceRequest:
         """The request as the rest of the node handles it (validated, aware datetimes)."""
@@ -119,8 +123,13 @@ class RevealedEvent:
     oracle: str
     seat: int
     output: str
+    """The revealed text; an escaped form when ``output_defect`` is set."""
+    output_hash: bytes
+    """keccak256 of the output's bytes exactly as revealed (what the commitment holds)."""
     model_index: int
     embedding_bits: bytes
+    output_defect: str | None = None
+    """Why the revealed bytes are not usable text (None when they are)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -271,7 +271,9 @@ def _verify_and_dispute(step: Step, seats: list[Seat], closes_at: datetime | Non
     }
     for seat in others:
         job = jobs.get(seat.seat_no)
-        if job is None:
+        if seat.reveal_defect is not None:  # no text to embed: its bits cannot be checked
+            _dispute(step, seat, f"revealed output {seat.reveal_defect}")
+        elif job is None:
             _queue_verification(step, seat)
         elif job.status == "done" and job.result is not None:
             _dispute_if_mismatched(step, seat, bytes.fromhex(job.result["bits"]))
@@ -296,6 +298,10 @@ def _dispute_if_mismatched(step: Step, seat: Seat, recomputed: bytes) -> None:
         tolerance = default_verify_tolerance_bits(len(revealed) * 8 or len(recomputed) * 8)
     if verify_embedding(revealed, recomputed, tolerance):
         return
+    _dispute(step, seat, "revealed embedding does not match its output")
+
+
+def _dispute(step: Step, seat: Seat, why: str) -> None:
     if _send(
         step,
         "dispute",
@@ -303,8 +309,8 @@ def _dispute_if_mismatched(step: Step, seat: Seat, recomputed: bytes) -> None:
         dedupe_key=seat.oracle,
     ):
         logger.warning(
-            "revealed embedding does not match its output: disputing",
-            extra={**step.log, "accused": seat.oracle, "seat": seat.seat_no},
+            "disputing a reveal",
+            extra={**step.log, "accused": seat.oracle, "seat": seat.seat_no, "why": why},
         )
 
 
@@ -330,7 +336,16 @@ def _finalize(step: Step, seats: list[Seat], closes_at: datetime) -> None:
     )
     winner_output = ""
     if result.reached and result.winner is not None:
-        winner_output = seats[result.winner].revealed_output or ""
+        winner = seats[result.winner]
+        if winner.reveal_defect is not None:
+            # Its exact bytes are not kept (only an escaped form): another node, or the
+            # request's expiry, settles it.
+            logger.warning(
+                "the winning reveal is not usable text; not finalizing",
+                extra={**step.log, "seat": winner.seat_no, "defect": winner.reveal_defect},
+            )
+            return
+        winner_output = winner.revealed_output or ""
     if step.now < closes_at + timedelta(seconds=_my_delay_s(step, seats, result.winner)):
         return
     call = step.chain.encode_finalize(step.request.id, bits, hashes, winner_output)
@@ -394,7 +409,7 @@ def _consensus_inputs(
             continue
         excluded = dispute_excludes(len(disputes.get(seat.oracle, set())), revealers)
         reveals.append((seat.embedding_bits, excluded))
-        hashes.append(keccak(seat.revealed_output.encode("utf-8")))
+        hashes.append(seat.output_hash or keccak(seat.revealed_output.encode("utf-8")))
         bits.append(seat.embedding_bits)
     return reveals, hashes, bits
 

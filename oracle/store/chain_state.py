@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, Delete, Update, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from oracle.domain.events import (
@@ -91,9 +92,27 @@ class BlockRef:
 
 
 def apply_event(session: Session, event: ChainEvent) -> None:
-    """Record ``event`` and update the tables derived from it; a replay is a no-op."""
-    if not _record_raw(session, event):
-        return
+    """Record ``event`` and update the tables derived from it; a replay is a no-op.
+
+    Whatever the event carries, this returns: should the database refuse a value that
+    got past decoding, the event is recorded without its effects (and logged), so that
+    no transaction on the chain can stop the listener.
+    """
+    try:
+        with session.begin_nested():
+            if _record_raw(session, event):
+                _apply(session, event)
+    except (DataError, IntegrityError) as exc:
+        refused = f"{type(exc.orig).__name__}: {exc.orig}"[:500]
+        logger.error(
+            "the database refused an event; recorded without its effects",
+            extra={"request_id": event.request_id, "event": event.event_name, "error": refused},
+        )
+        with session.begin_nested():
+            _record_raw(session, event, payload={"refused": refused})
+
+
+def _apply(session: Session, event: ChainEvent) -> None:
     match event:
         case RequestedEvent():
             _apply_requested(session, event)
@@ -125,7 +144,9 @@ def disputes_against(session: Session, request_id: int) -> dict[str, set[str]]:
     return disputes
 
 
-def _record_raw(session: Session, event: ChainEvent) -> bool:
+def _record_raw(
+    session: Session, event: ChainEvent, payload: dict[str, Any] | None = None
+) -> bool:
     """Insert the raw log; False when ``(block_hash, log_index)`` was already there."""
     position = event.position
     statement = (
@@ -137,7 +158,7 @@ def _record_raw(session: Session, event: ChainEvent) -> bool:
             tx_hash=position.tx_hash,
             event=event.event_name,
             request_id=event.request_id,
-            payload=_payload(event),
+            payload=_payload(event) if payload is None else payload,
         )
         .on_conflict_do_nothing(index_elements=["block_hash", "log_index"])
         .returning(ChainEventRow.id)
@@ -164,6 +185,15 @@ def _jsonable(value: object) -> object:
 def _apply_requested(session: Session, event: RequestedEvent) -> None:
     values = {name: getattr(event, name) for name in _REQUEST_IDENTITY}
     values["accepted_models"] = list(event.accepted_models)
+    if event.defects:  # a string field is not text: stored escaped, never served
+        values["phase"] = "skipped"
+        values["skip_reason"] = "declined: " + "; ".join(event.defects)
+        logger.warning(
+            "request declined: its strings are not usable text",
+            extra={"request_id": event.request_id, "reason": values["skip_reason"]},
+        )
+    else:
+        values["phase"] = "requested"
     statement = (
         insert(Request)
         .values(
@@ -172,7 +202,6 @@ def _apply_requested(session: Session, event: RequestedEvent) -> None:
             reveal_deadline=utc_from_unix(event.reveal_deadline),
             dispute_window_s=event.dispute_window_s,
             block_number=event.position.block_number,
-            phase="requested",
             **values,
         )
         .on_conflict_do_nothing(index_elements=["id"])
@@ -252,6 +281,8 @@ def _apply_revealed(session: Session, event: RevealedEvent) -> None:
         )
         .values(
             revealed_output=event.output,
+            output_hash=event.output_hash,
+            reveal_defect=event.output_defect,
             model_index=event.model_index,
             embedding_bits=event.embedding_bits,
             reveal_block_number=event.position.block_number,
@@ -306,7 +337,12 @@ def rollback_after(session: Session, block_number: int) -> None:
         update(Seat)
         .where(Seat.reveal_block_number > after)
         .values(
-            revealed_output=None, model_index=None, embedding_bits=None, reveal_block_number=None
+            revealed_output=None,
+            output_hash=None,
+            reveal_defect=None,
+            model_index=None,
+            embedding_bits=None,
+            reveal_block_number=None,
         ),
     )
     reopened = _run(

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from eth_utils.crypto import keccak
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -98,6 +99,7 @@ def revealed(request_id: int, seat: int, oracle: str, position: EventPosition) -
         oracle=oracle,
         seat=seat,
         output=f"Paris (seat {seat})",
+        output_hash=keccak(f"Paris (seat {seat})".encode()),
         model_index=0,
         embedding_bits=BITS,
     )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from eth_abi.abi import encode as abi_encode
 from eth_typing import ChecksumAddress
+from eth_utils.abi import collapse_if_tuple, function_abi_to_4byte_selector
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError
@@ -103,6 +107,24 @@ class Protocol:
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash)
         assert receipt["status"] == 1, f"{label} failed"
         self.gas_used.setdefault(label, []).append(receipt["gasUsed"])
+        return receipt
+
+    def transact_raw(
+        self, function: str, args: Sequence[Any], sender: ChecksumAddress, **tx: Any
+    ) -> Any:
+        """Call ``function`` with its ``string`` arguments given as raw bytes (any bytes at
+        all, as a hostile sender would): the ABI encodes both alike."""
+        (abi,) = [f for f in self.coordinator.abi if f.get("name") == function]
+        types = [
+            re.sub(r"\bstring\b", "bytes", collapse_if_tuple(dict(i))) for i in abi["inputs"]
+        ]
+        selector = function_abi_to_4byte_selector(abi)
+        data = selector + abi_encode(types, list(args))
+        tx_hash = self.w3.eth.send_transaction(
+            {"from": sender, "to": self.coordinator.address, "data": HexBytes(data), **tx}
+        )
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash)
+        assert receipt["status"] == 1, f"{function} with raw strings failed"
         return receipt
 
     def events(self, receipt: Any, name: str) -> tuple[Any, ...]:

@@ -137,6 +137,7 @@ class Seat(Base):
             " AND (revealed_output IS NULL) = (reveal_block_number IS NULL)",
             name="reveal_complete",
         ),
+        CheckConstraint(byte_length("output_hash", 32), name="output_hash"),
     )
 
     request_id: Mapped[int] = mapped_column(
@@ -151,6 +152,12 @@ class Seat(Base):
     embedding_bits: Mapped[bytes | None]
     reveal_block_number: Mapped[int | None] = mapped_column(BigInteger)
     excluded: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    output_hash: Mapped[bytes | None] = mapped_column(
+        comment="keccak256 of the revealed bytes; NULL for reveals stored before 0003"
+    )
+    reveal_defect: Mapped[str | None] = mapped_column(
+        comment="why the revealed bytes are not usable text; revealed_output is escaped then"
+    )
 
 
 class Answer(Base):
