@@ -13,9 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from oracle.config import DEFAULT_DATA_DIR, ConfigError, NodeSettings, load_config_file
+from oracle.config import (
+    DEFAULT_DATA_DIR,
+    ConfigError,
+    NodeSettings,
+    check_known_keys,
+    check_private_key,
+    load_config_file,
+    unknown_environment,
+)
 from oracle.errors import OracleError
-from oracle.logs import configure_logging
+from oracle.logs import configure_logging, printable
 
 if TYPE_CHECKING:
     from oracle.engine.supervisor import WorkerSpec
@@ -23,6 +31,23 @@ if TYPE_CHECKING:
 
 NODE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(NodeSettings)}
 """``oracle run``'s option defaults: NodeSettings' own, so the two cannot drift apart."""
+
+SECRET_VARIABLES = ("ORACLE_PRIVATE_KEY", "ORACLE_RUN_PRIVATE_KEY", "ORACLE_KEYSTORE_PASSWORD")
+"""Read once by ``oracle run``, then removed, so worker processes never inherit them."""
+
+
+class PlainError(click.ClickException):
+    """A configuration the command cannot use: one sentence on stderr, exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {printable(self.format_message())}", err=True)
+
+
+def echo_untrusted(line: str) -> None:
+    """Print text that may hold what a requester wrote (prompts, outputs, model names)."""
+    click.echo(printable(line))
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -34,7 +59,12 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
             for opt in param.opts
             if param.name
         }
-        values = {names.get(key, key): v for key, v in load_config_file(Path(value)).items()}
+        try:
+            table = load_config_file(Path(value))
+            check_known_keys(table, names, where=f"config file {value}")
+        except ConfigError as exc:
+            raise PlainError(str(exc)) from exc
+        values = {names[key]: v for key, v in table.items()}
         ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
@@ -79,7 +109,7 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
 )
 @click.option(
     "--keystore",
-    type=click.Path(exists=True, dir_okay=False),
+    type=click.Path(dir_okay=False),
     default=None,
     envvar="ORACLE_KEYSTORE",
     help="Encrypted key file; password from ORACLE_KEYSTORE_PASSWORD.",
@@ -178,6 +208,24 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
 )
 @click.option("--http-port", default=None, type=int, help="Serve /healthz and /metrics here.")
 @click.option(
+    "--http-host",
+    default=NODE_DEFAULTS["http_host"],
+    help="Interface for /healthz and /metrics (0.0.0.0: every interface).",
+)
+@click.option(
+    "--rpc-wait-s",
+    default=NODE_DEFAULTS["rpc_wait_s"],
+    type=click.FloatRange(min=0),
+    help="At start, how long to retry an RPC endpoint that does not answer.",
+)
+@click.option(
+    "--retention-days",
+    default=NODE_DEFAULTS["retention_days"],
+    type=click.FloatRange(min=0),
+    help="Prune finished requests, old events and settled transactions after this; "
+    "0 keeps everything.",
+)
+@click.option(
     "--no-migrate", is_flag=True, help="Refuse to start on an old schema instead of migrating."
 )
 @click.option("--verify-tolerance-bits", default=None, type=int)
@@ -192,9 +240,16 @@ def run(keystore: str | None, private_key: str | None, no_migrate: bool, **optio
     """Run a node: follow the chain, answer requests, commit, reveal, verify, finalize."""
     from oracle.node import run_node
 
-    settings = _settings(
-        private_key=_read_key(private_key, keystore), migrate=not no_migrate, **options
-    )
+    known = [param.name for param in click.get_current_context().command.params if param.name]
+    try:
+        unknown_environment(os.environ, "ORACLE_RUN_", known)
+        key = _read_key(private_key, keystore)
+    except ConfigError as exc:
+        raise PlainError(str(exc)) from exc
+    finally:
+        for variable in SECRET_VARIABLES:  # worker processes inherit the environment
+            os.environ.pop(variable, None)
+    settings = _settings(private_key=key, migrate=not no_migrate, **options)
     _serve(lambda stop: run_node(settings, stop))
 
 
@@ -205,24 +260,35 @@ def _settings(**options: Any) -> NodeSettings:
     try:
         return NodeSettings(**options)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise PlainError(str(exc)) from exc
 
 
 def _read_key(private_key: str | None, keystore: str | None) -> str:
     if keystore:
-        from eth_account import Account
-
-        password = os.environ.get("ORACLE_KEYSTORE_PASSWORD", "")
-        try:
-            key: bytes = Account.decrypt(json.loads(Path(keystore).read_text()), password)
-        except ValueError as exc:
-            raise click.UsageError(
-                f"cannot decrypt {keystore}: wrong ORACLE_KEYSTORE_PASSWORD?"
-            ) from exc
-        return "0x" + key.hex()
+        return _decrypt_keystore(Path(keystore), os.environ.get("ORACLE_KEYSTORE_PASSWORD", ""))
     if not private_key:
-        raise click.UsageError("no key: set ORACLE_PRIVATE_KEY or pass --keystore")
-    return private_key
+        raise ConfigError("no key: set ORACLE_PRIVATE_KEY or pass --keystore")
+    return check_private_key(private_key, source="ORACLE_PRIVATE_KEY (or --private-key)")
+
+
+def _decrypt_keystore(path: Path, password: str) -> str:
+    from eth_account import Account
+
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"keystore {path} cannot be read: {exc.strerror}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"keystore {path} is not a JSON keystore file") from exc
+    try:
+        key: bytes = Account.decrypt(document, password)
+    except ValueError as exc:
+        raise ConfigError(
+            f"keystore {path} cannot be decrypted: wrong ORACLE_KEYSTORE_PASSWORD?"
+        ) from exc
+    except (KeyError, TypeError, NotImplementedError) as exc:
+        raise ConfigError(f"keystore {path} is not an Ethereum keystore file") from exc
+    return "0x" + key.hex()
 
 
 def _serve(make: Any) -> None:
@@ -238,7 +304,7 @@ def _serve(make: Any) -> None:
     try:
         asyncio.run(body())
     except OracleError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(str(exc))}", err=True)
         sys.exit(1)
 
 
@@ -317,7 +383,7 @@ def _run_one_worker(database_url: str, spec: WorkerSpec) -> None:
     try:
         run_worker(config)
     except OracleError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(str(exc))}", err=True)
         sys.exit(1)
 
 
@@ -368,7 +434,7 @@ def status(database_url: str, limit: int) -> None:
     from oracle.status import request_rows
 
     for line in request_rows(database_url, limit):
-        click.echo(line)
+        echo_untrusted(line)
 
 
 # --- request and dev -------------------------------------------------------------------
@@ -399,8 +465,10 @@ def request(**options: Any) -> None:
     """Send an inference request and wait for the network's answer."""
     from oracle.client import RequestOptions, send_request
 
-    result = send_request(RequestOptions(**options), on_event=lambda line: click.echo(f"  {line}"))
-    click.echo(result.summary())
+    result = send_request(
+        RequestOptions(**options), on_event=lambda line: echo_untrusted(f"  {line}")
+    )
+    echo_untrusted(result.summary())
     if result.failed:
         sys.exit(2)
 
@@ -427,7 +495,7 @@ def dev(
     try:
         code = run_devnet(options)
     except OracleError as exc:
-        click.echo(f"failed: {exc}", err=True)
+        click.echo(f"failed: {printable(str(exc))}", err=True)
         sys.exit(1)
     sys.exit(code)
 

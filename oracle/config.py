@@ -6,7 +6,10 @@ module holds the typed result and the file loading.
 
 from __future__ import annotations
 
+import difflib
+import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +20,8 @@ from oracle.lifecycle.context import TestFault
 DEFAULT_MODELS = ("SmolLM2-135M-Instruct-Q4_1",)
 DEFAULT_EMBEDDING_MODELS = ("all-MiniLM-L6-v2",)
 DEFAULT_DATA_DIR = Path.home() / ".oracle"
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_PRIVATE_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
 
 class ConfigError(OracleError):
@@ -52,6 +57,13 @@ class NodeSettings:
     poll_interval_s: float = 0.5
     stake_wei: int = 0
     http_port: int | None = None
+    http_host: str = "127.0.0.1"
+    """Where /healthz and /metrics listen: this machine only unless the operator widens it."""
+    rpc_wait_s: float = 60.0
+    """How long a start waits for the RPC endpoint to answer before giving up."""
+    retention_days: float = 7.0
+    """Finished requests, old events and settled transactions are pruned after this; 0 keeps
+    everything."""
     migrate: bool = True
     verify_tolerance_bits: int | None = None
     test_fault: TestFault | None = None
@@ -61,19 +73,32 @@ class NodeSettings:
             raise ConfigError("--rpc is required")
         if not self.contract:
             raise ConfigError("--contract (the coordinator's address) is required")
+        if not _ADDRESS.match(self.contract):
+            raise ConfigError(
+                f"--contract {self.contract!r} is not an address (0x and 40 hex digits)"
+            )
         if not self.private_key:
             raise ConfigError("a key is required: ORACLE_PRIVATE_KEY or --keystore")
         if not self.models:
             raise ConfigError("serve at least one model (--model)")
-        for name, value in (("llm_workers", self.llm_workers), ("llm_threads", self.llm_threads)):
-            if value < 1:
-                raise ConfigError(f"{name} must be at least 1, not {value}")
+        self._check_ranges()
         floors = sum(self.min_workers_per_model.values())
         if self.autoscale and self.max_workers is not None and self.max_workers < floors:
             raise ConfigError(
                 f"--max-workers {self.max_workers} is below the minimum workers of the "
                 f"served models ({floors})"
             )
+
+    def _check_ranges(self) -> None:
+        for name, value in (("llm_workers", self.llm_workers), ("llm_threads", self.llm_threads)):
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, not {value}")
+        for name, number in (
+            ("rpc_wait_s", self.rpc_wait_s),
+            ("retention_days", self.retention_days),
+        ):
+            if number < 0:
+                raise ConfigError(f"{name} must not be negative, not {number}")
 
     @property
     def min_workers_per_model(self) -> dict[tuple[Literal["llm", "embedding"], str], int]:
@@ -105,3 +130,39 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [node] must be a table")
     return {key.replace("-", "_"): value for key, value in table.items()}
+
+
+def check_private_key(key: str, *, source: str) -> str:
+    """``key`` with a 0x prefix, or a ConfigError naming ``source`` (never the key itself)."""
+    key = key.strip()
+    if not _PRIVATE_KEY.match(key):
+        raise ConfigError(
+            f"{source} is not a private key: expected 64 hex digits (0x optional), "
+            f"got {len(key)} characters"
+        )
+    if int(key, 16) == 0:
+        raise ConfigError(f"{source} is not a private key: it is zero")
+    return key if key.startswith("0x") else "0x" + key
+
+
+def check_known_keys(keys: Iterable[str], known: Iterable[str], *, where: str) -> None:
+    """A ConfigError for the first key not in ``known``, naming the nearest known one."""
+    known = sorted(known)
+    for key in keys:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r}{_nearest(key, known)}")
+
+
+def unknown_environment(environ: Mapping[str, str], prefix: str, known: Iterable[str]) -> None:
+    """A ConfigError for a ``prefix``-ed variable (``ORACLE_RUN_``) that names no option."""
+    names = {prefix + name.upper() for name in known}
+    for variable in sorted(environ):
+        if variable.startswith(prefix) and variable not in names:
+            raise ConfigError(
+                f"environment variable {variable} names no option{_nearest(variable, names)}"
+            )
+
+
+def _nearest(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""

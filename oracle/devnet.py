@@ -27,6 +27,7 @@ from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.deploy import Deployment, deploy_all
 from oracle.client import RequestOptions, RequestResult, send_request
 from oracle.errors import OracleError
+from oracle.logs import printable
 from oracle.store.db import to_sqlalchemy_url
 from oracle.store.embedded import embedded_postgres, ensure_database
 from oracle.timings import node_timings
@@ -114,7 +115,7 @@ def _run_network(options: DevOptions, anvil: Anvil, deployment: Deployment, serv
         _report(result, elapsed, list(network.nodes.values()), anvil, deployment)
         if options.keep_running and result.finalized:
             _hold(anvil, deployment)
-        print(result.summary(), flush=True)
+        say(result.summary())
         return 0 if result.finalized else 2
 
 
@@ -281,4 +282,5 @@ def _hold(anvil: Anvil, deployment: Deployment) -> None:
 
 
 def say(line: str) -> None:
-    print(line, flush=True)
+    """Print a line that may carry a requester's or a node's text (escaped)."""
+    print(printable(line), flush=True)

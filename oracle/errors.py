@@ -189,3 +189,71 @@ class SenderAlreadyRunning(OracleError):
     def __init__(self, *, address: str) -> None:
         super().__init__(address)
         self.address = address
+
+
+# --- start-up checks: what the operator must fix ----------------------------------------
+
+__all__ += [
+    "CoordinatorMissing",
+    "DatabaseBoundElsewhere",
+    "RpcNotAnswering",
+]
+
+
+class RpcNotAnswering(OracleError):
+    """The chain's RPC endpoint does not answer"""
+
+    urls: tuple[str, ...]
+    waited_s: float
+    last_error: str
+
+    def __init__(self, *, urls: tuple[str, ...], waited_s: float, last_error: str) -> None:
+        super().__init__(
+            f"{', '.join(urls)} gave no chain id in {waited_s:g} s "
+            f"(last error: {last_error}); check --rpc and that the endpoint is up"
+        )
+        self.urls = urls
+        self.waited_s = waited_s
+        self.last_error = last_error
+
+
+class CoordinatorMissing(OracleError):
+    """The contract address holds no InferenceCoordinator of this version"""
+
+    address: str
+    reason: str
+
+    def __init__(self, *, address: str, reason: str) -> None:
+        super().__init__(f"{address} {reason}; check --contract")
+        self.address = address
+        self.reason = reason
+
+
+class DatabaseBoundElsewhere(OracleError):
+    """The node's database belongs to another chain or contract"""
+
+    database: str
+    bound_chain_id: int
+    bound_coordinator: str
+    chain_id: int
+    coordinator: str
+
+    def __init__(
+        self,
+        *,
+        database: str,
+        bound_chain_id: int,
+        bound_coordinator: str,
+        chain_id: int,
+        coordinator: str,
+    ) -> None:
+        super().__init__(
+            f"{database} holds chain {bound_chain_id}, coordinator {bound_coordinator}; "
+            f"asked for chain {chain_id}, coordinator {coordinator}. "
+            "Give this chain or contract a database of its own (--database-url or --data-dir)"
+        )
+        self.database = database
+        self.bound_chain_id = bound_chain_id
+        self.bound_coordinator = bound_coordinator
+        self.chain_id = chain_id
+        self.coordinator = coordinator

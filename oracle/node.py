@@ -6,7 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from eth_account import Account
@@ -24,19 +25,23 @@ from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, autoscaling_f
 from oracle.errors import OracleError
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
-from oracle.observability import serve_http
+from oracle.observability import Readiness, serve_http
+from oracle.preflight import check_node_start
 from oracle.store import current_revision, head_revision, make_engine, make_session_factory, upgrade
 from oracle.store.embedded import embedded_postgres, ensure_database
 from oracle.store.maintenance import maintain_queue
 from oracle.store.notify import CHAIN_CHANNEL, NotificationWaiter
 from oracle.store.outbox import enqueue_tx
 from oracle.store.queue import JOBS_DONE_CHANNEL
+from oracle.store.retention import prune_old_rows
 from oracle.store.workers import missing_models
 
 logger = logging.getLogger(__name__)
 
 NEWS_WAIT_S = 1.0
 """How long one wait for notifications blocks; a stop is noticed within it."""
+
+PRUNE_INTERVAL_S = 600.0
 
 
 class SchemaBehind(OracleError):
@@ -73,6 +78,7 @@ class Node:
     sender: TxSender
     supervisor: WorkerSupervisor
     ctx: NodeContext
+    readiness: Readiness = field(default_factory=Readiness)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the chain and serve requests until ``stop`` is set or a part fails."""
@@ -86,7 +92,16 @@ class Node:
         ]
         if self.settings.http_port is not None:
             port = self.settings.http_port
-            parts.append(serve_http(self.engine, port, stop, [self.supervisor.metrics]))
+            parts.append(
+                serve_http(
+                    self.engine,
+                    port,
+                    stop,
+                    [self.supervisor.metrics],
+                    host=self.settings.http_host,
+                    readiness=self.readiness,
+                )
+            )
         try:
             await _run_together(parts, stop)
         finally:
@@ -97,6 +112,7 @@ class Node:
     async def _register_then_serve(self, scheduler: AsyncIOScheduler, stop: asyncio.Event) -> None:
         await self._wait_for_workers(stop)
         await self._ensure_registered(stop)
+        self.readiness.registered = True
         wanted = asyncio.Event()
 
         async def tick() -> None:  # the time-based steps: deadlines pass without any news
@@ -118,6 +134,10 @@ class Node:
             coalesce=True,
             id="maintain-queue",
         )
+        if self.settings.retention_days > 0:
+            scheduler.add_job(
+                self._prune, "interval", seconds=PRUNE_INTERVAL_S, max_instances=1, id="prune"
+            )
         scheduler.start()
         logger.info("serving requests", extra={"address": self.ctx.address})
         await asyncio.gather(
@@ -155,6 +175,7 @@ class Node:
         floors = self.settings.min_workers_per_model
         autoscale = self.settings.autoscale  # autoscaled models at 0 load when jobs come
         wanted = [model for (_role, model), floor in floors.items() if floor or not autoscale]
+        self.readiness.wanted_models = tuple(wanted)
         announced: list[str] | None = None
         while not stop.is_set():
             missing = await asyncio.to_thread(self._missing_models, wanted)
@@ -193,6 +214,10 @@ class Node:
 
     async def _maintain(self) -> None:
         await asyncio.to_thread(maintain_queue, self.engine)
+
+    async def _prune(self) -> None:
+        retention = timedelta(days=self.settings.retention_days)
+        await asyncio.to_thread(prune_old_rows, self.engine, retention)
 
 
 async def _first_of(*events: asyncio.Event) -> None:
@@ -249,6 +274,9 @@ def build_node(settings: NodeSettings, database_url: str) -> Node:
         ),
         supervisor=worker_supervisor(settings, database_url),
         ctx=ctx,
+        readiness=Readiness(
+            chain_head=lambda: w3.eth.block_number, confirmations=settings.confirmations
+        ),
     )
 
 
@@ -283,5 +311,6 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event) -> None:
     """``oracle run``: database, schema, parts, then serve until stopped."""
     with node_database(settings) as database_url:
         await asyncio.to_thread(prepare_schema, database_url, migrate=settings.migrate)
+        await asyncio.to_thread(check_node_start, settings, database_url, [settings.rpc_url])
         node = await asyncio.to_thread(build_node, settings, database_url)
         await node.run(stop)

@@ -1,6 +1,7 @@
 """The node's tables, one module per concern; importing this registers them all."""
 
 from oracle.store.models.base import Base
+from oracle.store.models.binding import NodeBinding
 from oracle.store.models.chain import ChainBlock, ChainCheckpoint, ChainEvent
 from oracle.store.models.outbox import TX_KINDS, TX_STATUSES, OutgoingTx, TxKind, TxStatus
 from oracle.store.models.queue import JOB_KINDS, JOB_STATUSES, Job, JobKind, JobStatus
@@ -30,6 +31,7 @@ __all__ = [
     "Job",
     "JobKind",
     "JobStatus",
+    "NodeBinding",
     "OutgoingTx",
     "Request",
     "RequestPhase",
