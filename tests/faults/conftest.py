@@ -18,6 +18,7 @@ from web3 import Web3
 from oracle.chain.anvil import Anvil
 from oracle.chain.commitment import commitment_hash, new_salt
 from oracle.chain.coordinator import CoordinatorBinding
+from oracle.chain.endpoints import FailoverProvider
 from oracle.chain.listener import Listener
 from oracle.chain.sender import TxSender
 from oracle.errors import OracleError
@@ -31,7 +32,7 @@ ORACLE_KEY = 2  # anvil's third account: Protocol's first oracle
 
 def node_web3(url: str, *, timeout_s: float = 30) -> Web3:
     """A client built the way ``oracle run`` builds its own (``build_node``)."""
-    return Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout_s}))
+    return Web3(FailoverProvider([url], timeout_s=timeout_s))
 
 
 @pytest.fixture

@@ -1,0 +1,147 @@
+"""The transaction sender behind the fault-injecting proxy, on a real anvil and Postgres.
+
+Each test is one of the RPC findings of the fault-injection issue: a faulty endpoint must
+neither stop the sender's run loop, nor fail a transaction for good, nor be asked again
+before the time it named; and whatever it does, each transaction lands once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from web3 import Web3
+
+from oracle.chain.anvil import Anvil
+from oracle.chain.coordinator import CoordinatorBinding
+from oracle.chain.sender import TxSender
+from oracle.store.models import OutgoingTx
+from tests.faults.conftest import Outbox, attempt, make_sender, node_web3, run_until
+from tests.support.protocol import Protocol
+from tests.support.rpc_proxy import FaultKind, RpcProxy
+
+UNMAPPED: list[FaultKind] = ["reset_mid_body", "html", "malformed"]
+"""Failures outside the errors the node translates today."""
+
+
+@pytest.fixture
+def binding(chain: Anvil, protocol: Protocol) -> CoordinatorBinding:
+    protocol.register_oracles(1)
+    return CoordinatorBinding(chain.w3, protocol.coordinator.address)
+
+
+def statuses(sessions: sessionmaker[Session]) -> list[tuple[str, str]]:
+    with sessions() as session:
+        rows = session.scalars(select(OutgoingTx).order_by(OutgoingTx.id))
+        return [(row.kind, row.status) for row in rows]
+
+
+def nonce_of(chain: Anvil, address: str) -> int:
+    return chain.w3.eth.get_transaction_count(Web3.to_checksum_address(address), "latest")
+
+
+def run_sender(sender: TxSender, sessions: sessionmaker[Session]) -> None:
+    def settled() -> bool:
+        return all(status not in ("pending", "sent") for _kind, status in statuses(sessions))
+
+    asyncio.run(run_until(lambda stop: sender.run(stop, poll_interval=0.05), settled))
+
+
+@pytest.mark.parametrize("kind", [*UNMAPPED, "drop", "server_error", "delay"])
+def test_the_run_loop_outlives_a_faulty_endpoint_and_sends_each_transaction_once(
+    kind: FaultKind,
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    sender = make_sender(node_web3(proxy.url, timeout_s=2), chain, sessions)
+    first_nonce = nonce_of(chain, sender.address)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    request_id = protocol.request(quorum=1)
+    outbox.commit_and_reveal(binding, request_id)
+    proxy.inject(kind, times=4, delay_s=3)  # a delay past the client's timeout
+
+    run_sender(sender, sessions)
+
+    assert statuses(sessions) == [("commit", "confirmed"), ("reveal", "confirmed")]
+    assert nonce_of(chain, sender.address) == first_nonce + 2
+    assert proxy.injected[kind] == 4
+
+
+@pytest.mark.parametrize("kind", ["drop", "reset_mid_body"])
+def test_a_broadcast_whose_answer_is_lost_lands_once(
+    kind: FaultKind,
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """The endpoint takes the transaction and the answer is lost on the way back."""
+    sender = make_sender(node_web3(proxy.url), chain, sessions)
+    first_nonce = nonce_of(chain, sender.address)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    request_id = protocol.request(quorum=1)
+    outbox.commit_and_reveal(binding, request_id)
+    proxy.inject(kind, methods=["eth_sendRawTransaction"], times=2)
+
+    run_sender(sender, sessions)
+
+    assert statuses(sessions) == [("commit", "confirmed"), ("reveal", "confirmed")]
+    assert nonce_of(chain, sender.address) == first_nonce + 2
+    seat, _hash = protocol.coordinator.functions.getSeat(request_id, 0).call()
+    assert seat[2] is True  # revealed
+
+
+def test_a_rate_limit_error_with_data_is_not_a_revert(
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """Infura-style ``{"code": -32005, "message": "limit exceeded", "data": {...}}`` on the
+    reveal's simulation says "slow down", not "this call reverts"."""
+    sender = make_sender(node_web3(proxy.url), chain, sessions)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    request_id = protocol.request(quorum=1)
+    outbox.commit_and_reveal(binding, request_id)
+    sender.sync_once()
+    assert outbox.row("commit", request_id).status == "confirmed"
+
+    limited = proxy.inject("rpc_rate_limit", methods=["eth_call", "eth_estimateGas"], times=1)
+    attempt(sender.sync_once)
+    assert proxy.injected["rpc_rate_limit"] == 1
+    assert outbox.row("reveal", request_id).status != "failed"
+
+    limited.cancel()
+    for _ in range(3):
+        attempt(sender.sync_once)
+    assert outbox.row("reveal", request_id).status == "confirmed"
+    seat, _hash = protocol.coordinator.functions.getSeat(request_id, 0).call()
+    assert seat[2] is True
+
+
+def test_retry_after_is_waited_out(
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    sender = make_sender(node_web3(proxy.url), chain, sessions)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    request_id = protocol.request(quorum=1)
+    outbox.commit_and_reveal(binding, request_id)
+    proxy.inject("rate_limit", retry_after_s=2, times=1)
+
+    run_sender(sender, sessions)
+
+    assert statuses(sessions) == [("commit", "confirmed"), ("reveal", "confirmed")]
+    limited, following = proxy.calls[0], proxy.calls[1]
+    assert limited.faults == ("rate_limit",)
+    assert following.at - limited.at >= 2.0, "asked again before Retry-After had passed"
