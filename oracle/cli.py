@@ -63,8 +63,12 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
             table = load_config_file(Path(value))
             check_known_keys(table, names, where=f"config file {value}")
         except ConfigError as exc:
-            raise PlainError(str(exc)) from exc
+            raise PlainError(exc.detail or str(exc)) from exc
+        repeatable = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
         values = {names[key]: v for key, v in table.items()}
+        for name in repeatable & values.keys():  # `rpc = "..."` as well as `rpc = [...]`
+            if isinstance(values[name], str):
+                values[name] = [values[name]]
         ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
@@ -91,7 +95,12 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     help="TOML file with the options below (a [node] table).",
 )
 @click.option(
-    "--rpc", "rpc_url", required=True, envvar="ORACLE_RPC", help="JSON-RPC URL of the chain."
+    "--rpc",
+    "rpc_urls",
+    required=True,
+    multiple=True,
+    envvar="ORACLE_RPC",
+    help="JSON-RPC URL of the chain; give it again for fallback endpoints, tried in order.",
 )
 @click.option(
     "--contract",
@@ -245,7 +254,7 @@ def run(keystore: str | None, private_key: str | None, no_migrate: bool, **optio
         unknown_environment(os.environ, "ORACLE_RUN_", known)
         key = _read_key(private_key, keystore)
     except ConfigError as exc:
-        raise PlainError(str(exc)) from exc
+        raise PlainError(exc.detail or str(exc)) from exc
     finally:
         for variable in SECRET_VARIABLES:  # worker processes inherit the environment
             os.environ.pop(variable, None)
@@ -255,12 +264,13 @@ def run(keystore: str | None, private_key: str | None, no_migrate: bool, **optio
 
 def _settings(**options: Any) -> NodeSettings:
     options["models"] = tuple(options["models"])
+    options["rpc_urls"] = tuple(options["rpc_urls"])
     options["embedding_models"] = tuple(options["embedding_models"])
     options["data_dir"] = Path(options["data_dir"])
     try:
         return NodeSettings(**options)
     except ConfigError as exc:
-        raise PlainError(str(exc)) from exc
+        raise PlainError(exc.detail or str(exc)) from exc
 
 
 def _read_key(private_key: str | None, keystore: str | None) -> str:
