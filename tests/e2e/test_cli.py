@@ -202,6 +202,22 @@ def test_db_upgrade_then_status(empty_database_url: str) -> None:
     assert status.returncode == 0 and "phase" in status.stdout
 
 
+def test_status_prints_a_requesters_text_escaped(database_url: str) -> None:
+    from oracle.store import make_session_factory
+    from tests.integration.test_store_models import make_request
+
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            session.add(make_request(id=9, phase="skipped", skip_reason="\x1b]0;pwned\x07\u202eok"))
+    finally:
+        engine.dispose()
+    result = oracle("status", "--database-url", database_url)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert "\\x1b]0;pwned\\x07\\u202eok" in result.stdout
+
+
 def test_models_lists_the_shipped_models() -> None:
     result = oracle("models")
     assert result.returncode == 0
