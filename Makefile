@@ -32,8 +32,9 @@ node_modules/.stamp-npm: package.json $(wildcard package-lock.json)
 	if [ -f package-lock.json ]; then npm ci; else npm install; fi
 	touch $@
 
-# the static checks first: a layering or typing slip fails as fast as a broken test
-test: setup lint
+# the static checks first: a layering or typing slip fails as fast as a broken test;
+# the bench extra too, since tests/bench runs every benchmark once in its smoke mode
+test: setup $(VENV)/.stamp-bench-deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 dev: setup

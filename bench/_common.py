@@ -5,12 +5,19 @@ Importing this module starts nothing and prints nothing; ``make bench`` runs eve
 ``bench/*.py``, so running it as a script does nothing either.
 
 Every benchmark is started as ``.venv/bin/python bench/<name>.py`` and first puts the
-repository root, not ``bench/``, at the head of ``sys.path``: ``bench/queue.py`` would
-otherwise shadow the standard library's ``queue`` module.
+repository root, not ``bench/``, at the head of ``sys.path``, so that ``bench._common``
+imports as a package module. No file here is named like a standard-library module
+(``tests/unit/test_bench_names.py`` checks it): ``bench/`` is on ``sys.path`` while a
+benchmark starts, and such a file would shadow the module for everything it imports.
+
+Every benchmark takes ``--smoke``: tiny sizes through the same code paths, a few seconds
+to a minute on two cores, so that ``make test`` (``tests/bench/test_smoke.py``) notices a
+benchmark that no longer runs. Its figures mean nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -94,6 +101,24 @@ def describe_server(server_url: URL) -> str:
     where = f"{server_url.host}:{server_url.port}" if server_url.host else "unix socket"
     source = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded pgserver"
     return f"{source}, {where}"
+
+
+# --- smoke mode -------------------------------------------------------------------------
+
+SMOKE_HELP = "tiny sizes through the same code paths: checks that the benchmark runs"
+
+
+def add_smoke_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+
+
+def apply_smoke(args: argparse.Namespace, **sizes: Any) -> argparse.Namespace:
+    """With ``--smoke``, the given sizes replace those parsed (explicit ones included)."""
+    if args.smoke:
+        for name, value in sizes.items():
+            setattr(args, name, value)
+        print("smoke mode: tiny sizes, the figures below mean nothing", flush=True)
+    return args
 
 
 # --- Postgres ---------------------------------------------------------------------------

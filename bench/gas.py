@@ -1,6 +1,7 @@
 """Gas of every protocol step per quorum, measured on a fresh anvil.
 
-Run with ``make bench`` or ``.venv/bin/python bench/gas.py``. The last line reads
+Run with ``make bench`` or ``.venv/bin/python bench/gas.py`` (``--smoke``: quorums 1 and 5
+only). The last line reads
 ``finalize_q5_gas=<n> protocol_q5_gas=<n>``. "protocol" is one request, every commit,
 every reveal (100-byte outputs) and the finalize, without a consumer callback and
 without disputes (a dispute is a rare extra, priced separately).
@@ -8,18 +9,23 @@ without disputes (a dispute is a rare extra, priced separately).
 
 from __future__ import annotations
 
-import platform
-import random
 import sys
 from pathlib import Path
-from typing import Any
 
+sys.path.pop(0)  # bench/ -> the repository root, so that tests.support imports
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import argparse
+import platform
+import random
+from typing import Any
+
+from bench._common import add_smoke_flag
 from oracle.chain.anvil import start_anvil
 from tests.support.protocol import DIM_BYTES, Protocol, flip_bits, random_bits
 
 QUORUMS = (1, 3, 5, 9, 16)
+SMOKE_QUORUMS = (1, 5)  # 5: the last line reports it
 SHORT_OUTPUT = "P" * 100
 LONG_OUTPUT = "L" * 1000
 
@@ -65,10 +71,13 @@ def measure_long_reveal(protocol: Protocol, rng: random.Random) -> int:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_smoke_flag(parser)
+    quorums = SMOKE_QUORUMS if parser.parse_args().smoke else QUORUMS
     chain = start_anvil("--accounts", "20")
     rng = random.Random(1)
     try:
-        results = {q: measure_quorum(chain, q, rng) for q in QUORUMS}
+        results = {q: measure_quorum(chain, q, rng) for q in quorums}
     finally:
         chain.stop()
     columns = [

@@ -20,7 +20,8 @@ tokens, sent one per block after a warm-up request. Per request:
 The baseline for the first figure is the replay's time to the first chunk: what a caller
 of llama-cpp-python alone waits for the first token.
 
-Run: ``.venv/bin/python bench/latency.py [--requests 20] [--max-tokens 8]``. The last two
+Run: ``.venv/bin/python bench/latency.py [--requests 20] [--max-tokens 8]`` (``--smoke``:
+2 requests x 4 tokens). The last two
 lines read ``reveal_finalize_p50_ms=<n> reveal_finalize_p95_ms=<n>`` and
 ``p50_ms=<n> p95_ms=<n>`` (request -> first token).
 """
@@ -44,6 +45,8 @@ from bench._common import (
     SMOLLM,
     OneNodeNetwork,
     SentRequest,
+    add_smoke_flag,
+    apply_smoke,
     one_node_network,
     percentile,
     plain_llama,
@@ -252,7 +255,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=8)
-    args = parser.parse_args()
+    add_smoke_flag(parser)
+    args = apply_smoke(parser.parse_args(), requests=2, max_tokens=4)
 
     with postgres_server() as server_url:
         print_machine("bench/latency.py: one node on anvil (1 s blocks)", PACKAGES, server_url)

@@ -22,7 +22,8 @@ embedding worker run beside the LLM worker during the pipeline run; nothing runs
 the baseline. To tell the two costs apart, the same jobs also run through one ``oracle
 worker --role llm`` alone on a scratch Postgres queue (enqueue -> last ``finished_at``).
 
-Run: ``.venv/bin/python bench/pipeline.py [--requests 32] [--max-tokens 64]``. The last
+Run: ``.venv/bin/python bench/pipeline.py [--requests 32] [--max-tokens 64]`` (``--smoke``:
+2 requests x 8 tokens). The last
 line reads ``ratio=<pipeline/baseline tokens per second>``.
 """
 
@@ -52,6 +53,8 @@ from bench._common import (
     SMOLLM,
     OneNodeNetwork,
     SentRequest,
+    add_smoke_flag,
+    apply_smoke,
     one_node_network,
     percentile,
     plain_llama,
@@ -426,7 +429,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=len(PROMPTS))
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--llm-threads", type=int, default=2, help="both ways")
-    args = parser.parse_args()
+    add_smoke_flag(parser)
+    args = apply_smoke(parser.parse_args(), requests=2, max_tokens=8)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
 
     with postgres_server() as server_url:

@@ -17,7 +17,8 @@ worker processes (processes, so that the GIL is not what is measured) claim them
 Workers are started and connected before the clock starts; they wait for a signal
 after the enqueue phase. jobs/s = jobs / (enqueue seconds + drain seconds).
 
-Run: ``.venv/bin/python bench/queue.py [--jobs 50000] [--workers 4] [--batch 10]``.
+Run: ``.venv/bin/python bench/jobqueue.py [--jobs 50000] [--workers 4] [--batch 10]``
+(``--smoke``: 200 jobs, one worker).
 The last line reads ``ratio=<ours/pgqueuer jobs/s>``.
 """
 
@@ -26,8 +27,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# The repository root in place of bench/ (sys.path[0]): this file would shadow the stdlib queue.
-sys.path.pop(0)
+sys.path.pop(0)  # bench/ -> the repository root, so that bench._common imports
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
@@ -44,6 +44,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from bench._common import (
+    add_smoke_flag,
+    apply_smoke,
     libpq_url,
     postgres_server,
     print_machine,
@@ -303,14 +305,16 @@ def parse_args() -> argparse.Namespace:
         help="skip the ANALYZE between enqueue and drain (see analyze_tables)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="alternate rounds; best counts")
-    return parser.parse_args()
+    add_smoke_flag(parser)
+    args = parser.parse_args()
+    return apply_smoke(args, jobs=200, workers=1, enqueue_batch=100, rounds=1)
 
 
 def main() -> None:
     args = parse_args()
     driver = args.pgqueuer_driver
     with postgres_server() as server_url, scratch_database(server_url) as url:
-        print_machine("bench/queue.py: oracle.store.queue vs pgqueuer", PACKAGES, server_url)
+        print_machine("bench/jobqueue.py: oracle.store.queue vs pgqueuer", PACKAGES, server_url)
         print(
             f"{args.jobs} jobs, {args.workers} worker processes, claims of {args.batch}, "
             f"enqueued {args.enqueue_batch} per transaction/call, "
