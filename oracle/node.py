@@ -311,6 +311,10 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event) -> None:
     """``oracle run``: database, schema, parts, then serve until stopped."""
     with node_database(settings) as database_url:
         await asyncio.to_thread(prepare_schema, database_url, migrate=settings.migrate)
-        await asyncio.to_thread(check_node_start, settings, database_url, [settings.rpc_url])
+        chain_id = await asyncio.to_thread(
+            check_node_start, settings, database_url, [settings.rpc_url], stop.is_set
+        )
+        if chain_id is None:
+            return  # stopped while waiting for the RPC endpoint
         node = await asyncio.to_thread(build_node, settings, database_url)
         await node.run(stop)

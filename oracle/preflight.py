@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import cast
 from urllib.parse import urlsplit, urlunsplit
@@ -37,11 +37,23 @@ logger = logging.getLogger(__name__)
 
 FIRST_RETRY_S = 0.5
 ATTEMPT_TIMEOUT_S = 10.0
+STOP_CHECK_S = 0.1
 
 
-def check_node_start(settings: NodeSettings, database_url: str, rpc_urls: Sequence[str]) -> int:
-    """All start-up checks, in the order an operator would fix them; returns the chain id."""
-    w3, chain_id = wait_for_chain(rpc_urls, settings.rpc_wait_s)
+def check_node_start(
+    settings: NodeSettings,
+    database_url: str,
+    rpc_urls: Sequence[str],
+    stopped: Callable[[], bool] = lambda: False,
+) -> int | None:
+    """All start-up checks, in the order an operator would fix them; returns the chain id.
+
+    None when ``stopped`` said so while waiting for the RPC endpoint.
+    """
+    answer = wait_for_chain(rpc_urls, settings.rpc_wait_s, stopped)
+    if answer is None:
+        return None
+    w3, chain_id = answer
     check_coordinator(w3, settings.contract)
     engine = make_engine(database_url, poolclass=NullPool)
     try:
@@ -55,8 +67,13 @@ def check_node_start(settings: NodeSettings, database_url: str, rpc_urls: Sequen
     return chain_id
 
 
-def wait_for_chain(urls: Sequence[str], wait_s: float) -> tuple[Web3, int]:
-    """The first endpoint that tells its chain id, asked in turn with backoff for ``wait_s``."""
+def wait_for_chain(
+    urls: Sequence[str], wait_s: float, stopped: Callable[[], bool] = lambda: False
+) -> tuple[Web3, int] | None:
+    """The first endpoint that tells its chain id, asked in turn with backoff for ``wait_s``.
+
+    None as soon as ``stopped()`` is true (the operator pressed Ctrl-C meanwhile).
+    """
     deadline = time.monotonic() + wait_s
     timeout = max(1.0, min(ATTEMPT_TIMEOUT_S, wait_s))
     clients = [
@@ -86,7 +103,11 @@ def wait_for_chain(urls: Sequence[str], wait_s: float) -> tuple[Web3, int]:
                 "gives_up_in_s": round(remaining, 1),
             },
         )
-        time.sleep(delay)
+        until = time.monotonic() + delay
+        while time.monotonic() < until:
+            if stopped():
+                return None
+            time.sleep(max(0.0, min(STOP_CHECK_S, until - time.monotonic())))
 
 
 def check_coordinator(w3: Web3, address: str) -> None:

@@ -67,3 +67,13 @@ def test_another_contract_is_not_a_coordinator(chain: Anvil) -> None:
         check_coordinator(chain.w3, consumer)
     assert "holds a contract without the coordinator's" in str(refused.value)
     assert "check --contract" in str(refused.value)
+
+
+def test_a_stop_while_waiting_ends_the_wait_without_an_error() -> None:
+    asked: list[bool] = []
+
+    def stopped() -> bool:
+        asked.append(True)
+        return len(asked) > 2
+
+    assert wait_for_chain([dead_url()], wait_s=30, stopped=stopped) is None
