@@ -64,7 +64,11 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
             check_known_keys(table, names, where=f"config file {value}")
         except ConfigError as exc:
             raise PlainError(exc.detail or str(exc)) from exc
+        repeatable = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
         values = {names[key]: v for key, v in table.items()}
+        for name in repeatable & values.keys():  # `rpc = "..."` as well as `rpc = [...]`
+            if isinstance(values[name], str):
+                values[name] = [values[name]]
         ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
@@ -91,7 +95,12 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     help="TOML file with the options below (a [node] table).",
 )
 @click.option(
-    "--rpc", "rpc_url", required=True, envvar="ORACLE_RPC", help="JSON-RPC URL of the chain."
+    "--rpc",
+    "rpc_urls",
+    required=True,
+    multiple=True,
+    envvar="ORACLE_RPC",
+    help="JSON-RPC URL of the chain; give it again for fallback endpoints, tried in order.",
 )
 @click.option(
     "--contract",
@@ -255,6 +264,7 @@ def run(keystore: str | None, private_key: str | None, no_migrate: bool, **optio
 
 def _settings(**options: Any) -> NodeSettings:
     options["models"] = tuple(options["models"])
+    options["rpc_urls"] = tuple(options["rpc_urls"])
     options["embedding_models"] = tuple(options["embedding_models"])
     options["data_dir"] = Path(options["data_dir"])
     try:

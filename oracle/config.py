@@ -30,7 +30,8 @@ class ConfigError(OracleError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSettings:
-    rpc_url: str
+    rpc_urls: tuple[str, ...]
+    """The chain's JSON-RPC endpoints, in the order they are tried (failover)."""
     contract: str
     private_key: str = field(repr=False)
     """Never logged or printed; repr leaves it out."""
@@ -69,7 +70,7 @@ class NodeSettings:
     test_fault: TestFault | None = None
 
     def __post_init__(self) -> None:
-        if not self.rpc_url:
+        if not self.rpc_urls or not all(self.rpc_urls):
             raise ConfigError("--rpc is required")
         if not self.contract:
             raise ConfigError("--contract (the coordinator's address) is required")

@@ -137,6 +137,7 @@ class EmbeddingModelMissing(OracleError):
 __all__ += [
     "LogRangeTooLarge",
     "RpcError",
+    "RpcMalformedResponse",
     "RpcRateLimited",
     "RpcUnavailable",
     "SenderAlreadyRunning",
@@ -167,6 +168,10 @@ class RpcRateLimited(RpcUnavailable):
     def __init__(self, *, method: str, reason: str, retry_after_s: float | None = None) -> None:
         super().__init__(method=method, reason=reason)
         self.retry_after_s = retry_after_s
+
+
+class RpcMalformedResponse(RpcUnavailable):
+    """The chain's RPC endpoint answered with something that is not a valid answer."""
 
 
 class LogRangeTooLarge(RpcError):

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 
 from oracle.chain.coordinator import CoordinatorBinding
+from oracle.chain.endpoints import FailoverProvider
 from oracle.chain.listener import Listener
 from oracle.chain.sender import TxSender
 from oracle.config import NodeSettings
@@ -38,6 +39,7 @@ from oracle.store.workers import missing_models
 
 logger = logging.getLogger(__name__)
 
+RPC_TIMEOUT_S = 30.0
 NEWS_WAIT_S = 1.0
 """How long one wait for notifications blocks; a stop is noticed within it."""
 
@@ -243,7 +245,7 @@ async def _run_together(parts: list[Awaitable[None]], stop: asyncio.Event) -> No
 def build_node(settings: NodeSettings, database_url: str) -> Node:
     engine = make_engine(database_url, pool_size=10)
     sessions = make_session_factory(engine)
-    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 30}))
+    w3 = Web3(FailoverProvider(settings.rpc_urls, timeout_s=RPC_TIMEOUT_S))
     account = Account.from_key(settings.private_key)
     binding = CoordinatorBinding(w3, settings.contract)
     ctx = NodeContext(
@@ -312,7 +314,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event) -> None:
     with node_database(settings) as database_url:
         await asyncio.to_thread(prepare_schema, database_url, migrate=settings.migrate)
         chain_id = await asyncio.to_thread(
-            check_node_start, settings, database_url, [settings.rpc_url], stop.is_set
+            check_node_start, settings, database_url, settings.rpc_urls, stop.is_set
         )
         if chain_id is None:
             return  # stopped while waiting for the RPC endpoint

@@ -3,15 +3,20 @@
 Each poll:
 
 1. reads the checkpoint (the last block fully processed, with its hash);
-2. checks that the checkpoint block is still on the chain; if not, walks back through the
-   remembered blocks to the newest one that still is, rolls back what the orphaned blocks
-   brought (``rollback_after``) and continues from there;
+2. checks that the checkpoint block is still on the chain; if another block holds its
+   number, walks back through the remembered blocks to the newest one that still is,
+   rolls back what the orphaned blocks brought (``rollback_after``) and continues from
+   there. A backend that lags (its head below the checkpoint, or a block it does not
+   know yet) is not a reorg: the poll waits for it and changes nothing;
 3. reads ``eth_getLogs`` from the checkpoint up to ``latest - confirmations`` in block
-   ranges that grow while the endpoint accepts them and halve when it refuses them
-   (never skipping a block), backing off when it rate-limits;
-4. checks the range hangs off the checkpoint (its first block's parent hash) and that
-   every log's block is the chain's block at that number, then stores the range's events,
-   the blocks it touched and the new checkpoint in one transaction.
+   ranges that grow while the endpoint accepts them and shrink on any failure (at once
+   and again when it calls the range too large, otherwise for the next try; never
+   skipping a block), backing off when it rate-limits;
+4. checks the range hangs off the checkpoint (its first block's parent hash), that its
+   last block is the same before and after the logs were read (the hash commits to every
+   block between, so a reorg while reading cannot slip through), and that every log's
+   block is the chain's block at that number; then stores the range's events, the
+   blocks it touched and the new checkpoint in one transaction.
 
 Only blocks that carried events and the checkpoint block are remembered (the newest
 ``retained_blocks`` of them), so catching up does not fetch every header; a reorg rolls
@@ -74,6 +79,10 @@ class _ChainMoved(Exception):
     """The chain reorganised while a range was being read; read it again next poll."""
 
 
+class _Lagging(Exception):
+    """The endpoint has not seen blocks this node already processed: wait for it."""
+
+
 class Listener:
     """Keeps Postgres in step with the coordinator's events (see the module docstring)."""
 
@@ -92,6 +101,7 @@ class Listener:
         progress_interval_s: float = 5.0,
         rate_limit_retries: int = 5,
         poll_budget_s: float = 5.0,
+        max_lag_s: float = 30.0,
     ) -> None:
         if not 1 <= initial_range <= max_range:
             raise ValueError(f"need 1 <= initial_range={initial_range} <= max_range={max_range}")
@@ -113,6 +123,11 @@ class Listener:
         self._last_progress_log = 0.0
         self.blocks_behind = 0
         """How far the last poll stopped short of ``latest - confirmations``."""
+        self.max_lag_s = max_lag_s
+        """How long missing blocks are taken for a lagging endpoint before a reorg."""
+        self._lag_since: float | None = None
+        self.lagging_polls = 0
+        """Polls that found the endpoint behind this node (and waited rather than roll back)."""
 
     # --- polling ------------------------------------------------------------------------
 
@@ -135,10 +150,11 @@ class Listener:
             checkpoint = load_checkpoint(session, self.name)
         latest = self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number)
         target = latest - self.confirmations
-        if checkpoint is not None:
-            checkpoint = self._follow_reorg(checkpoint)
         applied = 0
         try:
+            if checkpoint is not None:
+                checkpoint = self._follow_reorg(checkpoint, latest)
+            self._lag_since = None
             while self._next_block(checkpoint) <= target:
                 if deadline is not None and time.monotonic() > deadline:
                     break
@@ -148,6 +164,9 @@ class Listener:
                 self._log_progress(checkpoint.number, target)
         except _ChainMoved as moved:
             logger.info("the chain moved while reading; again next poll", extra={"why": str(moved)})
+        except _Lagging as lagging:
+            logger.info("the endpoint lags behind this node; waiting", extra={"why": str(lagging)})
+            self.lagging_polls += 1
         self.blocks_behind = max(0, target - self._next_block(checkpoint) + 1)
         return applied
 
@@ -156,10 +175,14 @@ class Listener:
 
     # --- reorgs -------------------------------------------------------------------------
 
-    def _follow_reorg(self, checkpoint: BlockRef) -> BlockRef | None:
+    def _follow_reorg(self, checkpoint: BlockRef, latest: int) -> BlockRef | None:
         """The checkpoint if still on the chain; else roll back to the common ancestor."""
-        canonical = self._header_or_none(checkpoint.number)
-        if canonical is not None and canonical.hash == checkpoint.hash:
+        canonical = None
+        if latest >= checkpoint.number:
+            canonical = self._header_or_none(checkpoint.number)
+        if canonical is None:
+            self._wait_if_lagging(f"the endpoint's head {latest} lacks block {checkpoint.number}")
+        elif canonical.hash == checkpoint.hash:
             return checkpoint
         ancestor = self._common_ancestor()
         with self._sessions() as session, session.begin():
@@ -179,9 +202,24 @@ class Listener:
             remembered = recent_blocks(session, self._retained_blocks)
         for block in remembered:
             canonical = self._header_or_none(block.number)
-            if canonical is not None and canonical.hash == block.hash:
+            if canonical is None:  # perhaps a lagging backend: roll back nothing on its word
+                self._wait_if_lagging(f"the endpoint lacks block {block.number}")
+            elif canonical.hash == block.hash:
                 return block
         return None
+
+    def _wait_if_lagging(self, why: str) -> None:
+        """Raise ``_Lagging`` while blocks could be missing because the endpoint lags.
+
+        A backend behind a load balancer may answer with an older head, or not know a
+        block yet; a reorg to a shorter chain looks the same at first. Missing blocks are
+        taken for a lag for ``max_lag_s``, and only then for a reorg.
+        """
+        now = time.monotonic()
+        if self._lag_since is None:
+            self._lag_since = now
+        if now - self._lag_since < self.max_lag_s:
+            raise _Lagging(why)
 
     def _log_reorg(self, checkpoint: BlockRef, ancestor: BlockRef | None) -> None:
         if ancestor is None:
@@ -202,20 +240,30 @@ class Listener:
     # --- reading a range ----------------------------------------------------------------
 
     def _read_range(self, first: int, target: int, checkpoint: BlockRef | None) -> _Chunk:
-        logs, last = self._logs_adaptive(first, target)
+        last = min(target, first + self.block_range - 1)
+        before = self._headers([last])[last]
+        logs, last = self._logs_adaptive(first, last)
         events = sorted(
             self._binding.decode_logs(logs),
             key=lambda e: (e.position.block_number, e.position.log_index),
         )
-        wanted = {first, last} | {e.position.block_number for e in events}
+        # ``before`` is at or past ``last``: unchanged, it vouches for every block up to it
+        wanted = {first, last, before.number} | {e.position.block_number for e in events}
         headers = self._headers(sorted(wanted))
+        if headers[before.number].hash != before.hash:
+            raise _ChainMoved(f"block {before.number} changed while the logs were read")
         _check_links(headers, first, checkpoint, events)
         remembered = {e.position.block_number for e in events} | {last}
         blocks = [headers[n] for n in sorted(remembered)]
         return _Chunk(events=events, blocks=blocks, end=headers[last])
 
     def _logs_adaptive(self, first: int, target: int) -> tuple[list[LogReceipt], int]:
-        """Logs from ``first`` on, as far as the endpoint accepts; returns them and the end."""
+        """Logs from ``first`` on, as far as the endpoint accepts; returns them and the end.
+
+        A range called too large is halved and asked again at once; any other failure
+        (a timeout, an HTTP error, a cut body) halves it for the next try and is raised,
+        so that the caller backs off instead of hammering the endpoint.
+        """
         while True:
             last = min(target, first + self.block_range - 1)
             try:
@@ -226,6 +274,11 @@ class Listener:
                 self.block_range = max(1, (last - first + 1) // 2)
                 logger.info("log range refused; halved", extra={"block_range": self.block_range})
                 continue
+            except RpcRateLimited:
+                raise
+            except RpcError:
+                self.block_range = max(1, (last - first + 1) // 2)
+                raise
             if last - first + 1 >= self.block_range:
                 self.block_range = min(self.max_range, self.block_range + self.block_range // 4 + 1)
             return logs, last

@@ -300,7 +300,9 @@ def test_a_reorg_deeper_than_the_remembered_blocks_reads_everything_again(
 ) -> None:
     start = chain.w3.eth.block_number + 1
     kept = protocol.request(quorum=1, prompt="before the fork")
-    listener = make_listener(chain.w3, sessions, protocol, start_block=start, retained_blocks=1)
+    listener = make_listener(
+        chain.w3, sessions, protocol, start_block=start, retained_blocks=1, max_lag_s=0
+    )
     listener.poll_once()
     fork_point = chain.rpc("evm_snapshot")
     protocol.request(quorum=1, prompt="fork A")
@@ -317,3 +319,26 @@ def test_a_reorg_deeper_than_the_remembered_blocks_reads_everything_again(
     with sessions() as session:
         checkpoint = session.get_one(ChainCheckpoint, "coordinator")
         assert checkpoint.block_hash == bytes(chain.w3.eth.get_block("latest")["hash"])
+
+
+def test_a_head_below_the_checkpoint_is_waited_out_before_it_counts_as_a_reorg(
+    chain: Anvil, protocol: Protocol, sessions: sessionmaker[Session]
+) -> None:
+    """A backend that lags answers with an older head; nothing is rolled back on its word."""
+    start = chain.w3.eth.block_number + 1
+    protocol.request(quorum=1, prompt="before")
+    fork_point = chain.rpc("evm_snapshot")
+    protocol.request(quorum=1, prompt="seen by the node")
+    chain.rpc("anvil_mine", "0x3")
+    listener = make_listener(chain.w3, sessions, protocol, start_block=start, max_lag_s=3600)
+    assert listener.poll_once() == 2
+    before = snapshot(sessions)
+
+    assert chain.rpc("evm_revert", fork_point) is True  # the head is now below the checkpoint
+    assert listener.poll_once() == 0
+    assert listener.lagging_polls == 1
+    assert snapshot(sessions) == before  # no request deleted, none to admit again
+
+    listener.max_lag_s = 0  # the head stays behind: now it is a reorg
+    listener.poll_once()
+    assert len(request_ids(sessions)) == 1

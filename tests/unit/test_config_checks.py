@@ -59,10 +59,10 @@ def test_a_private_key_gets_its_0x() -> None:
 
 def test_a_contract_that_is_not_an_address_is_refused() -> None:
     with pytest.raises(ConfigError, match="is not an address"):
-        NodeSettings(rpc_url="http://x", contract="0x1234", private_key="0x" + "11" * 32)
+        NodeSettings(rpc_urls=("http://x",), contract="0x1234", private_key="0x" + "11" * 32)
 
 
 def test_http_endpoints_listen_on_loopback_by_default() -> None:
-    settings = NodeSettings(rpc_url="http://x", contract="0x" + "11" * 20, private_key="k")
+    settings = NodeSettings(rpc_urls=("http://x",), contract="0x" + "11" * 20, private_key="k")
     assert settings.http_host == "127.0.0.1"
     assert settings.retention_days > 0

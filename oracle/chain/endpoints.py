@@ -1,0 +1,203 @@
+"""Several RPC endpoints behind one web3 provider: the first healthy one answers.
+
+An operator gives ``--rpc`` more than once (their own node first, a provider or two
+after it). Every call goes to the first endpoint in that order that is not resting; an
+endpoint that fails in a way another endpoint may not (it cannot be reached, times out,
+cuts the body, answers HTTP 429/5xx or something that is not JSON-RPC, or says in a
+JSON-RPC error that it is rate limiting or has not synced) rests for a while, growing
+with its consecutive failures or as long as its ``Retry-After`` asks, and the call is
+tried on the next one. A JSON-RPC error that is an answer (a revert, a refused
+transaction) is returned as it is: another endpoint would say the same.
+
+When every endpoint fails, the last failure is raised for ``oracle.chain.rpc`` to
+classify, and the caller's loop backs off. web3's own retries are turned off: a
+rate-limited endpoint must be left alone, not asked five more times.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+from web3 import HTTPProvider
+from web3.providers.base import JSONBaseProvider
+from web3.types import RPCEndpoint, RPCResponse
+
+from oracle.chain.rpc import classify_rpc_error, retry_after_header
+from oracle.errors import RpcUnavailable
+
+__all__ = ["Endpoint", "FailoverProvider", "redact_url"]
+
+logger = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
+_BASE_REST_S = 1.0
+_MAX_REST_S = 60.0
+
+
+def redact_url(url: str) -> str:
+    """The URL without what may be a secret: credentials and any path (API keys live there)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<rpc>"
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}" + ("/..." if "/" in rest.strip("/") else "")
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """One RPC endpoint and its health as this node has seen it."""
+
+    url: str
+    provider: HTTPProvider
+    failures: int = 0
+    resting_until: float = 0.0
+    calls: int = 0
+    failed_calls: int = 0
+
+    @property
+    def name(self) -> str:
+        return redact_url(self.url)
+
+
+class _EndpointFailed(Exception):
+    """An answer that another endpoint may not give: malformed, or an error that says
+    "slow down" or "not synced"."""
+
+    def __init__(self, response: object, retry_after_s: float | None) -> None:
+        error = response.get("error") if isinstance(response, Mapping) else None
+        super().__init__(str(error) if error is not None else "a malformed answer")
+        self.response = response
+        self.retry_after_s = retry_after_s
+
+
+class FailoverProvider(JSONBaseProvider):
+    """A web3 provider over several HTTP endpoints (see the module docstring)."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        if not urls:
+            raise ValueError("at least one RPC endpoint is needed")
+        self.endpoints = [
+            Endpoint(
+                url=url,
+                provider=HTTPProvider(
+                    url,
+                    request_kwargs={"timeout": timeout_s},
+                    exception_retry_configuration=None,
+                ),
+            )
+            for url in urls
+        ]
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return "RPC endpoints " + ", ".join(e.name for e in self.endpoints)
+
+    def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        return self._first_healthy(lambda p: p.make_request(method, params), method)
+
+    def make_batch_request(
+        self, batch_requests: list[tuple[RPCEndpoint, Any]]
+    ) -> list[RPCResponse] | RPCResponse:
+        def call(provider: HTTPProvider) -> list[RPCResponse] | RPCResponse:
+            return provider.make_batch_request(batch_requests)
+
+        return self._first_healthy(call, RPCEndpoint("batch"))
+
+    def is_connected(self, show_traceback: bool = False) -> bool:
+        return any(e.provider.is_connected(show_traceback) for e in self.endpoints)
+
+    # --- choosing ---------------------------------------------------------------------
+
+    def _first_healthy(self, call: Callable[[HTTPProvider], _R], method: str) -> _R:
+        last_error: BaseException | None = None
+        for endpoint in self._order():
+            try:
+                result = call(endpoint.provider)
+                _raise_if_endpoint_failed(result, method)
+            except _EndpointFailed as exc:
+                self._rest(endpoint, method, exc, exc.retry_after_s)
+                last_error = exc
+                continue
+            except (requests.RequestException, ValueError, OSError) as exc:
+                response = getattr(exc, "response", None)
+                self._rest(endpoint, method, exc, retry_after_header(response))
+                last_error = exc
+                continue
+            self._recovered(endpoint)
+            return result
+        if isinstance(last_error, _EndpointFailed):
+            return last_error.response  # type: ignore[return-value]  # web3 raises from it
+        assert last_error is not None
+        raise last_error
+
+    def _order(self) -> list[Endpoint]:
+        """Endpoints not resting, in the operator's order; all of them if all are resting
+        (the soonest back first), so that a call is never refused without a try."""
+        now = self._clock()
+        with self._lock:
+            ready = [e for e in self.endpoints if e.resting_until <= now]
+            if ready:
+                return ready
+            return sorted(self.endpoints, key=lambda e: e.resting_until)
+
+    def _rest(
+        self, endpoint: Endpoint, method: str, exc: BaseException, asked_s: float | None
+    ) -> None:
+        with self._lock:
+            endpoint.failures += 1
+            endpoint.calls += 1
+            endpoint.failed_calls += 1
+            backoff = min(_MAX_REST_S, _BASE_REST_S * 2 ** min(endpoint.failures - 1, 6))
+            rest = min(_MAX_REST_S, asked_s) if asked_s is not None else backoff
+            endpoint.resting_until = self._clock() + rest
+        if len(self.endpoints) > 1:
+            logger.warning(
+                "RPC endpoint failed; trying the next",
+                extra={
+                    "endpoint": endpoint.name,
+                    "method": method,
+                    "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+                    "rest_s": round(rest, 2),
+                },
+            )
+
+    def _recovered(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            endpoint.calls += 1
+            if endpoint.failures:
+                logger.info("RPC endpoint answers again", extra={"endpoint": endpoint.name})
+            endpoint.failures = 0
+            endpoint.resting_until = 0.0
+
+
+def _raise_if_endpoint_failed(result: object, method: str) -> None:
+    """Raise ``_EndpointFailed`` for error answers that another endpoint may not give."""
+    responses = result if isinstance(result, list) else [result]
+    for response in responses:
+        if not isinstance(response, Mapping) or (
+            "result" not in response and "error" not in response
+        ):
+            raise _EndpointFailed(result, None)  # web3 raises BadResponseFormat from it
+        error = response.get("error")
+        if not isinstance(error, Mapping):
+            continue
+        classified = classify_rpc_error(
+            method, str(error.get("message", "")), error.get("code"), error.get("data")
+        )
+        if isinstance(classified, RpcUnavailable):
+            retry_after = getattr(classified, "retry_after_s", None)
+            raise _EndpointFailed(response, retry_after)
