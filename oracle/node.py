@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,11 +20,12 @@ from web3 import Web3
 from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.endpoints import FailoverProvider
 from oracle.chain.listener import Listener
+from oracle.chain.polling import backoff_delay, sleep_unless_stopped
 from oracle.chain.sender import TxSender
 from oracle.config import NodeSettings
 from oracle.engine.models import DEFAULT_LLMS, lookup_llm
 from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, autoscaling_for
-from oracle.errors import OracleError
+from oracle.errors import OracleError, SenderAlreadyRunning
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
 from oracle.observability import Readiness, serve_http
@@ -40,6 +42,12 @@ from oracle.store.workers import missing_models
 logger = logging.getLogger(__name__)
 
 RPC_TIMEOUT_S = 30.0
+PART_RESTART_S = 1.0
+"""The first wait before a failed part starts again; it doubles up to a minute."""
+PART_HEALTHY_S = 60.0
+"""A part that ran this long before failing starts its backoff afresh."""
+FATAL: tuple[type[BaseException], ...] = (SenderAlreadyRunning,)
+"""Failures no restart can heal: the node stops and says why."""
 NEWS_WAIT_S = 1.0
 """How long one wait for notifications blocks; a stop is noticed within it."""
 
@@ -86,11 +94,16 @@ class Node:
         """Follow the chain and serve requests until ``stop`` is set or a part fails."""
         scheduler = AsyncIOScheduler()
         poll = self.settings.poll_interval_s
+        ready = self.readiness
         parts: list[Awaitable[None]] = [
-            self.listener.run(stop, poll),
-            self.sender.run(stop, poll),
-            self.supervisor.run(stop, engine=self.engine),
-            self._register_then_serve(scheduler, stop),
+            supervised("listener", lambda: self.listener.run(stop, poll), stop, ready),
+            supervised("sender", lambda: self.sender.run(stop, poll), stop, ready),
+            supervised(
+                "workers", lambda: self.supervisor.run(stop, engine=self.engine), stop, ready
+            ),
+            supervised(
+                "lifecycle", lambda: self._register_then_serve(scheduler, stop), stop, ready
+            ),
         ]
         if self.settings.http_port is not None:
             port = self.settings.http_port
@@ -127,6 +140,7 @@ class Node:
             max_instances=1,
             coalesce=True,
             id="advance-requests",
+            replace_existing=True,  # after a restart of this part, tick its new event
         )
         scheduler.add_job(
             self._maintain,
@@ -135,12 +149,19 @@ class Node:
             max_instances=1,
             coalesce=True,
             id="maintain-queue",
+            replace_existing=True,
         )
         if self.settings.retention_days > 0:
             scheduler.add_job(
-                self._prune, "interval", seconds=PRUNE_INTERVAL_S, max_instances=1, id="prune"
+                self._prune,
+                "interval",
+                seconds=PRUNE_INTERVAL_S,
+                max_instances=1,
+                id="prune",
+                replace_existing=True,
             )
-        scheduler.start()
+        if not scheduler.running:
+            scheduler.start()
         logger.info("serving requests", extra={"address": self.ctx.address})
         await asyncio.gather(
             self._advance_when_wanted(wanted, stop), self._wake_on_news(wanted, stop)
@@ -222,6 +243,39 @@ class Node:
         await asyncio.to_thread(prune_old_rows, self.engine, retention)
 
 
+async def supervised(
+    name: str, start: Callable[[], Awaitable[None]], stop: asyncio.Event, readiness: Readiness
+) -> None:
+    """Run one part until ``stop``; should it fail, log why, wait, and start it again.
+
+    A part failing is not the node failing: one odd answer of an RPC endpoint or one bad
+    row must not stop the service. Only what cannot heal (``FATAL``) stops the node.
+    While a part waits to restart, ``/healthz`` says so.
+    """
+    failures = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            await start()
+            return
+        except FATAL:
+            raise
+        except Exception as exc:
+            if stop.is_set():
+                return
+            if time.monotonic() - started > PART_HEALTHY_S:
+                failures = 0  # it ran well for a while: start the backoff afresh
+            failures += 1
+            delay = backoff_delay(exc, PART_RESTART_S, failures - 1)
+            logger.exception(
+                "a part of the node failed; restarting it",
+                extra={"part": name, "failures": failures, "restart_in_s": delay},
+            )
+            readiness.restarting.add(name)
+            await sleep_unless_stopped(stop, delay)
+            readiness.restarting.discard(name)
+
+
 async def _first_of(*events: asyncio.Event) -> None:
     waits = [asyncio.ensure_future(e.wait()) for e in events]
     try:
@@ -242,7 +296,8 @@ async def _run_together(parts: list[Awaitable[None]], stop: asyncio.Event) -> No
             raise result
 
 
-def build_node(settings: NodeSettings, database_url: str) -> Node:
+def build_node(settings: NodeSettings, database_url: str, chain_id: int) -> Node:
+    """The node's parts, wired; ``chain_id`` is what the start-up checks found."""
     engine = make_engine(database_url, pool_size=10)
     sessions = make_session_factory(engine)
     w3 = Web3(FailoverProvider(settings.rpc_urls, timeout_s=RPC_TIMEOUT_S))
@@ -256,6 +311,7 @@ def build_node(settings: NodeSettings, database_url: str) -> Node:
         verify_tolerance_bits=settings.verify_tolerance_bits,
         test_fault=settings.test_fault,
     )
+    sender = TxSender(w3=w3, session_factory=sessions, account=account, chain_id=chain_id)
     return Node(
         settings=settings,
         engine=engine,
@@ -267,13 +323,9 @@ def build_node(settings: NodeSettings, database_url: str) -> Node:
             binding=binding,
             start_block=settings.start_block,
             confirmations=settings.confirmations,
+            on_reorg=sender.recheck_soon,
         ),
-        sender=TxSender(
-            w3=w3,
-            session_factory=sessions,
-            account=account,
-            chain_id=w3.eth.chain_id,
-        ),
+        sender=sender,
         supervisor=worker_supervisor(settings, database_url),
         ctx=ctx,
         readiness=Readiness(
@@ -318,5 +370,5 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event) -> None:
         )
         if chain_id is None:
             return  # stopped while waiting for the RPC endpoint
-        node = await asyncio.to_thread(build_node, settings, database_url)
+        node = await asyncio.to_thread(build_node, settings, database_url, chain_id)
         await node.run(stop)

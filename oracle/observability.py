@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -52,6 +52,8 @@ class Readiness:
     """Blocks between the listener's checkpoint and ``head - confirmations``; None: unknown."""
     chain_seen_at: float | None = None
     """``time.monotonic()`` of the last head reading."""
+    restarting: set[str] = field(default_factory=set)
+    """Parts of the node that failed and wait to be started again."""
 
     def problems(self, conn: Connection, now: float) -> list[str]:
         """Why the node is not ready, one phrase per condition; empty when it is."""
@@ -68,6 +70,8 @@ class Readiness:
             found.append("listener has processed no block yet")
         elif self.blocks_behind > NEAR_HEAD_BLOCKS:
             found.append(f"listener {self.blocks_behind} blocks behind the head")
+        if self.restarting:
+            found.append(f"restarting after a failure: {', '.join(sorted(self.restarting))}")
         return found
 
     def observe_chain(self, engine: Engine) -> None:

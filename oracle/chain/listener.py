@@ -102,6 +102,7 @@ class Listener:
         rate_limit_retries: int = 5,
         poll_budget_s: float = 5.0,
         max_lag_s: float = 30.0,
+        on_reorg: Callable[[], None] | None = None,
     ) -> None:
         if not 1 <= initial_range <= max_range:
             raise ValueError(f"need 1 <= initial_range={initial_range} <= max_range={max_range}")
@@ -123,6 +124,8 @@ class Listener:
         self._last_progress_log = 0.0
         self.blocks_behind = 0
         """How far the last poll stopped short of ``latest - confirmations``."""
+        self._on_reorg = on_reorg
+        """Told after a rollback (the sender then looks up its mined transactions again)."""
         self.max_lag_s = max_lag_s
         """How long missing blocks are taken for a lagging endpoint before a reorg."""
         self._lag_since: float | None = None
@@ -194,6 +197,8 @@ class Listener:
                 save_checkpoint(session, self.name, ancestor)
             notify(session.connection(), CHAIN_CHANNEL, "reorg")
         self._log_reorg(checkpoint, ancestor)
+        if self._on_reorg is not None:
+            self._on_reorg()
         return ancestor
 
     def _common_ancestor(self) -> BlockRef | None:

@@ -17,7 +17,25 @@ with the decoded custom error). A transaction that is not mined within
 One sender per key: nonces are allocated here, resynced from the chain's ``pending``
 count (and the outbox's own highest nonce) at start and after nonce errors; ``run``
 holds a Postgres advisory lock on the key so a second node process on the same
-database and key refuses to start.
+database and key refuses to start. The lock lives as long as its connection: before
+each round of broadcasts the sender checks that connection (a fence), and after a
+Postgres restart takes the lock again or stops (``SenderAlreadyRunning``).
+
+What the chain may undo or refuse:
+
+- **Reorgs.** Every ``recheck_interval_s`` (and at once after ``recheck_soon``, which
+  the listener calls on a reorg) the rows confirmed in the last ``recheck_blocks``
+  blocks are looked up again; one whose receipt is gone goes back to ``sent`` and is
+  broadcast again with the same nonce and bytes, or, if its nonce went to another
+  transaction, re-decided from ``pending``. A nonce that nothing holds any more (a hole
+  below transactions already sent) is filled with a zero-value transfer to self.
+- **Fees.** A slow transaction is bumped at most ``max_bumps`` times (and never above
+  ``max_fee_gwei_cap``); still not mined ``give_up_after_s`` after its last bump, the row
+  is failed with the reason.
+- **Refused broadcasts.** "Already known" is success; "nonce too low" resyncs;
+  "underpriced" bumps at once; "insufficient funds" waits with a growing delay (logged
+  as an error: the operator must fund the key); a lasting refusal (a fee over the node's
+  cap, gas limits) fails the row and frees its nonce. Anything else is retried.
 """
 
 from __future__ import annotations
@@ -26,6 +44,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +54,7 @@ from eth_account.datastructures import SignedTransaction
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound
@@ -43,7 +63,7 @@ from web3.types import TxParams, TxReceipt, Wei
 from oracle.chain.artifacts import decode_revert
 from oracle.chain.polling import poll_until_stopped
 from oracle.chain.rpc import rpc_errors
-from oracle.errors import RpcError, SenderAlreadyRunning
+from oracle.errors import RpcError, RpcUnavailable, SenderAlreadyRunning
 from oracle.store.models import OutgoingTx
 from oracle.store.outbox import (
     defer_tx,
@@ -51,10 +71,13 @@ from oracle.store.outbox import (
     in_flight_txs,
     mark_confirmed,
     mark_failed,
+    mark_refused,
     mark_replaced,
     mark_sent,
     mark_skipped,
+    mark_unmined,
     note_tx_error,
+    recent_confirmed_txs,
     release_nonce,
     sendable_txs,
 )
@@ -74,6 +97,19 @@ _V = TypeVar("_V")
 _GWEI = 10**9
 _ALREADY_KNOWN = ("already known", "known transaction", "alreadyknown", "already imported")
 _NONCE_TOO_LOW = ("nonce too low", "noncetoolow", "nonce is too low", "invalid nonce")
+_UNDERPRICED = ("underpriced", "fee too low", "less than block base fee", "feecap too low")
+_NO_FUNDS = ("insufficient funds", "insufficientfunds")
+_REFUSED_FOR_GOOD = (
+    "exceeds the configured cap",
+    "exceeds configured cap",
+    "intrinsic gas too low",
+    "exceeds block gas limit",
+    "gas limit reached",
+    "oversized data",
+    "invalid sender",
+    "not supported",
+)
+_FILLER_GAS = 21_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +119,8 @@ class PreparedTx:
     tx_id: int
     raw: bytes
     log: dict[str, Any]
+    replacing: bool = False
+    """A fee bump of a transaction already sent (its earlier version may still be mined)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +144,10 @@ class TxSender:
         max_fee_gwei_cap: float | None = None,
         gas_margin_percent: int = 20,
         not_yet_retry_s: float = 2.0,
+        max_bumps: int = 8,
+        give_up_after_s: float = 600,
+        recheck_blocks: int = 64,
+        recheck_interval_s: float = 5.0,
     ) -> None:
         if fee_bump_percent < 10:
             raise ValueError("fee_bump_percent below 10 is refused as an underpriced replacement")
@@ -119,25 +161,46 @@ class TxSender:
         self._fee_cap = None if max_fee_gwei_cap is None else int(max_fee_gwei_cap * _GWEI)
         self._gas_margin_percent = gas_margin_percent
         self._not_yet_retry_s = not_yet_retry_s
+        self._max_bumps = max_bumps
+        self._give_up_after = timedelta(seconds=give_up_after_s)
+        self._recheck_blocks = recheck_blocks
+        self._recheck_interval_s = recheck_interval_s
+        self._next_recheck = 0.0
         self._next_nonce: int | None = None
+        self._lock_connection: Connection | None = None
+        self._bumps_refused: set[int] = set()
+        """Rows whose fee bump the node refused for good: their current version stands."""
+        self._bump_now: set[int] = set()
+        """Rows whose broadcast was refused as underpriced: replaced on the next check."""
+        self._rebroadcast_after: dict[int, tuple[float, int]] = {}
+        """Rows refused for lack of funds: (monotonic time of the next try, refusals)."""
 
     # --- the loop -----------------------------------------------------------------------
 
     def sync_once(self) -> None:
         """Send the pending rows (oldest first), then follow up on the sent ones."""
+        self._fence()
         for prepared in self.prepare_pending():
             self.broadcast(prepared)
         self.check_sent()
+        if time.monotonic() >= self._next_recheck:
+            self.check_mined()
+
+    def recheck_soon(self) -> None:
+        """Look up the recently mined rows again on the next sync (the chain reorganised)."""
+        self._next_recheck = 0.0
 
     async def run(self, stop: asyncio.Event, poll_interval: float) -> None:
         """Sync until ``stop`` is set, holding this key's lock; outages are waited out."""
-        lock = await asyncio.to_thread(self._lock_key)
+        self._lock_connection = await asyncio.to_thread(self._lock_key)
         try:
             await poll_until_stopped(
                 stop, self.sync_once, poll_interval=poll_interval, what="sender sync"
             )
         finally:
-            await asyncio.to_thread(_unlock, lock, _lock_id(self.address))
+            lock, self._lock_connection = self._lock_connection, None
+            if lock is not None:
+                await asyncio.to_thread(_unlock, lock, _lock_id(self.address))
 
     def _lock_key(self) -> Connection:
         with self._sessions() as session:
@@ -150,6 +213,30 @@ class TxSender:
             connection.close()
             raise SenderAlreadyRunning(address=self.address)
         return connection
+
+    def _fence(self) -> None:
+        """Before broadcasting: this process still holds the key's lock.
+
+        A session-level advisory lock dies with its connection (a Postgres restart, a
+        network cut); another node process may have taken it since. The connection is
+        checked; if it is gone the lock is taken again, or ``SenderAlreadyRunning`` stops
+        this sender. While the database is away, this raises and nothing is broadcast.
+        """
+        connection = self._lock_connection
+        if connection is None:
+            return  # not running under ``run`` (a single sync, as in tests)
+        try:
+            connection.scalar(select(1))
+            connection.commit()
+            return
+        except DBAPIError:
+            logger.warning("the sender's lock connection is gone; taking the lock again")
+            self._lock_connection = None
+            connection.invalidate()
+            connection.close()
+        self._lock_connection = self._lock_key()
+        self._next_nonce = None  # another process may have sent meanwhile
+        logger.info("the sender holds its key's lock again", extra={"address": self.address})
 
     # --- pending rows -------------------------------------------------------------------
 
@@ -168,7 +255,13 @@ class TxSender:
         return prepared
 
     def _prepare(self, tx: OutgoingTx, fees_now: Callable[[], _Fees]) -> PreparedTx | None:
-        gas = self._simulate(self._call_params(tx))
+        try:
+            gas = self._simulate(self._call_params(tx))
+        except RpcUnavailable:
+            raise
+        except RpcError as exc:  # refused, not reverted ("insufficient funds for gas", ...)
+            self._defer(tx, f"simulation refused: {exc.reason}")
+            return None
         if isinstance(gas, str):
             self._handle_revert(tx, gas)
             return None
@@ -203,6 +296,12 @@ class TxSender:
             return _revert_reason(exc)
         return estimate * (100 + self._gas_margin_percent) // 100
 
+    def _defer(self, tx: OutgoingTx, reason: str) -> None:
+        delay = min(60.0, self._not_yet_retry_s * 2 ** min(tx.attempts, 5))
+        with self._sessions() as session, session.begin():
+            defer_tx(session, tx.id, until=_now() + timedelta(seconds=delay), reason=reason)
+        logger.warning("not sent yet", extra={**_fields(tx, reason=reason), "wait_s": delay})
+
     def _handle_revert(self, tx: OutgoingTx, reason: str) -> None:
         name = reason.split("(", 1)[0]
         log = _fields(tx, reason=reason)
@@ -234,29 +333,117 @@ class TxSender:
         reason = exc.reason.lower()
         if any(marker in reason for marker in _ALREADY_KNOWN):
             return
+        log = {**prepared.log, "error": exc.reason}
+        if not isinstance(exc, RpcUnavailable) and any(m in reason for m in _REFUSED_FOR_GOOD):
+            if prepared.replacing:  # the earlier version stands; bumping stops here
+                logger.error("a fee bump was refused; keeping the earlier version", extra=log)
+                self._bumps_refused.add(prepared.tx_id)
+                return
+            with self._sessions() as session, session.begin():
+                mark_refused(session, prepared.tx_id, reason=f"broadcast refused: {exc.reason}")
+            self._next_nonce = None  # its nonce was never used
+            logger.error("broadcast refused for good; the transaction failed", extra=log)
+            return
         if any(marker in reason for marker in _NONCE_TOO_LOW):
             self._next_nonce = None  # resync; check_sent settles the row
+        elif any(marker in reason for marker in _UNDERPRICED):
+            self._bump_now.add(prepared.tx_id)
+        elif any(marker in reason for marker in _NO_FUNDS):
+            self._wait_for_funds(prepared, log)
         with self._sessions() as session, session.begin():
             note_tx_error(session, prepared.tx_id, reason=f"broadcast refused: {exc.reason}")
-        logger.warning("broadcast refused", extra={**prepared.log, "error": exc.reason})
+        logger.warning("broadcast refused", extra=log)
+
+    def _wait_for_funds(self, prepared: PreparedTx, log: dict[str, Any]) -> None:
+        _at, refusals = self._rebroadcast_after.get(prepared.tx_id, (0.0, 0))
+        delay = min(300.0, 5.0 * 2 ** min(refusals, 6))
+        self._rebroadcast_after[prepared.tx_id] = (time.monotonic() + delay, refusals + 1)
+        logger.error(
+            "the key has too little ETH for this transaction; fund it",
+            extra={**log, "address": self.address, "retry_in_s": delay},
+        )
 
     # --- sent rows ----------------------------------------------------------------------
 
     def check_sent(self) -> None:
-        """Receipts settle rows; unknown ones are broadcast again; slow ones get higher fees."""
+        """Receipts settle rows; unknown ones are broadcast again; slow ones get higher fees;
+        a nonce hole below them is filled."""
         with self._sessions() as session:
             sent = in_flight_txs(session, self.address)
         for tx in sent:
             self._check_one(tx)
+        if sent:
+            self._fill_nonce_hole(min(_stored(tx.nonce) for tx in sent))
 
     def _check_one(self, tx: OutgoingTx) -> None:
         receipt = self._receipt(tx)
         if receipt is not None:
+            self._forget(tx.id)
             self._settle(tx, receipt)
         elif not self._known(_stored(tx.tx_hash)):
-            self._resend_or_release(tx)
-        elif tx.sent_at is not None and _now() - tx.sent_at >= self._bump_after:
+            waiting = self._rebroadcast_after.get(tx.id)
+            if waiting is None or time.monotonic() >= waiting[0]:
+                self._resend_or_release(tx)
+        elif tx.id in self._bump_now or (
+            tx.sent_at is not None and _now() - tx.sent_at >= self._bump_after
+        ):
+            self._bump_now.discard(tx.id)
             self._bump(tx)
+
+    def _forget(self, tx_id: int) -> None:
+        self._bump_now.discard(tx_id)
+        self._bumps_refused.discard(tx_id)
+        self._rebroadcast_after.pop(tx_id, None)
+
+    def check_mined(self) -> None:
+        """Rows confirmed in the last ``recheck_blocks`` blocks whose receipt the chain no
+        longer has (a reorg dropped them) go back to ``sent``, to be broadcast again."""
+        self._next_recheck = time.monotonic() + self._recheck_interval_s
+        with rpc_errors("eth_blockNumber"):
+            head = self._w3.eth.block_number
+        with self._sessions() as session:
+            mined = recent_confirmed_txs(session, self.address, head - self._recheck_blocks)
+        for tx in mined:
+            if self._receipt(tx) is not None:
+                continue
+            reason = f"mined in block {tx.receipt_block}, which left the chain"
+            with self._sessions() as session, session.begin():
+                mark_unmined(session, tx.id, reason=reason)
+            self._next_nonce = None
+            logger.warning(
+                "a mined transaction left the chain (reorg); sending it again",
+                extra=_fields(tx, block=tx.receipt_block),
+            )
+
+    def _fill_nonce_hole(self, lowest_sent: int) -> None:
+        """A nonce below every sent row that nothing will ever use stalls them all: send a
+        zero-value transfer to self with it. (A hole appears when a reorg drops a
+        transaction whose row is re-decided, or a node forgets a transaction.)"""
+        with rpc_errors("eth_getTransactionCount"):
+            mined = self._w3.eth.get_transaction_count(self._account.address, "latest")
+            pending = self._w3.eth.get_transaction_count(self._account.address, "pending")
+        if lowest_sent <= mined or pending > mined:
+            return  # no hole, or the node's pool holds a transaction for it
+        fees = self._fees()
+        signed = self._account.sign_transaction(
+            {
+                "type": 2,
+                "chainId": self._chain_id,
+                "nonce": mined,
+                "to": self._account.address,
+                "value": 0,
+                "gas": _FILLER_GAS,
+                "maxFeePerGas": fees.max_fee_per_gas,
+                "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
+            }
+        )
+        log = {"address": self.address, "nonce": mined, "tx_hash": _hex(bytes(signed.hash))}
+        logger.warning("filling a nonce hole with a transfer to self", extra=log)
+        try:
+            with rpc_errors("eth_sendRawTransaction"):
+                self._w3.eth.send_raw_transaction(signed.raw_transaction)
+        except RpcError as exc:  # seen again on the next check if it persists
+            logger.warning("the nonce filler was refused", extra={**log, "error": exc.reason})
 
     def _receipt(self, tx: OutgoingTx) -> TxReceipt | None:
         for tx_hash in [_stored(tx.tx_hash), *tx.replaced_tx_hashes]:
@@ -319,11 +506,16 @@ class TxSender:
         self.broadcast(PreparedTx(tx_id=tx.id, raw=bytes(signed.raw_transaction), log=_fields(tx)))
 
     def _bump(self, tx: OutgoingTx) -> None:
-        """Replace a slow transaction: same nonce, fees up by at least the bump percent."""
+        """Replace a slow transaction: same nonce, fees up by at least the bump percent.
+
+        At the ceiling (``max_bumps`` replacements, the fee cap, or a bump the node
+        refused) it waits; ``give_up_after_s`` after the last bump the row fails.
+        """
         assert tx.nonce is not None
-        fees = self._bumped_fees(_stored_fees(tx))
+        at_ceiling = tx.attempts > self._max_bumps or tx.id in self._bumps_refused
+        fees = None if at_ceiling else self._bumped_fees(_stored_fees(tx))
         if fees is None:
-            logger.warning("stuck at the fee cap; waiting", extra=_fields(tx))
+            self._wait_at_ceiling(tx)
             return
         signed = self._sign(tx, nonce=tx.nonce, gas=_stored(tx.gas_limit), fees=fees)
         with self._sessions() as session, session.begin():
@@ -336,7 +528,23 @@ class TxSender:
             )
         log = _fields(tx, tx_hash=bytes(signed.hash), replaces=_hex(tx.tx_hash))
         logger.info("replacing a slow transaction with higher fees", extra=log)
-        self.broadcast(PreparedTx(tx_id=tx.id, raw=bytes(signed.raw_transaction), log=log))
+        raw = bytes(signed.raw_transaction)
+        self.broadcast(PreparedTx(tx_id=tx.id, raw=raw, log=log, replacing=True))
+
+    def _wait_at_ceiling(self, tx: OutgoingTx) -> None:
+        waited = _now() - tx.sent_at if tx.sent_at is not None else timedelta(0)
+        if waited < self._give_up_after:
+            logger.warning("stuck at the fee ceiling; waiting", extra=_fields(tx))
+            return
+        gwei = _stored(tx.max_fee_per_gas) / _GWEI
+        reason = (
+            f"not mined after {tx.attempts - 1} fee bumps (max fee {gwei:.3g} gwei) and "
+            f"{waited.total_seconds():.0f} s at the ceiling; gave up"
+        )
+        with self._sessions() as session, session.begin():
+            mark_failed(session, tx.id, reason=reason)
+        self._forget(tx.id)
+        logger.error("gave up on a transaction", extra=_fields(tx, reason=reason))
 
     # --- nonces, fees, signatures -------------------------------------------------------
 

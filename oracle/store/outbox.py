@@ -5,7 +5,9 @@ it depends on (a commit and its salt) are stored together or not at all; a decis
 taken twice is recorded once (``(kind, request_id, dedupe_key)`` is unique).
 
 A row moves ``pending -> sent -> confirmed | failed``, or ``pending -> skipped`` when a
-simulation shows the work is already done. A ``sent`` row holds everything needed to
+simulation shows the work is already done. A reorg can take a mined transaction off the
+chain again: its row goes back ``confirmed -> sent`` and is sent again. A row whose
+request a reorg orphaned waits while it is orphaned. A ``sent`` row holds everything needed to
 sign its transaction again, byte for byte: its nonce, gas and fees are stored before
 the transaction is broadcast.
 """
@@ -19,7 +21,7 @@ from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, aliased
 
-from oracle.store.models import OutgoingTx, TxKind
+from oracle.store.models import OutgoingTx, Request, TxKind
 
 __all__ = [
     "defer_tx",
@@ -29,10 +31,13 @@ __all__ = [
     "in_flight_txs",
     "mark_confirmed",
     "mark_failed",
+    "mark_refused",
     "mark_replaced",
     "mark_sent",
     "mark_skipped",
+    "mark_unmined",
     "note_tx_error",
+    "recent_confirmed_txs",
     "release_nonce",
     "sendable_txs",
 ]
@@ -99,6 +104,7 @@ def sendable_txs(session: Session, from_address: str, now: datetime) -> Sequence
         earlier.id < OutgoingTx.id,
         earlier.status.in_(("pending", "sent")),
     )
+    orphaned = exists().where(Request.id == OutgoingTx.request_id, Request.phase == "orphaned")
     query = (
         select(OutgoingTx)
         .where(
@@ -106,6 +112,7 @@ def sendable_txs(session: Session, from_address: str, now: datetime) -> Sequence
             OutgoingTx.status == "pending",
             or_(OutgoingTx.not_before.is_(None), OutgoingTx.not_before <= now),
             ~blocked,
+            ~orphaned,
         )
         .order_by(OutgoingTx.id)
     )
@@ -117,6 +124,22 @@ def in_flight_txs(session: Session, from_address: str) -> Sequence[OutgoingTx]:
     query = (
         select(OutgoingTx)
         .where(OutgoingTx.from_address == from_address, OutgoingTx.status == "sent")
+        .order_by(OutgoingTx.nonce)
+    )
+    return session.scalars(query).all()
+
+
+def recent_confirmed_txs(
+    session: Session, from_address: str, since_block: int
+) -> Sequence[OutgoingTx]:
+    """Rows confirmed in a block at or after ``since_block``: a reorg may still undo them."""
+    query = (
+        select(OutgoingTx)
+        .where(
+            OutgoingTx.from_address == from_address,
+            OutgoingTx.status == "confirmed",
+            OutgoingTx.receipt_block >= since_block,
+        )
         .order_by(OutgoingTx.nonce)
     )
     return session.scalars(query).all()
@@ -194,6 +217,26 @@ def mark_confirmed(session: Session, tx_id: int, *, tx_hash: bytes, receipt_bloc
         confirmed_at=func.now(),
         last_error=None,
     )
+
+
+def mark_unmined(session: Session, tx_id: int, *, reason: str) -> None:
+    """Its block left the chain: back to ``sent`` (same nonce, same signed bytes)."""
+    _update(
+        session,
+        tx_id,
+        "confirmed",
+        status="sent",
+        receipt_block=None,
+        confirmed_at=None,
+        sent_at=func.now(),
+        last_error=reason,
+    )
+
+
+def mark_refused(session: Session, tx_id: int, *, reason: str) -> None:
+    """The node refused its broadcast for a lasting reason: failed, and its nonce, never
+    used on chain, is free again."""
+    _update(session, tx_id, "sent", status="failed", nonce=None, last_error=reason)
 
 
 def mark_failed(

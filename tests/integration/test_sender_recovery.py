@@ -1,0 +1,188 @@
+"""What the chain undoes or refuses: reorgs, nonce holes, fee ceilings, missing funds, and
+a lost single-writer lock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from eth_account import Account
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from oracle.chain.anvil import Anvil
+from oracle.chain.coordinator import CoordinatorBinding
+from oracle.chain.sender import TxSender
+from oracle.errors import SenderAlreadyRunning
+from tests.integration.test_sender import (
+    ORACLE_KEY,
+    Outbox,
+    make_sender,
+    manual_mining,
+    nonce_of,
+    sync,
+)
+from tests.support.protocol import Protocol
+
+__all__ = ["manual_mining"]
+
+
+@pytest.fixture
+def sessions(db_engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(db_engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def protocol(chain: Anvil) -> Protocol:
+    return Protocol.deploy(chain.w3)
+
+
+@pytest.fixture
+def binding(chain: Anvil, protocol: Protocol) -> CoordinatorBinding:
+    return CoordinatorBinding(chain.w3, protocol.coordinator.address)
+
+
+def test_a_transaction_a_reorg_took_off_the_chain_is_sent_again(
+    chain: Anvil, protocol: Protocol, sessions: sessionmaker[Session], binding: CoordinatorBinding
+) -> None:
+    sender = make_sender(chain, sessions)
+    outbox = Outbox(sessions, sender, binding)
+    request_id = protocol.request(quorum=1)
+    protocol_registered = chain.rpc("evm_snapshot")
+    outbox.add("register", None, binding.encode_register())
+    sync(sender)
+    assert outbox.row("register", None).status == "confirmed"
+    mined_at = outbox.row("register", None).receipt_block
+
+    assert chain.rpc("evm_revert", protocol_registered) is True  # the register is gone
+    chain.rpc("anvil_mine", "0x3")  # the new chain is longer than the old one
+    assert not binding.is_registered(sender.address)
+
+    sender.recheck_soon()  # what the listener does when it sees a reorg
+    sender.sync_once()
+    row = outbox.row("register", None)
+    assert row.status == "sent"
+    assert row.last_error == f"mined in block {mined_at}, which left the chain"
+    sync(sender)
+    row = outbox.row("register", None)
+    assert row.status == "confirmed" and row.nonce == 0
+    assert binding.is_registered(sender.address)
+    assert request_id == protocol.request(quorum=1) - 1  # the chain goes on as before
+
+
+def test_rows_confirmed_long_ago_are_not_looked_up_again(
+    chain: Anvil, protocol: Protocol, sessions: sessionmaker[Session], binding: CoordinatorBinding
+) -> None:
+    sender = make_sender(chain, sessions, recheck_blocks=2)
+    outbox = Outbox(sessions, sender, binding)
+    outbox.add("register", None, binding.encode_register())
+    sync(sender)
+    chain.rpc("anvil_mine", "0x5")
+    snapshot = chain.rpc("evm_snapshot")
+    chain.rpc("evm_revert", snapshot)
+    sender.recheck_soon()
+    sender.sync_once()
+    assert outbox.row("register", None).status == "confirmed"
+
+
+def test_a_nonce_hole_below_sent_transactions_is_filled(
+    chain: Anvil, protocol: Protocol, sessions: sessionmaker[Session], binding: CoordinatorBinding
+) -> None:
+    sender = make_sender(chain, sessions)
+    outbox = Outbox(sessions, sender, binding)
+    outbox.add("register", None, binding.encode_register())
+    before = nonce_of(chain, sender.address)
+    sender._next_nonce = before + 1  # a nonce lost, as after a re-decided transaction
+    sync(sender, times=3)
+    row = outbox.row("register", None)
+    assert (row.status, row.nonce) == ("confirmed", before + 1)
+    assert nonce_of(chain, sender.address) == before + 2  # the hole went to a filler
+    assert binding.is_registered(sender.address)
+
+
+def test_fee_bumps_stop_at_the_ceiling_and_the_row_gives_up_with_its_reason(
+    chain: Anvil,
+    protocol: Protocol,
+    sessions: sessionmaker[Session],
+    binding: CoordinatorBinding,
+    manual_mining: None,
+) -> None:
+    sender = make_sender(chain, sessions, bump_after_s=0, max_bumps=2, give_up_after_s=0.5)
+    outbox = Outbox(sessions, sender, binding)
+    outbox.add("register", None, binding.encode_register())
+    for _ in range(5):  # one send, two bumps, then the ceiling
+        sender.sync_once()
+    row = outbox.row("register", None)
+    assert row.status == "sent" and row.attempts == 3
+    assert len(row.replaced_tx_hashes) == 2
+    time.sleep(0.6)
+    sender.sync_once()
+    row = outbox.row("register", None)
+    assert row.status == "failed"
+    assert row.last_error is not None
+    assert row.last_error.startswith("not mined after 2 fee bumps")
+    assert row.last_error.endswith("at the ceiling; gave up")
+
+
+def test_a_key_without_funds_waits_with_a_clear_error_and_sends_once_funded(
+    chain: Anvil,
+    protocol: Protocol,
+    sessions: sessionmaker[Session],
+    binding: CoordinatorBinding,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    poor = Account.create()
+    sender = TxSender(w3=chain.w3, session_factory=sessions, account=poor, chain_id=chain.chain_id)
+    outbox = Outbox(sessions, sender, binding)
+    outbox.add("register", None, binding.encode_register())
+    with caplog.at_level(logging.ERROR, logger="oracle.chain.sender"):
+        sync(sender, times=3)
+    row = outbox.row("register", None)
+    assert row.status == "sent"
+    assert row.last_error is not None and "insufficient funds" in row.last_error.lower()
+    refusals = [r for r in caplog.records if "too little ETH" in r.getMessage()]
+    assert len(refusals) == 1  # asked once, then left alone for a while
+
+    chain.rpc("anvil_setBalance", poor.address, hex(10**18))
+    sender._rebroadcast_after.clear()  # the wait is seconds long; skip it
+    sync(sender)
+    assert outbox.row("register", None).status == "confirmed"
+    assert binding.is_registered(sender.address)
+
+
+def test_after_losing_its_lock_the_sender_takes_it_back_or_stops(
+    chain: Anvil, sessions: sessionmaker[Session], db_engine: Engine
+) -> None:
+    sender = make_sender(chain, sessions)
+    key = Account.from_key(chain.private_keys[ORACLE_KEY]).address.lower()
+    assert sender.address == key
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(sender.run(stop, poll_interval=0.05))
+        await asyncio.sleep(0.3)
+        lock = sender._lock_connection
+        assert lock is not None
+        pid = lock.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        with db_engine.begin() as conn:  # a Postgres restart, for this connection
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await asyncio.sleep(0.5)
+        assert not running.done()  # it took the lock again and carries on
+        assert sender._lock_connection is not None and sender._lock_connection is not lock
+
+        retaken = sender._lock_connection
+        pid = retaken.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        other = make_sender(chain, sessions)
+        with db_engine.begin() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        other_lock = await asyncio.to_thread(other._lock_key)  # another process was quicker
+        try:
+            with pytest.raises(SenderAlreadyRunning):
+                await asyncio.wait_for(running, timeout=10)
+        finally:
+            other_lock.close()
+            stop.set()
+
+    asyncio.run(scenario())
