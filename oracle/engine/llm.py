@@ -12,6 +12,12 @@ normalised, because its keccak256 is what the node commits to. The only change i
 library's own: bytes that do not decode as UTF-8 (a character cut by max_tokens) are
 dropped.
 
+A generation can be given a wall-clock limit (``stop_at``): the clock is read after
+every token, and a generation still running at the limit is cut short and raises
+GenerationPastDeadline, since a late answer is no answer. Chat prompts go through the same
+completion call as llama_cpp's own chat handler makes (the model's template, its end
+token as the stop), so that this per-token check reaches them too.
+
 A runner is not for concurrent use from several threads; calls are serialised by a lock.
 Workers run one runner per process (STYLE.md §8).
 """
@@ -23,10 +29,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from llama_cpp import Llama
+import numpy as np
+import numpy.typing as npt
+from llama_cpp import Llama, StoppingCriteriaList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from oracle.engine.models import DEFAULT_LLMS, LlmRegistry, LlmSpec, lookup_llm
@@ -35,6 +44,7 @@ from oracle.errors import OracleError, OutOfRange
 __all__ = [
     "MAX_SEED",
     "Generation",
+    "GenerationPastDeadline",
     "InvalidGenerationRequest",
     "LlmRunner",
     "ModelHasNoChatTemplate",
@@ -84,6 +94,22 @@ class PromptTooLong(OracleError):
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.context_tokens = context_tokens
+
+
+class GenerationPastDeadline(OracleError):
+    """Generation was cut short at its deadline"""
+
+    model: str
+    completion_tokens: int
+    stop_at: datetime
+
+    def __init__(self, *, model: str, completion_tokens: int, stop_at: datetime) -> None:
+        super().__init__(
+            f"{model}: stopped after {completion_tokens} tokens at {stop_at.isoformat()}"
+        )
+        self.model = model
+        self.completion_tokens = completion_tokens
+        self.stop_at = stop_at
 
 
 class InvalidGenerationRequest(OutOfRange):
@@ -226,12 +252,20 @@ class LlmRunner:
         return self._check_fits(self._prompt_tokens(prompt), max_tokens)
 
     def generate(
-        self, *, prompt: str, temperature_milli: int, max_tokens: int, seed: int
+        self,
+        *,
+        prompt: str,
+        temperature_milli: int,
+        max_tokens: int,
+        seed: int,
+        stop_at: datetime | None = None,
     ) -> Generation:
         """Answer a prompt; the same arguments give the same text.
 
         temperature_milli is in thousandths (700 = 0.7; 0 = greedy). At most max_tokens
-        tokens are generated. Raises PromptTooLong before any work when it cannot fit.
+        tokens are generated. Raises PromptTooLong before any work when it cannot fit,
+        and GenerationPastDeadline when ``stop_at`` (timezone-aware) passes before the
+        answer is complete.
         """
         if temperature_milli < 0:
             raise InvalidGenerationRequest(
@@ -242,6 +276,12 @@ class LlmRunner:
             raise InvalidGenerationRequest(field="seed", value=seed, allowed=f"0..{MAX_SEED}")
         prompt_tokens = self._prompt_tokens(prompt)
         self._check_fits(prompt_tokens, max_tokens)
+        deadline = _Deadline(stop_at)
+        stops: list[Any] = [deadline]
+        stop_texts: list[str] = []
+        if self._chat_template is not None:  # as llama_cpp's chat handler for the template
+            stop_texts.append(self._chat_template.eos_token)
+            stops.insert(0, _last_token_is(self._llm.token_eos()))
         sampling: dict[str, Any] = {
             "temperature": temperature_milli / 1000,
             "max_tokens": max_tokens,
@@ -252,21 +292,22 @@ class LlmRunner:
             "typical_p": _TYPICAL_P,
             "repeat_penalty": _REPEAT_PENALTY,
             "stream": False,
+            "stop": stop_texts,
+            "stopping_criteria": StoppingCriteriaList(stops),
         }
         with self._lock:
             # Never reuse the previous request's KV cache (llama_cpp leaves reset untyped).
             self._llm.reset()  # type: ignore[no-untyped-call]
-            if self._chat_template is not None:
-                response: Any = self._llm.create_chat_completion(
-                    messages=[{"role": "user", "content": prompt}], **sampling
-                )
-                text = response["choices"][0]["message"]["content"] or ""
-            else:
-                response = self._llm.create_completion(prompt=prompt_tokens, **sampling)
-                text = response["choices"][0]["text"]
+            response: Any = self._llm.create_completion(prompt=prompt_tokens, **sampling)
         usage = response["usage"]
+        if stop_at is not None and deadline.reached:
+            raise GenerationPastDeadline(
+                model=self.spec.name,
+                completion_tokens=int(usage["completion_tokens"]),
+                stop_at=stop_at,
+            )
         return Generation(
-            text=text,
+            text=response["choices"][0]["text"] or "",
             completion_tokens=int(usage["completion_tokens"]),
             prompt_tokens=int(usage["prompt_tokens"]),
             finish_reason=_finish_reason(response["choices"][0]["finish_reason"]),
@@ -342,6 +383,29 @@ class LlmRunner:
                 context_tokens=self.context_tokens,
             )
         return count
+
+
+class _Deadline:
+    """A stopping criterion that llama_cpp calls after every token: true once ``stop_at``
+    has passed (never, without one)."""
+
+    def __init__(self, stop_at: datetime | None) -> None:
+        self._at = None if stop_at is None else stop_at.timestamp()
+        self.reached = False
+
+    def __call__(self, input_ids: npt.NDArray[np.intc], logits: npt.NDArray[np.single]) -> bool:
+        if self._at is not None and time.time() >= self._at:
+            self.reached = True
+        return self.reached
+
+
+def _last_token_is(token: int) -> Any:
+    """llama_cpp's chat handler's criterion: stop when the last token read is ``token``."""
+
+    def check(input_ids: npt.NDArray[np.intc], logits: npt.NDArray[np.single]) -> bool:
+        return bool(input_ids[-1] == token)
+
+    return check
 
 
 def _check_max_tokens(max_tokens: int) -> None:

@@ -2,6 +2,24 @@
 
 The node's engines start these as subprocesses (``oracle worker ...``); the same command
 runs them on other machines, sharing only the database with the node.
+
+What keeps a worker from hanging or poisoning its jobs:
+
+- **Heartbeats that outlive database blips.** One side thread beats every few seconds:
+  the worker's presence (``workers``) and the leases of the batch it runs (``jobs``), in
+  one transaction. A database error is logged and the beat retried after a backoff; the
+  thread never ends before the worker does.
+- **A wall-clock limit per job: its deadline** (``jobs.deadline``, which the node derives
+  from the request's commit or dispute deadline). A job claimed past it fails at once;
+  generation stops at it (llm.py checks the clock on every token) and the job fails with
+  the reason, never retried: its answer could no longer be used.
+- **A worker stuck past a limit goes silent.** When a batch runs :data:`LIMIT_GRACE_LEASES`
+  leases past one of its jobs' deadlines (stuck inside a C call that no clock check
+  reaches), the heartbeat stops renewing the leases of the overdue jobs, so the queue's
+  upkeep takes them back, and stops the presence heartbeat, which is how the supervisor
+  tells a wedged worker from a busy one (supervisor.py kills and restarts it).
+- **A bad item fails alone.** When a batch crashes, its jobs are run again one at a time:
+  the one that crashes again fails with its reason (not retried), the others complete.
 """
 
 from __future__ import annotations
@@ -15,10 +33,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from oracle.errors import OracleError
 from oracle.store import make_engine
@@ -40,15 +60,31 @@ logger = logging.getLogger(__name__)
 
 Role = Literal["llm", "embedding"]
 LEASE_S = 30.0
-PRESENCE_HEARTBEAT_S = 5.0
 HEARTBEAT_S = 5.0
+"""Presence and leases are renewed this often (or a third of the lease, if shorter)."""
+LIMIT_GRACE_LEASES = 1.0
+"""Leases a batch may run past a job's deadline (time to record the failure) before the
+worker counts as stuck."""
 EMBED_BATCH = 128
 """Texts an embedding worker claims at once: one encode call sorts them by length, so a
 larger claim pads less (bench/embed.py: 128 gives about 1.3x the throughput of 32)."""
 
+DATABASE_DOWN = (OperationalError, InterfaceError)
+"""What a lost or refused database connection raises: the work waits and tries again."""
+
+_T = TypeVar("_T")
+
 
 class RetryLater(OracleError):
     """The job failed for a reason that may pass; it goes back to the queue."""
+
+
+class JobPastDeadline(OracleError):
+    """The job's deadline passed before it could run; its answer could no longer be used."""
+
+
+class JobCrashed(OracleError):
+    """The job crashed its batch and crashed again on its own."""
 
 
 class JobRunner(Protocol):
@@ -91,6 +127,7 @@ class LlmJobRunner:
                 temperature_milli=int(job.payload["temperature_milli"]),
                 max_tokens=int(job.payload["max_tokens"]),
                 seed=int(job.payload["seed"]),
+                stop_at=job.deadline,
             )
         except OracleError as exc:
             return exc
@@ -118,7 +155,7 @@ class EmbeddingJobRunner:
 
     def run(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
         started = time.perf_counter()
-        bits = self._embedder.embed([str(job.payload["text"]) for job in jobs])
+        bits = self._embedder.embed([_text_of(job) for job in jobs])
         elapsed = round(time.perf_counter() - started, 4)
         return [
             {
@@ -129,6 +166,13 @@ class EmbeddingJobRunner:
             }
             for b in bits
         ]
+
+
+def _text_of(job: ClaimedJob) -> str:
+    text = job.payload["text"]
+    if not isinstance(text, str):
+        raise TypeError(f"job {job.id}: payload text is a {type(text).__name__}, not a string")
+    return text
 
 
 def make_worker_id(model: str, pid: int | None = None, hostname: str | None = None) -> str:
@@ -144,7 +188,7 @@ def make_runner(config: WorkerConfig) -> JobRunner:
 
 
 class Worker:
-    """Claims, runs and completes jobs; heartbeats while a batch runs."""
+    """Claims, runs and completes jobs; a side thread heartbeats all the while."""
 
     def __init__(self, config: WorkerConfig, runner: JobRunner, engine: Engine) -> None:
         self.config = config
@@ -152,23 +196,19 @@ class Worker:
         self.engine = engine
         self.worker_id = make_worker_id(config.model)
         self.stopping = threading.Event()
-        self._heartbeat: _Heartbeat | None = None
+        self._heartbeat = _Heartbeat(self)
 
     def run(self, wait_for_work: Callable[[float], object]) -> None:
         self._announce()
         logger.info("worker ready", extra={"worker_id": self.worker_id, "role": self.config.role})
-        last_beat = time.monotonic()
+        self._heartbeat.start()
         try:
             while not self.stopping.is_set():
                 if not self.run_once():
                     wait_for_work(self.config.poll_interval_s)
-                if time.monotonic() - last_beat > PRESENCE_HEARTBEAT_S:
-                    with self.engine.begin() as conn:
-                        worker_heartbeat(conn, self.worker_id)
-                    last_beat = time.monotonic()
         finally:
-            with self.engine.begin() as conn:
-                retire_worker(conn, self.worker_id)
+            self._heartbeat.stop()
+            self._retire()
         logger.info("worker stopped", extra={"worker_id": self.worker_id})
 
     def _announce(self) -> None:
@@ -182,29 +222,77 @@ class Worker:
                 model=self.config.model,
             )
 
-    def run_once(self) -> bool:
-        """Claim and run one batch; False when there was nothing to do."""
-        with self.engine.begin() as conn:
-            jobs = claim_jobs(
-                conn,
-                worker_id=self.worker_id,
-                kinds=self.runner.kinds,
-                models=[self.config.model],
-                limit=self.runner.batch_size,
-                lease_s=self.config.lease_s,
+    def _retire(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                retire_worker(conn, self.worker_id)
+        except DATABASE_DOWN as exc:  # the presence row goes stale on its own
+            logger.warning(
+                "retirement not recorded: database error",
+                extra={"worker_id": self.worker_id, "error": str(exc)},
             )
+
+    def run_once(self) -> bool:
+        """Claim and run one batch; False when there was nothing to do (or no database)."""
+        try:
+            with self.engine.begin() as conn:
+                jobs = claim_jobs(
+                    conn,
+                    worker_id=self.worker_id,
+                    kinds=self.runner.kinds,
+                    models=[self.config.model],
+                    limit=self.runner.batch_size,
+                    lease_s=self.config.lease_s,
+                )
+        except DATABASE_DOWN as exc:
+            logger.warning(
+                "claim failed: database error",
+                extra={"worker_id": self.worker_id, "error": str(exc)},
+            )
+            return False
         if not jobs:
             return False
-        if self._heartbeat is None:
-            self._heartbeat = _Heartbeat(self)
-        with self._heartbeat.covering([j.id for j in jobs]):
-            try:
-                outcomes = self.runner.run(jobs)
-            except Exception as exc:  # a crash in the model must not kill the worker
-                logger.exception("job batch crashed", extra={"worker_id": self.worker_id})
-                outcomes = [RetryLater(f"{type(exc).__name__}: {exc}") for _ in jobs]
-        self._finish_batch(jobs, outcomes)
+        with self._heartbeat.covering(jobs):
+            outcomes = self._run_batch(jobs)
+        self._database_retrying(lambda: self._finish_batch(jobs, outcomes), "record results")
         return True
+
+    def _run_batch(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
+        """The runner's outcome for each job; jobs already past their deadline are not run,
+        and a batch that crashes runs again one job at a time."""
+        now = datetime.now(UTC)
+        outcomes: dict[int, Mapping[str, Any] | OracleError] = {
+            job.id: JobPastDeadline(f"job {job.id}, deadline {job.deadline.isoformat()}")
+            for job in jobs
+            if job.deadline <= now
+        }
+        runnable = [job for job in jobs if job.id not in outcomes]
+        outcomes.update(zip((j.id for j in runnable), self._run_guarded(runnable), strict=True))
+        return [outcomes[job.id] for job in jobs]
+
+    def _run_guarded(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
+        if not jobs:
+            return []
+        try:
+            return self.runner.run(jobs)
+        except Exception as exc:  # a crash in the model must not kill the worker
+            fields = {"worker_id": self.worker_id, "batch": len(jobs), "error": _describe(exc)}
+            if len(jobs) == 1:
+                logger.exception("job batch crashed", extra=fields)
+                return [RetryLater(_describe(exc))]
+            logger.warning("job batch crashed; running its jobs one at a time", extra=fields)
+            return [self._run_alone(job) for job in jobs]
+
+    def _run_alone(self, job: ClaimedJob) -> Mapping[str, Any] | OracleError:
+        try:
+            (outcome,) = self.runner.run([job])
+        except Exception as exc:
+            logger.exception(
+                "job crashed on its own",
+                extra={"job_id": job.id, "request_id": job.request_id, "worker_id": self.worker_id},
+            )
+            return JobCrashed(_describe(exc))
+        return outcome
 
     def _finish_batch(
         self, jobs: Sequence[ClaimedJob], outcomes: Sequence[Mapping[str, Any] | OracleError]
@@ -232,7 +320,7 @@ class Worker:
 
     def _fail(self, job: ClaimedJob, error: OracleError) -> None:
         fields = {"job_id": job.id, "request_id": job.request_id, "worker_id": self.worker_id}
-        # other errors are about the input (too long, invalid): retrying won't help
+        # other errors are about the input (too long, invalid) or its time: retrying won't help
         delay = backoff_s(job.attempts) if isinstance(error, RetryLater) else None
         try:
             with self.engine.begin() as conn:
@@ -248,9 +336,52 @@ class Worker:
             return
         logger.warning("job failed", extra={**fields, "error": str(error), "status": status})
 
+    def _database_retrying(self, action: Callable[[], _T], what: str) -> _T | None:
+        """``action()``, tried again after a backoff while the database is unreachable, for
+        up to a lease (after that the jobs are no longer ours to record)."""
+        give_up = time.monotonic() + self.config.lease_s
+        failures = 0
+        while True:
+            try:
+                return action()
+            except DATABASE_DOWN as exc:
+                failures += 1
+                fields = {"worker_id": self.worker_id, "failures": failures, "error": str(exc)}
+                if time.monotonic() >= give_up:
+                    logger.error(f"{what}: database unreachable; given up", extra=fields)
+                    return None
+                logger.warning(f"{what}: database error; trying again", extra=fields)
+                time.sleep(min(backoff_s(failures), self._heartbeat.interval_s))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BeatPlan:
+    """What one heartbeat renews."""
+
+    renew: list[int]
+    """Jobs whose leases are extended."""
+    overdue: list[int]
+    """Jobs running past their deadline plus the grace: left for the queue to take back."""
+
+    @property
+    def stuck(self) -> bool:
+        """The batch runs past a job's limit: the worker stops announcing that it is alive."""
+        return bool(self.overdue)
+
+
+def plan_beat(jobs: Sequence[ClaimedJob], *, now: datetime, grace: timedelta) -> BeatPlan:
+    """Renew each running job's lease until ``grace`` after its deadline, no longer."""
+    overdue = [job.id for job in jobs if now > job.deadline + grace]
+    return BeatPlan(renew=[job.id for job in jobs if job.id not in overdue], overdue=overdue)
+
 
 class _Heartbeat:
-    """Extends the leases of the batch running now, from one long-lived side thread.
+    """Renews the worker's presence and the leases of the batch running now, from one
+    long-lived side thread (the module docstring says what it does when things go wrong).
 
     One thread per worker rather than one per batch: for short jobs, starting a thread
     each batch costs more than the jobs themselves.
@@ -258,44 +389,95 @@ class _Heartbeat:
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
-        self._job_ids: list[int] = []
+        self.interval_s = min(HEARTBEAT_S, worker.config.lease_s / 3)
+        self._grace = timedelta(seconds=worker.config.lease_s * LIMIT_GRACE_LEASES)
+        self._jobs: list[ClaimedJob] = []
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._stop = threading.Event()
+        self._stuck_logged = False
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval_s * 2)
+
     @contextmanager
-    def covering(self, job_ids: list[int]) -> Iterator[None]:
+    def covering(self, jobs: Sequence[ClaimedJob]) -> Iterator[None]:
         with self._lock:
-            self._job_ids = job_ids
+            self._jobs = list(jobs)
         try:
             yield
         finally:
             with self._lock:
-                self._job_ids = []
+                self._jobs = []
 
-    def _beat(self) -> None:
-        interval = min(HEARTBEAT_S, self._worker.config.lease_s / 3)
-        # a daemon thread, ending with the process: a batch still running after SIGTERM
-        # keeps its leases until it is done
-        while True:
-            time.sleep(interval)
-            with self._lock:
-                job_ids = list(self._job_ids)
-            with self._worker.engine.begin() as conn:  # the whole batch in one statement
-                lost = heartbeat_jobs(
-                    conn,
-                    job_ids=job_ids,
-                    worker_id=self._worker.worker_id,
-                    lease_s=self._worker.config.lease_s,
+    def _run(self) -> None:
+        # a daemon thread: a batch still running after SIGTERM keeps its leases until done
+        failures = 0
+        while not self._stop.wait(self._next_wait(failures)):
+            try:
+                self.beat()
+            except Exception as exc:  # the thread must outlive any one beat
+                failures += 1
+                fields = {
+                    "worker_id": self._worker.worker_id,
+                    "failures": failures,
+                    "error": _describe(exc),
+                }
+                if isinstance(exc, DATABASE_DOWN):
+                    logger.warning("heartbeat failed: database error; trying again", extra=fields)
+                else:
+                    logger.exception("heartbeat failed; trying again", extra=fields)
+                continue
+            if failures:
+                logger.info(
+                    "heartbeat restored",
+                    extra={"worker_id": self._worker.worker_id, "failures": failures},
                 )
-            for job_id in lost:
-                logger.warning("lease lost while running", extra={"job_id": job_id})
+            failures = 0
+
+    def _next_wait(self, failures: int) -> float:
+        return min(backoff_s(failures), self.interval_s) if failures else self.interval_s
+
+    def beat(self) -> BeatPlan:
+        """One beat: presence (unless stuck) and leases, in one transaction."""
+        with self._lock:
+            jobs = list(self._jobs)
+        plan = plan_beat(jobs, now=datetime.now(UTC), grace=self._grace)
+        self._note_stuck(plan)
+        worker = self._worker
+        with worker.engine.begin() as conn:
+            if not plan.stuck:
+                worker_heartbeat(conn, worker.worker_id)
+            lost = heartbeat_jobs(
+                conn, job_ids=plan.renew, worker_id=worker.worker_id, lease_s=worker.config.lease_s
+            )
+        for job_id in lost:
+            logger.warning("lease lost while running", extra={"job_id": job_id})
+        return plan
+
+    def _note_stuck(self, plan: BeatPlan) -> None:
+        if plan.stuck and not self._stuck_logged:
+            logger.error(
+                "batch stuck past its jobs' deadlines: leases and presence no longer renewed",
+                extra={"worker_id": self._worker.worker_id, "overdue_jobs": plan.overdue},
+            )
+        self._stuck_logged = plan.stuck
 
 
 def run_worker(config: WorkerConfig) -> None:
     """The body of ``oracle worker``: load, serve until SIGTERM/SIGINT, finish the batch, exit."""
     runner = make_runner(config)
-    engine = make_engine(config.database_url, pool_size=2)
+    engine = make_engine(
+        config.database_url,
+        pool_size=2,
+        # pg_stat_activity names the worker behind each connection
+        connect_args={"application_name": f"oracle worker {make_worker_id(config.model)}"[:63]},
+    )
     worker = Worker(config, runner, engine)
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -292,13 +292,18 @@ def backoff_s(attempts: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
 
 
 def reclaim_expired_leases(conn: Connection) -> int:
-    """Give running jobs whose worker stopped heartbeating back to the queue (or bury them)."""
+    """Give running jobs whose worker stopped heartbeating back to the queue; bury those
+    out of attempts or past their deadline (a worker stuck past it stops heartbeating)."""
     rows = conn.execute(
         text(
             """
             UPDATE jobs SET
-                status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'dead' END,
-                last_error = 'lease expired: worker ' || worker_id || ' stopped heartbeating',
+                status = CASE WHEN attempts < max_attempts AND deadline > now()
+                              THEN 'queued' ELSE 'dead' END,
+                finished_at = CASE WHEN attempts < max_attempts AND deadline > now()
+                                   THEN NULL ELSE now() END,
+                last_error = 'lease expired: worker ' || worker_id || ' stopped heartbeating'
+                             || CASE WHEN deadline > now() THEN '' ELSE ', past the deadline' END,
                 worker_id = NULL, lease_expires_at = NULL
             WHERE status = 'running' AND lease_expires_at < now()
             RETURNING id, status, request_id

@@ -1,8 +1,14 @@
-"""Worker presence: announce, heartbeat, retire, and which models are ready."""
+"""Worker presence: announce, heartbeat, retire, and which models are ready.
+
+A worker beats its presence from the same side thread that renews its leases, so a busy
+worker stays present for as long as its jobs run; one that stops beating is either gone
+or stuck (supervisor.py tells which).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
@@ -14,6 +20,30 @@ _LIVE_WORKERS_SQL = text(
     WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => :alive_within_s)
     """
 )
+
+
+_PRESENCE_SQL = text(
+    """
+    SELECT worker_id,
+           extract(epoch FROM now() - heartbeat_at) AS silent_for_s,
+           extract(epoch FROM now() - ready_at) AS ready_for_s,
+           stopped_at IS NOT NULL AS stopped
+    FROM workers
+    WHERE worker_id = ANY(:ids)
+    """
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Presence:
+    """A worker's presence as the database sees it (by the database's clock)."""
+
+    worker_id: str
+    silent_for_s: float
+    """Since its last heartbeat."""
+    ready_for_s: float
+    """Since it announced that its model is loaded."""
+    stopped: bool
 
 
 def announce_worker(
@@ -40,9 +70,35 @@ def worker_heartbeat(conn: Connection, worker_id: str) -> None:
 
 
 def retire_worker(conn: Connection, worker_id: str) -> None:
+    retire_workers(conn, [worker_id])
+
+
+def retire_workers(conn: Connection, worker_ids: Collection[str]) -> None:
+    """Mark workers stopped (a supervisor does it for the ones that died unannounced)."""
     conn.execute(
-        text("UPDATE workers SET stopped_at = now() WHERE worker_id = :id"), {"id": worker_id}
+        text(
+            """
+            UPDATE workers SET stopped_at = now()
+            WHERE worker_id = ANY(:ids) AND stopped_at IS NULL
+            """
+        ),
+        {"ids": list(worker_ids)},
     )
+
+
+def presence(conn: Connection, worker_ids: Collection[str]) -> dict[str, Presence]:
+    """The presence of these workers, by id (those that never announced are missing)."""
+    if not worker_ids:
+        return {}
+    return {
+        str(row.worker_id): Presence(
+            worker_id=str(row.worker_id),
+            silent_for_s=float(row.silent_for_s),
+            ready_for_s=float(row.ready_for_s),
+            stopped=bool(row.stopped),
+        )
+        for row in conn.execute(_PRESENCE_SQL, {"ids": list(worker_ids)})
+    }
 
 
 def live_workers(

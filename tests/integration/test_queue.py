@@ -107,6 +107,22 @@ def test_an_expired_lease_goes_back_and_a_late_answer_is_refused(db_engine: Engi
     assert result == "on time"
 
 
+def test_a_lease_that_runs_out_past_the_deadline_buries_the_job_with_the_reason(
+    db_engine: Engine,
+) -> None:
+    job = _enqueue(db_engine, deadline_s=0.05)  # a worker stuck past the job's deadline
+    assert _claim(db_engine, worker="stuck", lease_s=0.01) == [job]
+    with db_engine.begin() as conn:
+        conn.execute(text("SELECT pg_sleep(0.1)"))
+    assert maintain_queue(db_engine)["reclaimed"] == 1
+    with db_engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT status, last_error, finished_at FROM jobs WHERE id = :id"), {"id": job}
+        ).one()
+    assert row.status == "dead" and row.finished_at is not None  # so that pruning reaches it
+    assert row.last_error == "lease expired: worker stuck stopped heartbeating, past the deadline"
+
+
 def test_a_batch_heartbeat_extends_its_leases_and_names_the_ones_lost(db_engine: Engine) -> None:
     kept, lost = _enqueue(db_engine, deadline_s=60), _enqueue(db_engine, deadline_s=60)
     assert sorted(_claim(db_engine, worker="w", limit=2, lease_s=0.01)) == [kept, lost]
