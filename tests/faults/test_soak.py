@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -46,6 +47,7 @@ REQUESTS = 20
 SEND_EVERY_S = 3.0
 KILL_WORKER_AFTER = 5  # requests sent
 RESTART_POSTGRES_AFTER = 10
+REGISTRATION_WAIT_S = 600
 COUNTRIES = ("France", "Italy", "Spain", "Germany", "Japan")
 
 # (kind, probability per HTTP request, options): each on its own, at random
@@ -112,7 +114,9 @@ def soak(tmp_path: Path) -> Iterator[Soak]:
     networks: list[LocalNetwork] = []
     try:
         deployment = deploy_local(anvil)
-        with restartable_postgres(tmp_path / "postgres") as (server_url, restart):
+        # not under pytest's base temp: the server runs as its own user, which cannot enter it
+        pg_dir = Path(tempfile.mkdtemp(prefix="oracle-soak-pg-"))
+        with restartable_postgres(pg_dir) as (server_url, restart):
             try:
                 for index in range(NODES):
                     proxy = RpcProxy(anvil.url, seed=SEED + index).start()
@@ -121,8 +125,8 @@ def soak(tmp_path: Path) -> Iterator[Soak]:
                     network = LocalNetwork(through_proxy, deployment, server_url, tmp_path)
                     networks.append(network)
                     network.start_node(index, "--llm-threads", "1")
-                for network in networks:
-                    network.wait_for_registration()
+                for network in networks:  # models load slowly on a busy machine
+                    network.wait_for_registration(timeout_s=REGISTRATION_WAIT_S)
                 yield Soak(anvil, deployment.coordinator, proxies, networks, restart)
             finally:
                 for network in networks:
