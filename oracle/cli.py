@@ -347,6 +347,33 @@ def _serve(make: Any) -> None:
     type=click.FloatRange(min=1),
     help="Job lease: without a heartbeat for this long, the job goes to another worker.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["batched", "sequential"]),
+    default="sequential",
+    help="LLM engine: batched decodes many jobs together; sequential one at a time.",
+)
+@click.option(
+    "--parallel", default=8, type=click.IntRange(min=1), help="Batched: most jobs decoded together."
+)
+@click.option(
+    "--gpu-layers",
+    default=0,
+    type=click.IntRange(min=-1),
+    help="Batched: model layers on the GPU (-1: all); needs llama-cpp-python built with CUDA.",
+)
+@click.option(
+    "--kv-budget-mib",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Batched: KV-cache memory; the slots are as many as it holds (at most --parallel).",
+)
+@click.option(
+    "--slot-tokens",
+    default=None,
+    type=click.IntRange(min=16),
+    help="Batched: context of one job (prompt + maxTokens) [default: the model's].",
+)
 def worker(
     database_url: str,
     models: tuple[str, ...],
@@ -355,10 +382,23 @@ def worker(
     threads: int,
     device: str,
     lease_s: float,
+    engine: str,
+    parallel: int,
+    gpu_layers: int,
+    kv_budget_mib: float | None,
+    slot_tokens: int | None,
 ) -> None:
     """Run workers (one process per model); they share only the database with the node."""
+    from oracle.engine.llm_options import LlmEngineOptions
     from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, role_of
 
+    llm = LlmEngineOptions(
+        engine="batched" if engine == "batched" else "sequential",
+        parallel=parallel,
+        gpu_layers=gpu_layers,
+        kv_budget_mib=kv_budget_mib,
+        slot_tokens=slot_tokens,
+    )
     names = [*models, *more_models]
     if not names:
         raise click.UsageError("name a model: --model NAME (or --models NAME...)")
@@ -369,6 +409,7 @@ def worker(
             threads=threads,
             device=device,
             lease_s=lease_s,
+            llm=llm,
         )
         for name in names
     ]
@@ -389,6 +430,7 @@ def _run_one_worker(database_url: str, spec: WorkerSpec) -> None:
         threads=spec.threads,
         device=spec.device,
         lease_s=spec.lease_s,
+        llm=spec.llm,
     )
     try:
         run_worker(config)

@@ -43,6 +43,7 @@ from oracle.engine.autoscale import (
     plan,
     wanted_workers,
 )
+from oracle.engine.llm_options import DEFAULT_LLM_ENGINE, LlmEngineOptions
 from oracle.engine.worker import (
     LEASE_S,
     EmbeddingJobRunner,
@@ -84,6 +85,8 @@ class WorkerSpec:
     threads: int = 1
     device: str = "cpu"
     lease_s: float = LEASE_S
+    llm: LlmEngineOptions = DEFAULT_LLM_ENGINE
+    """An LLM worker's engine settings (ignored for embedding workers)."""
 
     @property
     def key(self) -> ModelKey:
@@ -107,6 +110,7 @@ class WorkerSpec:
             self.device,
             "--lease-s",
             str(self.lease_s),
+            *(self.llm.cli_args() if self.role == "llm" else []),
         ]
 
 

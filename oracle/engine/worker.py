@@ -40,6 +40,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from oracle.engine.llm_options import DEFAULT_LLM_ENGINE, LlmEngineOptions
 from oracle.errors import OracleError
 from oracle.store import make_engine
 from oracle.store.models import JobKind
@@ -105,6 +106,8 @@ class WorkerConfig:
     poll_interval_s: float = 1.0
     lease_s: float = LEASE_S
     device: str = "cpu"
+    llm: LlmEngineOptions = DEFAULT_LLM_ENGINE
+    """How an LLM worker runs its model (engine, GPU layers, sequences decoded together)."""
 
 
 class LlmJobRunner:
@@ -471,6 +474,11 @@ class _Heartbeat:
 
 def run_worker(config: WorkerConfig) -> None:
     """The body of ``oracle worker``: load, serve until SIGTERM/SIGINT, finish the batch, exit."""
+    if config.role == "llm" and config.llm.engine == "batched":
+        from oracle.engine.batched_worker import run_batched_worker
+
+        run_batched_worker(config)
+        return
     runner = make_runner(config)
     engine = make_engine(
         config.database_url,

@@ -1,0 +1,652 @@
+"""Continuous batching on llama.cpp's low-level API: many requests decoded together.
+
+One :class:`BatchedLlm` holds one model and a context with one KV-cache sequence per
+slot (``n_seq_max`` slots, each its own stream of ``slot_tokens`` cells, so that one
+request's attention never reads another's cache). Requests are admitted into free
+slots at any time; every :meth:`BatchedLlm.step` builds one ``llama_batch`` of the next
+token of each decoding sequence plus prompt tokens of newly admitted ones, decodes it
+with one ``llama_decode``, samples every sequence that produced logits, and retires the
+sequences that ended (an end-of-generation token, or ``max_tokens`` tokens: exactly that
+many, never one more) at once, freeing their slots for the next admissions.
+
+**Same answers as the sequential runner.** Each request has its own sampler chain,
+built as llama-cpp-python builds it for ``create_completion`` with the settings
+:mod:`oracle.engine.llm` pins (penalties at their neutral values, top-k 40, typical 1.0,
+top-p 0.95, min-p 0.05, temperature, then ``dist`` seeded with the request's seed;
+greedy at temperature 0), the prompt is the same tokens (the model's chat template,
+rendered by the same formatter), and the text is the same bytes (``token_to_piece``
+without special tokens, invalid UTF-8 dropped). Where the logits are the same, the text
+is too; batched arithmetic may change the logits slightly on some back ends (GPU kernels
+chosen by batch size), never the sampling rules.
+
+**Sampling off the GIL.** Sampling is plain CPU work per sequence (building the
+candidate array over the vocabulary, top-k, the random draw). ``llama_sampler_sample``
+is a ctypes call, which releases the GIL, so the sequences of one step are sampled by a
+pool of threads. After the main thread has read the logits once (which synchronises the
+device and reorders the outputs), the calls only read the context's logits and each
+writes its own chain.
+
+Not for use from several threads: one owner calls admit, step and cancel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from oracle.engine.llm import (
+    MAX_SEED,
+    Generation,
+    InvalidGenerationRequest,
+    ModelHasNoChatTemplate,
+    ModelLoadFailed,
+    PromptTooLong,
+)
+from oracle.engine.llm_options import slots_for_budget
+from oracle.engine.models import LlmSpec
+from oracle.errors import OracleError
+
+__all__ = [
+    "BatchedLlm",
+    "DecodeFailed",
+    "Finished",
+    "GenerationRequest",
+    "NoFreeSlot",
+    "StepTimes",
+]
+
+logger = logging.getLogger(__name__)
+
+# The chain llama-cpp-python builds for create_completion (Llama._init_sampler), with the
+# values oracle.engine.llm pins; penalties and typical are no-ops at these values but are
+# kept so the chains are the same object for object.
+_PENALTY_LAST_N = 64
+_TOP_K = 40
+_TYPICAL_P = 1.0
+_TOP_P = 0.95
+_MIN_P = 0.05
+_MIN_KEEP = 1
+_CHAT_TEMPLATE_KEY = b"tokenizer.chat_template"
+_KV_CELL_PAD = 256
+"""llama.cpp rounds each sequence's context up to a multiple of this."""
+_KV_BYTES_PER_VALUE = 2  # f16 cache
+_FLASH_ATTN_AUTO = -1
+_FLASH_ATTN_OFF = 0
+_INLINE_SAMPLES = 4
+"""Up to this many sequences are sampled on the calling thread (a pool round trip costs
+more than sampling them)."""
+_ROWS_PER_TASK = 8
+
+
+class DecodeFailed(OracleError):
+    """llama_decode failed; the sequences of the batch were dropped."""
+
+
+class NoFreeSlot(OracleError):
+    """Every sequence slot is taken; admit only up to free_slots requests."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationRequest:
+    """One request to answer; ``key`` is the caller's (a job id)."""
+
+    key: int
+    prompt: str
+    temperature_milli: int
+    max_tokens: int
+    seed: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finished:
+    """A request that left the batch: its answer, or why there is none."""
+
+    key: int
+    outcome: Generation | OracleError
+    elapsed_s: float
+    """From admission to retirement."""
+
+
+@dataclass(slots=True)
+class StepTimes:
+    """Where the steps' time went, summed since the engine started (for benchmarks)."""
+
+    steps: int = 0
+    tokens: int = 0
+    """Tokens sampled."""
+    decode_s: float = 0.0
+    """llama_decode, and waiting for its logits."""
+    sample_s: float = 0.0
+    total_s: float = 0.0
+    """Whole steps: the rest is batch assembly and bookkeeping."""
+
+
+@dataclass(slots=True, eq=False)
+class _Sequence:
+    """A request in a slot: what is still to be read, what was generated."""
+
+    request: GenerationRequest
+    seq_id: int
+    chain: Any  # llama_sampler_p
+    pending: list[int]
+    """Prompt tokens not decoded yet."""
+    prompt_tokens: int
+    admitted_at: float
+    n_past: int = 0
+    next_token: int = -1
+    """The last sampled token, decoded in the next step."""
+    tokens: list[int] = field(default_factory=list)
+    text: bytearray = field(default_factory=bytearray)
+
+
+class BatchedLlm:
+    """One GGUF model decoding up to ``slots`` requests together."""
+
+    def __init__(
+        self,
+        spec: LlmSpec,
+        *,
+        parallel: int,
+        threads: int,
+        gpu_layers: int = 0,
+        kv_budget_mib: float | None = None,
+        slot_tokens: int | None = None,
+        batch_tokens: int = 2048,
+        model_path: Path | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        """Load ``spec``'s model and make room for the slots the KV budget allows.
+
+        ``slot_tokens`` (prompt plus max_tokens of one request; default the model's
+        context) is rounded up to a multiple of 256. ``threads`` serve both llama.cpp's
+        CPU work and sampling. Raises ModelNotInstalled, ModelLoadFailed,
+        ModelHasNoChatTemplate or KvBudgetTooSmall.
+        """
+        if threads < 1:
+            raise InvalidGenerationRequest(field="threads", value=threads, allowed=">= 1")
+        self.spec = spec
+        self.model_path = model_path or spec.resolve(cache_dir=cache_dir)
+        started = time.perf_counter()
+        _quiet_llama_logs()
+        llama_cpp.llama_backend_init()
+        self._model = _load_model(spec.name, self.model_path, gpu_layers)
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        wanted_slot = _pad(slot_tokens or spec.context_tokens)
+        try:
+            self.slots = slots_for_budget(
+                parallel=parallel,
+                kv_budget_mib=kv_budget_mib,
+                slot_tokens=wanted_slot,
+                kv_bytes_per_token=kv_bytes_per_token(self._model),
+            )
+        except OracleError:
+            llama_cpp.llama_model_free(self._model)
+            raise
+        self.batch_tokens = max(batch_tokens, self.slots + 1)
+        self._ctx = self._new_context(wanted_slot, threads, gpu_layers)
+        self.slot_tokens = int(llama_cpp.llama_n_ctx_seq(self._ctx))
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self.batch_tokens, 0, 1)
+        self._batch_views = _BatchViews(self._batch, self.batch_tokens)
+        self._free = list(range(self.slots - 1, -1, -1))
+        self._sequences: dict[int, _Sequence] = {}
+        self._by_key: dict[int, _Sequence] = {}
+        self._pieces: dict[int, bytes] = {}
+        self.times = StepTimes()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sampler")
+        self._threads = threads
+        self._formatter = self._chat_formatter() if spec.prompt_style == "chat" else None
+        self.load_seconds = time.perf_counter() - started
+        logger.info(
+            "loaded model for batched decoding",
+            extra={
+                "model": spec.name,
+                "path": str(self.model_path),
+                "slots": self.slots,
+                "slot_tokens": self.slot_tokens,
+                "gpu_layers": gpu_layers,
+                "threads": threads,
+                "load_seconds": round(self.load_seconds, 3),
+            },
+        )
+
+    # --- what callers see -------------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        return self.spec.name
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    @property
+    def active(self) -> int:
+        """Requests in the batch (decoding or still reading their prompt)."""
+        return len(self._sequences)
+
+    def active_keys(self) -> list[int]:
+        return list(self._by_key)
+
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """The tokens the model reads for a prompt (chat template and BOS included), as
+        :class:`oracle.engine.llm.LlmRunner` builds them."""
+        if self._formatter is None:
+            return self._tokenize(prompt.encode("utf-8"), add_bos=True)
+        rendered = self._formatter(messages=[{"role": "user", "content": prompt}])
+        return self._tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special)
+
+    def admit(self, request: GenerationRequest) -> None:
+        """Take a request into a free slot; it starts with the next step.
+
+        Raises InvalidGenerationRequest or PromptTooLong (before taking a slot), or
+        NoFreeSlot.
+        """
+        tokens = self._checked_prompt(request)
+        if not self._free:
+            raise NoFreeSlot(f"{self.slots} slots busy")
+        if request.key in self._by_key:
+            raise InvalidGenerationRequest(
+                field="key", value=request.key, allowed="not in the batch"
+            )
+        seq_id = self._free.pop()
+        sequence = _Sequence(
+            request=request,
+            seq_id=seq_id,
+            chain=_sampler_chain(request, self._n_vocab),
+            pending=tokens,
+            prompt_tokens=len(tokens),
+            admitted_at=time.perf_counter(),
+        )
+        self._sequences[seq_id] = sequence
+        self._by_key[request.key] = sequence
+
+    def cancel(self, key: int) -> bool:
+        """Drop a request from the batch and free its slot; False when it is not there."""
+        sequence = self._by_key.get(key)
+        if sequence is None:
+            return False
+        self._retire(sequence)
+        return True
+
+    def step(self) -> list[Finished]:
+        """Decode one batch and sample; the requests that ended in this step."""
+        if not self._sequences:
+            return []
+        started = time.perf_counter()
+        outputs = self._fill_batch()
+        decoding = time.perf_counter()
+        code = llama_cpp.llama_decode(self._ctx, self._batch)
+        if code != 0:
+            return self._fail_all(DecodeFailed(f"llama_decode returned {code}"))
+        llama_cpp.llama_get_logits(self._ctx)  # synchronise and reorder once, here
+        sampling = time.perf_counter()
+        sampled = self._sample(outputs)
+        sampled_at = time.perf_counter()
+        finished = []
+        for (sequence, _index), token in zip(outputs, sampled, strict=True):
+            done = self._advance(sequence, token)
+            if done is not None:
+                finished.append(done)
+        times = self.times
+        times.steps += 1
+        times.tokens += len(sampled)
+        times.decode_s += sampling - decoding
+        times.sample_s += sampled_at - sampling
+        times.total_s += time.perf_counter() - started
+        return finished
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | OracleError]:
+        """Answer requests, admitting each as a slot frees up; in the order given."""
+        waiting = list(reversed(requests))
+        outcomes: dict[int, Generation | OracleError] = {}
+        while waiting or self._sequences:
+            while waiting and self._free:
+                request = waiting.pop()
+                try:
+                    self.admit(request)
+                except OracleError as exc:
+                    outcomes[request.key] = exc
+            for done in self.step():
+                outcomes[done.key] = done.outcome
+        return [outcomes[r.key] for r in requests]
+
+    def close(self) -> None:
+        """Free the model, the context and every chain now."""
+        for sequence in list(self._sequences.values()):
+            self._retire(sequence)
+        self._pool.shutdown(wait=True)
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> BatchedLlm:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- one step -----------------------------------------------------------------------
+
+    def _fill_batch(self) -> list[tuple[_Sequence, int]]:
+        """The next token of every decoding sequence, then prompt tokens while room is
+        left; returns the sequences that will have logits, with their batch index."""
+        views = self._batch_views
+        tokens: list[int] = []
+        positions: list[int] = []
+        seq_ids: list[int] = []
+        outputs: list[tuple[_Sequence, int]] = []
+        reading: list[_Sequence] = []
+        for sequence in self._sequences.values():
+            if sequence.pending:
+                reading.append(sequence)
+                continue
+            outputs.append((sequence, len(tokens)))
+            tokens.append(sequence.next_token)
+            positions.append(sequence.n_past)
+            seq_ids.append(sequence.seq_id)
+            sequence.n_past += 1
+        for sequence in reading:
+            room = self.batch_tokens - len(tokens)
+            if room <= 0:
+                break
+            chunk = sequence.pending[:room]
+            del sequence.pending[:room]
+            tokens.extend(chunk)
+            positions.extend(range(sequence.n_past, sequence.n_past + len(chunk)))
+            seq_ids.extend([sequence.seq_id] * len(chunk))
+            sequence.n_past += len(chunk)
+            if not sequence.pending:
+                outputs.append((sequence, len(tokens) - 1))
+        views.fill(tokens, positions, seq_ids, [index for _s, index in outputs])
+        self._batch.n_tokens = len(tokens)
+        return outputs
+
+    def _sample(self, outputs: Sequence[tuple[_Sequence, int]]) -> list[int]:
+        rows = [(sequence.chain, index) for sequence, index in outputs]
+        if len(rows) <= _INLINE_SAMPLES or self._threads == 1:
+            return self._sample_rows(rows)
+        tasks = min(self._threads * 2, -(-len(rows) // _ROWS_PER_TASK))
+        size = -(-len(rows) // tasks)
+        parts = [rows[i : i + size] for i in range(0, len(rows), size)]
+        return [token for part in self._pool.map(self._sample_rows, parts) for token in part]
+
+    def _sample_rows(self, rows: Sequence[tuple[Any, int]]) -> list[int]:
+        sample = llama_cpp.llama_sampler_sample
+        ctx = self._ctx
+        return [int(sample(chain, ctx, index)) for chain, index in rows]
+
+    def _advance(self, sequence: _Sequence, token: int) -> Finished | None:
+        """Record a sampled token; the request's result when it ended with it."""
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            return self._finish(sequence, "stop")
+        sequence.tokens.append(token)
+        sequence.text += self._piece(token)
+        if len(sequence.tokens) >= sequence.request.max_tokens:
+            return self._finish(sequence, "length")
+        sequence.next_token = token
+        return None
+
+    def _finish(self, sequence: _Sequence, reason: str) -> Finished:
+        self._retire(sequence)
+        request = sequence.request
+        text = bytes(sequence.text)
+        if sequence.tokens and sequence.tokens[0] == llama_cpp.llama_vocab_bos(self._vocab):
+            text = text.removeprefix(b" ")  # as llama-cpp-python's detokenize does
+        generation = Generation(
+            text=text.decode("utf-8", errors="ignore"),
+            completion_tokens=len(sequence.tokens),
+            prompt_tokens=sequence.prompt_tokens,
+            finish_reason="stop" if reason == "stop" else "length",
+            seed=request.seed,
+            model=self.spec.name,
+        )
+        return Finished(
+            key=request.key,
+            outcome=generation,
+            elapsed_s=time.perf_counter() - sequence.admitted_at,
+        )
+
+    def _fail_all(self, error: OracleError) -> list[Finished]:
+        now = time.perf_counter()
+        failed = [
+            Finished(key=s.request.key, outcome=error, elapsed_s=now - s.admitted_at)
+            for s in self._sequences.values()
+        ]
+        for sequence in list(self._sequences.values()):
+            self._retire(sequence)
+        logger.error("batch dropped", extra={"error": str(error), "requests": len(failed)})
+        return failed
+
+    def _retire(self, sequence: _Sequence) -> None:
+        llama_cpp.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+        llama_cpp.llama_sampler_free(sequence.chain)
+        del self._sequences[sequence.seq_id]
+        del self._by_key[sequence.request.key]
+        self._free.append(sequence.seq_id)
+
+    # --- set-up and helpers -----------------------------------------------------------
+
+    def _checked_prompt(self, request: GenerationRequest) -> list[int]:
+        if request.temperature_milli < 0:
+            raise InvalidGenerationRequest(
+                field="temperature_milli", value=request.temperature_milli, allowed=">= 0"
+            )
+        if request.max_tokens < 1:
+            raise InvalidGenerationRequest(
+                field="max_tokens", value=request.max_tokens, allowed=">= 1"
+            )
+        if not 0 <= request.seed <= MAX_SEED:
+            raise InvalidGenerationRequest(
+                field="seed", value=request.seed, allowed=f"0..{MAX_SEED}"
+            )
+        tokens = self.prompt_tokens(request.prompt)
+        if not tokens:
+            raise InvalidGenerationRequest(field="prompt", value="", allowed="at least one token")
+        # the last generated token is never decoded, so prompt + max_tokens - 1 cells suffice
+        if len(tokens) + request.max_tokens > self.slot_tokens:
+            raise PromptTooLong(
+                model=self.spec.name,
+                prompt_tokens=len(tokens),
+                max_tokens=request.max_tokens,
+                context_tokens=self.slot_tokens,
+            )
+        return tokens
+
+    def _new_context(self, slot_tokens: int, threads: int, gpu_layers: int) -> Any:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = slot_tokens * self.slots
+        params.n_seq_max = self.slots
+        params.kv_unified = False  # one stream per sequence: attention reads its own cells
+        params.n_batch = self.batch_tokens
+        params.n_ubatch = min(512, self.batch_tokens)
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.no_perf = True
+        # llama-cpp-python's Llama leaves flash attention off and pins these YaRN values;
+        # on the CPU the same settings give the sequential runner's logits. On a GPU,
+        # flash attention is what makes many sequences fast.
+        params.flash_attn_type = _FLASH_ATTN_AUTO if gpu_layers != 0 else _FLASH_ATTN_OFF
+        params.yarn_attn_factor = 1.0
+        params.yarn_beta_fast = 32.0
+        params.yarn_beta_slow = 1.0
+        context = llama_cpp.llama_init_from_model(self._model, params)
+        if context is None:
+            llama_cpp.llama_model_free(self._model)
+            raise ModelLoadFailed(
+                model=self.spec.name,
+                path=self.model_path,
+                reason=f"no context for {self.slots} sequences of {slot_tokens} tokens",
+            )
+        return context
+
+    def _chat_formatter(self) -> Jinja2ChatFormatter:
+        template = _meta_value(self._model, _CHAT_TEMPLATE_KEY)
+        if not template:
+            self.close()
+            raise ModelHasNoChatTemplate(model=self.spec.name)
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+            bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
+        )
+
+    def _token_text(self, token: int) -> str:
+        if token == -1:
+            return ""
+        return bytes(llama_cpp.llama_vocab_get_text(self._vocab, token)).decode("utf-8")
+
+    def _tokenize(self, text: bytes, *, add_bos: bool) -> list[int]:
+        capacity = len(text) + 8
+        while True:
+            buffer = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(
+                self._vocab, text, len(text), buffer, capacity, add_bos, True
+            )
+            if count >= 0:
+                return list(buffer[:count])
+            capacity = -count
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = _token_piece(self._vocab, token)
+            self._pieces[token] = piece
+        return piece
+
+
+class _BatchViews:
+    """numpy views of a llama_batch's arrays, so one step fills them in a few calls."""
+
+    def __init__(self, batch: Any, capacity: int) -> None:
+        self.token = np.ctypeslib.as_array(batch.token, shape=(capacity,))
+        self.pos = np.ctypeslib.as_array(batch.pos, shape=(capacity,))
+        self.logits = np.ctypeslib.as_array(batch.logits, shape=(capacity,))
+        n_seq_id = np.ctypeslib.as_array(batch.n_seq_id, shape=(capacity,))
+        n_seq_id[:] = 1
+        self._seq_ids = [batch.seq_id[i] for i in range(capacity)]
+        self._written_seq = [-1] * capacity
+
+    def fill(
+        self,
+        tokens: Sequence[int],
+        positions: Sequence[int],
+        seq_ids: Sequence[int],
+        outputs: Sequence[int],
+    ) -> None:
+        count = len(tokens)
+        self.token[:count] = tokens
+        self.pos[:count] = positions
+        self.logits[:count] = 0
+        self.logits[list(outputs)] = 1
+        written = self._written_seq
+        for i, seq_id in enumerate(seq_ids):
+            if written[i] != seq_id:  # most steps repeat the last step's layout
+                self._seq_ids[i][0] = seq_id
+                written[i] = seq_id
+
+
+# --- llama.cpp helpers --------------------------------------------------------------------
+
+
+def _quiet_llama_logs() -> None:
+    """llama.cpp's own log lines go through llama-cpp-python's logger: errors only."""
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
+def _load_model(name: str, path: Path, gpu_layers: int) -> Any:
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = gpu_layers
+    # No repacked CPU weights (AMX, REPACK): llama-cpp-python 0.3.36's AMX matmul crashes
+    # on batches of more than one token on Sapphire Rapids (seen on a 2-core VM); the
+    # weights a GPU holds are not affected.
+    params.use_extra_bufts = False
+    model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), params)
+    if model is None:
+        raise ModelLoadFailed(model=name, path=path, reason="llama.cpp could not load it")
+    return model
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """KV-cache bytes one token takes in every layer (f16 keys and values).
+
+    Head sizes come from the GGUF metadata when it has them (Gemma's head is not
+    n_embd / n_head), else from n_embd / n_head.
+    """
+    layers = int(llama_cpp.llama_model_n_layer(model))
+    heads = max(1, int(llama_cpp.llama_model_n_head(model)))
+    kv_heads = int(llama_cpp.llama_model_n_head_kv(model))
+    default_head = int(llama_cpp.llama_model_n_embd(model)) // heads
+    arch = _meta_value(model, b"general.architecture")
+    key_size = _meta_int(model, f"{arch}.attention.key_length", default_head)
+    value_size = _meta_int(model, f"{arch}.attention.value_length", default_head)
+    return layers * kv_heads * (key_size + value_size) * _KV_BYTES_PER_VALUE
+
+
+def _meta_value(model: Any, key: bytes) -> str:
+    size = 256
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        length = int(llama_cpp.llama_model_meta_val_str(model, key, buffer, size))
+        if length < 0:
+            return ""
+        if length < size:
+            return buffer.value.decode("utf-8")
+        size = length + 1
+
+
+def _meta_int(model: Any, key: str, default: int) -> int:
+    value = _meta_value(model, key.encode("utf-8"))
+    return int(value) if value.isdigit() else default
+
+
+def _token_piece(vocab: Any, token: int) -> bytes:
+    size = 32
+    while True:
+        buffer = (ctypes.c_char * size)()
+        length = int(llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False))
+        if length >= 0:
+            return buffer.raw[:length]
+        size = -length
+
+
+def _sampler_chain(request: GenerationRequest, n_vocab: int) -> Any:
+    params = llama_cpp.llama_sampler_chain_default_params()
+    params.no_perf = True
+    chain = llama_cpp.llama_sampler_chain_init(params)
+
+    def add(sampler: Any) -> None:
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+    add(llama_cpp.llama_sampler_init_penalties(n_vocab, _PENALTY_LAST_N, 1.0, 0.0, 0.0))
+    if request.temperature_milli == 0:
+        add(llama_cpp.llama_sampler_init_greedy())
+        return chain
+    add(llama_cpp.llama_sampler_init_top_k(_TOP_K))
+    add(llama_cpp.llama_sampler_init_typical(_TYPICAL_P, _MIN_KEEP))
+    add(llama_cpp.llama_sampler_init_top_p(_TOP_P, _MIN_KEEP))
+    add(llama_cpp.llama_sampler_init_min_p(_MIN_P, _MIN_KEEP))
+    add(llama_cpp.llama_sampler_init_temp(request.temperature_milli / 1000))
+    add(llama_cpp.llama_sampler_init_dist(request.seed))
+    return chain
+
+
+def _pad(tokens: int) -> int:
+    return -(-tokens // _KV_CELL_PAD) * _KV_CELL_PAD

@@ -1,0 +1,401 @@
+"""An LLM worker that decodes many jobs together: continuous batching against the queue.
+
+The loop, one decode step at a time:
+
+1. **Claim** as many queued inference jobs as the model has free sequence slots, when
+   there may be some: a wake-up arrived (``LISTEN``), the last claim filled every slot it
+   asked for, or the poll interval passed. Claimed jobs join the batch at the next step;
+   a job whose prompt cannot be served (too long, invalid) fails at once, never taking a
+   slot, and a job already past its deadline is not started.
+2. **Step**: one ``llama_decode`` for every sequence, one sampling round.
+3. **Retire** the jobs that ended in that step at once: their results in one
+   transaction, their slots free for the next claim. A job that reaches its deadline
+   is cut there and fails (a late answer is no answer).
+
+A side thread renews the worker's presence and the leases of the jobs in the batch;
+a job whose lease was lost (taken back by the queue, or finished elsewhere) is dropped
+from the batch at the next step, freeing its slot. SIGTERM stops the claiming; the
+jobs in the batch are finished before the worker exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from oracle.engine.batched import BatchedLlm, DecodeFailed, Finished, GenerationRequest
+from oracle.engine.llm import Generation, InvalidGenerationRequest
+from oracle.engine.models import lookup_llm
+from oracle.engine.worker import HEARTBEAT_S, RetryLater, WorkerConfig, make_worker_id
+from oracle.errors import OracleError
+from oracle.store import make_engine
+from oracle.store.models import JobKind
+from oracle.store.notify import NotificationWaiter
+from oracle.store.queue import (
+    JOBS_CHANNEL,
+    ClaimedJob,
+    LeaseLost,
+    backoff_s,
+    claim_jobs,
+    complete_jobs,
+    fail_job,
+    heartbeat_jobs,
+)
+from oracle.store.workers import announce_worker, retire_worker, worker_heartbeat
+
+__all__ = ["BatchedWorker", "DeadlineReached", "run_batched_worker"]
+
+logger = logging.getLogger(__name__)
+
+_DATABASE_DOWN = (OperationalError, InterfaceError)
+_KINDS: Sequence[JobKind] = ("inference",)
+
+
+class DeadlineReached(OracleError):
+    """The job's deadline passed before its answer was complete."""
+
+
+class BatchedWorker:
+    """Claims inference jobs into a :class:`BatchedLlm` and records what it answers."""
+
+    def __init__(self, config: WorkerConfig, llm: BatchedLlm, engine: Engine) -> None:
+        self.config = config
+        self.llm = llm
+        self.engine = engine
+        self.worker_id = make_worker_id(config.model)
+        self.stopping = threading.Event()
+        self._jobs: dict[int, ClaimedJob] = {}
+        self._deadlines: dict[int, float] = {}
+        self._claim_due = True
+        self._last_claim = 0.0
+        self._beat = _LeaseKeeper(self)
+
+    def run(self, wait_for_work: Callable[[float], bool]) -> None:
+        """Serve until ``stopping`` is set and the batch is empty."""
+        self._announce()
+        logger.info(
+            "worker ready",
+            extra={"worker_id": self.worker_id, "role": "llm", "slots": self.llm.slots},
+        )
+        self._beat.start()
+        try:
+            while not (self.stopping.is_set() and not self._jobs):
+                if not self.run_once(wait_for_work) and not self.stopping.is_set():
+                    wait_for_work(self.config.poll_interval_s)
+                    self._claim_due = True  # woken, or the poll interval passed
+        finally:
+            self._beat.stop()
+            self._retire_worker()
+        logger.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    def run_once(self, wait_for_work: Callable[[float], bool]) -> bool:
+        """Claim if due, then one decode step; False when there is nothing to decode."""
+        self._drop_lost(self._beat.take_lost())
+        if not self.stopping.is_set() and self.llm.free_slots:
+            if (
+                wait_for_work(0)
+                or time.monotonic() - self._last_claim > self.config.poll_interval_s
+            ):
+                self._claim_due = True
+            if self._claim_due:
+                self._claim()
+        if not self._jobs:
+            return False
+        finished = self.llm.step()
+        finished += self._cut_at_deadlines()
+        if finished:
+            self._record(finished)
+        return True
+
+    # --- claim ------------------------------------------------------------------------
+
+    def _claim(self) -> None:
+        wanted = self.llm.free_slots
+        self._last_claim = time.monotonic()
+        try:
+            with self.engine.begin() as conn:
+                jobs = claim_jobs(
+                    conn,
+                    worker_id=self.worker_id,
+                    kinds=_KINDS,
+                    models=[self.config.model],
+                    limit=wanted,
+                    lease_s=self.config.lease_s,
+                )
+        except _DATABASE_DOWN as exc:
+            logger.warning(
+                "claim failed: database error",
+                extra={"worker_id": self.worker_id, "error": str(exc)},
+            )
+            self._claim_due = False
+            return
+        # a full claim may have left more behind; a short one emptied the queue
+        self._claim_due = len(jobs) == wanted
+        refused: list[tuple[ClaimedJob, OracleError]] = []
+        now = datetime.now(UTC)
+        for job in jobs:
+            error = self._admit(job, now)
+            if error is not None:
+                refused.append((job, error))
+        for job, error in refused:
+            self._fail(job, error)
+        self._beat.track(self._jobs.values())
+
+    def _admit(self, job: ClaimedJob, now: datetime) -> OracleError | None:
+        if job.deadline <= now:
+            return DeadlineReached(f"job {job.id}, deadline {job.deadline.isoformat()}")
+        try:
+            self.llm.admit(_request_of(job))
+        except OracleError as exc:
+            return exc
+        self._jobs[job.id] = job
+        self._deadlines[job.id] = job.deadline.timestamp()
+        return None
+
+    # --- retire -----------------------------------------------------------------------
+
+    def _cut_at_deadlines(self) -> list[Finished]:
+        now = time.time()
+        late = [job_id for job_id, at in self._deadlines.items() if at <= now]
+        cut = []
+        for job_id in late:
+            self.llm.cancel(job_id)
+            error = DeadlineReached(f"job {job_id}: cut at its deadline")
+            cut.append(Finished(key=job_id, outcome=error, elapsed_s=0.0))
+        return cut
+
+    def _record(self, finished: Sequence[Finished]) -> None:
+        """Answers in one transaction, each failure on its own; the slots are free now."""
+        results: dict[int, Mapping[str, Any]] = {}
+        failures: list[tuple[ClaimedJob, OracleError]] = []
+        for done in finished:
+            job = self._jobs.pop(done.key)
+            del self._deadlines[done.key]
+            if isinstance(done.outcome, Generation):
+                results[job.id] = _result(done.outcome, done.elapsed_s)
+            else:
+                failures.append((job, done.outcome))
+        self._beat.track(self._jobs.values())
+        if self.llm.free_slots:
+            self._claim_due = True
+        refused = self._complete(results)
+        for job_id in refused:
+            logger.warning(
+                "result refused: lease lost", extra={"job_id": job_id, "worker_id": self.worker_id}
+            )
+        for job, error in failures:
+            self._fail(job, error)
+
+    def _complete(self, results: Mapping[int, Mapping[str, Any]]) -> list[int]:
+        give_up = time.monotonic() + self.config.lease_s
+        failures = 0
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    return complete_jobs(conn, worker_id=self.worker_id, results=results)
+            except _DATABASE_DOWN as exc:
+                failures += 1
+                fields = {"worker_id": self.worker_id, "failures": failures, "error": str(exc)}
+                if time.monotonic() >= give_up:
+                    logger.error("results not recorded: database unreachable", extra=fields)
+                    return []
+                logger.warning("record results: database error; trying again", extra=fields)
+                time.sleep(min(backoff_s(failures), HEARTBEAT_S))
+
+    def _fail(self, job: ClaimedJob, error: OracleError) -> None:
+        fields = {"job_id": job.id, "request_id": job.request_id, "worker_id": self.worker_id}
+        # a failed decode may pass; the rest is about the input or its time
+        retry = isinstance(error, RetryLater | DecodeFailed)
+        try:
+            with self.engine.begin() as conn:
+                status = fail_job(
+                    conn,
+                    job_id=job.id,
+                    worker_id=self.worker_id,
+                    error=str(error),
+                    retry_after_s=backoff_s(job.attempts) if retry else None,
+                )
+        except LeaseLost:
+            logger.warning("failure not recorded: lease lost", extra=fields)
+            return
+        except _DATABASE_DOWN as exc:
+            logger.warning(
+                "failure not recorded: database error", extra={**fields, "error": str(exc)}
+            )
+            return
+        logger.warning("job failed", extra={**fields, "error": str(error), "status": status})
+
+    def _drop_lost(self, lost: Sequence[int]) -> None:
+        for job_id in lost:
+            if job_id in self._jobs and self.llm.cancel(job_id):
+                del self._jobs[job_id]
+                del self._deadlines[job_id]
+                self._claim_due = True
+                logger.warning(
+                    "lease lost: job dropped from the batch",
+                    extra={"job_id": job_id, "worker_id": self.worker_id},
+                )
+        if lost:
+            self._beat.track(self._jobs.values())
+
+    # --- presence ---------------------------------------------------------------------
+
+    def _announce(self) -> None:
+        with self.engine.begin() as conn:
+            announce_worker(
+                conn,
+                worker_id=self.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                role="llm",
+                model=self.config.model,
+            )
+
+    def _retire_worker(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                retire_worker(conn, self.worker_id)
+        except _DATABASE_DOWN as exc:  # the presence row goes stale on its own
+            logger.warning(
+                "retirement not recorded: database error",
+                extra={"worker_id": self.worker_id, "error": str(exc)},
+            )
+
+
+class _LeaseKeeper:
+    """A side thread that renews the worker's presence and its jobs' leases, and notes the
+    jobs that are no longer the worker's."""
+
+    def __init__(self, worker: BatchedWorker) -> None:
+        self._worker = worker
+        self._interval_s = min(HEARTBEAT_S, worker.config.lease_s / 3)
+        self._job_ids: list[int] = []
+        self._lost: list[int] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self._interval_s * 2)
+
+    def track(self, jobs: Sequence[ClaimedJob] | Any) -> None:
+        ids = [job.id for job in jobs]
+        with self._lock:
+            self._job_ids = ids
+
+    def take_lost(self) -> list[int]:
+        with self._lock:
+            lost, self._lost = self._lost, []
+        return lost
+
+    def beat(self) -> list[int]:
+        """Presence and leases in one transaction; the jobs no longer this worker's."""
+        worker = self._worker
+        with self._lock:
+            job_ids = list(self._job_ids)
+        with worker.engine.begin() as conn:
+            worker_heartbeat(conn, worker.worker_id)
+            lost = heartbeat_jobs(
+                conn, job_ids=job_ids, worker_id=worker.worker_id, lease_s=worker.config.lease_s
+            )
+        if lost:
+            with self._lock:
+                self._lost.extend(lost)
+        return lost
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.beat()
+            except Exception as exc:  # the thread must outlive any one beat
+                logger.warning(
+                    "heartbeat failed; trying again",
+                    extra={
+                        "worker_id": self._worker.worker_id,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    },
+                )
+
+
+def _request_of(job: ClaimedJob) -> GenerationRequest:
+    payload = job.payload
+    try:
+        return GenerationRequest(
+            key=job.id,
+            prompt=str(payload["prompt"]),
+            temperature_milli=int(payload["temperature_milli"]),
+            max_tokens=int(payload["max_tokens"]),
+            seed=int(payload["seed"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidGenerationRequest(
+            field="payload", value=sorted(payload), allowed=f"an inference job's fields ({exc})"
+        ) from exc
+
+
+def _result(generation: Generation, elapsed_s: float) -> dict[str, Any]:
+    """The same fields as the sequential runner's results."""
+    return {
+        "text": generation.text,
+        "completion_tokens": generation.completion_tokens,
+        "prompt_tokens": generation.prompt_tokens,
+        "finish_reason": generation.finish_reason,
+        "seed": generation.seed,
+        "model": generation.model,
+        "elapsed_s": round(elapsed_s, 4),
+    }
+
+
+def load_batched_llm(config: WorkerConfig) -> BatchedLlm:
+    """The model of ``config``, loaded with its LLM engine options."""
+    options = config.llm
+    return BatchedLlm(
+        lookup_llm(config.model),
+        parallel=options.parallel,
+        threads=config.threads,
+        gpu_layers=options.gpu_layers,
+        kv_budget_mib=options.kv_budget_mib,
+        slot_tokens=options.slot_tokens,
+    )
+
+
+def run_batched_worker(config: WorkerConfig) -> None:
+    """The body of ``oracle worker --engine batched``: load, serve until SIGTERM/SIGINT,
+    finish the jobs in the batch, exit."""
+    llm = load_batched_llm(config)
+    engine = make_engine(
+        config.database_url,
+        pool_size=3,
+        connect_args={"application_name": f"oracle worker {make_worker_id(config.model)}"[:63]},
+    )
+    worker = BatchedWorker(config, llm, engine)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("stopping: no more claims; finishing the batch", extra={"signal": signum})
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    waiter = NotificationWaiter(config.database_url, [JOBS_CHANNEL])
+    try:
+        worker.run(waiter.wait)
+    finally:
+        waiter.close()
+        engine.dispose()
+        llm.close()

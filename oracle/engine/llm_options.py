@@ -1,0 +1,103 @@
+"""How an LLM worker runs its model: which engine, on which device, with how many sequences.
+
+Kept apart from the engines themselves so that the supervisor and the CLI can name these
+settings without importing llama.cpp.
+
+``batched`` decodes many requests together (continuous batching, one KV-cache sequence
+and one sampler chain per request: :mod:`oracle.engine.batched`); ``sequential`` answers
+one request at a time through llama-cpp-python's high-level API
+(:mod:`oracle.engine.llm`), kept for comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from oracle.errors import OracleError, OutOfRange
+
+__all__ = [
+    "DEFAULT_LLM_ENGINE",
+    "DEFAULT_PARALLEL",
+    "ENGINES",
+    "EngineKind",
+    "KvBudgetTooSmall",
+    "LlmEngineOptions",
+    "slots_for_budget",
+]
+
+EngineKind = Literal["batched", "sequential"]
+ENGINES: tuple[EngineKind, ...] = get_args(EngineKind)
+
+DEFAULT_PARALLEL = 8
+"""Sequences a batched worker decodes together unless told otherwise: enough to keep a
+CPU's cores busy between sampling steps; on a GPU, use 64 to 256 (README, GPU section)."""
+
+
+class KvBudgetTooSmall(OracleError):
+    """The KV-cache budget does not hold one sequence of the slot's context."""
+
+    budget_mib: float
+    needed_mib: float
+
+    def __init__(self, *, budget_mib: float, needed_mib: float) -> None:
+        super().__init__(f"{budget_mib:g} MiB given, one slot needs {needed_mib:.1f} MiB")
+        self.budget_mib = budget_mib
+        self.needed_mib = needed_mib
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LlmEngineOptions:
+    """The LLM engine settings of one worker process."""
+
+    engine: EngineKind = "sequential"
+    parallel: int = DEFAULT_PARALLEL
+    """Most sequences decoded together (the batched engine's slots, before the budget)."""
+    gpu_layers: int = 0
+    """Layers offloaded to the GPU (llama.cpp's n_gpu_layers); -1 or a large number: all."""
+    kv_budget_mib: float | None = None
+    """Memory for the KV cache; the slots are as many as it holds, at most ``parallel``."""
+    slot_tokens: int | None = None
+    """Context of one sequence (prompt plus max_tokens); None: the model's context."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise OutOfRange(field="engine", value=self.engine, allowed=" or ".join(ENGINES))
+        if self.parallel < 1:
+            raise OutOfRange(field="parallel", value=self.parallel, allowed=">= 1")
+        if self.gpu_layers < -1:
+            raise OutOfRange(field="gpu_layers", value=self.gpu_layers, allowed=">= -1")
+        if self.kv_budget_mib is not None and self.kv_budget_mib <= 0:
+            raise OutOfRange(field="kv_budget_mib", value=self.kv_budget_mib, allowed="> 0")
+        if self.slot_tokens is not None and self.slot_tokens < 16:
+            raise OutOfRange(field="slot_tokens", value=self.slot_tokens, allowed=">= 16")
+
+    def cli_args(self) -> list[str]:
+        """These settings as ``oracle worker`` options."""
+        args = ["--engine", self.engine, "--parallel", str(self.parallel)]
+        args += ["--gpu-layers", str(self.gpu_layers)]
+        if self.kv_budget_mib is not None:
+            args += ["--kv-budget-mib", f"{self.kv_budget_mib:g}"]
+        if self.slot_tokens is not None:
+            args += ["--slot-tokens", str(self.slot_tokens)]
+        return args
+
+
+DEFAULT_LLM_ENGINE = LlmEngineOptions()
+"""A worker's LLM settings unless told otherwise."""
+
+
+def slots_for_budget(
+    *, parallel: int, kv_budget_mib: float | None, slot_tokens: int, kv_bytes_per_token: int
+) -> int:
+    """Sequences a worker can hold: ``parallel``, fewer when the KV budget holds fewer.
+
+    Each slot reserves ``slot_tokens`` cells of ``kv_bytes_per_token`` bytes up front.
+    """
+    if kv_budget_mib is None:
+        return parallel
+    slot_mib = slot_tokens * kv_bytes_per_token / 2**20
+    fits = int(kv_budget_mib // slot_mib)
+    if fits < 1:
+        raise KvBudgetTooSmall(budget_mib=kv_budget_mib, needed_mib=slot_mib)
+    return min(parallel, fits)

@@ -1,0 +1,163 @@
+"""The continuous-batching engine on the CPU with the real SmolLM2 model.
+
+On the CPU, llama.cpp computes each sequence's logits the same way whatever else is in
+the batch, so a request's text does not depend on its company: these tests compare
+batched answers with the same request decoded alone, and with the sequential runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from oracle.engine.batched import BatchedLlm, GenerationRequest, NoFreeSlot
+from oracle.engine.llm import Generation, LlmRunner, PromptTooLong
+from oracle.engine.llm_options import KvBudgetTooSmall
+from oracle.engine.models import lookup_llm
+from oracle.errors import OracleError
+
+pytestmark = pytest.mark.slow
+
+SMOLLM = lookup_llm("SmolLM2-135M-Instruct-Q4_1")
+SLOT_TOKENS = 256
+LONG = "Write a long story about a dragon who learns to bake bread."
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[BatchedLlm]:
+    with BatchedLlm(SMOLLM, parallel=4, threads=2, slot_tokens=SLOT_TOKENS) as engine:
+        yield engine
+
+
+def request(
+    key: int,
+    prompt: str = LONG,
+    *,
+    temperature_milli: int = 700,
+    max_tokens: int = 12,
+    seed: int = 1,
+) -> GenerationRequest:
+    return GenerationRequest(
+        key=key,
+        prompt=prompt,
+        temperature_milli=temperature_milli,
+        max_tokens=max_tokens,
+        seed=seed,
+    )
+
+
+def answer(outcome: Generation | OracleError) -> Generation:
+    assert isinstance(outcome, Generation), outcome
+    return outcome
+
+
+def alone(llm: BatchedLlm, req: GenerationRequest) -> Generation:
+    (outcome,) = llm.generate([req])
+    return answer(outcome)
+
+
+def test_max_tokens_is_honoured_exactly(llm: BatchedLlm) -> None:
+    limits = [1, 2, 7, 16, 23]
+    reqs = [request(i, temperature_milli=1000, max_tokens=n, seed=i) for i, n in enumerate(limits)]
+    answers = [answer(o) for o in llm.generate(reqs)]
+    for limit, generation in zip(limits, answers, strict=True):
+        assert generation.completion_tokens <= limit
+        if generation.finish_reason == "length":
+            assert generation.completion_tokens == limit
+    # a story prompt does not end within a few tokens
+    assert [a.completion_tokens for a in answers[:3]] == limits[:3]
+    assert all(a.finish_reason == "length" for a in answers[:3])
+    assert llm.free_slots == llm.slots
+
+
+def test_a_seed_gives_the_same_answer_twice(llm: BatchedLlm) -> None:
+    req = request(1, temperature_milli=1200, max_tokens=20, seed=42)
+    first, second = alone(llm, req), alone(llm, req)
+    assert first == second
+    others = {
+        alone(llm, request(1, temperature_milli=1200, max_tokens=20, seed=s)).text
+        for s in (1, 2, 3)
+    }
+    assert len(others | {first.text}) > 1, "different seeds should not all agree at temperature 1.2"
+
+
+def test_concurrent_sequences_answer_as_they_would_alone(llm: BatchedLlm) -> None:
+    reqs = [
+        request(1, "What is the capital of France?", temperature_milli=0, max_tokens=16),
+        request(2, "Write a haiku about the sea.", temperature_milli=700, max_tokens=20, seed=7),
+        request(3, "Name three colours.", temperature_milli=1200, max_tokens=14, seed=123),
+        request(4, LONG, temperature_milli=300, max_tokens=18, seed=5),
+        request(5, "Tell me a joke.", temperature_milli=900, max_tokens=10, seed=9),  # waits
+    ]
+    together = [answer(o) for o in llm.generate(reqs)]
+    assert together == [alone(llm, r) for r in reqs]
+
+
+def test_a_request_joining_a_running_batch_changes_nothing(llm: BatchedLlm) -> None:
+    first = request(1, temperature_milli=700, max_tokens=24, seed=11)
+    joiner = request(2, "Count to ten.", temperature_milli=700, max_tokens=8, seed=12)
+    llm.admit(first)
+    finished = []
+    for _ in range(5):
+        finished += llm.step()
+    assert not finished and llm.active == 1
+    llm.admit(joiner)  # mid-run: the first request is decoding, the joiner reads its prompt
+    while llm.active:
+        finished += llm.step()
+    outcomes = {done.key: answer(done.outcome) for done in finished}
+    assert outcomes[1] == alone(llm, first)
+    assert outcomes[2] == alone(llm, joiner)
+
+
+def test_a_cancelled_request_frees_its_slot(llm: BatchedLlm) -> None:
+    for key in range(1, llm.slots + 1):
+        llm.admit(request(key, max_tokens=40, seed=key))
+    llm.step()
+    with pytest.raises(NoFreeSlot):
+        llm.admit(request(99))
+    assert llm.cancel(2) and not llm.cancel(2)
+    assert llm.free_slots == 1
+    llm.admit(request(99, max_tokens=5))
+    done = []
+    while llm.active:
+        done += llm.step()
+    assert sorted(d.key for d in done) == sorted({*range(1, llm.slots + 1), 99} - {2})
+    assert llm.free_slots == llm.slots
+
+
+def test_a_prompt_that_cannot_fit_is_refused_without_a_slot(llm: BatchedLlm) -> None:
+    with pytest.raises(PromptTooLong):
+        llm.admit(request(1, "word " * SLOT_TOKENS, max_tokens=4))
+    with pytest.raises(PromptTooLong):
+        llm.admit(request(2, "Hi", max_tokens=SLOT_TOKENS))
+    assert llm.free_slots == llm.slots and llm.active == 0
+
+
+def test_answers_equal_the_sequential_runners(llm: BatchedLlm) -> None:
+    """Same prompt tokens, same sampler chain, same logits on the CPU: the same text."""
+    reqs = [
+        request(1, "What is the capital of France?", temperature_milli=0, max_tokens=20),
+        request(2, "Write a haiku about the sea.", temperature_milli=700, max_tokens=24, seed=7),
+        request(3, LONG, temperature_milli=1000, max_tokens=24, seed=3),
+    ]
+    batched = [answer(o) for o in llm.generate(reqs)]
+    with LlmRunner(SMOLLM, n_threads=2) as runner:
+        sequential = [
+            runner.generate(
+                prompt=r.prompt,
+                temperature_milli=r.temperature_milli,
+                max_tokens=r.max_tokens,
+                seed=r.seed,
+            )
+            for r in reqs
+        ]
+    assert batched == sequential
+
+
+def test_the_kv_budget_decides_the_slots() -> None:
+    # SmolLM2: 30 layers x 3 KV heads x (64 + 64) x 2 bytes = 22.5 KiB a token
+    with BatchedLlm(SMOLLM, parallel=8, threads=1, slot_tokens=256, kv_budget_mib=17) as small:
+        assert small.slots == 3  # 256 tokens take 5.6 MiB
+    with pytest.raises(KvBudgetTooSmall):
+        BatchedLlm(SMOLLM, parallel=8, threads=1, slot_tokens=256, kv_budget_mib=5)
