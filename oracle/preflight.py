@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import cast
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from eth_typing import ABIEvent, ABIFunction
@@ -24,6 +23,7 @@ from web3 import Web3
 
 from oracle.chain.artifacts import load_artifact
 from oracle.chain.coordinator import CONTRACT_NAME
+from oracle.chain.endpoints import redact_url
 from oracle.chain.polling import backoff_delay
 from oracle.chain.rpc import rpc_errors
 from oracle.config import NodeSettings
@@ -91,13 +91,13 @@ def wait_for_chain(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RpcNotAnswering(
-                urls=tuple(shown_url(url) for url in urls), waited_s=wait_s, last_error=last_error
+                urls=tuple(redact_url(url) for url in urls), waited_s=wait_s, last_error=last_error
             )
         delay = min(remaining, backoff_delay(failure, FIRST_RETRY_S, failures - 1))
         logger.warning(
             "RPC endpoint does not answer; retrying",
             extra={
-                "urls": ", ".join(shown_url(url) for url in urls),
+                "urls": ", ".join(redact_url(url) for url in urls),
                 "error": last_error,
                 "retry_in_s": round(delay, 2),
                 "gives_up_in_s": round(remaining, 1),
@@ -156,15 +156,6 @@ def database_label(settings: NodeSettings, database_url: str) -> str:
     if settings.database_url:
         return f"database {make_url(database_url).render_as_string(hide_password=True)}"
     return f"the embedded database in {settings.data_dir / 'postgres'}"
-
-
-def shown_url(url: str) -> str:
-    """``url`` without a password in it (``user:***@host``)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _short(exc: BaseException) -> str:

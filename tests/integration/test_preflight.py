@@ -10,8 +10,9 @@ import pytest
 
 from oracle.chain.anvil import Anvil
 from oracle.chain.deploy import deploy_contract
+from oracle.chain.endpoints import redact_url
 from oracle.errors import CoordinatorMissing, RpcNotAnswering
-from oracle.preflight import check_coordinator, shown_url, wait_for_chain
+from oracle.preflight import check_coordinator, wait_for_chain
 
 
 def dead_url() -> str:
@@ -43,8 +44,8 @@ def test_the_first_endpoint_that_answers_is_used(anvil: Anvil) -> None:
 
 
 def test_a_password_in_the_url_is_not_shown() -> None:
-    assert shown_url("https://user:hunter2@rpc.example/v3") == "https://user:***@rpc.example/v3"
-    assert shown_url("http://127.0.0.1:8545") == "http://127.0.0.1:8545"
+    assert redact_url("https://user:hunter2@rpc.example/v3/KEY") == "https://rpc.example/..."
+    assert redact_url("http://127.0.0.1:8545") == "http://127.0.0.1:8545"
 
 
 def test_the_coordinator_passes(chain: Anvil) -> None:
