@@ -14,10 +14,8 @@ UNRELATED_ANSWER = (
 )
 
 
-class ChainCalls(Protocol):
-    """Reads and calldata the lifecycle needs from the coordinator (CoordinatorBinding)."""
-
-    def dispute_deadline(self, request_id: int, *, as_of: Hashable = None) -> int: ...
+class Calldata(Protocol):
+    """The coordinator's calldata the lifecycle's transitions build; no RPC behind it."""
 
     def encode_commit(self, request_id: int, commitment: bytes) -> bytes: ...
 
@@ -34,6 +32,13 @@ class ChainCalls(Protocol):
         output_hashes: list[bytes],
         winner_output: str,
     ) -> bytes: ...
+
+
+class ChainCalls(Calldata, Protocol):
+    """Calldata and the one read the lifecycle needs (CoordinatorBinding); the driver reads
+    before it locks a request's row, never while it holds it."""
+
+    def dispute_deadline(self, request_id: int, *, as_of: Hashable = None) -> int: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

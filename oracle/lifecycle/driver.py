@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.lifecycle.context import ChainCalls, NodeContext
 from oracle.lifecycle.steps import Step, advance
+from oracle.lifecycle.transitions import dispute_deadline_question, load_seats
+from oracle.lifecycle.turn import NO_READS, ChainReads
 from oracle.store.models import OPEN_REQUEST_PHASES, Answer, Job, Request
 
 logger = logging.getLogger(__name__)
@@ -59,12 +61,30 @@ def _advance_one(
     request_id: int,
 ) -> None:
     try:
+        reads = _read_chain_first(sessions, chain, request_id, now)
         with sessions.begin() as session:
             # the row lock keeps a second pass (or a second node process on this database) out
             request = session.get(Request, request_id, with_for_update={"skip_locked": True})
             if request is None:
                 return
-            advance(Step(session, request, ctx, chain, now))
+            advance(Step(session, request, ctx, chain, now, reads))
     except Exception:
         # one request's trouble (an RPC hiccup, a bad row) must not stop the others
         logger.exception("step failed; will retry", extra={"request_id": request_id})
+
+
+def _read_chain_first(
+    sessions: sessionmaker[Session], chain: ChainCalls, request_id: int, now: datetime
+) -> ChainReads:
+    """Ask the chain what the request's transitions will need, holding no lock and no
+    transaction: an RPC call may take seconds. The transitions re-check under the lock
+    that the seats are still those the answer was read for."""
+    with sessions() as session:
+        request = session.get(Request, request_id)
+        if request is None:
+            return NO_READS
+        question = dispute_deadline_question(request, load_seats(session, request_id), now)
+    if question is None:
+        return NO_READS
+    deadline = chain.dispute_deadline(request_id, as_of=question.as_of)
+    return ChainReads(dispute_deadlines={question: datetime.fromtimestamp(deadline, tz=UTC)})

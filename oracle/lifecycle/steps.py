@@ -1,450 +1,186 @@
-"""One request's life on this node, as idempotent steps over what Postgres holds.
+"""One request's life on this node, as a state machine: states, events, transitions.
 
-Every step reads the request's state (its row, its seats as the chain reported them, this
-node's jobs, answer and outbox rows), decides, and writes its decision in the same
-transaction. Nothing lives only in memory, so a restarted node carries on where it
-stopped, and running a step twice changes nothing.
+The states are the request phases (``oracle.store.models.RequestPhase``). ``TRANSITIONS``
+below is the one table of what moves a request from one to another, in the order of
+DESIGN.md section 2; it is the single source of which step runs in which state.
 
-    requested --admission--> committing --own seat, reveal open--> revealing
-        --all revealed or reveal deadline--> finalizing --chain--> finalized | failed
-    any step may end in skipped (with the reason recorded)
+    requested --admit--> committing --commits closed--> revealing --reveals ended-->
+        finalizing --InferenceFinalized | InferenceFailed--> finalized | failed
+    admission, a failed job or a commit that never landed --> skipped (reason kept);
+    a skipped request is still settled by this node, as an outsider, if no one else does
+
+Two kinds of rows:
+
+- **node** rows (``run`` set): this node observes the event in Postgres (a job ended, a
+  seat or reveal was stored, a deadline passed) and the function decides. In each state
+  the rows are tried in table order until one moves the request; the new state's rows
+  are tried next, in the same transaction. Every function answers ``Move`` or ``Wait``
+  (until a time, or for news): the earliest ``Wait`` is when the clock alone can next
+  change something, and the driver looks again then.
+- **chain** rows (``run`` None): the listener records them from a chain event
+  (``oracle.store.chain_state``); no step of this node runs.
+
+A reorg is not an event of this machine but a rewind of it: ``rollback_after`` undoes
+what orphaned blocks brought, and an outcome they held returns to the state it replaced.
+Only a request whose announcement is undone while this node holds its answer (and salt)
+cannot simply be forgotten: it is parked in ``orphaned`` (the chain rows below) until the
+same request is mined again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime
 
-from eth_utils.crypto import keccak
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from oracle.chain.commitment import commitment_hash, new_salt
-from oracle.consensus import compute_consensus, default_verify_tolerance_bits, dispute_excludes
-from oracle.consensus.verification import verify_embedding
-from oracle.engine.llm import request_seed
-from oracle.lifecycle.admission import Admit, ModelLoad, admit
-from oracle.lifecycle.context import UNRELATED_ANSWER, ChainCalls, NodeContext
-from oracle.store.chain_state import disputes_against
-from oracle.store.models import Answer, Job, Request, Seat
-from oracle.store.outbox import enqueue_tx
-from oracle.store.queue import (
-    PRIORITY_EMBEDDING,
-    PRIORITY_INFERENCE,
-    PRIORITY_VERIFICATION,
-    enqueue_job,
+from oracle.errors import OracleError
+from oracle.lifecycle.transitions import (
+    admit_request,
+    commit_answer,
+    embed_answer,
+    end_reveals,
+    finalize_request,
+    give_up_commit,
+    load_seats,
+    reveal_answer,
+    verify_reveals,
 )
-from oracle.store.workers import ready_models
+from oracle.lifecycle.turn import Move, Step, Verdict, Wait
+from oracle.store.models import RequestPhase, Seat
+
+__all__ = [
+    "FOLLOWED",
+    "INITIAL",
+    "TERMINAL",
+    "TRANSITIONS",
+    "Move",
+    "Step",
+    "Transition",
+    "Wait",
+    "advance",
+]
 
 logger = logging.getLogger(__name__)
 
-FAILED_JOB_STATES = ("dead", "expired", "failed")
-COMMIT_LANDING_GRACE_S = 10.0
+TransitionFn = Callable[[Step, Sequence[Seat]], Verdict]
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """The arguments every step shares."""
-
-    session: Session
-    request: Request
-    ctx: NodeContext
-    chain: ChainCalls
-    now: datetime
-
-    @property
-    def log(self) -> dict[str, Any]:
-        return {"request_id": self.request.id}
+class TransitionRefused(OracleError):
+    """A transition moved a request where the lifecycle's table does not let it go"""
 
 
-def advance(step: Step) -> None:
-    """Take every step this request is ready for."""
-    if step.request.phase == "requested":
-        _admit(step)
-    if step.request.phase == "committing":
-        _commit(step)
-    if step.request.phase not in ("revealing", "finalizing", "skipped"):
-        return
-    seats = _seats(step)  # read once: the steps below share them
-    if step.request.phase == "revealing":
-        _end_reveals(step, seats)
-    closes_at = None
-    if step.request.phase in ("finalizing", "skipped"):
-        closes_at = _close_time(step, seats)
-    if step.request.phase in ("revealing", "finalizing"):
-        _verify_and_dispute(step, seats, closes_at)
-    if closes_at is not None:
-        _finalize(step, seats, closes_at)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transition:
+    source: RequestPhase
+    event: str
+    """What happened: DESIGN.md section 2's words, or the chain event's name."""
+    targets: tuple[RequestPhase, ...]
+    """Where it may lead; its own source when it only acts (queues a job, decides a tx)."""
+    run: TransitionFn | None
+    """The function that decides it; None: recorded by the listener from the chain."""
 
 
-# --- admission ---------------------------------------------------------------------
+def _node(source: RequestPhase, event: str, run: TransitionFn, *to: RequestPhase) -> Transition:
+    return Transition(source=source, event=event, targets=to, run=run)
 
 
-def _admit(step: Step) -> None:
-    req = step.request
-    decision = admit(
-        accepted_models=req.accepted_models,
-        embedding_model=req.embedding_model,
-        max_tokens=req.max_tokens,
-        commit_deadline=req.commit_deadline,
-        now=step.now,
-        ctx=step.ctx,
-        loads=_loads(step),
-    )
-    if not isinstance(decision, Admit):
-        _skip(step, decision.reason)
-        return
-    seed = request_seed(req.id, step.ctx.address)
-    enqueue_job(
-        step.session.connection(),
-        kind="inference",
-        request_id=req.id,
-        model=decision.model,
-        priority=PRIORITY_INFERENCE,
-        deadline=decision.job_deadline,
-        payload={
-            "prompt": req.prompt,
-            "temperature_milli": req.temperature_milli,
-            "max_tokens": req.max_tokens,
-            "seed": seed,
-            "model_index": decision.model_index,
-        },
-    )
-    req.phase = "committing"
-    logger.info(
-        "admitted",
-        extra={
-            **step.log,
-            "model": decision.model,
-            "seed": seed,
-            "estimate_s": round(decision.estimate_s, 2),
-        },
-    )
+def _chain(
+    sources: Sequence[RequestPhase], event: str, *to: RequestPhase
+) -> tuple[Transition, ...]:
+    return tuple(Transition(source=s, event=event, targets=to, run=None) for s in sources)
 
 
-def _loads(step: Step) -> dict[str, ModelLoad]:
-    """The load of each served model the request accepts (admission looks at no other)."""
-    ready = ready_models(step.session.connection())
-    accepted = set(step.request.accepted_models)
-    return {m: model_load(step.session, m, ready) for m in step.ctx.models if m in accepted}
+_SETTLEABLE: tuple[RequestPhase, ...] = (
+    "requested",
+    "committing",
+    "revealing",
+    "finalizing",
+    "skipped",
+)
+_ANSWERABLE: tuple[RequestPhase, ...] = ("committing", "revealing", "finalizing", "skipped")
+
+# fmt: off
+TRANSITIONS: tuple[Transition, ...] = (
+    # -- node: state, event (DESIGN.md section 2), function, targets --------------------
+    _node("requested", "InferenceRequested stored: serve it? (2.1)",
+          admit_request, "committing", "skipped"),
+    _node("committing", "our inference job ended (2.2)",
+          embed_answer, "committing", "skipped"),
+    _node("committing", "our embedding job ended: store salt, commit (2.2)",
+          commit_answer, "committing", "skipped"),
+    _node("committing", "commits closed: every seat taken, or the commit deadline (2.3)",
+          reveal_answer, "revealing"),
+    _node("committing", "the commit deadline (and a grace) passed without our seat",
+          give_up_commit, "skipped"),
+    _node("revealing", "every seat revealed, or the reveal deadline passed (2.3)",
+          end_reveals, "finalizing"),
+    _node("revealing", "a reveal stored, or a verification job ended (2.4)",
+          verify_reveals, "revealing"),
+    _node("finalizing", "a reveal stored, or a verification job ended (2.4)",
+          verify_reveals, "finalizing"),
+    _node("finalizing", "the dispute window closed and it is our turn (2.5)",
+          finalize_request, "finalizing"),
+    _node("skipped", "the dispute window closed and no seat settled it (2.5)",
+          finalize_request, "skipped"),
+    # -- chain: recorded by the listener (oracle.store.chain_state) ---------------------
+    *_chain(_SETTLEABLE, "InferenceFinalized", "finalized"),
+    *_chain(_SETTLEABLE, "InferenceFailed", "failed"),
+    *_chain(_ANSWERABLE, "reorg: its announcement dropped, our answer kept", "orphaned"),
+    *_chain(("orphaned",), "InferenceRequested: the same request mined again", *_ANSWERABLE),
+)
+# fmt: on
+
+INITIAL: tuple[RequestPhase, ...] = ("requested", "skipped")
+"""Where a stored request starts: ``skipped`` when its strings are not text (declined)."""
+TERMINAL: tuple[RequestPhase, ...] = ("finalized", "failed")
+"""Settled on-chain: no transition leaves them (a reorg may rewind them)."""
+FOLLOWED: tuple[RequestPhase, ...] = tuple(
+    dict.fromkeys(t.source for t in TRANSITIONS if t.run is not None)
+)
+"""States in which this node still has steps to take."""
+
+_NODE_ROWS: Mapping[RequestPhase, tuple[Transition, ...]] = {
+    state: tuple(t for t in TRANSITIONS if t.source == state and t.run is not None)
+    for state in FOLLOWED
+}
 
 
-def model_load(session: Session, model: str, ready: Mapping[str, int]) -> ModelLoad:
-    """Measured tokens/s of recent inferences of ``model`` and the tokens still waiting for
-    it; ``ready`` is ``ready_models``' count of live workers per model."""
-    recent = (
-        select(Job.result)
-        .where(Job.kind == "inference", Job.model == model, Job.status == "done")
-        .order_by(Job.finished_at.desc())
-        .limit(20)
-    )
-    results = [r for r in session.scalars(recent) if r]
-    tokens = sum(int(r.get("completion_tokens", 0)) for r in results)
-    seconds = sum(float(r.get("elapsed_s", 0.0)) for r in results)
-    waiting, jobs = session.execute(
-        select(
-            func.coalesce(func.sum(Job.payload["max_tokens"].as_integer()), 0), func.count()
-        ).where(Job.kind == "inference", Job.model == model, Job.status.in_(("queued", "running")))
-    ).one()
-    return ModelLoad(
-        tokens_per_s=tokens / seconds if seconds > 0 else None,
-        queued_tokens=int(waiting or 0),
-        jobs=int(jobs or 0),
-        workers=ready.get(model),
-    )
+def advance(step: Step) -> datetime | None:
+    """Take every transition the request is ready for, under the caller's row lock.
 
-
-# --- inference, embedding and commit -----------------------------------------------
-
-
-def _commit(step: Step) -> None:
-    answer = step.session.get(Answer, step.request.id)
-    if answer is None:
-        _prepare_answer(step)
-        return
-    seats = _seats(step)
-    mine = next((s for s in seats if s.oracle == step.ctx.address), None)
-    if mine is None:
-        _give_up_if_commit_lost(step)
-        return
-    if len(seats) >= step.request.quorum or step.now > step.request.commit_deadline:
-        call = step.chain.encode_reveal(
-            step.request.id, answer.output, answer.model_index, answer.embedding_bits, answer.salt
-        )
-        _send(step, "reveal", call)
-        step.request.phase = "revealing"
-
-
-def _prepare_answer(step: Step) -> None:
-    inference = _latest_job(step, "inference")
-    if inference is None:
-        return
-    if inference.status in FAILED_JOB_STATES:
-        _skip(step, f"inference {inference.status}: {inference.last_error}")
-        return
-    if inference.status != "done" or inference.result is None:
-        return
-    output = _answer_text(step, inference.result)
-    embedding = _latest_job(step, "embedding")
-    if embedding is None:
-        enqueue_job(
-            step.session.connection(),
-            kind="embedding",
-            request_id=step.request.id,
-            model=step.request.embedding_model,
-            priority=PRIORITY_EMBEDDING,
-            deadline=step.request.commit_deadline,
-            payload={"text": output},
-        )
-    elif embedding.status in FAILED_JOB_STATES:
-        _skip(step, f"embedding {embedding.status}: {embedding.last_error}")
-    elif embedding.status == "done" and embedding.result is not None:
-        bits = bytes.fromhex(embedding.result["bits"])
-        _store_answer_and_commit(step, inference, output, bits)
-
-
-def _answer_text(step: Step, result: dict[str, Any]) -> str:
-    if step.ctx.test_fault == "unrelated-answer":
-        return UNRELATED_ANSWER
-    return str(result["text"])
-
-
-def _store_answer_and_commit(step: Step, inference: Job, output: str, bits: bytes) -> None:
-    if step.ctx.test_fault == "wrong-embedding":
-        bits = bytes(b ^ 0xFF for b in bits)
-    req = step.request
-    model_index = int(inference.payload["model_index"])
-    salt = new_salt()
-    commitment = commitment_hash(
-        request_id=req.id,
-        oracle=step.ctx.address,
-        output=output,
-        model_index=model_index,
-        embedding_bits=bits,
-        salt=salt,
-    )
-    # the salt is stored in the same transaction that decides the commit, before any send
-    step.session.add(
-        Answer(
-            request_id=req.id,
-            model=str(inference.model),
-            model_index=model_index,
-            output=output,
-            embedding_bits=bits,
-            salt=salt,
-            seed=int(inference.payload["seed"]),
-            commitment=commitment,
-        )
-    )
-    step.session.flush()
-    _send(step, "commit", step.chain.encode_commit(req.id, commitment))
-    logger.info("answer ready, commit decided", extra={**step.log, "output_chars": len(output)})
-
-
-def _give_up_if_commit_lost(step: Step) -> None:
-    """Our commit never made it on-chain (seats full, too late): stop waiting for it."""
-    if step.now < step.request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S):
-        return
-    _skip(step, "our commit did not land before the commit deadline")
-
-
-# --- verification and disputes -----------------------------------------------------
-
-
-def _verify_and_dispute(step: Step, seats: list[Seat], closes_at: datetime | None) -> None:
-    """Re-embed the other seats' outputs; dispute reveals whose bits do not match them.
-
-    ``closes_at``: when disputes close, once the request is finalizing (None before).
+    Returns when the clock alone may next change something (None: only news can).
     """
-    if closes_at is not None and step.now > closes_at:
-        return
-    others = [s for s in seats if s.revealed_output is not None and s.oracle != step.ctx.address]
-    jobs = {
-        int(j.payload["seat"]): j
-        for j in step.session.scalars(
-            select(Job).where(Job.request_id == step.request.id, Job.kind == "verification")
+    seats = load_seats(step.session, step.request.id)  # only the listener changes them
+    for _ in range(len(_NODE_ROWS) + 1):  # the node rows hold no cycle
+        moved = False
+        wake_at: list[datetime] = []
+        for transition in _NODE_ROWS.get(step.request.phase, ()):
+            assert transition.run is not None
+            verdict = transition.run(step, seats)
+            if isinstance(verdict, Move):
+                _move(step, transition, verdict)
+                moved = True
+                break
+            if verdict.until is not None:
+                wake_at.append(verdict.until)
+        if not moved:
+            return min(wake_at, default=None)
+    raise TransitionRefused(f"request {step.request.id} kept moving")
+
+
+def _move(step: Step, transition: Transition, verdict: Move) -> None:
+    if verdict.to not in transition.targets:
+        raise TransitionRefused(
+            f"{transition.run.__name__ if transition.run else 'chain'}: "
+            f"{transition.source} -> {verdict.to} is not in the table"
         )
-    }
-    for seat in others:
-        job = jobs.get(seat.seat_no)
-        if seat.reveal_defect is not None:  # no text to embed: its bits cannot be checked
-            _dispute(step, seat, f"revealed output {seat.reveal_defect}")
-        elif job is None:
-            _queue_verification(step, seat)
-        elif job.status == "done" and job.result is not None:
-            _dispute_if_mismatched(step, seat, bytes.fromhex(job.result["bits"]))
-
-
-def _queue_verification(step: Step, seat: Seat) -> None:
-    enqueue_job(
-        step.session.connection(),
-        kind="verification",
-        request_id=step.request.id,
-        model=step.request.embedding_model,
-        priority=PRIORITY_VERIFICATION,
-        deadline=step.request.reveal_deadline + timedelta(seconds=step.request.dispute_window_s),
-        payload={"text": seat.revealed_output, "seat": seat.seat_no, "oracle": seat.oracle},
-    )
-
-
-def _dispute_if_mismatched(step: Step, seat: Seat, recomputed: bytes) -> None:
-    revealed = seat.embedding_bits or b""
-    tolerance = step.ctx.verify_tolerance_bits
-    if tolerance is None:
-        tolerance = default_verify_tolerance_bits(len(revealed) * 8 or len(recomputed) * 8)
-    if verify_embedding(revealed, recomputed, tolerance):
-        return
-    _dispute(step, seat, "revealed embedding does not match its output")
-
-
-def _dispute(step: Step, seat: Seat, why: str) -> None:
-    if _send(
-        step,
-        "dispute",
-        step.chain.encode_dispute(step.request.id, seat.oracle),
-        dedupe_key=seat.oracle,
-    ):
-        logger.warning(
-            "disputing a reveal",
-            extra={**step.log, "accused": seat.oracle, "seat": seat.seat_no, "why": why},
-        )
-
-
-def _end_reveals(step: Step, seats: list[Seat]) -> None:
-    revealed = sum(1 for s in seats if s.revealed_output is not None)
-    all_in = len(seats) >= step.request.quorum and revealed == len(seats)
-    if all_in or step.now > step.request.reveal_deadline:
-        step.request.phase = "finalizing"
-
-
-# --- finalize ----------------------------------------------------------------------
-
-
-def _finalize(step: Step, seats: list[Seat], closes_at: datetime) -> None:
-    if step.now <= closes_at:
-        return
-    reveals, hashes, bits = _consensus_inputs(step, seats)
-    result = compute_consensus(
-        reveals,
-        quorum=step.request.quorum,
-        sec_distance_bp=step.request.sec_distance_bp,
-        sec_percentage_bp=step.request.sec_percentage_bp,
-    )
-    winner_output = ""
-    if result.reached and result.winner is not None:
-        winner = seats[result.winner]
-        if winner.reveal_defect is not None:
-            # Its exact bytes are not kept (only an escaped form): another node, or the
-            # request's expiry, settles it.
-            logger.warning(
-                "the winning reveal is not usable text; not finalizing",
-                extra={**step.log, "seat": winner.seat_no, "defect": winner.reveal_defect},
-            )
-            return
-        winner_output = winner.revealed_output or ""
-    if step.now < closes_at + timedelta(seconds=_my_delay_s(step, seats, result.winner)):
-        return
-    call = step.chain.encode_finalize(step.request.id, bits, hashes, winner_output)
-    if _send(step, "finalize", call):
+    step.request.phase = verdict.to
+    if verdict.to == "skipped":
+        step.request.skip_reason = verdict.reason
+        logger.warning("not taking part", extra={**step.log, "reason": verdict.reason})
+    else:
         logger.info(
-            "finalize decided",
-            extra={
-                **step.log,
-                "reached": result.reached,
-                "support": result.support,
-                "need": result.need,
-            },
+            "request moved",
+            extra={**step.log, "from": transition.source, "to": verdict.to},
         )
-
-
-def _close_time(step: Step, seats: list[Seat]) -> datetime:
-    """When the coordinator lets finalize through (it asks the chain once all have revealed)."""
-    req = step.request
-    if not seats:
-        return req.commit_deadline
-    revealed = sum(1 for s in seats if s.revealed_output is not None)
-    if revealed == len(seats) and (len(seats) >= req.quorum or step.now > req.commit_deadline):
-        # With every seat taken, fixed once these reveals are in (the last one's block
-        # time + the window): asked once. Seats left empty turn on the chain's clock.
-        full = len(seats) >= req.quorum
-        seen = tuple((s.seat_no, s.reveal_block_number) for s in seats) if full else None
-        return datetime.fromtimestamp(step.chain.dispute_deadline(req.id, as_of=seen), tz=UTC)
-    return req.reveal_deadline + timedelta(seconds=req.dispute_window_s)
-
-
-def _my_delay_s(step: Step, seats: list[Seat], winner: int | None) -> float:
-    """The winner's node finalizes at once, the other seats one after another, outsiders last.
-
-    Nodes cannot talk to each other; staggering by a rank every node computes the same
-    way keeps them from all paying for the same finalize (simulation catches the rest).
-    """
-    order = [s.oracle for s in seats]
-    if winner is not None:
-        order.insert(0, order.pop(winner))
-    if step.ctx.address in order:
-        return order.index(step.ctx.address) * step.ctx.finalize_stagger_s
-    tiebreak = hashlib.sha256(f"{step.request.id}:{step.ctx.address}".encode()).digest()[0] / 255
-    return step.ctx.outsider_delay_s + tiebreak * step.ctx.finalize_stagger_s * 4
-
-
-def _consensus_inputs(
-    step: Step, seats: list[Seat]
-) -> tuple[list[tuple[bytes, bool]], list[bytes], list[bytes]]:
-    """Per seat, in seat order: (bits, excluded) for the clustering, then the output
-    hashes and bits that finalize takes."""
-    revealers = sum(1 for s in seats if s.revealed_output is not None)
-    disputes = disputes_against(step.session, step.request.id)
-    reveals: list[tuple[bytes, bool]] = []
-    hashes: list[bytes] = []
-    bits: list[bytes] = []
-    for seat in seats:
-        if seat.revealed_output is None or seat.embedding_bits is None:
-            reveals.append((b"", True))
-            hashes.append(bytes(32))
-            bits.append(b"")
-            continue
-        excluded = dispute_excludes(len(disputes.get(seat.oracle, set())), revealers)
-        reveals.append((seat.embedding_bits, excluded))
-        hashes.append(seat.output_hash or keccak(seat.revealed_output.encode("utf-8")))
-        bits.append(seat.embedding_bits)
-    return reveals, hashes, bits
-
-
-# --- helpers -----------------------------------------------------------------------
-
-
-def _seats(step: Step) -> list[Seat]:
-    query = select(Seat).where(Seat.request_id == step.request.id).order_by(Seat.seat_no)
-    return list(step.session.scalars(query))
-
-
-def _latest_job(step: Step, kind: str) -> Job | None:
-    query = (
-        select(Job)
-        .where(Job.request_id == step.request.id, Job.kind == kind)
-        .order_by(Job.id.desc())
-        .limit(1)
-    )
-    return step.session.scalars(query).first()
-
-
-def _send(step: Step, kind: str, data: bytes, dedupe_key: str = "") -> bool:
-    return enqueue_tx(
-        step.session,
-        kind=kind,  # type: ignore[arg-type]
-        request_id=step.request.id,
-        dedupe_key=dedupe_key,
-        from_address=step.ctx.address,
-        to_address=step.ctx.coordinator,
-        data=data,
-    )
-
-
-def _skip(step: Step, reason: str) -> None:
-    step.request.phase = "skipped"
-    step.request.skip_reason = reason
-    logger.warning("not taking part", extra={**step.log, "reason": reason})

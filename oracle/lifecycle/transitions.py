@@ -1,0 +1,461 @@
+"""The lifecycle's transitions, one small function each; ``steps.TRANSITIONS`` says which
+runs in which state.
+
+Each function reads what it needs of the request's state (its row, its seats as the chain
+reported them, this node's jobs, answer and outbox rows), may write a decision in the
+caller's transaction, and answers a ``Verdict``: ``Move`` to another state, or ``Wait``
+(until a time, or for news). Running one twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from eth_utils.crypto import keccak
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from oracle.chain.commitment import commitment_hash, new_salt
+from oracle.consensus import compute_consensus, default_verify_tolerance_bits, dispute_excludes
+from oracle.consensus.verification import verify_embedding
+from oracle.engine.llm import request_seed
+from oracle.lifecycle.admission import Admit, ModelLoad, admit
+from oracle.lifecycle.turn import DeadlineQuestion, Move, Step, Verdict, Wait
+from oracle.store.chain_state import disputes_against
+from oracle.store.models import Answer, Job, Request, Seat
+from oracle.store.outbox import enqueue_tx
+from oracle.store.queue import (
+    PRIORITY_EMBEDDING,
+    PRIORITY_INFERENCE,
+    PRIORITY_VERIFICATION,
+    enqueue_job,
+)
+from oracle.store.workers import ready_models
+
+logger = logging.getLogger(__name__)
+
+FAILED_JOB_STATES = ("dead", "expired", "failed")
+COMMIT_LANDING_GRACE_S = 10.0
+RETRY_READ_S = 1.0
+"""A chain read made before the lock no longer fits the seats: look again this soon."""
+
+NEWS = Wait()
+"""Only news (a chain event for the request, one of its jobs ending) can change anything."""
+
+
+# --- requested ---------------------------------------------------------------------
+
+
+def admit_request(step: Step, seats: Sequence[Seat]) -> Verdict:
+    """Serve the request when a model it accepts can answer before its commit deadline."""
+    req = step.request
+    decision = admit(
+        accepted_models=req.accepted_models,
+        embedding_model=req.embedding_model,
+        max_tokens=req.max_tokens,
+        commit_deadline=req.commit_deadline,
+        now=step.now,
+        ctx=step.ctx,
+        loads=_loads(step),
+    )
+    if not isinstance(decision, Admit):
+        return Move("skipped", decision.reason)
+    seed = request_seed(req.id, step.ctx.address)
+    enqueue_job(
+        step.session.connection(),
+        kind="inference",
+        request_id=req.id,
+        model=decision.model,
+        priority=PRIORITY_INFERENCE,
+        deadline=decision.job_deadline,
+        payload={
+            "prompt": req.prompt,
+            "temperature_milli": req.temperature_milli,
+            "max_tokens": req.max_tokens,
+            "seed": seed,
+            "model_index": decision.model_index,
+        },
+    )
+    logger.info(
+        "admitted",
+        extra={
+            **step.log,
+            "model": decision.model,
+            "seed": seed,
+            "estimate_s": round(decision.estimate_s, 2),
+        },
+    )
+    return Move("committing")
+
+
+def _loads(step: Step) -> dict[str, ModelLoad]:
+    """The load of each served model the request accepts (admission looks at no other)."""
+    ready = ready_models(step.session.connection())
+    accepted = set(step.request.accepted_models)
+    return {m: model_load(step.session, m, ready) for m in step.ctx.models if m in accepted}
+
+
+def model_load(session: Session, model: str, ready: Mapping[str, int]) -> ModelLoad:
+    """Measured tokens/s of recent inferences of ``model`` and the tokens still waiting for
+    it; ``ready`` is ``ready_models``' count of live workers per model."""
+    recent = (
+        select(Job.result)
+        .where(Job.kind == "inference", Job.model == model, Job.status == "done")
+        .order_by(Job.finished_at.desc())
+        .limit(20)
+    )
+    results = [r for r in session.scalars(recent) if r]
+    tokens = sum(int(r.get("completion_tokens", 0)) for r in results)
+    seconds = sum(float(r.get("elapsed_s", 0.0)) for r in results)
+    waiting, jobs = session.execute(
+        select(
+            func.coalesce(func.sum(Job.payload["max_tokens"].as_integer()), 0), func.count()
+        ).where(Job.kind == "inference", Job.model == model, Job.status.in_(("queued", "running")))
+    ).one()
+    return ModelLoad(
+        tokens_per_s=tokens / seconds if seconds > 0 else None,
+        queued_tokens=int(waiting or 0),
+        jobs=int(jobs or 0),
+        workers=ready.get(model),
+    )
+
+
+# --- committing: inference, embedding, commit, reveal ------------------------------
+
+
+def embed_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
+    """Our inference ended: embed its text, or stay out when it failed."""
+    if _answer(step) is not None or _latest_job(step, "embedding") is not None:
+        return NEWS
+    inference = _latest_job(step, "inference")
+    if inference is None:
+        return NEWS
+    if inference.status in FAILED_JOB_STATES:
+        return Move("skipped", f"inference {inference.status}: {inference.last_error}")
+    if inference.status != "done" or inference.result is None:
+        return NEWS
+    enqueue_job(
+        step.session.connection(),
+        kind="embedding",
+        request_id=step.request.id,
+        model=step.request.embedding_model,
+        priority=PRIORITY_EMBEDDING,
+        deadline=step.request.commit_deadline,
+        payload={"text": _answer_text(step, inference.result)},
+    )
+    return NEWS
+
+
+def commit_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
+    """Our embedding ended: store the answer with a fresh salt and decide the commit."""
+    if _answer(step) is not None:
+        return NEWS
+    inference, embedding = _latest_job(step, "inference"), _latest_job(step, "embedding")
+    if inference is None or inference.status != "done" or inference.result is None:
+        return NEWS
+    if embedding is None:
+        return NEWS
+    if embedding.status in FAILED_JOB_STATES:
+        return Move("skipped", f"embedding {embedding.status}: {embedding.last_error}")
+    if embedding.status != "done" or embedding.result is None:
+        return NEWS
+    bits = bytes.fromhex(embedding.result["bits"])
+    _store_answer_and_commit(step, inference, _answer_text(step, inference.result), bits)
+    return NEWS
+
+
+def _answer_text(step: Step, result: dict[str, Any]) -> str:
+    if step.ctx.test_fault == "unrelated-answer":
+        from oracle.lifecycle.context import UNRELATED_ANSWER
+
+        return UNRELATED_ANSWER
+    return str(result["text"])
+
+
+def _store_answer_and_commit(step: Step, inference: Job, output: str, bits: bytes) -> None:
+    if step.ctx.test_fault == "wrong-embedding":
+        bits = bytes(b ^ 0xFF for b in bits)
+    req = step.request
+    model_index = int(inference.payload["model_index"])
+    salt = new_salt()
+    commitment = commitment_hash(
+        request_id=req.id,
+        oracle=step.ctx.address,
+        output=output,
+        model_index=model_index,
+        embedding_bits=bits,
+        salt=salt,
+    )
+    # the salt is stored in the same transaction that decides the commit, before any send
+    step.session.add(
+        Answer(
+            request_id=req.id,
+            model=str(inference.model),
+            model_index=model_index,
+            output=output,
+            embedding_bits=bits,
+            salt=salt,
+            seed=int(inference.payload["seed"]),
+            commitment=commitment,
+        )
+    )
+    step.session.flush()
+    _send(step, "commit", step.chain.encode_commit(req.id, commitment))
+    logger.info("answer ready, commit decided", extra={**step.log, "output_chars": len(output)})
+
+
+def reveal_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
+    """We hold a seat and commits have closed (every seat taken, or the commit deadline)."""
+    answer = _answer(step)
+    if answer is None or not _holds_seat(step, seats):
+        return NEWS
+    req = step.request
+    if len(seats) < req.quorum and step.now <= req.commit_deadline:
+        return Wait(req.commit_deadline)
+    call = step.chain.encode_reveal(
+        req.id, answer.output, answer.model_index, answer.embedding_bits, answer.salt
+    )
+    _send(step, "reveal", call)
+    return Move("revealing")
+
+
+def give_up_commit(step: Step, seats: Sequence[Seat]) -> Verdict:
+    """Our commit never made it on-chain (seats full, too late): stop waiting for it."""
+    if _answer(step) is None or _holds_seat(step, seats):
+        return NEWS
+    give_up_at = step.request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S)
+    if step.now < give_up_at:
+        return Wait(give_up_at)
+    return Move("skipped", "our commit did not land before the commit deadline")
+
+
+# --- revealing and finalizing: verification and disputes ---------------------------
+
+
+def end_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
+    """Every seat revealed, or the reveal deadline passed: on to finalizing."""
+    req = step.request
+    revealed = sum(1 for s in seats if s.revealed_output is not None)
+    if (len(seats) >= req.quorum and revealed == len(seats)) or step.now > req.reveal_deadline:
+        return Move("finalizing")
+    return Wait(req.reveal_deadline)
+
+
+def verify_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
+    """Re-embed the other seats' outputs; dispute reveals whose bits do not match them,
+    until disputes close (once finalizing; a close time not read yet counts as open)."""
+    if step.request.phase == "finalizing":
+        closes_at = _close_time(step, seats)
+        if closes_at is not None and step.now > closes_at:
+            return NEWS
+    others = [s for s in seats if s.revealed_output is not None and s.oracle != step.ctx.address]
+    jobs = {
+        int(j.payload["seat"]): j
+        for j in step.session.scalars(
+            select(Job).where(Job.request_id == step.request.id, Job.kind == "verification")
+        )
+    }
+    for seat in others:
+        job = jobs.get(seat.seat_no)
+        if seat.reveal_defect is not None:  # no text to embed: its bits cannot be checked
+            _dispute(step, seat, f"revealed output {seat.reveal_defect}")
+        elif job is None:
+            _queue_verification(step, seat)
+        elif job.status == "done" and job.result is not None:
+            _dispute_if_mismatched(step, seat, bytes.fromhex(job.result["bits"]))
+    return NEWS
+
+
+def _queue_verification(step: Step, seat: Seat) -> None:
+    enqueue_job(
+        step.session.connection(),
+        kind="verification",
+        request_id=step.request.id,
+        model=step.request.embedding_model,
+        priority=PRIORITY_VERIFICATION,
+        deadline=step.request.reveal_deadline + timedelta(seconds=step.request.dispute_window_s),
+        payload={"text": seat.revealed_output, "seat": seat.seat_no, "oracle": seat.oracle},
+    )
+
+
+def _dispute_if_mismatched(step: Step, seat: Seat, recomputed: bytes) -> None:
+    revealed = seat.embedding_bits or b""
+    tolerance = step.ctx.verify_tolerance_bits
+    if tolerance is None:
+        tolerance = default_verify_tolerance_bits(len(revealed) * 8 or len(recomputed) * 8)
+    if verify_embedding(revealed, recomputed, tolerance):
+        return
+    _dispute(step, seat, "revealed embedding does not match its output")
+
+
+def _dispute(step: Step, seat: Seat, why: str) -> None:
+    if _send(
+        step,
+        "dispute",
+        step.chain.encode_dispute(step.request.id, seat.oracle),
+        dedupe_key=seat.oracle,
+    ):
+        logger.warning(
+            "disputing a reveal",
+            extra={**step.log, "accused": seat.oracle, "seat": seat.seat_no, "why": why},
+        )
+
+
+# --- finalizing (and settling a request this node stayed out of) -------------------
+
+
+def finalize_request(step: Step, seats: Sequence[Seat]) -> Verdict:
+    """Disputes have closed and it is this node's turn: decide the finalize."""
+    closes_at = _close_time(step, seats)
+    if closes_at is None:
+        return Wait(step.now + timedelta(seconds=RETRY_READ_S))
+    if step.now <= closes_at:
+        return Wait(closes_at)
+    reveals, hashes, bits = _consensus_inputs(step, seats)
+    result = compute_consensus(
+        reveals,
+        quorum=step.request.quorum,
+        sec_distance_bp=step.request.sec_distance_bp,
+        sec_percentage_bp=step.request.sec_percentage_bp,
+    )
+    winner_output = ""
+    if result.reached and result.winner is not None:
+        winner = seats[result.winner]
+        if winner.reveal_defect is not None:
+            # Its exact bytes are not kept (only an escaped form): another node, or the
+            # request's expiry, settles it.
+            logger.warning(
+                "the winning reveal is not usable text; not finalizing",
+                extra={**step.log, "seat": winner.seat_no, "defect": winner.reveal_defect},
+            )
+            return NEWS
+        winner_output = winner.revealed_output or ""
+    my_turn = closes_at + timedelta(seconds=_my_delay_s(step, seats, result.winner))
+    if step.now < my_turn:
+        return Wait(my_turn)
+    call = step.chain.encode_finalize(step.request.id, bits, hashes, winner_output)
+    if _send(step, "finalize", call):
+        logger.info(
+            "finalize decided",
+            extra={
+                **step.log,
+                "reached": result.reached,
+                "support": result.support,
+                "need": result.need,
+            },
+        )
+    return NEWS
+
+
+def dispute_deadline_question(
+    request: Request, seats: Sequence[Seat], now: datetime
+) -> DeadlineQuestion | None:
+    """What the chain must be asked for this request's dispute close time; None when that
+    follows from the request alone (or is not needed in its state).
+
+    With every seat revealed, the coordinator closes disputes a window after the last
+    reveal: fixed once these reveals are in when every seat is taken, on the chain's
+    clock when seats were left empty.
+    """
+    if request.phase not in ("revealing", "finalizing", "skipped") or not seats:
+        return None
+    if any(s.revealed_output is None for s in seats):
+        return None
+    reveals = tuple((s.seat_no, s.reveal_block_number) for s in seats)
+    if len(seats) >= request.quorum:
+        return DeadlineQuestion(request_id=request.id, reveals=reveals, asked_at=None)
+    if now > request.commit_deadline:
+        return DeadlineQuestion(request_id=request.id, reveals=reveals, asked_at=now)
+    return None
+
+
+def _close_time(step: Step, seats: Sequence[Seat]) -> datetime | None:
+    """When the coordinator lets finalize through; None when that needs a chain read
+    that the driver did not make for these seats (they changed since)."""
+    req = step.request
+    if not seats:
+        return req.commit_deadline
+    question = dispute_deadline_question(req, seats, step.now)
+    if question is None:
+        return req.reveal_deadline + timedelta(seconds=req.dispute_window_s)
+    return step.reads.dispute_deadlines.get(question)
+
+
+def _my_delay_s(step: Step, seats: Sequence[Seat], winner: int | None) -> float:
+    """The winner's node finalizes at once, the other seats one after another, outsiders last.
+
+    Nodes cannot talk to each other; staggering by a rank every node computes the same
+    way keeps them from all paying for the same finalize (simulation catches the rest).
+    """
+    order = [s.oracle for s in seats]
+    if winner is not None:
+        order.insert(0, order.pop(winner))
+    if step.ctx.address in order:
+        return order.index(step.ctx.address) * step.ctx.finalize_stagger_s
+    tiebreak = hashlib.sha256(f"{step.request.id}:{step.ctx.address}".encode()).digest()[0] / 255
+    return step.ctx.outsider_delay_s + tiebreak * step.ctx.finalize_stagger_s * 4
+
+
+def _consensus_inputs(
+    step: Step, seats: Sequence[Seat]
+) -> tuple[list[tuple[bytes, bool]], list[bytes], list[bytes]]:
+    """Per seat, in seat order: (bits, excluded) for the clustering, then the output
+    hashes and bits that finalize takes."""
+    revealers = sum(1 for s in seats if s.revealed_output is not None)
+    disputes = disputes_against(step.session, step.request.id)
+    reveals: list[tuple[bytes, bool]] = []
+    hashes: list[bytes] = []
+    bits: list[bytes] = []
+    for seat in seats:
+        if seat.revealed_output is None or seat.embedding_bits is None:
+            reveals.append((b"", True))
+            hashes.append(bytes(32))
+            bits.append(b"")
+            continue
+        excluded = dispute_excludes(len(disputes.get(seat.oracle, set())), revealers)
+        reveals.append((seat.embedding_bits, excluded))
+        hashes.append(seat.output_hash or keccak(seat.revealed_output.encode("utf-8")))
+        bits.append(seat.embedding_bits)
+    return reveals, hashes, bits
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+def load_seats(session: Session, request_id: int) -> list[Seat]:
+    query = select(Seat).where(Seat.request_id == request_id).order_by(Seat.seat_no)
+    return list(session.scalars(query))
+
+
+def _answer(step: Step) -> Answer | None:
+    return step.session.get(Answer, step.request.id)
+
+
+def _holds_seat(step: Step, seats: Sequence[Seat]) -> bool:
+    return any(s.oracle == step.ctx.address for s in seats)
+
+
+def _latest_job(step: Step, kind: str) -> Job | None:
+    query = (
+        select(Job)
+        .where(Job.request_id == step.request.id, Job.kind == kind)
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+    return step.session.scalars(query).first()
+
+
+def _send(step: Step, kind: str, data: bytes, dedupe_key: str = "") -> bool:
+    return enqueue_tx(
+        step.session,
+        kind=kind,  # type: ignore[arg-type]
+        request_id=step.request.id,
+        dedupe_key=dedupe_key,
+        from_address=step.ctx.address,
+        to_address=step.ctx.coordinator,
+        data=data,
+    )
