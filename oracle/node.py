@@ -26,6 +26,7 @@ from oracle.config import NodeSettings
 from oracle.engine.models import DEFAULT_LLMS, lookup_llm
 from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, autoscaling_for
 from oracle.errors import OracleError, SenderAlreadyRunning
+from oracle.lifecycle.conduct import HONEST, Conduct
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
 from oracle.observability import Readiness, serve_http
@@ -296,11 +297,15 @@ async def _run_together(parts: list[Awaitable[None]], stop: asyncio.Event) -> No
             raise result
 
 
-def build_node(settings: NodeSettings, database_url: str, chain_id: int) -> Node:
-    """The node's parts, wired; ``chain_id`` is what the start-up checks found."""
+def build_node(
+    settings: NodeSettings, database_url: str, chain_id: int, conduct: Conduct = HONEST
+) -> Node:
+    """The node's parts, wired; ``chain_id`` is what the start-up checks found; ``conduct``
+    is how the node answers (honest, unless an end-to-end test injects a hostile one)."""
     engine = make_engine(database_url, pool_size=10)
     sessions = make_session_factory(engine)
-    w3 = Web3(FailoverProvider(settings.rpc_urls, timeout_s=RPC_TIMEOUT_S))
+    provider = FailoverProvider(settings.rpc_urls, timeout_s=RPC_TIMEOUT_S, chain_id=chain_id)
+    w3 = Web3(provider)
     account = Account.from_key(settings.private_key)
     binding = CoordinatorBinding(w3, settings.contract)
     ctx = NodeContext(
@@ -309,7 +314,7 @@ def build_node(settings: NodeSettings, database_url: str, chain_id: int) -> Node
         models={m: _profile(m, settings) for m in settings.models},
         embedding_models=settings.embedding_models,
         verify_tolerance_bits=settings.verify_tolerance_bits,
-        test_fault=settings.test_fault,
+        conduct=conduct,
     )
     sender = TxSender(w3=w3, session_factory=sessions, account=account, chain_id=chain_id)
     return Node(
@@ -361,7 +366,9 @@ def _profile(model: str, settings: NodeSettings) -> ModelProfile:
     )
 
 
-async def run_node(settings: NodeSettings, stop: asyncio.Event) -> None:
+async def run_node(
+    settings: NodeSettings, stop: asyncio.Event, conduct: Conduct = HONEST
+) -> None:
     """``oracle run``: database, schema, parts, then serve until stopped."""
     with node_database(settings) as database_url:
         await asyncio.to_thread(prepare_schema, database_url, migrate=settings.migrate)
@@ -370,5 +377,5 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event) -> None:
         )
         if chain_id is None:
             return  # stopped while waiting for the RPC endpoint
-        node = await asyncio.to_thread(build_node, settings, database_url, chain_id)
+        node = await asyncio.to_thread(build_node, settings, database_url, chain_id, conduct)
         await node.run(stop)

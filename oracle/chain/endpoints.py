@@ -9,9 +9,11 @@ with its consecutive failures or as long as its ``Retry-After`` asks, and the ca
 tried on the next one. A JSON-RPC error that is an answer (a revert, a refused
 transaction) is returned as it is: another endpoint would say the same.
 
-When every endpoint fails, the last failure is raised for ``oracle.chain.rpc`` to
-classify, and the caller's loop backs off. web3's own retries are turned off: a
-rate-limited endpoint must be left alone, not asked five more times.
+Given the chain id the node serves, each endpoint is asked for its own before its first
+call: one on another chain (a fallback pointed at another network by mistake) is never
+used, and an error says so. When every endpoint fails, the last failure is raised for
+``oracle.chain.rpc`` to classify, and the caller's loop backs off. web3's own retries
+are turned off: a rate-limited endpoint must be left alone, not asked five more times.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ class Endpoint:
     resting_until: float = 0.0
     calls: int = 0
     failed_calls: int = 0
+    chain_checked: bool = False
+    wrong_chain: int | None = None
+    """The chain id it reported when that was not the node's chain: never used again."""
 
     @property
     def name(self) -> str:
@@ -84,6 +89,7 @@ class FailoverProvider(JSONBaseProvider):
         urls: Sequence[str],
         *,
         timeout_s: float = 30.0,
+        chain_id: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
@@ -101,6 +107,7 @@ class FailoverProvider(JSONBaseProvider):
             for url in urls
         ]
         self._clock = clock
+        self._chain_id = chain_id
         self._lock = threading.Lock()
 
     def __str__(self) -> str:
@@ -126,6 +133,8 @@ class FailoverProvider(JSONBaseProvider):
         last_error: BaseException | None = None
         for endpoint in self._order():
             try:
+                if not self._on_our_chain(endpoint):
+                    continue
                 result = call(endpoint.provider)
                 _raise_if_endpoint_failed(result, method)
             except _EndpointFailed as exc:
@@ -141,18 +150,38 @@ class FailoverProvider(JSONBaseProvider):
             return result
         if isinstance(last_error, _EndpointFailed):
             return last_error.response  # type: ignore[return-value]  # web3 raises from it
-        assert last_error is not None
+        if last_error is None:
+            raise ValueError("no RPC endpoint on the node's chain")  # -> RpcMalformedResponse
         raise last_error
+
+    def _on_our_chain(self, endpoint: Endpoint) -> bool:
+        """Ask an endpoint its chain id before its first use; False for another chain."""
+        if self._chain_id is None or endpoint.chain_checked:
+            return endpoint.wrong_chain is None
+        response = endpoint.provider.make_request(RPCEndpoint("eth_chainId"), [])
+        result = response.get("result")
+        if not isinstance(result, str):
+            raise _EndpointFailed(response, None)
+        reported = int(result, 16)
+        endpoint.chain_checked = True
+        if reported != self._chain_id:
+            endpoint.wrong_chain = reported
+            logger.error(
+                "an RPC endpoint serves another chain; it will not be used",
+                extra={"endpoint": endpoint.name, "chain_id": reported, "expected": self._chain_id},
+            )
+        return endpoint.wrong_chain is None
 
     def _order(self) -> list[Endpoint]:
         """Endpoints not resting, in the operator's order; all of them if all are resting
         (the soonest back first), so that a call is never refused without a try."""
         now = self._clock()
         with self._lock:
-            ready = [e for e in self.endpoints if e.resting_until <= now]
+            usable = [e for e in self.endpoints if e.wrong_chain is None]
+            ready = [e for e in usable if e.resting_until <= now]
             if ready:
                 return ready
-            return sorted(self.endpoints, key=lambda e: e.resting_until)
+            return sorted(usable, key=lambda e: e.resting_until)
 
     def _rest(
         self, endpoint: Endpoint, method: str, exc: BaseException, asked_s: float | None

@@ -123,3 +123,17 @@ def test_a_rate_limit_error_with_data_is_not_taken_for_a_revert(
 def test_urls_are_logged_without_their_secrets() -> None:
     assert redact_url("https://user:pw@rpc.example/v3/KEY") == "https://rpc.example/..."
     assert redact_url("http://127.0.0.1:8545") == "http://127.0.0.1:8545"
+
+
+def test_an_endpoint_of_another_chain_is_never_used(
+    chain: Anvil, proxy: RpcProxy, backup: RpcProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fallback pointed at another network by mistake must not feed the node its blocks."""
+    w3 = Web3(FailoverProvider([proxy.url, backup.url], timeout_s=2, chain_id=1))
+    with pytest.raises(RpcMalformedResponse):
+        block_number(w3)  # neither endpoint is on chain 1
+    assert "serves another chain" in caplog.text
+
+    ours = Web3(FailoverProvider([proxy.url], timeout_s=2, chain_id=chain.chain_id))
+    assert block_number(ours) == chain.w3.eth.block_number
+    assert len(proxy.requests_for("eth_chainId")) == 2  # asked once per provider
