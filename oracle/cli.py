@@ -23,6 +23,8 @@ from oracle.config import (
     unknown_environment,
 )
 from oracle.errors import OracleError
+from oracle.lifecycle.conduct import HONEST
+from oracle.lifecycle.hostile import HOSTILE_CONDUCTS
 from oracle.logs import configure_logging, printable
 
 if TYPE_CHECKING:
@@ -240,10 +242,10 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
 @click.option("--verify-tolerance-bits", default=None, type=int)
 @click.option(
     "--test-fault",
-    type=click.Choice(["unrelated-answer", "wrong-embedding"]),
+    type=click.Choice(sorted(HOSTILE_CONDUCTS)),
     default=None,
     hidden=True,
-    help="Test only: misbehave on purpose.",
+    help="Test only: misbehave on purpose (oracle.lifecycle.hostile).",
 )
 def run(keystore: str | None, private_key: str | None, no_migrate: bool, **options: Any) -> None:
     """Run a node: follow the chain, answer requests, commit, reveal, verify, finalize."""
@@ -258,8 +260,10 @@ def run(keystore: str | None, private_key: str | None, no_migrate: bool, **optio
     finally:
         for variable in SECRET_VARIABLES:  # worker processes inherit the environment
             os.environ.pop(variable, None)
+    fault = options.pop("test_fault")
+    conduct = HOSTILE_CONDUCTS[fault] if fault else HONEST
     settings = _settings(private_key=key, migrate=not no_migrate, **options)
-    _serve(lambda stop: run_node(settings, stop))
+    _serve(lambda stop: run_node(settings, stop, conduct))
 
 
 def _settings(**options: Any) -> NodeSettings:

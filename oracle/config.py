@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from oracle.errors import OracleError
-from oracle.lifecycle.context import TestFault
 
 DEFAULT_MODELS = ("SmolLM2-135M-Instruct-Q4_1",)
 DEFAULT_EMBEDDING_MODELS = ("all-MiniLM-L6-v2",)
@@ -67,7 +66,6 @@ class NodeSettings:
     everything."""
     migrate: bool = True
     verify_tolerance_bits: int | None = None
-    test_fault: TestFault | None = None
 
     def __post_init__(self) -> None:
         if not self.rpc_urls or not all(self.rpc_urls):

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-TestFault = Literal["unrelated-answer", "wrong-embedding"]
-"""Test-only misbehaviour: answer with unrelated text, or reveal bits that do not match."""
-
-UNRELATED_ANSWER = (
-    "Bananas are rich in potassium and grow in large hanging clusters on tropical plants."
-)
+from oracle.lifecycle.conduct import HONEST, Conduct
 
 
 class Calldata(Protocol):
@@ -68,4 +63,5 @@ class NodeContext:
     """Non-winning nodes wait this much per rank before finalizing themselves."""
     outsider_delay_s: float = 20.0
     """Nodes without a seat wait this much longer before settling a forgotten request."""
-    test_fault: TestFault | None = field(default=None)
+    conduct: Conduct = HONEST
+    """What this node makes of its own inference; the composition root may inject another."""

@@ -169,16 +169,11 @@ def commit_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
 
 
 def _answer_text(step: Step, result: dict[str, Any]) -> str:
-    if step.ctx.test_fault == "unrelated-answer":
-        from oracle.lifecycle.context import UNRELATED_ANSWER
-
-        return UNRELATED_ANSWER
-    return str(result["text"])
+    return step.ctx.conduct.answer_text(step.request.id, str(result["text"]))
 
 
 def _store_answer_and_commit(step: Step, inference: Job, output: str, bits: bytes) -> None:
-    if step.ctx.test_fault == "wrong-embedding":
-        bits = bytes(b ^ 0xFF for b in bits)
+    bits = step.ctx.conduct.embedding_bits(step.request.id, bits)
     req = step.request
     model_index = int(inference.payload["model_index"])
     salt = new_salt()

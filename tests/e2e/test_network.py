@@ -11,7 +11,7 @@ import pytest
 
 from oracle.chain.anvil import dev_private_key
 from oracle.client import RequestRejected, follow_request
-from oracle.lifecycle.context import UNRELATED_ANSWER
+from oracle.lifecycle.hostile import UNRELATED_ANSWER
 from tests.e2e.conftest import Network
 
 pytestmark = pytest.mark.slow

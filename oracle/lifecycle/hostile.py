@@ -1,0 +1,45 @@
+"""Hostile conducts, for the end-to-end tests only (``oracle run --test-fault NAME``).
+
+Nothing in a production node reaches this module: the composition root looks a conduct
+up here only when the hidden ``--test-fault`` flag names one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from oracle.lifecycle.conduct import Conduct
+
+UNRELATED_ANSWER = (
+    "Bananas are rich in potassium and grow in large hanging clusters on tropical plants."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UnrelatedAnswer:
+    """Answer every request with the same unrelated text (honestly embedded)."""
+
+    def answer_text(self, request_id: int, computed: str) -> str:
+        return UNRELATED_ANSWER
+
+    def embedding_bits(self, request_id: int, computed: bytes) -> bytes:
+        return computed
+
+
+@dataclass(frozen=True, slots=True)
+class WrongEmbedding:
+    """Reveal the computed text with every embedding bit flipped."""
+
+    def answer_text(self, request_id: int, computed: str) -> str:
+        return computed
+
+    def embedding_bits(self, request_id: int, computed: bytes) -> bytes:
+        return bytes(b ^ 0xFF for b in computed)
+
+
+HOSTILE_CONDUCTS: Mapping[str, Conduct] = {
+    "unrelated-answer": UnrelatedAnswer(),
+    "wrong-embedding": WrongEmbedding(),
+}
+"""By the name ``--test-fault`` takes."""
