@@ -135,7 +135,7 @@ class LlmJobRunner:
         except OracleError as exc:
             return exc
         return {
-            "text": generation.text,
+            "text": answer_text(generation.text),
             "completion_tokens": generation.completion_tokens,
             "prompt_tokens": generation.prompt_tokens,
             "finish_reason": generation.finish_reason,
@@ -143,6 +143,16 @@ class LlmJobRunner:
             "model": generation.model,
             "elapsed_s": round(time.perf_counter() - started, 4),
         }
+
+
+def answer_text(generated: str) -> str:
+    """The generated text as a node answers it: without NUL characters.
+
+    A model may emit a NUL byte token (a prompt can ask for one); Postgres refuses NUL in
+    text and JSON, and an answer the node cannot store it cannot commit. Every node drops
+    them the same way, so honest answers still agree.
+    """
+    return generated.replace("\x00", "")
 
 
 class EmbeddingJobRunner:
