@@ -2,7 +2,19 @@
 
 Each worker is a separate process (``oracle worker``), so a model crash, a leak or a
 SIGKILL takes down one worker, never the node; its leased jobs go back to the queue when
-the lease runs out.
+the lease runs out. A worker that exits unasked is restarted after a growing delay.
+
+**Wedged workers.** A worker heartbeats its presence from a side thread all the time it
+runs, and stops doing so only when it is stuck: its process frozen, or a batch running
+past its jobs' deadlines (worker.py). The rule: a worker whose presence has been silent
+for ``wedged_after_s`` (default :data:`WEDGED_AFTER_S`), while the database has been
+answering the supervisor for at least ``settled_s`` (so that a database outage, which
+silences every worker, is not taken for a wedge), is killed with SIGKILL (a process
+stuck in C code may never run a SIGTERM handler) and restarted like a crashed one.
+
+**Secrets stay here.** Workers get the node's environment without its secrets (the key,
+the keystore and its password, and anything named like a credential): they need only the
+database URL, which they get as ``ORACLE_DATABASE_URL``.
 
 Two ways to run: a fixed list of workers (``specs``), or autoscaling, where every tick
 reads the demand from the queue, asks the planner (:mod:`oracle.engine.autoscale`) how
@@ -18,6 +30,8 @@ import contextlib
 import itertools
 import logging
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -51,15 +65,36 @@ from oracle.engine.worker import (
     Role,
     make_worker_id,
 )
+from oracle.store import make_engine
 from oracle.store.models import JobKind
 from oracle.store.queue_stats import WorkerActivity, model_demand, worker_activity
-from oracle.store.workers import live_workers
+from oracle.store.workers import (
+    ALIVE_WITHIN_S,
+    Presence,
+    live_workers,
+    presence,
+    retire_workers,
+)
 
 logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 HEALTHY_AFTER_S = 60.0
 """A worker that has run this long without exiting starts its crash count afresh."""
+WEDGED_AFTER_S = 2 * ALIVE_WITHIN_S
+"""A worker whose presence has been silent this long is killed and restarted."""
+DATABASE_SETTLED_S = 15.0
+"""...provided the database has answered for this long: time for every healthy worker to
+beat again after an outage (they retry at least every 5 s)."""
+TICK_S = 2.0
+"""How often the supervisor reads the database when it does not autoscale."""
+
+WORKER_ENV_KEEP = frozenset({"ORACLE_DATA_DIR"})
+"""The node's own variables a worker needs (the database URL is set separately)."""
+_CREDENTIAL_WORDS = frozenset(
+    {"PASSWORD", "PASSWD", "SECRET", "TOKEN", "MNEMONIC", "CREDENTIALS", "KEYSTORE"}
+)
+_CREDENTIAL_PAIRS = ("PRIVATE_KEY", "API_KEY", "ACCESS_KEY", "SEED_PHRASE")
 
 ROLE_KINDS: Mapping[Role, Sequence[JobKind]] = {
     "llm": LlmJobRunner.kinds,
@@ -179,6 +214,27 @@ class _Slot:
         return self.process is not None and self.process.poll() is None
 
 
+def worker_environment(parent: Mapping[str, str], database_url: str) -> dict[str, str]:
+    """The environment a worker process starts with: the node's, less its secrets.
+
+    Left out: every ``ORACLE_*`` variable but :data:`WORKER_ENV_KEEP` (the key, the
+    keystore and its password, the RPC), and any variable named like a credential (a
+    word such as PASSWORD, SECRET or TOKEN, or PRIVATE_KEY / API_KEY in its name). Kept:
+    the rest (PATH, HOME, locale, thread counts, CUDA and libpq's ``PG*`` settings).
+    """
+    env = {name: value for name, value in parent.items() if not _is_secret(name)}
+    env["ORACLE_DATABASE_URL"] = database_url
+    return env
+
+
+def _is_secret(name: str) -> bool:
+    upper = name.upper()
+    if upper.startswith("ORACLE_"):
+        return upper not in WORKER_ENV_KEEP
+    words = set(re.split(r"[^A-Z0-9]+", upper))
+    return bool(words & _CREDENTIAL_WORDS) or any(pair in upper for pair in _CREDENTIAL_PAIRS)
+
+
 class WorkerSupervisor:
     """Keeps worker processes running, scaled to demand when autoscaling, until stopped."""
 
@@ -188,9 +244,17 @@ class WorkerSupervisor:
         specs: Sequence[WorkerSpec] = (),
         *,
         autoscaling: Autoscaling | None = None,
+        wedged_after_s: float = WEDGED_AFTER_S,
+        settled_s: float = DATABASE_SETTLED_S,
     ) -> None:
         self._database_url = database_url
         self._autoscaling = autoscaling
+        self._wedged_after_s = wedged_after_s
+        self._settled_s = settled_s
+        self._database_ok_since: float | None = None
+        self._exited: list[str] = []
+        """Worker ids of processes that died unasked, for their presence to be retired."""
+        self._wedged_kills = 0
         self._serial = itertools.count(1)
         self._slots: dict[str, _Slot] = {}
         for spec in specs:
@@ -272,22 +336,56 @@ class WorkerSupervisor:
             self._wanted = {d.key: wanted_workers(d, scaling.settings) for d in demands}
         return decisions
 
+    def tend(self, engine: Engine) -> list[str]:
+        """The database side of supervision: retire the presence of workers that died,
+        then kill the wedged ones (see the module docstring); the slot keys killed."""
+        now = time.monotonic()
+        ids = self.worker_ids()
+        with self._lock:
+            exited, self._exited = self._exited, []
+        try:
+            with engine.begin() as conn:
+                if exited:
+                    retire_workers(conn, exited)
+                seen = presence(conn, list(ids.values()))
+        except DBAPIError:
+            self._database_ok_since = None
+            with self._lock:
+                self._exited = exited + self._exited
+            raise
+        if self._database_ok_since is None:
+            self._database_ok_since = now
+        if now - self._database_ok_since < self._settled_s:
+            return []
+        return [
+            key
+            for key, worker_id in ids.items()
+            if self._kill_if_wedged(key, seen.get(worker_id), now)
+        ]
+
     async def run(
         self, stop: asyncio.Event, interval_s: float = 1.0, engine: Engine | None = None
     ) -> None:
-        """Supervise until ``stop``; with an engine and autoscaling, scale on every tick."""
+        """Supervise until ``stop``: restart what exits, kill what is wedged, and with
+        autoscaling, scale on every tick. Without an engine it makes its own."""
+        own_engine = make_engine(self._database_url, pool_size=1) if engine is None else None
+        db = engine or own_engine
+        assert db is not None
+        tick_s = self._autoscaling.interval_s if self._autoscaling else TICK_S
         self.start()
         next_tick = 0.0
         try:
             while not stop.is_set():
                 self.check()
-                if engine is not None and self._autoscaling and time.monotonic() >= next_tick:
-                    await asyncio.to_thread(self._tick_logging_errors, engine)
-                    next_tick = time.monotonic() + self._autoscaling.interval_s
+                if time.monotonic() >= next_tick:
+                    await asyncio.to_thread(self._tick_logging_errors, db)
+                    next_tick = time.monotonic() + tick_s
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval_s)
         finally:
             await asyncio.to_thread(self.stop)
+            if own_engine is not None:
+                own_engine.dispose()
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every worker (they finish their batch), then SIGKILL what is left."""
@@ -309,9 +407,32 @@ class WorkerSupervisor:
 
     def _tick_logging_errors(self, engine: Engine) -> None:
         try:
+            self.tend(engine)
             self.autoscale_tick(engine)
         except DBAPIError as exc:  # the database may come back; the workers keep running
-            logger.warning("autoscaling skipped: database error", extra={"error": str(exc)})
+            logger.warning("supervision tick skipped: database error", extra={"error": str(exc)})
+
+    def _kill_if_wedged(self, key: str, seen: Presence | None, now: float) -> bool:
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None or slot.process is None or not slot.alive or seen is None:
+                return False
+            # a row announced before this process started is an earlier process's (same pid)
+            ours = seen.ready_for_s <= now - slot.started_at + 1.0
+            if seen.stopped or not ours or seen.silent_for_s < self._wedged_after_s:
+                return False
+            slot.process.send_signal(signal.SIGKILL)
+            self._wedged_kills += 1
+        logger.error(
+            "worker wedged: killed, to be restarted",
+            extra={
+                "worker": key,
+                "model": slot.spec.model,
+                "pid": slot.process.pid,
+                "silent_for_s": round(seen.silent_for_s, 1),
+            },
+        )
+        return True
 
     def _view(
         self,
@@ -387,6 +508,7 @@ class WorkerSupervisor:
     def _schedule_restart(self, slot: _Slot, now: float) -> None:
         assert slot.process is not None
         code = slot.process.returncode
+        self._exited.append(make_worker_id(slot.spec.model, slot.process.pid, self._hostname))
         delay = RESTART_BACKOFF_S[min(slot.crashes, len(RESTART_BACKOFF_S) - 1)]
         slot.crashes += 1
         slot.process = None
@@ -403,7 +525,7 @@ class WorkerSupervisor:
         )
 
     def _spawn(self, slot: _Slot) -> None:
-        env = {**os.environ, "ORACLE_DATABASE_URL": self._database_url}
+        env = worker_environment(os.environ, self._database_url)
         slot.process = subprocess.Popen(slot.spec.command(), env=env)
         slot.started_at = time.monotonic()
         logger.info(
@@ -416,10 +538,12 @@ class WorkerSupervisor:
             },
         )
 
-    def snapshot(self) -> tuple[dict[ModelKey, int], dict[ModelKey, int], _DecisionCounts]:
-        """Workers by model, workers wanted by model, decisions by (action, cause)."""
+    def snapshot(self) -> tuple[dict[ModelKey, int], dict[ModelKey, int], _DecisionCounts, int]:
+        """Workers by model, workers wanted by model, decisions by (action, cause), and
+        wedged workers killed."""
         with self._lock:
-            return self.counts(), dict(self._wanted), dict(self._decision_counts)
+            counts, wanted = self.counts(), dict(self._wanted)
+            return counts, wanted, dict(self._decision_counts), self._wedged_kills
 
 
 def _read_demand(conn: Connection, scaling: Autoscaling, ours: Collection[str]) -> list[Demand]:
@@ -455,7 +579,7 @@ class SupervisorMetrics(Collector):
         self._supervisor = supervisor
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        counts, wanted, decisions = self._supervisor.snapshot()
+        counts, wanted, decisions, wedged = self._supervisor.snapshot()
         workers = GaugeMetricFamily(
             "oracle_workers", "Worker processes by role and model", labels=["role", "model"]
         )
@@ -478,3 +602,8 @@ class SupervisorMetrics(Collector):
         for (action, cause), count in sorted(decisions.items()):
             taken.add_metric([action, cause], float(count))
         yield taken
+        yield CounterMetricFamily(
+            "oracle_workers_wedged_killed",
+            "Workers killed and restarted because their heartbeat went silent",
+            value=float(wedged),
+        )

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from sqlalchemy import Engine, text
 
 from oracle.engine.autoscale import ScaleDecision
 from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, autoscaling_for
+from oracle.engine.worker import make_worker_id
+from oracle.store.maintenance import maintain_queue
 from oracle.store.queue import claim_jobs, complete_job, enqueue_job
 from oracle.store.queue_stats import model_demand, worker_activity
 from oracle.store.workers import announce_worker, live_workers
@@ -195,3 +198,78 @@ def test_a_crashed_worker_is_restarted(database_url: str, db_engine: Engine) -> 
         assert sup.counts() == {spec.key: 1}  # restarted in place, not scaled
     finally:
         sup.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
+def test_a_worker_killed_or_frozen_mid_job_is_replaced_and_the_job_done_once(
+    fault: str, database_url: str, db_engine: Engine
+) -> None:
+    """SIGKILL (a crash, the OOM killer) or SIGSTOP (a process stuck where no clock check
+    reaches): the supervisor restarts the worker, killing the frozen one once its
+    heartbeat has been silent too long, and the job goes to the new worker."""
+    spec = WorkerSpec(role="llm", model=SMOLLM, threads=1, lease_s=3.0)
+    sup = WorkerSupervisor(database_url, [spec], wedged_after_s=3.0, settled_s=0.0)
+    try:
+        sup.start()
+        (first,) = sup.pids
+        first_id = make_worker_id(SMOLLM, first)
+
+        def present() -> bool:
+            with db_engine.connect() as conn:
+                return first_id in live_workers(conn).get(("llm", SMOLLM), set())
+
+        _drive(sup, db_engine, present, "the worker to load its model")
+        with db_engine.begin() as conn:
+            job = enqueue_job(
+                conn,
+                kind="inference",
+                model=SMOLLM,
+                priority=1,
+                deadline=datetime.now(UTC) + timedelta(minutes=5),
+                payload={
+                    "prompt": "Write the numbers from 1 to 500, separated by commas.",
+                    "temperature_milli": 700,
+                    "max_tokens": 200,
+                    "seed": 1,
+                },
+            )
+        _drive(sup, db_engine, lambda: _statuses(db_engine)[job][0] == "running", "the claim")
+        os.kill(first, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
+
+        def done() -> bool:
+            sup.tend(db_engine)
+            maintain_queue(db_engine)
+            return _statuses(db_engine)[job][0] == "done"
+
+        _drive(sup, db_engine, done, "the job to be done by a new worker")
+        (second,) = sup.pids
+        assert second != first
+        with db_engine.connect() as conn:
+            attempts = conn.scalar(text("SELECT attempts FROM jobs WHERE id = :id"), {"id": job})
+            live = live_workers(conn).get(("llm", SMOLLM), set())
+        assert _statuses(db_engine)[job][1] == make_worker_id(SMOLLM, second)
+        assert attempts == 2
+        assert first_id not in live  # the dead worker no longer counts as ready
+    finally:
+        sup.stop()
+
+
+def test_workers_start_without_the_node_secrets(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, password = "0x" + "ab" * 32, "correct horse battery staple"
+    monkeypatch.setenv("ORACLE_PRIVATE_KEY", key)
+    monkeypatch.setenv("ORACLE_KEYSTORE_PASSWORD", password)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    sup = WorkerSupervisor(database_url, [WorkerSpec(role="llm", model=SMOLLM)])
+    try:
+        sup.start()
+        (pid,) = sup.pids
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        sup.stop()
+    names = {entry.split(b"=", 1)[0].decode() for entry in environ.split(b"\0") if entry}
+    assert "ORACLE_PRIVATE_KEY" not in names and "ORACLE_KEYSTORE_PASSWORD" not in names
+    assert key.encode() not in environ and password.encode() not in environ
+    assert {"ORACLE_DATABASE_URL", "PATH", "OMP_NUM_THREADS"} <= names
