@@ -169,7 +169,8 @@ class Node:
         )
 
     async def _advance_when_wanted(self, wanted: asyncio.Event, stop: asyncio.Event) -> None:
-        """One pass over the open requests at a time, again as soon as it is wanted again."""
+        """One lifecycle pass at a time, again as soon as it is wanted again. A pass looks
+        only at the requests with news (wakes) or a check come due, so ticking is cheap."""
         while not stop.is_set():
             await _first_of(wanted, stop)
             if stop.is_set():

@@ -57,6 +57,7 @@ from oracle.store.chain_state import (
     save_checkpoint,
 )
 from oracle.store.notify import CHAIN_CHANNEL, notify
+from oracle.store.wakes import wake_requests, wake_unsettled_requests
 
 __all__ = ["Listener"]
 
@@ -195,6 +196,7 @@ class Listener:
             else:
                 rollback_after(session, ancestor.number)
                 save_checkpoint(session, self.name, ancestor)
+            wake_unsettled_requests(session.connection(), "reorg")
             notify(session.connection(), CHAIN_CHANNEL, "reorg")
         self._log_reorg(checkpoint, ancestor)
         if self._on_reorg is not None:
@@ -356,6 +358,8 @@ class Listener:
             save_checkpoint(session, self.name, chunk.end)
             prune_blocks(session, self._retained_blocks)
             if chunk.events:  # the node's lifecycle wakes on commit instead of its next tick
+                woken = [event.request_id for event in chunk.events]
+                wake_requests(session.connection(), woken, "chain event")
                 notify(session.connection(), CHAIN_CHANNEL, str(len(chunk.events)))
         return len(chunk.events)
 

@@ -1,18 +1,25 @@
-"""Runs the lifecycle's steps over every request that may need one."""
+"""Runs the lifecycle over the requests that need a look: those with news, and those whose
+next check by the clock has come. Nothing else is touched, so a pass costs what changed,
+not what is open.
+
+For each such request: what the chain must be asked is read first, holding no lock; then
+the request's row is locked, its news taken, the state machine advanced
+(``oracle.lifecycle.steps``) and the time of its next check written, in one transaction.
+"""
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.lifecycle.context import ChainCalls, NodeContext
-from oracle.lifecycle.steps import Step, advance
+from oracle.lifecycle.steps import FOLLOWED, Step, advance
 from oracle.lifecycle.transitions import dispute_deadline_question, load_seats
 from oracle.lifecycle.turn import NO_READS, ChainReads
-from oracle.store.models import OPEN_REQUEST_PHASES, Answer, Job, Request
+from oracle.store.models import Request
+from oracle.store.wakes import due_requests, take_wakes
 
 logger = logging.getLogger(__name__)
 
@@ -23,34 +30,13 @@ def advance_requests(
     chain: ChainCalls,
     now: datetime | None = None,
 ) -> int:
-    """One pass over the open (and skipped, not yet settled) requests; returns how many."""
+    """One pass over the requests with news or a check due; returns how many it looked at."""
     now = now or datetime.now(UTC)
     with sessions() as session:
-        ids = list(
-            session.scalars(
-                select(Request.id)
-                .where(or_(Request.phase.in_(OPEN_REQUEST_PHASES), Request.phase == "skipped"))
-                .where(~_waiting_for_its_answer())
-                .order_by(Request.commit_deadline)
-            )
-        )
+        ids = due_requests(session, now)
     for request_id in ids:
         _advance_one(sessions, ctx, chain, now, request_id)
     return len(ids)
-
-
-def _waiting_for_its_answer() -> ColumnElement[bool]:
-    """Committing, no answer yet, and its inference or embedding job still queued or running.
-
-    The commit step has nothing to do for such a request (it waits for the job, which has
-    its own deadline and ends done, dead or expired), so a pass skips it: with many
-    requests in flight most of them are here, and each would cost a transaction.
-    """
-    return and_(
-        Request.phase == "committing",
-        ~exists().where(Answer.request_id == Request.id),
-        exists().where(Job.request_id == Request.id, Job.status.in_(("queued", "running"))),
-    )
 
 
 def _advance_one(
@@ -66,10 +52,16 @@ def _advance_one(
             # the row lock keeps a second pass (or a second node process on this database) out
             request = session.get(Request, request_id, with_for_update={"skip_locked": True})
             if request is None:
+                _forget_if_gone(session, request_id)
                 return
-            advance(Step(session, request, ctx, chain, now, reads))
+            take_wakes(session, request_id)
+            next_check = None
+            if request.phase in FOLLOWED:
+                next_check = advance(Step(session, request, ctx, chain, now, reads))
+            request.next_check_at = next_check
     except Exception:
-        # one request's trouble (an RPC hiccup, a bad row) must not stop the others
+        # One request's trouble (an RPC hiccup, a bad row) must not stop the others. Its
+        # news and its due check stay where they were: the next pass tries again.
         logger.exception("step failed; will retry", extra={"request_id": request_id})
 
 
@@ -88,3 +80,10 @@ def _read_chain_first(
         return NO_READS
     deadline = chain.dispute_deadline(request_id, as_of=question.as_of)
     return ChainReads(dispute_deadlines={question: datetime.fromtimestamp(deadline, tz=UTC)})
+
+
+def _forget_if_gone(session: Session, request_id: int) -> None:
+    """News for a request that is not (or no longer) stored: drop it. A request whose row
+    another pass holds is left alone (its news stays for the next pass)."""
+    if session.get(Request, request_id) is None:
+        take_wakes(session, request_id)

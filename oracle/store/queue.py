@@ -21,6 +21,7 @@ from sqlalchemy import Connection, text
 from oracle.errors import OracleError
 from oracle.store.models import JobKind
 from oracle.store.notify import notify
+from oracle.store.wakes import wake_requests
 
 JOBS_CHANNEL = "oracle_jobs"
 """NOTIFY channel: a job was queued (payload: its kind)."""
@@ -350,4 +351,6 @@ def prune_finished_jobs(conn: Connection, *, older_than: timedelta) -> int:
 
 
 def _notify_done(conn: Connection, request_id: int | None) -> None:
+    """A job ended: its request has news (kept until the lifecycle looks), and it is told."""
+    wake_requests(conn, [request_id], "job")
     notify(conn, JOBS_DONE_CHANNEL, "" if request_id is None else str(request_id))

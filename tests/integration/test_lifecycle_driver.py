@@ -1,21 +1,35 @@
-"""A lifecycle pass: which requests it steps, and what a step does once a job is done."""
+"""A lifecycle pass: which requests it looks at (news, a check come due), what a step does
+once a job is done, and that the chain is asked before a request's row is locked."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.chain.anvil import Anvil
 from oracle.chain.coordinator import CoordinatorBinding
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
+from oracle.lifecycle.transitions import COMMIT_LANDING_GRACE_S
 from oracle.store import make_session_factory
 from oracle.store.chain_state import apply_event
-from oracle.store.models import Answer, Job, OutgoingTx, Request
+from oracle.store.models import Answer, Job, OutgoingTx, Request, RequestWake
 from oracle.store.queue import claim_jobs, complete_job, enqueue_job
-from tests.integration.test_chain_state import ALICE, at, requested
+from oracle.store.wakes import wake_requests
+from tests.integration.test_chain_state import (
+    ALICE,
+    BOB,
+    CAROL,
+    at,
+    committed,
+    requested,
+    revealed,
+)
 
 SMOL = "SmolLM2-135M-Instruct-Q4_1"
 MINILM = "all-MiniLM-L6-v2"
@@ -35,16 +49,16 @@ def test_a_pass_leaves_out_requests_whose_answer_is_still_being_computed(
     binding = CoordinatorBinding(chain.w3, COORDINATOR)
     _admitted_request(sessions, request_id=1)
     with sessions.begin() as session:
-        apply_event(session, requested(2, at(11)))  # not admitted yet: always stepped
+        apply_event(session, requested(2, at(11)))  # just stored: due at once
 
-    def advance() -> int:
-        return advance_requests(sessions, CTX, binding)
+    def advance(now: datetime | None = None) -> int:
+        return advance_requests(sessions, CTX, binding, now)
 
     assert advance() == 1  # request 2 only; request 1 waits for its inference
     assert _phase(sessions, 2) != "requested"
 
     _run_job(db_engine, "inference", {"text": "Paris.", "completion_tokens": 3})
-    assert advance() == 1  # request 1 again: its step queues the embedding
+    assert advance() == 1  # the job's end woke request 1: its step queues the embedding
     assert _job_kinds(sessions, 1) == ["inference", "embedding"]
     assert advance() == 0  # and waits for it
 
@@ -55,12 +69,73 @@ def test_a_pass_leaves_out_requests_whose_answer_is_still_being_computed(
         assert answer is not None and answer.output == "Paris."
         commits = session.scalars(select(OutgoingTx.kind).where(OutgoingTx.request_id == 1))
         assert list(commits) == ["commit"]
-    assert advance() == 1  # answered, waiting for seats: stepped on every pass from now on
+    # answered, waiting for seats (news) or its commit deadline (the clock): not looked at
+    assert advance() == 0
+
+    # the clock: our commit never landed, and the commit deadline (and a grace) passed
+    with sessions() as session:
+        request = session.get_one(Request, 1)
+        late = request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S + 1)
+    assert advance(late) >= 1
+    assert _phase(sessions, 1) == "skipped"
+
+
+def test_a_chain_event_wakes_its_request_and_only_it(db_engine: Engine, chain: Anvil) -> None:
+    sessions = make_session_factory(db_engine)
+    binding = CoordinatorBinding(chain.w3, COORDINATOR)
+    for request_id in (1, 2, 3):
+        _admitted_request(sessions, request_id=request_id)
+    _answered(sessions, request_id=2)
+    assert advance_requests(sessions, CTX, binding) == 0
+
+    with sessions.begin() as session:  # as the listener stores a block's events
+        apply_event(session, committed(2, 0, ALICE, at(20)))
+        wake_requests(session.connection(), [2], "chain event")
+    assert advance_requests(sessions, CTX, binding) == 1
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(RequestWake)) == 0
+        next_check = session.get_one(Request, 2).next_check_at
+        assert next_check == session.get_one(Request, 2).commit_deadline  # then reveal
+    assert advance_requests(sessions, CTX, binding) == 0
+
+
+def test_the_chain_is_asked_before_the_row_is_locked(db_engine: Engine, chain: Anvil) -> None:
+    """Every seat revealed: the close of disputes is an RPC call, made holding no lock."""
+    sessions = make_session_factory(db_engine)
+    with sessions.begin() as session:
+        apply_event(session, requested(1, at(10)))
+        for seat, oracle in enumerate((ALICE, BOB, CAROL)):
+            apply_event(session, committed(1, seat, oracle, at(11, seat)))
+            apply_event(session, revealed(1, seat, oracle, at(12, seat)))
+        session.get_one(Request, 1).phase = "revealing"
+    lock_free_while_asked: list[bool] = []
+
+    class WatchedChain(CoordinatorBinding):
+        def dispute_deadline(self, request_id: int, *, as_of: Hashable = None) -> int:
+            with db_engine.connect() as other:
+                try:
+                    other.execute(
+                        text("SELECT 1 FROM requests WHERE id = :id FOR UPDATE NOWAIT"),
+                        {"id": request_id},
+                    )
+                    lock_free_while_asked.append(True)
+                except OperationalError:
+                    lock_free_while_asked.append(False)
+                other.rollback()
+            return 1_800_000_100
+
+    watched = WatchedChain(chain.w3, COORDINATOR)
+    assert advance_requests(sessions, CTX, watched) == 1
+    assert lock_free_while_asked == [True]
+    assert _phase(sessions, 1) == "finalizing"
+    with sessions() as session:  # verification queued for the other seats' reveals
+        kinds = session.scalars(select(Job.kind).where(Job.request_id == 1))
+        assert sorted(kinds) == ["verification", "verification"]
 
 
 def _admitted_request(sessions: sessionmaker[Session], *, request_id: int) -> None:
     with sessions.begin() as session:
-        apply_event(session, requested(request_id, at(10)))
+        apply_event(session, requested(request_id, at(10, log_index=request_id)))
         request = session.get(Request, request_id)
         assert request is not None
         request.phase = "committing"
@@ -72,6 +147,25 @@ def _admitted_request(sessions: sessionmaker[Session], *, request_id: int) -> No
             priority=1,
             deadline=datetime.now(UTC) + timedelta(minutes=5),
             payload={"prompt": request.prompt, "seed": 1, "model_index": 0},
+        )
+        request.next_check_at = None  # as admission leaves it: the job's end wakes it
+
+
+def _answered(sessions: sessionmaker[Session], *, request_id: int) -> None:
+    """Answer stored and commit decided, as the commit step leaves it."""
+    with sessions.begin() as session:
+        session.execute(update(Job).where(Job.request_id == request_id).values(status="done"))
+        session.add(
+            Answer(
+                request_id=request_id,
+                model=SMOL,
+                model_index=0,
+                output="Paris.",
+                embedding_bits=bytes(48),
+                salt=bytes(32),
+                seed=1,
+                commitment=hashlib.sha256(f"c:{request_id}:0".encode()).digest(),
+            )
         )
 
 

@@ -11,6 +11,7 @@ from oracle.store.models.requests import (
     Answer,
     Request,
     RequestPhase,
+    RequestWake,
     Seat,
 )
 from oracle.store.models.workers import WORKER_ROLES, WorkerRecord
@@ -35,6 +36,7 @@ __all__ = [
     "OutgoingTx",
     "Request",
     "RequestPhase",
+    "RequestWake",
     "Seat",
     "TxKind",
     "TxStatus",

@@ -79,11 +79,16 @@ class Request(Base):
             one_of("phase_before_outcome", REQUEST_PHASES), name="phase_before_outcome"
         ),
         Index("ix_requests_block_number", "block_number"),
-        # The scheduler's scan for requests that still need a step, by deadline.
         Index(
             "ix_requests_open_commit_deadline",
             "commit_deadline",
             postgresql_where=text(one_of("phase", OPEN_REQUEST_PHASES)),
+        ),
+        # The lifecycle's scan for requests whose next check has come (oracle.lifecycle.driver).
+        Index(
+            "ix_requests_next_check_at",
+            "next_check_at",
+            postgresql_where=text("next_check_at IS NOT NULL"),
         ),
     )
 
@@ -117,6 +122,11 @@ class Request(Base):
     skip_reason: Mapped[str | None] = mapped_column(comment="why this node stayed out")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+    next_check_at: Mapped[datetime | None] = mapped_column(
+        server_default=func.now(),
+        comment="when the clock alone may next change this request's state for this node; "
+        "NULL: only news can (a chain event, one of its jobs ending: request_wakes)",
+    )
 
 
 class Seat(Base):
@@ -158,6 +168,23 @@ class Seat(Base):
     reveal_defect: Mapped[str | None] = mapped_column(
         comment="why the revealed bytes are not usable text; revealed_output is escaped then"
     )
+
+
+class RequestWake(Base):
+    """News for a request: a chain event stored for it, or one of its jobs ended.
+
+    Written in the transaction that brings the news (no lock on the request's row), and
+    deleted by the lifecycle's next look at the request, under its row lock: a pass wakes
+    exactly the requests that news or a passed deadline concerns.
+    """
+
+    __tablename__ = "request_wakes"
+    __table_args__ = (Index("ix_request_wakes_request_id", "request_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    request_id: Mapped[int] = mapped_column(Uint256)
+    reason: Mapped[str] = mapped_column(comment="what happened: a chain event's name, or 'job'")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class Answer(Base):
