@@ -146,7 +146,9 @@ def test_three_nodes_serve_twenty_requests_through_faulty_endpoints(soak: Soak) 
     events: list[str] = []
     sent = _send_requests(soak, events)
 
+    following_since = time.monotonic()
     by_request = _follow_all(soak, sent, start_block)
+    followed_s = time.monotonic() - following_since
     for proxy in soak.proxies:
         proxy.clear()  # the nodes settle what is left on a healthy endpoint
     idle = _wait_until_idle(soak)
@@ -161,7 +163,7 @@ def test_three_nodes_serve_twenty_requests_through_faulty_endpoints(soak: Soak) 
     print(f"soak seed {SEED}: {len(sent)} requests, outcomes {dict(outcomes)}")
     print(f"faults injected by kind: {dict(sorted(injected.items()))}")
     print(f"RPC requests through the proxies: {sum(len(p.calls) for p in soak.proxies)}")
-    print(f"events: {events}")
+    print(f"events: {events}; followed the requests for {followed_s:.0f} s")
     print(f"successful commits/reveals beyond one per node and request: {duplicates}")
     print(f"reverted commits/reveals: {sum(r for _ok, r in landed.values())}")
     print(f"nodes running: {alive}; left queued or unsent: {idle}")
@@ -206,10 +208,20 @@ def _follow_all(
     deadline = time.monotonic() + wait_s
     while len(outcomes) < len(sent) and all(soak.alive()) and time.monotonic() < deadline:
         time.sleep(2)
-        for log in coordinator.events.InferenceFinalized().get_logs(from_block=start_block):
-            outcomes[int(log["args"]["requestId"])] = "finalized"
-        for log in coordinator.events.InferenceFailed().get_logs(from_block=start_block):
-            outcomes[int(log["args"]["requestId"])] = f"failed: {log['args']['reason']}"
+        for result in sent:
+            if result.request_id in outcomes:
+                continue
+            only = {"requestId": result.request_id}
+            finalized = coordinator.events.InferenceFinalized().get_logs(
+                from_block=start_block, argument_filters=only
+            )
+            failed = coordinator.events.InferenceFailed().get_logs(
+                from_block=start_block, argument_filters=only
+            )
+            if finalized:
+                outcomes[result.request_id] = "finalized"
+            elif failed:
+                outcomes[result.request_id] = f"failed: reason {failed[0]['args']['reason']}"
     return {r.request_id: outcomes.get(r.request_id, "open") for r in sent}
 
 
