@@ -137,7 +137,7 @@ def embed_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
     if inference.status in FAILED_JOB_STATES:
         return Move("skipped", f"inference {inference.status}: {inference.last_error}")
     if inference.status != "done" or inference.result is None:
-        return NEWS
+        return _until_job_ends(inference)
     enqueue_job(
         step.session.connection(),
         kind="embedding",
@@ -162,10 +162,15 @@ def commit_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
     if embedding.status in FAILED_JOB_STATES:
         return Move("skipped", f"embedding {embedding.status}: {embedding.last_error}")
     if embedding.status != "done" or embedding.result is None:
-        return NEWS
+        return _until_job_ends(embedding)
     bits = bytes.fromhex(embedding.result["bits"])
     _store_answer_and_commit(step, inference, _answer_text(step, inference.result), bits)
     return NEWS
+
+
+def _until_job_ends(job: Job) -> Wait:
+    """A job's end is news (the queue wakes its request); its deadline is a fallback."""
+    return Wait(job.deadline)
 
 
 def _answer_text(step: Step, result: dict[str, Any]) -> str:
