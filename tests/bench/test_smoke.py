@@ -27,6 +27,7 @@ LAST_LINES: dict[str, str] = {
     "gas.py": r"finalize_q5_gas=\d+ protocol_q5_gas=\d+",
     "jobqueue.py": r"ratio=[0-9.]+",
     "latency.py": r"p50_ms=\d+ p95_ms=\d+",
+    "lifecycle.py": r"ratio=[0-9.]+",
     "pipeline.py": r"ratio=[0-9.]+",
 }
 """The result line each benchmark ends with (bench/README.md); a new benchmark adds its own."""
