@@ -168,6 +168,8 @@ class TxSender:
         self._next_recheck = 0.0
         self._next_nonce: int | None = None
         self._lock_connection: Connection | None = None
+        self._locking = False
+        """True while ``run`` holds (or must take back) the key's lock."""
         self._bumps_refused: set[int] = set()
         """Rows whose fee bump the node refused for good: their current version stands."""
         self._bump_now: set[int] = set()
@@ -193,11 +195,13 @@ class TxSender:
     async def run(self, stop: asyncio.Event, poll_interval: float) -> None:
         """Sync until ``stop`` is set, holding this key's lock; outages are waited out."""
         self._lock_connection = await asyncio.to_thread(self._lock_key)
+        self._locking = True
         try:
             await poll_until_stopped(
                 stop, self.sync_once, poll_interval=poll_interval, what="sender sync"
             )
         finally:
+            self._locking = False
             lock, self._lock_connection = self._lock_connection, None
             if lock is not None:
                 await asyncio.to_thread(_unlock, lock, _lock_id(self.address))
@@ -222,19 +226,20 @@ class TxSender:
         checked; if it is gone the lock is taken again, or ``SenderAlreadyRunning`` stops
         this sender. While the database is away, this raises and nothing is broadcast.
         """
-        connection = self._lock_connection
-        if connection is None:
+        if not self._locking:
             return  # not running under ``run`` (a single sync, as in tests)
-        try:
-            connection.scalar(select(1))
-            connection.commit()
-            return
-        except DBAPIError:
-            logger.warning("the sender's lock connection is gone; taking the lock again")
-            self._lock_connection = None
-            connection.invalidate()
-            connection.close()
-        self._lock_connection = self._lock_key()
+        connection = self._lock_connection
+        if connection is not None:
+            try:
+                connection.scalar(select(1))
+                connection.commit()
+                return
+            except DBAPIError:
+                logger.warning("the sender's lock connection is gone; taking the lock again")
+                self._lock_connection = None
+                connection.invalidate()
+                connection.close()
+        self._lock_connection = self._lock_key()  # raises while the database is away
         self._next_nonce = None  # another process may have sent meanwhile
         logger.info("the sender holds its key's lock again", extra={"address": self.address})
 

@@ -9,7 +9,8 @@ import time
 
 import pytest
 from eth_account import Account
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.chain.anvil import Anvil
@@ -184,5 +185,49 @@ def test_after_losing_its_lock_the_sender_takes_it_back_or_stops(
         finally:
             other_lock.close()
             stop.set()
+
+    asyncio.run(scenario())
+
+
+def test_a_lock_lost_while_the_database_is_away_is_taken_again_once_it_is_back(
+    chain: Anvil, sessions: sessionmaker[Session], db_engine: Engine
+) -> None:
+    sender = make_sender(chain, sessions)
+    take_lock = sender._lock_key
+    refusals = []
+
+    def database_restarting() -> Connection:
+        if not refusals:  # the first try after the cut finds the database still away
+            refusals.append(1)
+            raise OperationalError("SELECT 1", {}, Exception("the database system is starting up"))
+        return take_lock()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(sender.run(stop, poll_interval=0.05))
+        await asyncio.sleep(0.3)
+        lock = sender._lock_connection
+        assert lock is not None
+        sender._lock_key = database_restarting  # type: ignore[method-assign]
+        pid = lock.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        with db_engine.begin() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if refusals and sender._lock_connection is not None:
+                break
+        assert refusals and sender._lock_connection is not None
+        holder = sender._lock_connection.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        with db_engine.connect() as conn:  # the lock is really held again, by that connection
+            held = conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND granted AND pid = :pid"
+                ),
+                {"pid": holder},
+            )
+        assert held == 1
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)
 
     asyncio.run(scenario())
