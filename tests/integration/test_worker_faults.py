@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL, make_url
 
 from oracle.engine.worker import make_worker_id
+from oracle.store import make_engine
 from oracle.store.queue import NewJob, enqueue_job, enqueue_jobs
 from oracle.store.workers import live_workers, ready_models
 
@@ -227,3 +229,42 @@ def test_one_bad_item_fails_alone_and_the_rest_of_its_batch_completes(
     assert [(j.status, j.attempts) for j in good] == [("done", 1)] * 6
     assert all(j.result["batch"] == 1 for j in good)  # run again one at a time
     assert "running its jobs one at a time" in worker.log()
+
+
+def test_a_worker_waits_out_a_database_that_refuses_connections(
+    db_engine: Engine,
+    postgres_server_url: URL,
+    database_url: str,
+    start_worker: Callable[[str], Worker],
+) -> None:
+    worker = start_worker(SMOLLM)
+    name = make_url(database_url).database
+    server = make_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as admin:
+            admin.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            try:
+                admin.execute(
+                    text(
+                        """
+                        SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                        WHERE datname = :name
+                        """
+                    ),
+                    {"name": name},
+                )
+                _wait_for(
+                    lambda: worker.process.poll() is not None or "database error" in worker.log(),
+                    "the worker to meet the outage",
+                )
+                time.sleep(2 * LEASE_S)  # several beats and claims into the outage
+            finally:
+                admin.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+    finally:
+        server.dispose()
+    assert worker.process.poll() is None, worker.log()
+    job_id = _enqueue(db_engine, {**ENDLESS_JOB, "max_tokens": 4})
+    _wait_for(lambda: _job(db_engine, job_id).status == "done", "the job, after the outage")
+    assert _job(db_engine, job_id).worker_id == worker.worker_id
+    with db_engine.connect() as conn:
+        assert worker.worker_id in live_workers(conn).get(("llm", SMOLLM), set())
