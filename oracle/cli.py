@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from oracle.calibrate import calibrate_command
 from oracle.config import (
     DEFAULT_DATA_DIR,
     ConfigError,
@@ -555,6 +556,8 @@ def dev(
         sys.exit(1)
     sys.exit(code)
 
+
+main.add_command(calibrate_command)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,402 @@
+"""``oracle calibrate``: secDistance and secPercentage chosen from the models' own answers.
+
+A requester knows its prompts, not how far apart honest answers to them land. This
+command runs the accepted models locally on example prompts (a file of prompts, or a
+template filled with values), several seeds each, reduces every answer to the sign bits
+nodes reveal, and recommends:
+
+- **secDistance**: the smallest (in steps of 50 bp) at which at least the target share
+  of pairs of honest answers to the same prompt lie within it. Pairs cross models and
+  seeds: a quorum may mix every accepted model.
+- **secPercentage**: at that distance, the share of the answers that the worst prompt's
+  largest cluster held, rounded down to 100 bp; never below a strict majority (5100),
+  since a smaller share lets a minority decide, and flagged when honest answers do not
+  reach a majority.
+
+It shows what that threshold lets through: the share of pairs of answers to *different*
+example prompts that lie within it, and the closest such pair. Agreement is not truth:
+a plausible wrong answer to the same prompt can lie as close as an honest one
+(docs/consensus.md); this command cannot see that.
+
+The calibration itself (``calibrate``) is pure; running the models is ``answer_prompts``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+
+from oracle.consensus import BASIS_POINTS, hamming
+from oracle.consensus.quality import cluster_share, share_within, smallest_sec_distance
+from oracle.errors import OracleError
+
+__all__ = [
+    "Calibration",
+    "CalibrationAnswer",
+    "CalibrationInputError",
+    "answer_prompts",
+    "calibrate",
+    "calibrate_command",
+    "render",
+]
+
+logger = logging.getLogger(__name__)
+
+MAJORITY_BP = BASIS_POINTS // 2 + 100
+"""The smallest secPercentage recommended: a strict majority, in 100 bp steps."""
+CURVE_BP = tuple(range(1000, 5001, 500))
+STEP_BP = 50
+
+
+class CalibrationInputError(OracleError):
+    """The calibration's input is not usable."""
+
+    reason: str
+
+    def __init__(self, *, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CalibrationAnswer:
+    """One answer to one example prompt, as a node would reveal it."""
+
+    prompt: str
+    model: str
+    seed: int
+    text: str
+    bits: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PromptFigures:
+    prompt: str
+    honest_agreement: float
+    """Share of this prompt's honest pairs within the recommended secDistance."""
+    cluster_share: float
+    """Share of this prompt's answers in its largest cluster at that distance."""
+    max_distance: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClosestOther:
+    distance: float
+    left: str
+    right: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CurvePoint:
+    sec_distance_bp: int
+    honest_agreement: float
+    other_prompt_acceptance: float | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Calibration:
+    """The recommendation and what it rests on."""
+
+    target: float
+    dim_bits: int
+    sec_distance_bp: int
+    sec_percentage_bp: int
+    honest_agreement: float
+    """Share of all honest pairs within sec_distance_bp (at least ``target``)."""
+    honest_majority: bool
+    """Whether every prompt's answers reached a strict majority in one cluster."""
+    other_prompt_acceptance: float | None
+    """Share of pairs of answers to different prompts within sec_distance_bp; None with
+    a single prompt."""
+    closest_other: ClosestOther | None
+    per_prompt: tuple[PromptFigures, ...]
+    curve: tuple[CurvePoint, ...]
+
+
+def calibrate(answers: Sequence[CalibrationAnswer], *, target: float) -> Calibration:
+    """Recommend a frame for these answers (pure: no model is run here)."""
+    by_prompt = _by_prompt(answers)
+    dim_bits = len(answers[0].bits) * 8
+    honest = {p: _pair_distances(group) for p, group in by_prompt.items()}
+    all_honest = [d for distances in honest.values() for d in distances]
+    sec_distance_bp = smallest_sec_distance(all_honest, dim_bits, target=target, step_bp=STEP_BP)
+    others = _other_pairs(by_prompt)
+    per_prompt = tuple(
+        PromptFigures(
+            prompt=prompt,
+            honest_agreement=share_within(honest[prompt], sec_distance_bp, dim_bits),
+            cluster_share=cluster_share([a.bits for a in group], sec_distance_bp),
+            max_distance=max(honest[prompt], default=0) / dim_bits,
+        )
+        for prompt, group in by_prompt.items()
+    )
+    worst_share = min(figures.cluster_share for figures in per_prompt)
+    rounded = int(worst_share * BASIS_POINTS) // 100 * 100
+    return Calibration(
+        target=target,
+        dim_bits=dim_bits,
+        sec_distance_bp=sec_distance_bp,
+        sec_percentage_bp=max(rounded, MAJORITY_BP),
+        honest_agreement=share_within(all_honest, sec_distance_bp, dim_bits),
+        honest_majority=worst_share * BASIS_POINTS >= MAJORITY_BP,
+        other_prompt_acceptance=_acceptance(others, sec_distance_bp, dim_bits),
+        closest_other=_closest(others, dim_bits),
+        per_prompt=per_prompt,
+        curve=tuple(
+            CurvePoint(
+                sec_distance_bp=bp,
+                honest_agreement=share_within(all_honest, bp, dim_bits),
+                other_prompt_acceptance=_acceptance(others, bp, dim_bits),
+            )
+            for bp in sorted({*CURVE_BP, sec_distance_bp, max(0, sec_distance_bp - STEP_BP)})
+        ),
+    )
+
+
+def _by_prompt(answers: Sequence[CalibrationAnswer]) -> dict[str, list[CalibrationAnswer]]:
+    if not answers:
+        raise CalibrationInputError(reason="no answers to calibrate on")
+    lengths = {len(a.bits) for a in answers}
+    if len(lengths) != 1 or 0 in lengths:
+        raise CalibrationInputError(reason=f"embeddings of different lengths: {sorted(lengths)}")
+    by_prompt: dict[str, list[CalibrationAnswer]] = {}
+    for answer in answers:
+        by_prompt.setdefault(answer.prompt, []).append(answer)
+    small = [p for p, group in by_prompt.items() if len(group) < 2]
+    if small:
+        raise CalibrationInputError(reason=f"{len(small)} prompts have fewer than two answers")
+    return by_prompt
+
+
+def _pair_distances(group: Sequence[CalibrationAnswer]) -> list[int]:
+    return [hamming(a.bits, b.bits) for a, b in itertools.combinations(group, 2)]
+
+
+def _other_pairs(
+    by_prompt: dict[str, list[CalibrationAnswer]],
+) -> list[tuple[int, CalibrationAnswer, CalibrationAnswer]]:
+    return [
+        (hamming(a.bits, b.bits), a, b)
+        for left, right in itertools.combinations(by_prompt.values(), 2)
+        for a in left
+        for b in right
+    ]
+
+
+def _acceptance(
+    others: Sequence[tuple[int, CalibrationAnswer, CalibrationAnswer]], bp: int, dim_bits: int
+) -> float | None:
+    if not others:
+        return None
+    return share_within((d for d, _a, _b in others), bp, dim_bits)
+
+
+def _closest(
+    others: Sequence[tuple[int, CalibrationAnswer, CalibrationAnswer]], dim_bits: int
+) -> ClosestOther | None:
+    if not others:
+        return None
+    distance, a, b = min(others, key=lambda pair: pair[0])
+    return ClosestOther(distance=distance / dim_bits, left=a.text, right=b.text)
+
+
+# --- running the models ---------------------------------------------------------------
+
+
+def answer_prompts(
+    prompts: Sequence[str],
+    *,
+    models: Sequence[str],
+    temperature_milli: int,
+    max_tokens: int,
+    seeds: Sequence[int],
+    embedding_model: str,
+    threads: int,
+) -> list[CalibrationAnswer]:
+    """Every prompt answered by every model once per seed, embedded as nodes embed it."""
+    from oracle.engine.embedder import Embedder
+    from oracle.engine.llm import LlmRunner
+
+    answered: list[tuple[str, str, int, str]] = []
+    for model in models:
+        with LlmRunner.from_registry(model, n_threads=threads) as runner:
+            for prompt in prompts:
+                for seed in seeds:
+                    generation = runner.generate(
+                        prompt=prompt,
+                        temperature_milli=temperature_milli,
+                        max_tokens=max_tokens,
+                        seed=seed,
+                    )
+                    answered.append((prompt, model, seed, generation.text))
+        logger.info("answered", extra={"model": model, "prompts": len(prompts)})
+    embedder = Embedder(embedding_model, threads=threads)
+    bits = embedder.embed([text for _p, _m, _s, text in answered])
+    return [
+        CalibrationAnswer(prompt=p, model=m, seed=s, text=t, bits=b)
+        for (p, m, s, t), b in zip(answered, bits, strict=True)
+    ]
+
+
+def load_prompts(
+    *,
+    prompts: Sequence[str],
+    prompts_file: Path | None,
+    template: str | None,
+    values_file: Path | None,
+) -> list[str]:
+    """The example prompts: given ones, a file's lines, or a template's ``{}`` filled
+    with each line of a values file."""
+    collected = list(prompts)
+    if prompts_file is not None:
+        collected += _lines(prompts_file)
+    if template is not None or values_file is not None:
+        if template is None or values_file is None or "{}" not in template:
+            raise CalibrationInputError(
+                reason="--template needs a '{}' to fill and --values with one value a line"
+            )
+        collected += [template.replace("{}", value) for value in _lines(values_file)]
+    unique = list(dict.fromkeys(collected))
+    if not unique:
+        raise CalibrationInputError(
+            reason="no prompts: give --prompt, --prompts-file or --template with --values"
+        )
+    return unique
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+def render(calibration: Calibration) -> list[str]:
+    """The report ``oracle calibrate`` prints."""
+    c = calibration
+    lines = ["| secDistance | honest pairs within | other-prompt pairs within |", "|---|---|---|"]
+    for point in c.curve:
+        mark = " <- recommended" if point.sec_distance_bp == c.sec_distance_bp else ""
+        lines.append(
+            f"| {point.sec_distance_bp / BASIS_POINTS:.3f}{mark} | "
+            f"{_pct(point.honest_agreement)} | {_pct(point.other_prompt_acceptance)} |"
+        )
+    lines += [
+        "",
+        f"recommended secDistance {c.sec_distance_bp} bp ({c.sec_distance_bp / BASIS_POINTS:.3f}): "
+        f"{_pct(c.honest_agreement)} of honest pairs agree (target {_pct(c.target)})",
+        f"recommended secPercentage {c.sec_percentage_bp} bp: the least share of one prompt's "
+        "answers in one cluster at that distance, at least a strict majority",
+    ]
+    if not c.honest_majority:
+        lines.append(
+            "  warning: some prompt's honest answers do not reach a majority in one cluster at "
+            "this distance; such requests will often fail (lower the temperature or maxTokens)"
+        )
+    if c.other_prompt_acceptance is None:
+        lines.append("lets through: unknown with one prompt (give several to see it)")
+    else:
+        lines.append(
+            f"lets through: {_pct(c.other_prompt_acceptance)} of pairs of answers to different "
+            "prompts lie within it (an answer not computed for the request)"
+        )
+    if c.closest_other is not None:
+        lines.append(
+            f"  closest answers to different prompts: {c.closest_other.distance:.3f} apart: "
+            f"{_quote(c.closest_other.left)} / {_quote(c.closest_other.right)}"
+        )
+    lines.append("per prompt: honest pairs within | largest cluster | farthest honest pair")
+    for figures in c.per_prompt:
+        lines.append(
+            f"  {_pct(figures.honest_agreement)} | {_pct(figures.cluster_share)} | "
+            f"{figures.max_distance:.3f}  {_quote(figures.prompt)}"
+        )
+    lines.append(
+        "agreement is not truth: a plausible wrong answer to the same prompt may lie as close "
+        "as an honest one (docs/consensus.md)"
+    )
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f} %"
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    flat = " ".join(text.split())
+    shown = flat if len(flat) <= limit else flat[: limit - 3] + "..."
+    return ascii(shown)
+
+
+# --- the command ----------------------------------------------------------------------
+
+
+@click.command("calibrate")
+@click.option("--prompt", "prompts", multiple=True, help="An example prompt (repeatable).")
+@click.option(
+    "--prompts-file", type=click.Path(dir_okay=False, path_type=Path), help="One prompt a line."
+)
+@click.option("--template", help="A prompt with '{}' where each line of --values goes.")
+@click.option("--values", "values_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    default=("SmolLM2-135M-Instruct-Q4_1",),
+    help="An accepted model (repeatable).",
+)
+@click.option("--temperature", default=0.2, type=click.FloatRange(0.0, 2.0))
+@click.option("--max-tokens", default=32, type=click.IntRange(min=1))
+@click.option(
+    "--seeds", default=5, type=click.IntRange(min=2), help="Answers per prompt and model."
+)
+@click.option(
+    "--target", default=0.95, type=click.FloatRange(0.0, 1.0), help="Honest pairs that must agree."
+)
+@click.option("--embedding-model", default="all-MiniLM-L6-v2")
+@click.option("--threads", default=2, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
+def calibrate_command(
+    prompts: tuple[str, ...],
+    prompts_file: Path | None,
+    template: str | None,
+    values_file: Path | None,
+    models: tuple[str, ...],
+    temperature: float,
+    max_tokens: int,
+    seeds: int,
+    target: float,
+    embedding_model: str,
+    threads: int,
+    as_json: bool,
+) -> None:
+    """Recommend secDistance and secPercentage from the models' own answers to example prompts."""
+    examples = load_prompts(
+        prompts=prompts, prompts_file=prompts_file, template=template, values_file=values_file
+    )
+    answers = answer_prompts(
+        examples,
+        models=models,
+        temperature_milli=round(temperature * 1000),
+        max_tokens=max_tokens,
+        seeds=range(1, seeds + 1),
+        embedding_model=embedding_model,
+        threads=threads,
+    )
+    calibration = calibrate(answers, target=target)
+    if as_json:
+        click.echo(json.dumps(asdict(calibration), indent=2))
+        return
+    click.echo(
+        f"{len(examples)} prompts x {len(models)} models x {seeds} seeds at temperature "
+        f"{temperature}, at most {max_tokens} tokens, {embedding_model} "
+        f"({calibration.dim_bits} sign bits)"
+    )
+    for line in render(calibration):
+        click.echo(line)

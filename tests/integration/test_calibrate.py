@@ -1,0 +1,63 @@
+"""``oracle calibrate`` on real models: SmolLM2 answers two prompts, MiniLM embeds them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from oracle.cli import main
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.")
+TARGET = 0.9
+
+
+def test_calibrate_recommends_a_frame_from_the_models_answers() -> None:
+    arguments = ["calibrate", "--seeds", "3", "--max-tokens", "16", "--target", str(TARGET)]
+    for prompt in PROMPTS:
+        arguments += ["--prompt", prompt]
+    result = CliRunner().invoke(main, [*arguments, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    calibration = json.loads(result.stdout)
+
+    assert calibration["dim_bits"] == 384
+    assert [figures["prompt"] for figures in calibration["per_prompt"]] == list(PROMPTS)
+    assert calibration["honest_agreement"] >= TARGET
+    distance = calibration["sec_distance_bp"]
+    assert 0 <= distance <= 10_000 and distance % 50 == 0
+    # the smallest such distance: one step tighter, fewer honest pairs agree
+    curve = {point["sec_distance_bp"]: point for point in calibration["curve"]}
+    assert curve[distance]["honest_agreement"] == calibration["honest_agreement"]
+    if distance > 0:
+        assert curve[distance - 50]["honest_agreement"] < TARGET
+    # what it lets through: answers to the other prompt, measured and quoted
+    assert calibration["other_prompt_acceptance"] is not None
+    closest = calibration["closest_other"]
+    assert closest["left"] and closest["right"]
+    assert 0 < closest["distance"] <= 1
+    assert 5_100 <= calibration["sec_percentage_bp"] <= 10_000
+
+
+def test_calibrate_prints_the_recommendation() -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "calibrate",
+            "--prompt",
+            PROMPTS[0],
+            "--prompt",
+            PROMPTS[1],
+            "--seeds",
+            "2",
+            "--max-tokens",
+            "8",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "recommended secDistance" in result.output
+    assert "lets through:" in result.output
+    assert "<- recommended" in result.output

@@ -1,0 +1,98 @@
+"""The calibration arithmetic of ``oracle calibrate`` (pure: bits given, no model run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from oracle.calibrate import (
+    MAJORITY_BP,
+    CalibrationAnswer,
+    CalibrationInputError,
+    calibrate,
+    load_prompts,
+    render,
+)
+from oracle.consensus import hamming
+
+DIM_BYTES = 4  # 32 bits keep the distances easy to read
+
+
+def bits_with(ones: int, *, offset: int = 0) -> bytes:
+    """32 bits whose set bits are ``ones`` consecutive ones starting at ``offset``."""
+    value = ((1 << ones) - 1) << offset
+    return value.to_bytes(DIM_BYTES, "big")
+
+
+def answers(prompt: str, bit_values: list[bytes]) -> list[CalibrationAnswer]:
+    return [
+        CalibrationAnswer(prompt=prompt, model="m", seed=i, text=f"{prompt} #{i}", bits=b)
+        for i, b in enumerate(bit_values)
+    ]
+
+
+def test_recommends_the_smallest_distance_that_reaches_the_target() -> None:
+    # honest pairs of prompt A lie 0, 2 and 2 bits apart; prompt B's 0, 8 and 8 bits
+    honest = answers("A", [bits_with(0), bits_with(2), bits_with(2)]) + answers(
+        "B", [bits_with(8, offset=20), bits_with(8, offset=20), bits_with(0, offset=20)]
+    )
+    everything = calibrate(honest, target=1.0)
+    # 8 of 32 bits = 0.25: the farthest honest pair
+    assert everything.sec_distance_bp == 2500
+    assert everything.honest_agreement == 1.0
+    most = calibrate(honest, target=0.6)
+    # 4 of 6 pairs (0.67) within 2 bits = 0.0625 -> the next 50 bp step is 650 bp
+    assert most.sec_distance_bp == 650
+    assert most.honest_agreement == pytest.approx(4 / 6)
+
+
+def test_reports_what_the_threshold_lets_through() -> None:
+    near = answers("A", [bits_with(4), bits_with(4)])
+    far = answers("B", [bits_with(4, offset=28), bits_with(4, offset=28)])
+    calibration = calibrate(near + far, target=0.95)
+    assert calibration.sec_distance_bp == 0
+    assert calibration.other_prompt_acceptance == 0.0
+    assert calibration.closest_other is not None
+    assert calibration.closest_other.distance == hamming(bits_with(4), bits_with(4, offset=28)) / 32
+    loose = next(p for p in calibration.curve if p.sec_distance_bp == 3000)
+    assert loose.other_prompt_acceptance == 1.0  # 8 of 32 bits = 0.25 <= 0.30
+
+
+def test_sec_percentage_is_the_worst_cluster_share_and_at_least_a_majority() -> None:
+    # five answers, one of them far from the other four: 4/5 in one cluster at a tight distance
+    spread = answers("A", [bits_with(0)] * 4 + [bits_with(16)])
+    calibration = calibrate(spread, target=0.6)
+    assert calibration.sec_distance_bp == 0
+    assert calibration.sec_percentage_bp == 8000
+    assert calibration.honest_majority
+    # two clusters of two and a lone answer: no majority, so the floor and a warning
+    split = answers("B", [bits_with(0)] * 2 + [bits_with(16)] * 2 + [bits_with(8, offset=24)])
+    weak = calibrate(split, target=0.2)
+    assert weak.sec_percentage_bp == MAJORITY_BP
+    assert not weak.honest_majority
+    assert any("warning" in line for line in render(weak))
+
+
+def test_one_prompt_cannot_say_what_gets_through() -> None:
+    calibration = calibrate(answers("A", [bits_with(1), bits_with(2)]), target=0.95)
+    assert calibration.other_prompt_acceptance is None
+    assert calibration.closest_other is None
+
+
+def test_refuses_unusable_answers() -> None:
+    with pytest.raises(CalibrationInputError):
+        calibrate([], target=0.95)
+    with pytest.raises(CalibrationInputError):
+        calibrate(answers("A", [bits_with(1)]), target=0.95)
+
+
+def test_prompts_from_a_template(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    values = tmp_path / "values.txt"
+    values.write_text("France\n\nJapan\nFrance\n")
+    prompts = load_prompts(
+        prompts=["Hi"], prompts_file=None, template="Capital of {}?", values_file=values
+    )
+    assert prompts == ["Hi", "Capital of France?", "Capital of Japan?"]
+    with pytest.raises(CalibrationInputError):
+        load_prompts(prompts=[], prompts_file=None, template="no slot", values_file=values)
+    with pytest.raises(CalibrationInputError):
+        load_prompts(prompts=[], prompts_file=None, template=None, values_file=None)
