@@ -123,6 +123,7 @@ class Node:
         finally:
             if scheduler.running:
                 scheduler.shutdown(wait=False)
+            await asyncio.to_thread(self.supervisor.stop)  # whatever ended the node
             self.engine.dispose()
 
     async def _register_then_serve(self, scheduler: AsyncIOScheduler, stop: asyncio.Event) -> None:

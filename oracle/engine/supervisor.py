@@ -367,7 +367,11 @@ class WorkerSupervisor:
         self, stop: asyncio.Event, interval_s: float = 1.0, engine: Engine | None = None
     ) -> None:
         """Supervise until ``stop``: restart what exits, kill what is wedged, and with
-        autoscaling, scale on every tick. Without an engine it makes its own."""
+        autoscaling, scale on every tick. Without an engine it makes its own.
+
+        The workers are stopped when ``stop`` is set; should supervision itself fail, they
+        keep running (and keep their slots) for the next ``run`` to take over.
+        """
         own_engine = make_engine(self._database_url, pool_size=1) if engine is None else None
         db = engine or own_engine
         assert db is not None
@@ -383,7 +387,8 @@ class WorkerSupervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval_s)
         finally:
-            await asyncio.to_thread(self.stop)
+            if stop.is_set():
+                await asyncio.to_thread(self.stop)
             if own_engine is not None:
                 own_engine.dispose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -275,3 +276,40 @@ def test_workers_start_without_the_node_secrets(
     assert "ORACLE_PRIVATE_KEY" not in names and "ORACLE_KEYSTORE_PASSWORD" not in names
     assert key.encode() not in environ and password.encode() not in environ
     assert {"ORACLE_DATABASE_URL", "PATH", "OMP_NUM_THREADS"} <= names
+
+
+def test_workers_outlive_a_failure_of_their_supervision(
+    database_url: str, db_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node starts a failed part again: its workers must still be there for it."""
+    sup = WorkerSupervisor(database_url, [WorkerSpec(role="llm", model=SMOLLM)])
+    checks = 0
+    check = sup.check
+
+    def failing_once() -> None:
+        nonlocal checks
+        checks += 1
+        if checks == 2:
+            raise RuntimeError("a bug in a supervision tick")
+        check()
+
+    monkeypatch.setattr(sup, "check", failing_once)
+    stop = asyncio.Event()
+    try:
+        with pytest.raises(RuntimeError):
+            asyncio.run(sup.run(stop, interval_s=0.05, engine=db_engine))
+        (pid,) = sup.pids
+        assert Path(f"/proc/{pid}").exists()  # still running, still in its slot
+
+        async def take_over() -> None:
+            again = asyncio.Event()
+            task = asyncio.create_task(sup.run(again, interval_s=0.05, engine=db_engine))
+            await asyncio.sleep(0.3)
+            assert sup.pids == [pid]  # the same worker, not a second one
+            again.set()
+            await asyncio.wait_for(task, timeout=30)
+
+        asyncio.run(take_over())
+        assert sup.pids == []  # a stop stops them
+    finally:
+        sup.stop()
