@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 _DATABASE_DOWN = (OperationalError, InterfaceError)
 _KINDS: Sequence[JobKind] = ("inference",)
+_LISTEN_EVERY_S = 0.005
+"""While decoding, look for wake-ups at most this often: a look costs a fraction of a
+millisecond, about what one decode step of one sequence takes on a GPU."""
 
 
 class DeadlineReached(OracleError):
@@ -79,6 +82,7 @@ class BatchedWorker:
         self._deadlines: dict[int, float] = {}
         self._claim_due = True
         self._last_claim = 0.0
+        self._last_listen = 0.0
         self._beat = _LeaseKeeper(self)
 
     def run(self, wait_for_work: Callable[[float], bool]) -> None:
@@ -103,20 +107,33 @@ class BatchedWorker:
         """Claim if due, then one decode step; False when there is nothing to decode."""
         self._drop_lost(self._beat.take_lost())
         if not self.stopping.is_set() and self.llm.free_slots:
-            if (
-                wait_for_work(0)
-                or time.monotonic() - self._last_claim > self.config.poll_interval_s
-            ):
+            now = time.monotonic()
+            if now - self._last_listen >= _LISTEN_EVERY_S:
+                self._last_listen = now
+                self._claim_due |= bool(wait_for_work(0))
+            if now - self._last_claim > self.config.poll_interval_s:
                 self._claim_due = True
             if self._claim_due:
                 self._claim()
         if not self._jobs:
             return False
-        finished = self.llm.step()
-        finished += self._cut_at_deadlines()
+        finished = self._step()
+        ended = {done.key for done in finished}
+        finished += self._cut_at_deadlines(ended)
         if finished:
             self._record(finished)
         return True
+
+    def _step(self) -> list[Finished]:
+        try:
+            return self.llm.step()
+        except Exception as exc:  # a crash in the model must not kill the worker
+            logger.exception("decode step crashed", extra={"worker_id": self.worker_id})
+            error = RetryLater(f"{type(exc).__name__}: {exc}")
+            keys = self.llm.active_keys()
+            for key in keys:
+                self.llm.cancel(key)
+            return [Finished(key=key, outcome=error, elapsed_s=0.0) for key in keys]
 
     # --- claim ------------------------------------------------------------------------
 
@@ -165,9 +182,10 @@ class BatchedWorker:
 
     # --- retire -----------------------------------------------------------------------
 
-    def _cut_at_deadlines(self) -> list[Finished]:
+    def _cut_at_deadlines(self, ended: set[int]) -> list[Finished]:
+        """Drop the jobs whose deadline has passed (``ended``: those that just finished)."""
         now = time.time()
-        late = [job_id for job_id, at in self._deadlines.items() if at <= now]
+        late = [i for i, at in self._deadlines.items() if at <= now and i not in ended]
         cut = []
         for job_id in late:
             self.llm.cancel(job_id)

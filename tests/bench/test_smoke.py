@@ -25,6 +25,7 @@ BENCHMARKS = sorted(path.name for path in (REPO_ROOT / "bench").glob("[!_]*.py")
 LAST_LINES: dict[str, str] = {
     "embed.py": r"ratio=[0-9.]+",
     "gas.py": r"finalize_q5_gas=\d+ protocol_q5_gas=\d+",
+    "gpu.py": r"ratio=[0-9.]+",
     "jobqueue.py": r"ratio=[0-9.]+",
     "latency.py": r"p50_ms=\d+ p95_ms=\d+",
     "lifecycle.py": r"ratio=[0-9.]+",

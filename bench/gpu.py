@@ -1,0 +1,382 @@
+"""The batched LLM engine through the real Postgres queue, against llama.cpp's own
+server and its batched-bench ceiling, at several numbers of concurrent requests.
+
+For each concurrency N (default 1, 64 and 256), in rounds (the figures are the last
+round's; the first warms everything up):
+
+- **ours:** one ``oracle worker --engine batched`` process (``--parallel`` = the largest
+  N, ``--gpu-layers``), idle and ready; N inference jobs of ``--max-tokens`` at
+  ``--temperature-milli`` (distinct story prompts and seeds) are enqueued in one
+  transaction; the clock runs from that transaction to the last job's ``finished_at``;
+  tokens are the jobs' ``completion_tokens`` (a job may end before max tokens);
+- **engine alone:** the same N requests through :class:`BatchedLlm` in this process, no
+  queue: with the engine's own split of a step (decode, sampling, the rest), this says
+  where the time goes;
+- **llama-server** (``--llama-bin``) ``--parallel N -fa on -ngl 99`` under N concurrent
+  ``/completion`` calls of the same prompts (``ignore_eos``: exactly max tokens each);
+- **llama-batched-bench** (``--llama-bin``) ``-npp 32 -ntg <max tokens> -npl 1,64,256``:
+  decoding with no sampling, the ceiling.
+
+``--device cpu`` (and ``--smoke``) runs ours against the sequential engine through the
+same queue instead of the llama.cpp tools. The last line reads
+``ratio=<ours/baseline tokens per second at the largest N>``, the baseline being
+llama-server when it ran, else the sequential worker.
+
+Run on a GPU machine: ``python bench/gpu.py --device cuda --llama-bin DIR`` (DIR holding
+``llama-server`` and ``llama-batched-bench`` from the same llama.cpp build).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.pop(0)  # bench/ -> the repository root, so that bench._common imports
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+
+from bench._common import (
+    SMOLLM,
+    add_smoke_flag,
+    apply_smoke,
+    postgres_server,
+    print_machine,
+    ratio,
+    scratch_database,
+    wait_until,
+)
+from oracle.engine.llm_options import LlmEngineOptions
+from oracle.engine.supervisor import WorkerSpec
+from oracle.store import make_engine
+from oracle.store.queue import PRIORITY_INFERENCE, NewJob, enqueue_jobs
+
+SUBJECTS = ("a dragon", "a lighthouse keeper", "a lost robot", "two rival bakers", "a comet")
+SERVER_PORT = 18080
+PLACES = ("in Lyon", "under the sea", "on Mars", "in a small village", "in the year 3000")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    tokens: int
+    seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def prompts(count: int) -> list[str]:
+    return [
+        f"Write a long story about {SUBJECTS[i % len(SUBJECTS)]} "
+        f"{PLACES[(i // len(SUBJECTS)) % len(PLACES)]} (part {i})."
+        for i in range(count)
+    ]
+
+
+# --- ours, through the queue --------------------------------------------------------------
+
+
+@contextmanager
+def worker_process(url: URL, spec: WorkerSpec, log_path: Path) -> Iterator[None]:
+    env = {**os.environ, "ORACLE_DATABASE_URL": url.render_as_string(hide_password=False)}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(spec.command(), env=env, stdout=log, stderr=subprocess.STDOUT)
+    engine = make_engine(url)
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None, f"worker exited: {log_path.read_text()[-2000:]}"
+            with engine.connect() as conn:
+                return bool(conn.scalar(text("SELECT count(*) FROM workers")))
+
+        wait_until(ready, timeout_s=300, interval_s=0.2, what="worker ready")
+        yield
+    finally:
+        engine.dispose()
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def queue_round(engine: Engine, texts: Sequence[str], max_tokens: int, temperature: int) -> Rate:
+    """Enqueue the jobs in one transaction; tokens and seconds until the last is done."""
+    deadline = datetime(2100, 1, 1, tzinfo=UTC)
+    jobs = [
+        NewJob(
+            kind="inference",
+            model=SMOLLM,
+            priority=PRIORITY_INFERENCE,
+            deadline=deadline,
+            payload={
+                "prompt": prompt,
+                "temperature_milli": temperature,
+                "max_tokens": max_tokens,
+                "seed": 1000 + i,
+            },
+        )
+        for i, prompt in enumerate(texts)
+    ]
+    with engine.begin() as conn:
+        started = float(conn.scalar(text("SELECT extract(epoch FROM now())")))
+        ids = enqueue_jobs(conn, jobs)
+
+    def done() -> Rate | None:
+        with engine.connect() as conn:
+            count, dead, tokens, last = conn.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE status = 'done'), "
+                    "count(*) FILTER (WHERE status IN ('dead', 'failed', 'expired')), "
+                    "sum((result->>'completion_tokens')::int), "
+                    "extract(epoch FROM max(finished_at)) FROM jobs WHERE id = ANY(:ids)"
+                ),
+                {"ids": ids},
+            ).one()
+        assert not dead, f"{dead} jobs failed"
+        return Rate(int(tokens), float(last) - started) if count == len(ids) else None
+
+    result: Rate = wait_until(done, timeout_s=600, interval_s=0.02, what="inference jobs")
+    return result
+
+
+def run_ours(
+    server_url: URL, spec: WorkerSpec, counts: Sequence[int], args: argparse.Namespace, log: Path
+) -> dict[int, Rate]:
+    rates: dict[int, Rate] = {}
+    with scratch_database(server_url) as url, worker_process(url, spec, log):
+        engine = make_engine(url)
+        try:
+            for n in counts:
+                for _ in range(args.rounds):
+                    rates[n] = queue_round(engine, prompts(n), args.max_tokens, args.temperature)
+                print(f"  {spec.llm.engine} worker, {n} at once: {rates[n].per_s:,.0f} tokens/s")
+        finally:
+            engine.dispose()
+    return rates
+
+
+# --- the engine alone ---------------------------------------------------------------------
+
+
+def run_engine_alone(counts: Sequence[int], args: argparse.Namespace) -> dict[int, str]:
+    from oracle.engine.batched import BatchedLlm, GenerationRequest
+    from oracle.engine.models import lookup_llm
+
+    notes: dict[int, str] = {}
+    with BatchedLlm(
+        lookup_llm(SMOLLM),
+        parallel=max(counts),
+        threads=args.threads,
+        gpu_layers=args.gpu_layers,
+        slot_tokens=args.slot_tokens,
+    ) as llm:
+        for n in counts:
+            for _ in range(args.rounds):
+                requests = [
+                    GenerationRequest(
+                        key=i,
+                        prompt=p,
+                        temperature_milli=args.temperature,
+                        max_tokens=args.max_tokens,
+                        seed=1000 + i,
+                    )
+                    for i, p in enumerate(prompts(n))
+                ]
+                before = dataclasses.replace(llm.times)
+                started = time.perf_counter()
+                outcomes = llm.generate(requests)
+                seconds = time.perf_counter() - started
+            tokens = sum(getattr(o, "completion_tokens", 0) for o in outcomes)
+            t = llm.times
+            steps = t.steps - before.steps
+            decode, sample = t.decode_s - before.decode_s, t.sample_s - before.sample_s
+            rest = (t.total_s - before.total_s) - decode - sample
+            notes[n] = (
+                f"{tokens / seconds:,.0f} tokens/s; per step {1000 * seconds / steps:.2f} ms: "
+                f"decode {1000 * decode / steps:.2f}, sampling {1000 * sample / steps:.2f}, "
+                f"assembly and bookkeeping {1000 * rest / steps:.2f}"
+            )
+            print(f"  engine alone, {n} at once: {notes[n]}")
+    return notes
+
+
+# --- llama.cpp's own tools ------------------------------------------------------------------
+
+
+def run_llama_server(
+    llama_bin: Path, model: Path, counts: Sequence[int], args: argparse.Namespace, log: Path
+) -> dict[int, Rate]:
+    rates: dict[int, Rate] = {}
+    for n in counts:
+        command = [
+            str(llama_bin / "llama-server"), "-m", str(model), "--parallel", str(n),
+            "-c", str(n * args.slot_tokens), "-ngl", "99", "-fa", "on", "--port", str(SERVER_PORT),
+            "--threads", str(args.threads), "--no-webui",
+        ]  # fmt: skip
+        with log.open("ab") as out:
+            server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_until(
+                lambda: _http_ok(f"http://127.0.0.1:{SERVER_PORT}/health"),
+                timeout_s=120,
+                interval_s=0.2,
+                what="llama-server",
+            )
+            for _ in range(args.rounds):
+                rates[n] = _server_round(SERVER_PORT, prompts(n), args)
+            print(f"  llama-server --parallel {n}: {rates[n].per_s:,.0f} tokens/s")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return rates
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _server_round(port: int, texts: Sequence[str], args: argparse.Namespace) -> Rate:
+    def one(i_text: tuple[int, str]) -> int:
+        i, prompt = i_text
+        body = {
+            "prompt": f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+            "n_predict": args.max_tokens,
+            "temperature": args.temperature / 1000,
+            "seed": 1000 + i,
+            "ignore_eos": True,
+            "cache_prompt": False,
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/completion",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return int(json.loads(response.read())["tokens_predicted"])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(texts)) as pool:
+        tokens = sum(pool.map(one, enumerate(texts)))
+    return Rate(tokens, time.perf_counter() - started)
+
+
+def run_batched_bench(
+    llama_bin: Path, model: Path, counts: Sequence[int], args: argparse.Namespace
+) -> dict[int, float]:
+    """Generation tokens/s (S_TG) for each number of parallel sequences."""
+    command = [
+        str(llama_bin / "llama-batched-bench"), "-m", str(model), "-c", "32768", "-b", "2048",
+        "-ub", "512", "-npp", "32", "-ntg", str(args.max_tokens),
+        "-npl", ",".join(map(str, counts)), "-ngl", "99", "-fa", "on",
+    ]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rates: dict[int, float] = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 10 and re.fullmatch(r"\d+", cells[2] or ""):
+            rates[int(cells[2])] = float(cells[7])
+    print(f"  llama-batched-bench generation: {rates}")
+    return rates
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def describe_gpu() -> str:
+    if shutil.which("nvidia-smi") is None:
+        return "none"
+    query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+    return subprocess.run(query, capture_output=True, text=True).stdout.strip() or "none"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=int, default=700, help="thousandths")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--slot-tokens", type=int, default=256)
+    parser.add_argument("--llama-bin", type=Path, default=None)
+    parser.add_argument("--log-dir", type=Path, default=Path("/tmp"))
+    add_smoke_flag(parser)
+    args = apply_smoke(
+        parser.parse_args(), device="cpu", concurrency=[1, 3], max_tokens=4, rounds=1, threads=2
+    )
+    args.gpu_layers = -1 if args.device == "cuda" else 0
+    counts = sorted(set(args.concurrency))
+    import llama_cpp
+
+    with postgres_server() as server_url:
+        print_machine("LLM engines on one device", ["sqlalchemy", "psycopg"], server_url)
+        print(f"llama-cpp-python {llama_cpp.__version__}; GPU: {describe_gpu()}")
+        print(
+            f"{args.max_tokens} tokens a request at temperature {args.temperature / 1000}, "
+            f"{args.rounds} rounds (the last counts), {args.threads} threads\n",
+            flush=True,
+        )
+        options = LlmEngineOptions(
+            engine="batched",
+            parallel=max(counts),
+            gpu_layers=args.gpu_layers,
+            slot_tokens=args.slot_tokens,
+        )
+        spec = WorkerSpec(role="llm", model=SMOLLM, threads=args.threads, llm=options)
+        ours = run_ours(server_url, spec, counts, args, args.log_dir / "gpu-bench-worker.log")
+    notes = run_engine_alone(counts, args)
+    baseline_name, baseline, ceiling = "sequential worker", {}, {}
+    if args.llama_bin is not None:
+        from oracle.engine.models import resolve_llm
+
+        model = resolve_llm(SMOLLM)
+        baseline_name = "llama-server"
+        server_log = args.log_dir / "gpu-bench-server.log"
+        served = run_llama_server(args.llama_bin, model, counts, args, server_log)
+        baseline = {n: r.per_s for n, r in served.items()}
+        ceiling = run_batched_bench(args.llama_bin, model, counts, args)
+    else:
+        with postgres_server() as server_url:
+            sequential = WorkerSpec(role="llm", model=SMOLLM, threads=args.threads)
+            seq_log = args.log_dir / "gpu-bench-sequential.log"
+            one_by_one = run_ours(server_url, sequential, counts, args, seq_log)
+            baseline = {n: r.per_s for n, r in one_by_one.items()}
+    print(
+        f"\n| at once | ours tokens/s | {baseline_name} | batched-bench "
+        "| ours/baseline | ours/ceiling |"
+    )
+    print("|---|---|---|---|---|---|")
+    for n in counts:
+        ceiling_n = ceiling.get(n, float("nan"))
+        print(
+            f"| {n} | {ours[n].per_s:,.0f} | {baseline.get(n, float('nan')):,.0f} | "
+            f"{ceiling_n:,.0f} | {ratio(ours[n].per_s, baseline.get(n, 0)):.2f} | "
+            f"{ratio(ours[n].per_s, ceiling_n):.2f} |"
+        )
+    for n in counts:
+        print(f"engine alone at {n}: {notes[n]}")
+    top = counts[-1]
+    print(f"ratio={ratio(ours[top].per_s, baseline.get(top, 0)):.2f}")
+
+
+if __name__ == "__main__":
+    main()
