@@ -20,7 +20,23 @@ $(VENV)/.stamp-torch: | $(PY)
 	$(PIP) install '$(TORCH_SPEC)'
 	touch $@
 
-$(VENV)/.stamp-python-deps: pyproject.toml $(VENV)/.stamp-torch
+# llama-cpp-python compiles llama.cpp on install. Its default, -march=native, takes in
+# AMX on recent Xeons, and there prompt decoding segfaults (0.3.36); a portable build
+# (AVX2, FMA) does not. The wheel is kept outside the venv, keyed by those flags, so a
+# fresh venv on the same machine skips the four-minute compile.
+LLAMA_SPEC := llama-cpp-python==0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
+LLAMA_WHEELS := $(HOME)/.cache/oracle/wheels/llama-native-off
+
+$(VENV)/.stamp-llama: | $(VENV)/.stamp-torch
+	if ! ls $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-deps --no-cache-dir \
+			-w $(LLAMA_WHEELS) '$(LLAMA_SPEC)'; \
+	fi
+	$(PIP) install --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl
+	touch $@
+
+$(VENV)/.stamp-python-deps: pyproject.toml $(VENV)/.stamp-torch $(VENV)/.stamp-llama
 	$(PIP) install -e '.[dev]'
 	touch $@
 
