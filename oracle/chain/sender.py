@@ -110,6 +110,9 @@ _REFUSED_FOR_GOOD = (
     "not supported",
 )
 _FILLER_GAS = 21_000
+REPLAY_SUCCEEDS = "reverted on chain; replaying it afterwards succeeds"
+MAX_EARLY_REVERTS = 3
+"""Sends of one row that may revert for coming too early before it fails for good."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +480,13 @@ class TxSender:
             logger.info("transaction confirmed", extra=log)
             return
         reason = self._failure_reason(tx, receipt)
+        if _came_too_early(reason) and tx.attempts <= MAX_EARLY_REVERTS:
+            # Mined before what it needed (a reorg re-ordered the work): send it again.
+            with self._sessions() as session, session.begin():
+                release_nonce(session, tx.id, reason=f"reverted on chain too early: {reason}")
+            self._next_nonce = None
+            logger.warning("transaction reverted too early; will send again", extra=log)
+            return
         with self._sessions() as session, session.begin():
             mark_failed(session, tx.id, reason=reason, tx_hash=mined_hash, receipt_block=block)
         logger.error("transaction reverted on chain", extra={**log, "reason": reason})
@@ -490,7 +500,7 @@ class TxSender:
             return _revert_reason(exc)
         if tx.gas_limit is not None and receipt["gasUsed"] >= tx.gas_limit:
             return f"out of gas (limit {tx.gas_limit})"
-        return "reverted on chain; replaying it afterwards succeeds"
+        return REPLAY_SUCCEEDS
 
     def _resend_or_release(self, tx: OutgoingTx) -> None:
         """The chain knows none of it: broadcast it again, unless its nonce went elsewhere."""
@@ -504,11 +514,37 @@ class TxSender:
             self._next_nonce = None
             logger.warning("nonce taken elsewhere; will send again", extra=_fields(tx))
             return
+        if not self._still_wanted(tx):
+            return
         signed = self._sign(tx, nonce=tx.nonce, gas=_stored(tx.gas_limit), fees=_stored_fees(tx))
         if bytes(signed.hash) != tx.tx_hash:
             logger.error("re-signing gave another hash; sending it anyway", extra=_fields(tx))
         logger.info("re-broadcasting a transaction the chain does not know", extra=_fields(tx))
         self.broadcast(PreparedTx(tx_id=tx.id, raw=bytes(signed.raw_transaction), log=_fields(tx)))
+
+    def _still_wanted(self, tx: OutgoingTx) -> bool:
+        """Before a transaction the chain lost is sent again: would it still do its work?
+
+        After a reorg it may come too early (a reveal before the other commits are back:
+        wait), be done already (skipped), or no longer fit (re-decided from pending).
+        """
+        try:
+            gas = self._simulate(self._call_params(tx))
+        except RpcUnavailable:
+            raise
+        except RpcError:
+            return True  # the node refuses the call, not the contract: let it see the tx
+        if not isinstance(gas, str):
+            return True
+        name = gas.split("(", 1)[0]
+        if name in NOT_YET_ERRORS:
+            logger.info("a lost transaction waits to be sent again", extra=_fields(tx, reason=gas))
+            return False
+        with self._sessions() as session, session.begin():
+            release_nonce(session, tx.id, reason=f"lost by the chain, now {gas}")
+        self._next_nonce = None
+        logger.warning("a lost transaction is decided again", extra=_fields(tx, reason=gas))
+        return False
 
     def _bump(self, tx: OutgoingTx) -> None:
         """Replace a slow transaction: same nonce, fees up by at least the bump percent.
@@ -645,6 +681,11 @@ def _stored_fees(tx: OutgoingTx) -> _Fees:
         max_fee_per_gas=_stored(tx.max_fee_per_gas),
         max_priority_fee_per_gas=_stored(tx.max_priority_fee_per_gas),
     )
+
+
+def _came_too_early(reason: str) -> bool:
+    """A revert that says "not yet", or one that the state right after it no longer shows."""
+    return reason == REPLAY_SUCCEEDS or reason.split("(", 1)[0] in NOT_YET_ERRORS
 
 
 def _revert_reason(exc: ContractLogicError) -> str:

@@ -231,3 +231,46 @@ def test_a_lock_lost_while_the_database_is_away_is_taken_again_once_it_is_back(
         await asyncio.wait_for(running, timeout=10)
 
     asyncio.run(scenario())
+
+
+def test_a_lost_reveal_waits_until_the_chain_lets_it_through_again(
+    chain: Anvil, protocol: Protocol, sessions: sessionmaker[Session], binding: CoordinatorBinding
+) -> None:
+    """A reorg drops another node's commit and this node's reveal: sent again at once, the
+    reveal would revert (reveals open when every seat is taken); it waits instead."""
+    import random
+
+    from tests.support.protocol import random_bits
+
+    sender = make_sender(chain, sessions)
+    outbox = Outbox(sessions, sender, binding)
+    outbox.add("register", None, binding.encode_register())
+    sync(sender)
+    other = protocol.oracles[1]
+    protocol.transact("register", protocol.coordinator.functions.register(), other)
+    request_id = protocol.request(quorum=2)
+    outbox.commit_and_reveal(request_id)
+    sender.sync_once()  # the commit goes; the reveal waits for it
+    assert outbox.row("commit", request_id).status == "confirmed"
+    before_other = chain.rpc("evm_snapshot")
+    protocol.commit(other, request_id, "Paris", random_bits(random.Random(3)))
+    sync(sender, times=3)
+    reveal = outbox.row("reveal", request_id)
+    assert reveal.status == "confirmed"
+
+    assert chain.rpc("evm_revert", before_other) is True  # their commit and our reveal: gone
+    chain.rpc("anvil_mine", "0x3")
+    sender.recheck_soon()
+    sync(sender, times=2)
+    waiting = outbox.row("reveal", request_id)
+    assert waiting.status == "sent" and waiting.nonce == reveal.nonce  # not sent, not failed
+    assert (
+        chain.w3.eth.get_transaction_count(chain.w3.to_checksum_address(sender.address), "pending")
+        == reveal.nonce
+    )
+
+    protocol.commit(other, request_id, "Paris", random_bits(random.Random(3)))
+    sync(sender, times=2)
+    again = outbox.row("reveal", request_id)
+    assert again.status == "confirmed" and again.nonce == reveal.nonce
+    assert outbox.row("commit", request_id).status == "confirmed"
