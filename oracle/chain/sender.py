@@ -76,6 +76,7 @@ from oracle.store.outbox import (
     mark_sent,
     mark_skipped,
     mark_unmined,
+    nonce_held,
     note_tx_error,
     recent_confirmed_txs,
     release_nonce,
@@ -432,6 +433,11 @@ class TxSender:
             pending = self._w3.eth.get_transaction_count(self._account.address, "pending")
         if lowest_sent <= mined or pending > mined:
             return  # no hole, or the node's pool holds a transaction for it
+        with self._sessions() as session:
+            held = nonce_held(session, self.address, mined)
+        if held:  # a row still counts on it: a reorg dropped it, and check_mined will see
+            self.recheck_soon()
+            return
         fees = self._fees()
         signed = self._account.sign_transaction(
             {
@@ -525,8 +531,10 @@ class TxSender:
     def _still_wanted(self, tx: OutgoingTx) -> bool:
         """Before a transaction the chain lost is sent again: would it still do its work?
 
-        After a reorg it may come too early (a reveal before the other commits are back:
-        wait), be done already (skipped), or no longer fit (re-decided from pending).
+        After a reorg it may come too early (a reveal before the other commits are back),
+        be done already, or no longer fit. Then it goes back to pending without its nonce,
+        to be decided again in order (after the rows of its request it depends on): a
+        transaction that holds a nonce while it waits would stall every later one.
         """
         try:
             gas = self._simulate(self._call_params(tx))
@@ -536,10 +544,6 @@ class TxSender:
             return True  # the node refuses the call, not the contract: let it see the tx
         if not isinstance(gas, str):
             return True
-        name = gas.split("(", 1)[0]
-        if name in NOT_YET_ERRORS:
-            logger.info("a lost transaction waits to be sent again", extra=_fields(tx, reason=gas))
-            return False
         with self._sessions() as session, session.begin():
             release_nonce(session, tx.id, reason=f"lost by the chain, now {gas}")
         self._next_nonce = None

@@ -36,6 +36,7 @@ __all__ = [
     "mark_sent",
     "mark_skipped",
     "mark_unmined",
+    "nonce_held",
     "note_tx_error",
     "recent_confirmed_txs",
     "release_nonce",
@@ -143,6 +144,21 @@ def recent_confirmed_txs(
         .order_by(OutgoingTx.nonce)
     )
     return session.scalars(query).all()
+
+
+def nonce_held(session: Session, from_address: str, nonce: int) -> bool:
+    """True when a sent or confirmed row of ``from_address`` holds ``nonce``."""
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    OutgoingTx.from_address == from_address,
+                    OutgoingTx.nonce == nonce,
+                    OutgoingTx.status.in_(("sent", "confirmed")),
+                )
+            )
+        )
+    )
 
 
 def highest_nonce(session: Session, from_address: str) -> int | None:

@@ -17,6 +17,8 @@ from oracle.chain.anvil import Anvil
 from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.sender import TxSender
 from oracle.errors import SenderAlreadyRunning
+from oracle.store.models import OutgoingTx
+from oracle.store.outbox import enqueue_tx
 from tests.integration.test_sender import (
     ORACLE_KEY,
     Outbox,
@@ -233,11 +235,12 @@ def test_a_lock_lost_while_the_database_is_away_is_taken_again_once_it_is_back(
     asyncio.run(scenario())
 
 
-def test_a_lost_reveal_waits_until_the_chain_lets_it_through_again(
+def test_a_lost_reveal_is_decided_again_once_the_chain_lets_it_through(
     chain: Anvil, protocol: Protocol, sessions: sessionmaker[Session], binding: CoordinatorBinding
 ) -> None:
     """A reorg drops another node's commit and this node's reveal: sent again at once, the
-    reveal would revert (reveals open when every seat is taken); it waits instead."""
+    reveal would revert (reveals open when every seat is taken). It goes back to pending
+    without holding its nonce, and is sent once the other commit is back."""
     import random
 
     from tests.support.protocol import random_bits
@@ -255,22 +258,53 @@ def test_a_lost_reveal_waits_until_the_chain_lets_it_through_again(
     before_other = chain.rpc("evm_snapshot")
     protocol.commit(other, request_id, "Paris", random_bits(random.Random(3)))
     sync(sender, times=3)
-    reveal = outbox.row("reveal", request_id)
-    assert reveal.status == "confirmed"
+    assert outbox.row("reveal", request_id).status == "confirmed"
 
     assert chain.rpc("evm_revert", before_other) is True  # their commit and our reveal: gone
     chain.rpc("anvil_mine", "0x3")
     sender.recheck_soon()
     sync(sender, times=2)
     waiting = outbox.row("reveal", request_id)
-    assert waiting.status == "sent" and waiting.nonce == reveal.nonce  # not sent, not failed
-    assert (
-        chain.w3.eth.get_transaction_count(chain.w3.to_checksum_address(sender.address), "pending")
-        == reveal.nonce
-    )
+    assert (waiting.status, waiting.nonce) == ("pending", None)  # not failed, no nonce held
+    assert waiting.last_error is not None and "RevealNotOpen" in waiting.last_error
 
     protocol.commit(other, request_id, "Paris", random_bits(random.Random(3)))
+    waiting_until = waiting.not_before
+    if waiting_until is not None:  # the contract said "not yet": skip the wait
+        with sessions.begin() as session:
+            session.get_one(OutgoingTx, waiting.id).not_before = None
     sync(sender, times=2)
-    again = outbox.row("reveal", request_id)
-    assert again.status == "confirmed" and again.nonce == reveal.nonce
+    assert outbox.row("reveal", request_id).status == "confirmed"
     assert outbox.row("commit", request_id).status == "confirmed"
+
+
+def test_a_nonce_a_dropped_transaction_held_is_not_given_to_a_filler(
+    chain: Anvil, protocol: Protocol, sessions: sessionmaker[Session], binding: CoordinatorBinding
+) -> None:
+    """After a reorg, the hole below a newer transaction is the dropped one's nonce: it is
+    sent again there, not replaced by a transfer to self."""
+    sender = make_sender(chain, sessions, recheck_interval_s=3600)  # only on cause
+    outbox = Outbox(sessions, sender, binding)
+    before = chain.rpc("evm_snapshot")
+    outbox.add("register", None, binding.encode_register())
+    sync(sender)
+    registered = outbox.row("register", None)
+    assert registered.status == "confirmed" and registered.nonce is not None
+    assert chain.rpc("evm_revert", before) is True
+    chain.rpc("anvil_mine", "0x2")
+
+    with sessions.begin() as session:  # a later decision that needs nothing of the first
+        enqueue_tx(
+            session,
+            kind="register",
+            request_id=None,
+            dedupe_key="again",
+            from_address=sender.address,
+            to_address=binding.address,
+            data=binding.encode_register(),
+        )
+    sync(sender, times=4)
+    again = outbox.row("register", None)
+    assert (again.status, again.nonce) == ("confirmed", registered.nonce)
+    assert binding.is_registered(sender.address)
+    assert nonce_of(chain, sender.address) == registered.nonce + 2  # no filler between
