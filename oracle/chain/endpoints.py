@@ -31,6 +31,7 @@ from web3.providers.base import JSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
 from oracle.chain.rpc import classify_rpc_error, retry_after_header
+from oracle.domain.retry import backoff_s
 from oracle.errors import RpcUnavailable
 
 __all__ = ["Endpoint", "FailoverProvider", "redact_url"]
@@ -190,7 +191,7 @@ class FailoverProvider(JSONBaseProvider):
             endpoint.failures += 1
             endpoint.calls += 1
             endpoint.failed_calls += 1
-            backoff = min(_MAX_REST_S, _BASE_REST_S * 2 ** min(endpoint.failures - 1, 6))
+            backoff = backoff_s(endpoint.failures, _BASE_REST_S, _MAX_REST_S)
             rest = min(_MAX_REST_S, asked_s) if asked_s is not None else backoff
             endpoint.resting_until = self._clock() + rest
         if len(self.endpoints) > 1:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from sqlalchemy.exc import OperationalError
 
+from oracle.domain.retry import backoff_s
 from oracle.errors import RpcError, RpcRateLimited
 
 __all__ = ["backoff_delay", "poll_until_stopped", "sleep_unless_stopped"]
@@ -25,7 +26,7 @@ def backoff_delay(exc: BaseException, base_s: float, failures: int) -> float:
     """Exponential backoff from ``base_s`` (at most a minute), or what a rate limit asked."""
     if isinstance(exc, RpcRateLimited) and exc.retry_after_s is not None:
         return min(MAX_BACKOFF_S, exc.retry_after_s)
-    return float(min(MAX_BACKOFF_S, max(base_s, 0.05) * 2 ** min(failures, 10)))
+    return backoff_s(failures + 1, max(base_s, 0.05), MAX_BACKOFF_S)
 
 
 async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:

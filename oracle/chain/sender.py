@@ -63,6 +63,7 @@ from web3.types import TxParams, TxReceipt, Wei
 from oracle.chain.artifacts import decode_revert
 from oracle.chain.polling import poll_until_stopped
 from oracle.chain.rpc import rpc_errors
+from oracle.domain.retry import backoff_s
 from oracle.errors import RpcError, RpcUnavailable, SenderAlreadyRunning
 from oracle.store.models import OutgoingTx
 from oracle.store.outbox import (
@@ -306,7 +307,7 @@ class TxSender:
         return estimate * (100 + self._gas_margin_percent) // 100
 
     def _defer(self, tx: OutgoingTx, reason: str) -> None:
-        delay = min(60.0, self._not_yet_retry_s * 2 ** min(tx.attempts, 5))
+        delay = backoff_s(tx.attempts + 1, self._not_yet_retry_s, 60.0)
         with self._sessions() as session, session.begin():
             defer_tx(session, tx.id, until=_now() + timedelta(seconds=delay), reason=reason)
         logger.warning("not sent yet", extra={**_fields(tx, reason=reason), "wait_s": delay})
@@ -319,7 +320,7 @@ class TxSender:
                 mark_skipped(session, tx.id, reason=reason)
                 logger.info("not sent: already done", extra=log)
             elif name in NOT_YET_ERRORS:
-                delay = min(60.0, self._not_yet_retry_s * 2 ** min(tx.attempts, 5))
+                delay = backoff_s(tx.attempts + 1, self._not_yet_retry_s, 60.0)
                 defer_tx(session, tx.id, until=_now() + timedelta(seconds=delay), reason=reason)
                 logger.info("not sent yet: the contract says wait", extra={**log, "wait_s": delay})
             else:
@@ -365,7 +366,7 @@ class TxSender:
 
     def _wait_for_funds(self, prepared: PreparedTx, log: dict[str, Any]) -> None:
         _at, refusals = self._rebroadcast_after.get(prepared.tx_id, (0.0, 0))
-        delay = min(300.0, 5.0 * 2 ** min(refusals, 6))
+        delay = backoff_s(refusals + 1, 5.0, 300.0)
         self._rebroadcast_after[prepared.tx_id] = (time.monotonic() + delay, refusals + 1)
         logger.error(
             "the key has too little ETH for this transaction; fund it",

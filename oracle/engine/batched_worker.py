@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from oracle.domain.retry import backoff_s
 from oracle.engine.batched import BatchedLlm, DecodeFailed, Finished, GenerationRequest
 from oracle.engine.llm import Generation, InvalidGenerationRequest
 from oracle.engine.models import lookup_llm
@@ -46,7 +47,6 @@ from oracle.store.queue import (
     JOBS_CHANNEL,
     ClaimedJob,
     LeaseLost,
-    backoff_s,
     claim_jobs,
     complete_jobs,
     fail_job,

@@ -40,6 +40,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from oracle.domain.retry import backoff_s
 from oracle.engine.llm_options import DEFAULT_LLM_ENGINE, LlmEngineOptions
 from oracle.errors import OracleError
 from oracle.store import make_engine
@@ -49,7 +50,6 @@ from oracle.store.queue import (
     JOBS_CHANNEL,
     ClaimedJob,
     LeaseLost,
-    backoff_s,
     claim_jobs,
     complete_jobs,
     fail_job,

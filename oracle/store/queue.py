@@ -287,11 +287,6 @@ def fail_job(
     return str(row.status)
 
 
-def backoff_s(attempts: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
-    """Exponential retry delay after ``attempts`` tries."""
-    return float(min(cap_s, base_s * 2 ** max(0, attempts - 1)))
-
-
 def reclaim_expired_leases(conn: Connection) -> int:
     """Give running jobs whose worker stopped heartbeating back to the queue; bury those
     out of attempts or past their deadline (a worker stuck past it stops heartbeating)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from datetime import timedelta
 
 import pytest
 from eth_account import Account
@@ -112,7 +112,7 @@ def test_fee_bumps_stop_at_the_ceiling_and_the_row_gives_up_with_its_reason(
     binding: CoordinatorBinding,
     manual_mining: None,
 ) -> None:
-    sender = make_sender(chain, sessions, bump_after_s=0, max_bumps=2, give_up_after_s=0.5)
+    sender = make_sender(chain, sessions, bump_after_s=0, max_bumps=2, give_up_after_s=3600)
     outbox = Outbox(sessions, sender, binding)
     outbox.add("register", None, binding.encode_register())
     for _ in range(5):  # one send, two bumps, then the ceiling
@@ -120,7 +120,7 @@ def test_fee_bumps_stop_at_the_ceiling_and_the_row_gives_up_with_its_reason(
     row = outbox.row("register", None)
     assert row.status == "sent" and row.attempts == 3
     assert len(row.replaced_tx_hashes) == 2
-    time.sleep(0.6)
+    sender._give_up_after = timedelta(0)  # as if the hour at the ceiling had passed
     sender.sync_once()
     row = outbox.row("register", None)
     assert row.status == "failed"
