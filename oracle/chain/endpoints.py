@@ -121,7 +121,13 @@ class FailoverProvider(JSONBaseProvider):
         self, batch_requests: list[tuple[RPCEndpoint, Any]]
     ) -> list[RPCResponse] | RPCResponse:
         def call(provider: HTTPProvider) -> list[RPCResponse] | RPCResponse:
-            return provider.make_batch_request(batch_requests)
+            answers = provider.make_batch_request(batch_requests)
+            if not isinstance(answers, list):
+                return answers  # one error object for the whole batch
+            unique = _one_answer_per_id(answers)
+            if len(unique) != len(batch_requests):  # an answer missing: ask elsewhere
+                raise _EndpointFailed(unique, None)
+            return unique
 
         return self._first_healthy(call, RPCEndpoint("batch"))
 
@@ -212,6 +218,19 @@ class FailoverProvider(JSONBaseProvider):
                 logger.info("RPC endpoint answers again", extra={"endpoint": endpoint.name})
             endpoint.failures = 0
             endpoint.resting_until = 0.0
+
+
+def _one_answer_per_id(answers: list[RPCResponse]) -> list[RPCResponse]:
+    """A batch's answers with repeats of an id dropped (some proxies repeat one), in order."""
+    seen: set[object] = set()
+    unique = []
+    for answer in answers:
+        key = answer.get("id") if isinstance(answer, Mapping) else None
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        unique.append(answer)
+    return unique
 
 
 def _raise_if_endpoint_failed(result: object, method: str) -> None:

@@ -44,7 +44,7 @@ from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.polling import backoff_delay, poll_until_stopped
 from oracle.chain.rpc import is_log_range_refusal, rpc_errors
 from oracle.domain.events import ChainEvent
-from oracle.errors import LogRangeTooLarge, RpcError, RpcRateLimited
+from oracle.errors import LogRangeTooLarge, RpcError, RpcMalformedResponse, RpcRateLimited
 from oracle.store.chain_state import (
     BlockRef,
     apply_event,
@@ -315,8 +315,13 @@ class Listener:
             except BlockNotFound as exc:  # the chain got shorter under us
                 raise _ChainMoved(str(exc)) from exc
             for block in blocks:
+                if block is None:  # a batch answers "no such block" with null
+                    raise _ChainMoved("a block of the range is not on the chain (yet)")
                 ref = _block_ref(block)
                 headers[ref.number] = ref
+            if missing := set(batch_numbers) - headers.keys():
+                reason = f"a batch of headers lacks blocks {sorted(missing)}"
+                raise RpcMalformedResponse(method="eth_getBlockByNumber", reason=reason)
         return headers
 
     def _get_blocks(self, numbers: Sequence[int]) -> list[BlockData]:
@@ -391,8 +396,12 @@ def _check_links(
 
 
 def _block_ref(block: BlockData) -> BlockRef:
-    return BlockRef(
-        number=int(block["number"]),
-        hash=bytes(block["hash"]),
-        parent_hash=bytes(block["parentHash"]),
-    )
+    try:
+        return BlockRef(
+            number=int(block["number"]),
+            hash=bytes(block["hash"]),
+            parent_hash=bytes(block["parentHash"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        reason = f"a block header of the wrong shape: {exc!r}"
+        raise RpcMalformedResponse(method="eth_getBlockByNumber", reason=reason) from exc
