@@ -23,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = sorted(path.name for path in (REPO_ROOT / "bench").glob("[!_]*.py"))
 
 LAST_LINES: dict[str, str] = {
+    "consensus.py": r"honest_short_min=[0-9.]+ other_prompt_max=[0-9.]+",
     "embed.py": r"ratio=[0-9.]+",
     "gas.py": r"finalize_q5_gas=\d+ protocol_q5_gas=\d+",
     "gpu.py": r"ratio=[0-9.]+",

