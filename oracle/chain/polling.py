@@ -20,13 +20,20 @@ TRANSIENT = (RpcError, OperationalError)
 """Failures a loop waits out: the RPC endpoint or the database is away for a while."""
 
 MAX_BACKOFF_S = 60.0
+LOOP_MAX_BACKOFF_S = 8.0
+"""The longest a polling loop waits after its own failures. A request has tens of seconds
+to commit: a loop that backs off for a minute after a run of unlucky calls (one RPC in a
+sync fails, the whole sync fails) misses it. The endpoints themselves are spared by the
+failover provider's rests; a rate limit's own delay is honoured up to a minute."""
 
 
-def backoff_delay(exc: BaseException, base_s: float, failures: int) -> float:
-    """Exponential backoff from ``base_s`` (at most a minute), or what a rate limit asked."""
+def backoff_delay(
+    exc: BaseException, base_s: float, failures: int, cap_s: float = MAX_BACKOFF_S
+) -> float:
+    """Exponential backoff from ``base_s`` up to ``cap_s``, or what a rate limit asked."""
     if isinstance(exc, RpcRateLimited) and exc.retry_after_s is not None:
         return min(MAX_BACKOFF_S, exc.retry_after_s)
-    return backoff_s(failures + 1, max(base_s, 0.05), MAX_BACKOFF_S)
+    return backoff_s(failures + 1, max(base_s, 0.05), cap_s)
 
 
 async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
@@ -56,7 +63,7 @@ async def poll_until_stopped(
             await asyncio.to_thread(step)
         except TRANSIENT as exc:
             failures += 1
-            delay = backoff_delay(exc, poll_interval, failures)
+            delay = backoff_delay(exc, poll_interval, failures, LOOP_MAX_BACKOFF_S)
             logger.warning(
                 f"{what} failed; retrying",
                 extra={"error": str(exc), "failures": failures, "retry_in_s": delay},
