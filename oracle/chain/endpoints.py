@@ -32,7 +32,7 @@ from web3.types import RPCEndpoint, RPCResponse
 
 from oracle.chain.rpc import classify_rpc_error, retry_after_header
 from oracle.domain.retry import backoff_s
-from oracle.errors import RpcUnavailable
+from oracle.errors import RpcRateLimited, RpcUnavailable
 
 __all__ = ["Endpoint", "FailoverProvider", "redact_url"]
 
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 _R = TypeVar("_R")
 _BASE_REST_S = 1.0
 _MAX_REST_S = 60.0
+_SECOND_PASS_PAUSE_S = 0.1
 
 
 def redact_url(url: str) -> str:
@@ -137,24 +138,32 @@ class FailoverProvider(JSONBaseProvider):
     # --- choosing ---------------------------------------------------------------------
 
     def _first_healthy(self, call: Callable[[HTTPProvider], _R], method: str) -> _R:
+        """The first endpoint's answer that is one; when every endpoint failed, and none of
+        them asked to be left alone, they are all asked once more after a pause (a
+        dropped connection or a 503 is usually gone a moment later)."""
         last_error: BaseException | None = None
-        for endpoint in self._order():
-            try:
-                if not self._on_our_chain(endpoint):
+        for attempt in range(2):
+            if attempt:
+                if _asks_to_wait(last_error):
+                    break
+                time.sleep(_SECOND_PASS_PAUSE_S)
+            for endpoint in self._order():
+                try:
+                    if not self._on_our_chain(endpoint):
+                        continue
+                    result = call(endpoint.provider)
+                    _raise_if_endpoint_failed(result, method)
+                except _EndpointFailed as exc:
+                    self._rest(endpoint, method, exc, exc.retry_after_s)
+                    last_error = exc
                     continue
-                result = call(endpoint.provider)
-                _raise_if_endpoint_failed(result, method)
-            except _EndpointFailed as exc:
-                self._rest(endpoint, method, exc, exc.retry_after_s)
-                last_error = exc
-                continue
-            except (requests.RequestException, ValueError, OSError) as exc:
-                response = getattr(exc, "response", None)
-                self._rest(endpoint, method, exc, retry_after_header(response))
-                last_error = exc
-                continue
-            self._recovered(endpoint)
-            return result
+                except (requests.RequestException, ValueError, OSError) as exc:
+                    response = getattr(exc, "response", None)
+                    self._rest(endpoint, method, exc, retry_after_header(response))
+                    last_error = exc
+                    continue
+                self._recovered(endpoint)
+                return result
         if isinstance(last_error, _EndpointFailed):
             return last_error.response  # type: ignore[return-value]  # web3 raises from it
         if last_error is None:
@@ -218,6 +227,22 @@ class FailoverProvider(JSONBaseProvider):
                 logger.info("RPC endpoint answers again", extra={"endpoint": endpoint.name})
             endpoint.failures = 0
             endpoint.resting_until = 0.0
+
+
+def _asks_to_wait(error: BaseException | None) -> bool:
+    """A rate limit (HTTP 429, or a JSON-RPC error that says so): do not ask again now."""
+    if isinstance(error, _EndpointFailed):
+        return error.retry_after_s is not None or _is_rate_limit_answer(error.response)
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None) == 429
+
+
+def _is_rate_limit_answer(response: object) -> bool:
+    error = response.get("error") if isinstance(response, Mapping) else None
+    if not isinstance(error, Mapping):
+        return False
+    reason, code = str(error.get("message", "")), error.get("code")
+    return isinstance(classify_rpc_error("", reason, code, error.get("data")), RpcRateLimited)
 
 
 def _one_answer_per_id(answers: list[RPCResponse]) -> list[RPCResponse]:

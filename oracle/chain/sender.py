@@ -45,7 +45,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -64,7 +64,7 @@ from oracle.chain.artifacts import decode_revert
 from oracle.chain.polling import poll_until_stopped
 from oracle.chain.rpc import rpc_errors
 from oracle.domain.retry import backoff_s
-from oracle.errors import RpcError, RpcUnavailable, SenderAlreadyRunning
+from oracle.errors import RpcError, RpcRateLimited, RpcUnavailable, SenderAlreadyRunning
 from oracle.store.models import OutgoingTx
 from oracle.store.outbox import (
     defer_tx,
@@ -256,12 +256,15 @@ class TxSender:
             self._resync_nonce()
         with self._sessions() as session:
             ready = sendable_txs(session, self.address, _now())
-        prepared = []
+        prepared: list[PreparedTx] = []
         poll_fees = functools.cache(self._fees)  # asked once a poll, and only if one is signed
-        for tx in ready:
+
+        def prepare(tx: OutgoingTx) -> None:
             one = self._prepare(tx, poll_fees)
             if one is not None:
                 prepared.append(one)
+
+        _each_transaction(ready, prepare, "preparing")
         return prepared
 
     def _prepare(self, tx: OutgoingTx, fees_now: Callable[[], _Fees]) -> PreparedTx | None:
@@ -380,8 +383,7 @@ class TxSender:
         a nonce hole below them is filled."""
         with self._sessions() as session:
             sent = in_flight_txs(session, self.address)
-        for tx in sent:
-            self._check_one(tx)
+        _each_transaction(sent, self._check_one, "checking")
         if sent:
             self._fill_nonce_hole(min(_stored(tx.nonce) for tx in sent))
 
@@ -666,6 +668,30 @@ class TxSender:
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+
+def _each_transaction(
+    txs: Sequence[OutgoingTx], work: Callable[[OutgoingTx], object], what: str
+) -> None:
+    """``work`` on each row; an endpoint's hiccup on one row does not hold up the others.
+
+    One sync touches many rows with a few calls each: were any failed call to end the
+    sync, a flaky endpoint would leave every row waiting. A rate limit still ends it (the
+    endpoint asked for calm), and so does failing on every row (the endpoint is away).
+    """
+    failures: list[RpcUnavailable] = []
+    for tx in txs:
+        try:
+            work(tx)
+        except RpcRateLimited:
+            raise
+        except RpcUnavailable as exc:
+            failures.append(exc)
+            logger.info(
+                f"{what} a transaction failed; the others go on", extra=_fields(tx, error=str(exc))
+            )
+    if failures and len(failures) == len(txs):
+        raise failures[0]
 
 
 def _now() -> datetime:
