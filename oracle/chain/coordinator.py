@@ -101,6 +101,16 @@ class CoordinatorBinding:
 
     # --- logs ---------------------------------------------------------------------------
 
+    def may_hold_events(self, logs_bloom: bytes) -> bool:
+        """Whether a block with this logsBloom may hold one of the events ``decode_logs``
+        understands (a bloom says "no" for sure, "yes" only perhaps)."""
+        if not logs_bloom:
+            return True
+        bloom = int.from_bytes(logs_bloom, "big")
+        if not _in_bloom(bloom, bytes.fromhex(self.address[2:])):
+            return False
+        return any(_in_bloom(bloom, topic) for topic in self._events)
+
     def decode_logs(self, logs: Iterable[LogReceipt]) -> list[ChainEvent]:
         """The coordinator events among ``logs``, in the given order.
 
@@ -206,6 +216,13 @@ class CoordinatorBinding:
 
 
 # --- one decoder per event --------------------------------------------------------------
+
+
+def _in_bloom(bloom: int, value: bytes) -> bool:
+    """The three bits Ethereum's log bloom sets for ``value`` are all set."""
+    digest = keccak(value)
+    bits = (((digest[i] << 8) | digest[i + 1]) & 0x7FF for i in (0, 2, 4))
+    return all(bloom >> bit & 1 for bit in bits)
 
 
 def _raw_type(item: Mapping[str, Any]) -> str:

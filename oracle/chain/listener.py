@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
+from hexbytes import HexBytes
 from sqlalchemy.orm import Session
 from web3 import Web3
 from web3.exceptions import BlockNotFound
@@ -65,6 +66,9 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _HEADER_BATCH = 100
+_VERIFIED_RANGE = 100
+"""Ranges shorter than this (following the head) have every header read, to check each
+block's logsBloom against the logs the range answer brought."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,13 +260,51 @@ class Listener:
         )
         # ``before`` is at or past ``last``: unchanged, it vouches for every block up to it
         wanted = {first, last, before.number} | {e.position.block_number for e in events}
+        if last - first < _VERIFIED_RANGE:  # near the head, where backends lag: every block
+            wanted |= set(range(first, last + 1))
         headers = self._headers(sorted(wanted))
         if headers[before.number].hash != before.hash:
             raise _ChainMoved(f"block {before.number} changed while the logs were read")
+        events = self._with_missed_events(events, headers, first, last)
         _check_links(headers, first, checkpoint, events)
         remembered = {e.position.block_number for e in events} | {last}
         blocks = [headers[n] for n in sorted(remembered)]
         return _Chunk(events=events, blocks=blocks, end=headers[last])
+
+    def _with_missed_events(
+        self, events: list[ChainEvent], headers: dict[int, BlockRef], first: int, last: int
+    ) -> list[ChainEvent]:
+        """The range's events, with those of blocks the range answer left out.
+
+        A backend behind a load balancer may answer ``eth_getLogs`` from an older head
+        while the headers come from a newer one: the last blocks' logs are silently
+        missing. A block whose logsBloom says it may hold our events, yet brought none, is
+        asked again by its hash (EIP-234), which no backend can answer from another block.
+        """
+        seen = {e.position.block_number for e in events}
+        for number in range(first, last + 1):
+            header = headers.get(number)
+            if header is None or number in seen or not self._binding.may_hold_events(
+                header.logs_bloom
+            ):
+                continue
+            logs = self._rpc("eth_getLogs", functools.partial(self._logs_of_block, header.hash))
+            found = self._binding.decode_logs(logs)
+            if found:
+                logger.warning(
+                    "the log range answer missed a block's events; read them by its hash",
+                    extra={"block": number, "events": len(found)},
+                )
+                events = events + found
+        return sorted(events, key=lambda e: (e.position.block_number, e.position.log_index))
+
+    def _logs_of_block(self, block_hash: bytes) -> list[LogReceipt]:
+        params: FilterParams = {
+            "blockHash": HexBytes(block_hash),
+            "address": self._binding.address,
+            "topics": [self._binding.event_topics],
+        }
+        return list(self._w3.eth.get_logs(params))
 
     def _logs_adaptive(self, first: int, target: int) -> tuple[list[LogReceipt], int]:
         """Logs from ``first`` on, as far as the endpoint accepts; returns them and the end.
@@ -401,6 +443,7 @@ def _block_ref(block: BlockData) -> BlockRef:
             number=int(block["number"]),
             hash=bytes(block["hash"]),
             parent_hash=bytes(block["parentHash"]),
+            logs_bloom=bytes(block.get("logsBloom", b"")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         reason = f"a block header of the wrong shape: {exc!r}"

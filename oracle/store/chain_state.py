@@ -86,6 +86,8 @@ class BlockRef:
     number: int
     hash: bytes
     parent_hash: bytes
+    logs_bloom: bytes = b""
+    """The header's logsBloom when read from the chain (not stored)."""
 
 
 # --- events ------------------------------------------------------------------------------
