@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test dev lint bench
+.PHONY: setup test dev lint bench soak
 
 setup: $(VENV)/.stamp-python-deps node_modules/.stamp-npm
 
@@ -52,6 +52,10 @@ node_modules/.stamp-npm: package.json $(wildcard package-lock.json)
 # the bench extra too, since tests/bench runs every benchmark once in its smoke mode
 test: setup $(VENV)/.stamp-bench-deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# three nodes, twenty requests, every fault at random: a few minutes
+soak: setup
+	ORACLE_SOAK=1 $(VENV)/bin/pytest -s tests/faults/test_soak.py
 
 dev: setup
 	$(VENV)/bin/oracle dev

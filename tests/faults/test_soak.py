@@ -39,7 +39,12 @@ from oracle.devnet import LocalNetwork, deploy_local
 from oracle.store.db import make_engine, to_sqlalchemy_url
 from tests.support.rpc_proxy import RpcProxy
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    # Not yet steady enough to gate every run (see the README's "Tests"): `make soak`.
+    pytest.mark.skipif(not os.environ.get("ORACLE_SOAK"), reason="set ORACLE_SOAK=1 (make soak)"),
+]
 
 SEED = 20_241_130
 NODES = 3
