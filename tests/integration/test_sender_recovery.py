@@ -22,29 +22,17 @@ from oracle.store.outbox import enqueue_tx
 from tests.integration.test_sender import (
     ORACLE_KEY,
     Outbox,
+    binding,
     make_sender,
     manual_mining,
     nonce_of,
+    protocol,
+    sessions,
     sync,
 )
 from tests.support.protocol import Protocol
 
-__all__ = ["manual_mining"]
-
-
-@pytest.fixture
-def sessions(db_engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(db_engine, expire_on_commit=False)
-
-
-@pytest.fixture
-def protocol(chain: Anvil) -> Protocol:
-    return Protocol.deploy(chain.w3)
-
-
-@pytest.fixture
-def binding(chain: Anvil, protocol: Protocol) -> CoordinatorBinding:
-    return CoordinatorBinding(chain.w3, protocol.coordinator.address)
+__all__ = ["binding", "manual_mining", "protocol", "sessions"]  # fixtures shared with it
 
 
 def test_a_transaction_a_reorg_took_off_the_chain_is_sent_again(
