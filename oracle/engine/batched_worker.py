@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any
 
 from sqlalchemy import Engine
@@ -38,13 +36,16 @@ from oracle.domain.retry import backoff_s
 from oracle.engine.batched import BatchedLlm, DecodeFailed, Finished, GenerationRequest
 from oracle.engine.llm import Generation, InvalidGenerationRequest
 from oracle.engine.models import lookup_llm
-from oracle.engine.worker import HEARTBEAT_S, RetryLater, WorkerConfig, make_worker_id
+from oracle.engine.worker import (
+    HEARTBEAT_S,
+    RetryLater,
+    WorkerConfig,
+    make_worker_id,
+    serve_until_signalled,
+)
 from oracle.errors import OracleError
-from oracle.store import make_engine
 from oracle.store.models import JobKind
-from oracle.store.notify import NotificationWaiter
 from oracle.store.queue import (
-    JOBS_CHANNEL,
     ClaimedJob,
     LeaseLost,
     claim_jobs,
@@ -397,23 +398,12 @@ def run_batched_worker(config: WorkerConfig) -> None:
     """The body of ``oracle worker --engine batched``: load, serve until SIGTERM/SIGINT,
     finish the jobs in the batch, exit."""
     llm = load_batched_llm(config)
-    engine = make_engine(
-        config.database_url,
-        pool_size=3,
-        connect_args={"application_name": f"oracle worker {make_worker_id(config.model)}"[:63]},
-    )
-    worker = BatchedWorker(config, llm, engine)
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("stopping: no more claims; finishing the batch", extra={"signal": signum})
-        worker.stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    waiter = NotificationWaiter(config.database_url, [JOBS_CHANNEL])
     try:
-        worker.run(waiter.wait)
+        serve_until_signalled(
+            config,
+            lambda engine: BatchedWorker(config, llm, engine),
+            pool_size=3,
+            on_signal="stopping: no more claims; finishing the batch",
+        )
     finally:
-        waiter.close()
-        engine.dispose()
         llm.close()

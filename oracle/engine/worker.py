@@ -490,16 +490,40 @@ def run_worker(config: WorkerConfig) -> None:
         run_batched_worker(config)
         return
     runner = make_runner(config)
+    serve_until_signalled(
+        config,
+        lambda engine: Worker(config, runner, engine),
+        pool_size=2,
+        on_signal="stopping after the current batch",
+    )
+
+
+class Serving(Protocol):
+    """A worker loop that ``serve_until_signalled`` runs and stops."""
+
+    stopping: threading.Event
+
+    def run(self, wait_for_work: Callable[[float], bool]) -> None: ...
+
+
+def serve_until_signalled(
+    config: WorkerConfig,
+    make_worker: Callable[[Engine], Serving],
+    *,
+    pool_size: int,
+    on_signal: str,
+) -> None:
+    """Run a worker on its own engine until SIGTERM/SIGINT, waking on the jobs channel."""
     engine = make_engine(
         config.database_url,
-        pool_size=2,
+        pool_size=pool_size,
         # pg_stat_activity names the worker behind each connection
         connect_args={"application_name": f"oracle worker {make_worker_id(config.model)}"[:63]},
     )
-    worker = Worker(config, runner, engine)
+    worker = make_worker(engine)
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("stopping after the current batch", extra={"signal": signum})
+        logger.info(on_signal, extra={"signal": signum})
         worker.stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
