@@ -76,11 +76,14 @@ class _EndpointFailed(Exception):
     """An answer that another endpoint may not give: malformed, or an error that says
     "slow down" or "not synced"."""
 
-    def __init__(self, response: object, retry_after_s: float | None) -> None:
+    def __init__(
+        self, response: object, retry_after_s: float | None, *, rate_limited: bool = False
+    ) -> None:
         error = response.get("error") if isinstance(response, Mapping) else None
         super().__init__(str(error) if error is not None else "a malformed answer")
         self.response = response
         self.retry_after_s = retry_after_s
+        self.rate_limited = rate_limited
 
 
 class FailoverProvider(JSONBaseProvider):
@@ -232,17 +235,9 @@ class FailoverProvider(JSONBaseProvider):
 def _asks_to_wait(error: BaseException | None) -> bool:
     """A rate limit (HTTP 429, or a JSON-RPC error that says so): do not ask again now."""
     if isinstance(error, _EndpointFailed):
-        return error.retry_after_s is not None or _is_rate_limit_answer(error.response)
+        return error.rate_limited
     response = getattr(error, "response", None)
     return getattr(response, "status_code", None) == 429
-
-
-def _is_rate_limit_answer(response: object) -> bool:
-    error = response.get("error") if isinstance(response, Mapping) else None
-    if not isinstance(error, Mapping):
-        return False
-    reason, code = str(error.get("message", "")), error.get("code")
-    return isinstance(classify_rpc_error("", reason, code, error.get("data")), RpcRateLimited)
 
 
 def _one_answer_per_id(answers: list[RPCResponse]) -> list[RPCResponse]:
@@ -272,6 +267,7 @@ def _raise_if_endpoint_failed(result: object, method: str) -> None:
         classified = classify_rpc_error(
             method, str(error.get("message", "")), error.get("code"), error.get("data")
         )
+        if isinstance(classified, RpcRateLimited):
+            raise _EndpointFailed(response, classified.retry_after_s, rate_limited=True)
         if isinstance(classified, RpcUnavailable):
-            retry_after = getattr(classified, "retry_after_s", None)
-            raise _EndpointFailed(response, retry_after)
+            raise _EndpointFailed(response, None)
