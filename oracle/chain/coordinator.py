@@ -89,6 +89,8 @@ class CoordinatorBinding:
                 decoder=decoder,
             )
         self._dispute_deadlines: dict[tuple[int, Hashable], int] = {}
+        self._address_bloom = _bloom_mask(bytes.fromhex(self.address[2:]))
+        self._topic_blooms = [_bloom_mask(topic) for topic in self._events]
 
     @property
     def address(self) -> ChecksumAddress:
@@ -107,9 +109,9 @@ class CoordinatorBinding:
         if not logs_bloom:
             return True
         bloom = int.from_bytes(logs_bloom, "big")
-        if not _in_bloom(bloom, bytes.fromhex(self.address[2:])):
+        if bloom & self._address_bloom != self._address_bloom:
             return False
-        return any(_in_bloom(bloom, topic) for topic in self._events)
+        return any(bloom & mask == mask for mask in self._topic_blooms)
 
     def decode_logs(self, logs: Iterable[LogReceipt]) -> list[ChainEvent]:
         """The coordinator events among ``logs``, in the given order.
@@ -218,11 +220,13 @@ class CoordinatorBinding:
 # --- one decoder per event --------------------------------------------------------------
 
 
-def _in_bloom(bloom: int, value: bytes) -> bool:
-    """The three bits Ethereum's log bloom sets for ``value`` are all set."""
+def _bloom_mask(value: bytes) -> int:
+    """The three bits Ethereum's log bloom sets for ``value``, as a mask."""
     digest = keccak(value)
-    bits = (((digest[i] << 8) | digest[i + 1]) & 0x7FF for i in (0, 2, 4))
-    return all(bloom >> bit & 1 for bit in bits)
+    mask = 0
+    for i in (0, 2, 4):
+        mask |= 1 << (((digest[i] << 8) | digest[i + 1]) & 0x7FF)
+    return mask
 
 
 def _raw_type(item: Mapping[str, Any]) -> str:
