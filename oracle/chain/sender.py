@@ -309,23 +309,29 @@ class TxSender:
             return _revert_reason(exc)
         return estimate * (100 + self._gas_margin_percent) // 100
 
-    def _defer(self, tx: OutgoingTx, reason: str) -> None:
+    def _defer(
+        self,
+        tx: OutgoingTx,
+        reason: str,
+        message: str = "not sent yet",
+        level: int = logging.WARNING,
+    ) -> None:
+        """Still pending; asked again after a delay that grows with its attempts."""
         delay = backoff_s(tx.attempts + 1, self._not_yet_retry_s, 60.0)
         with self._sessions() as session, session.begin():
             defer_tx(session, tx.id, until=_now() + timedelta(seconds=delay), reason=reason)
-        logger.warning("not sent yet", extra={**_fields(tx, reason=reason), "wait_s": delay})
+        logger.log(level, message, extra={**_fields(tx, reason=reason), "wait_s": delay})
 
     def _handle_revert(self, tx: OutgoingTx, reason: str) -> None:
         name = reason.split("(", 1)[0]
+        if name in NOT_YET_ERRORS:
+            self._defer(tx, reason, "not sent yet: the contract says wait", logging.INFO)
+            return
         log = _fields(tx, reason=reason)
         with self._sessions() as session, session.begin():
             if name in ALREADY_DONE_ERRORS:
                 mark_skipped(session, tx.id, reason=reason)
                 logger.info("not sent: already done", extra=log)
-            elif name in NOT_YET_ERRORS:
-                delay = backoff_s(tx.attempts + 1, self._not_yet_retry_s, 60.0)
-                defer_tx(session, tx.id, until=_now() + timedelta(seconds=delay), reason=reason)
-                logger.info("not sent yet: the contract says wait", extra={**log, "wait_s": delay})
             else:
                 mark_failed(session, tx.id, reason=reason)
                 logger.error("not sent: the call would revert", extra=log)
