@@ -27,7 +27,9 @@ What the chain may undo or refuse:
   the listener calls on a reorg) the rows confirmed in the last ``recheck_blocks``
   blocks are looked up again; one whose receipt is gone goes back to ``sent`` and is
   broadcast again with the same nonce and bytes, or, if its nonce went to another
-  transaction, re-decided from ``pending``. A nonce that nothing holds any more (a hole
+  transaction, re-decided from ``pending``. One answer that lacks a transaction proves
+  nothing (a backend may lag behind its block): a row counts as lost only after the
+  chain has not known it for ``lost_after_s``. A nonce that nothing holds any more (a hole
   below transactions already sent) is filled with a zero-value transfer to self.
 - **Fees.** A slow transaction is bumped at most ``max_bumps`` times (and never above
   ``max_fee_gwei_cap``); still not mined ``give_up_after_s`` after its last bump, the row
@@ -153,6 +155,7 @@ class TxSender:
         give_up_after_s: float = 600,
         recheck_blocks: int = 64,
         recheck_interval_s: float = 5.0,
+        lost_after_s: float = 6.0,
     ) -> None:
         if fee_bump_percent < 10:
             raise ValueError("fee_bump_percent below 10 is refused as an underpriced replacement")
@@ -171,6 +174,11 @@ class TxSender:
         self._recheck_blocks = recheck_blocks
         self._recheck_interval_s = recheck_interval_s
         self._next_recheck = 0.0
+        self._lost_after_s = lost_after_s
+        self._missing_since: dict[int, float] = {}
+        """Rows the chain did not know at a look: when that was first seen. One answer from
+        a lagging or flaky backend proves nothing; a row is lost after ``lost_after_s`` of
+        such answers, never sooner."""
         self._next_nonce: int | None = None
         self._lock_connection: Connection | None = None
         self._locking = False
@@ -398,24 +406,40 @@ class TxSender:
         if receipt is not None:
             self._forget(tx.id)
             self._settle(tx, receipt)
-        elif not self._known(_stored(tx.tx_hash)):
+        elif not self._known(tx):
             waiting = self._rebroadcast_after.get(tx.id)
-            if waiting is None or time.monotonic() >= waiting[0]:
+            if self._missing_for_long(tx.id) and (
+                waiting is None or time.monotonic() >= waiting[0]
+            ):
                 self._resend_or_release(tx)
-        elif tx.id in self._bump_now or (
-            tx.sent_at is not None and _now() - tx.sent_at >= self._bump_after
-        ):
-            self._bump_now.discard(tx.id)
-            self._bump(tx)
+        else:
+            self._missing_since.pop(tx.id, None)
+            if tx.id in self._bump_now or (
+                tx.sent_at is not None and _now() - tx.sent_at >= self._bump_after
+            ):
+                self._bump_now.discard(tx.id)
+                self._bump(tx)
+
+    def _missing_for_long(self, tx_id: int) -> bool:
+        """The chain has not known this row for ``lost_after_s``: the first such answer
+        starts the clock."""
+        now = time.monotonic()
+        return now - self._missing_since.setdefault(tx_id, now) >= self._lost_after_s
 
     def _forget(self, tx_id: int) -> None:
         self._bump_now.discard(tx_id)
         self._bumps_refused.discard(tx_id)
         self._rebroadcast_after.pop(tx_id, None)
+        self._missing_since.pop(tx_id, None)
 
     def check_mined(self) -> None:
         """Rows confirmed in the last ``recheck_blocks`` blocks whose receipt the chain no
-        longer has (a reorg dropped them) go back to ``sent``, to be broadcast again."""
+        longer has (a reorg dropped them) go back to ``sent``, to be broadcast again.
+
+        A receipt missing from one answer may be a backend that lags behind the block; the
+        row is looked up again within a second, and goes back only once it has been
+        missing for ``lost_after_s``.
+        """
         self._next_recheck = time.monotonic() + self._recheck_interval_s
         with rpc_errors("eth_blockNumber"):
             head = self._w3.eth.block_number
@@ -423,6 +447,10 @@ class TxSender:
             mined = recent_confirmed_txs(session, self.address, head - self._recheck_blocks)
         for tx in mined:
             if self._receipt(tx) is not None:
+                self._missing_since.pop(tx.id, None)
+                continue
+            if not self._missing_for_long(tx.id):
+                self._next_recheck = min(self._next_recheck, time.monotonic() + 1.0)
                 continue
             reason = f"mined in block {tx.receipt_block}, which left the chain"
             with self._sessions() as session, session.begin():
@@ -477,13 +505,17 @@ class TxSender:
                 continue
         return None
 
-    def _known(self, tx_hash: bytes) -> bool:
-        try:
-            with rpc_errors("eth_getTransactionByHash"):
-                self._w3.eth.get_transaction(HexBytes(tx_hash))
-        except TransactionNotFound:
-            return False
-        return True
+    def _known(self, tx: OutgoingTx) -> bool:
+        """The chain knows some version of the row (a refused fee bump leaves the earlier
+        one in the pool)."""
+        for tx_hash in [_stored(tx.tx_hash), *tx.replaced_tx_hashes]:
+            try:
+                with rpc_errors("eth_getTransactionByHash"):
+                    self._w3.eth.get_transaction(HexBytes(tx_hash))
+            except TransactionNotFound:
+                continue
+            return True
+        return False
 
     def _settle(self, tx: OutgoingTx, receipt: TxReceipt) -> None:
         mined_hash = bytes(receipt["transactionHash"])
@@ -527,6 +559,7 @@ class TxSender:
             with self._sessions() as session, session.begin():
                 release_nonce(session, tx.id, reason=reason)
             self._next_nonce = None
+            self._forget(tx.id)
             logger.warning("nonce taken elsewhere; will send again", extra=_fields(tx))
             return
         if not self._still_wanted(tx):
@@ -556,6 +589,7 @@ class TxSender:
         with self._sessions() as session, session.begin():
             release_nonce(session, tx.id, reason=f"lost by the chain, now {gas}")
         self._next_nonce = None
+        self._forget(tx.id)
         logger.warning("a lost transaction is decided again", extra=_fields(tx, reason=gas))
         return False
 

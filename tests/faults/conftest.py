@@ -63,6 +63,7 @@ def make_sender(
     w3: Web3, chain: Anvil, sessions: sessionmaker[Session], **options: Any
 ) -> TxSender:
     account = Account.from_key(chain.private_keys[ORACLE_KEY])
+    options.setdefault("lost_after_s", 1.0)  # short, so that lost broadcasts go again soon
     return TxSender(
         w3=w3, session_factory=sessions, account=account, chain_id=chain.chain_id, **options
     )

@@ -145,3 +145,42 @@ def test_retry_after_is_waited_out(
     limited, following = proxy.calls[0], proxy.calls[1]
     assert limited.faults == ("rate_limit",)
     assert following.at - limited.at >= 2.0, "asked again before Retry-After had passed"
+
+
+@pytest.mark.parametrize("lost_after_s", [0.0, 60.0])
+def test_a_receipt_hidden_by_a_lagging_backend_does_not_unsettle_a_mined_transaction(
+    lost_after_s: float,
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """A backend two blocks behind answers "no receipt" for what the last blocks mined.
+
+    With no grace (0 s) that one answer sends the rows back to ``sent``, as if a reorg had
+    dropped them; with the node's grace they stay settled and nothing is sent again.
+    """
+    sender = make_sender(node_web3(proxy.url), chain, sessions, lost_after_s=lost_after_s)
+    first_nonce = nonce_of(chain, sender.address)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    request_id = protocol.request(quorum=1)
+    outbox.commit_and_reveal(binding, request_id)
+    run_sender(sender, sessions)
+    assert statuses(sessions) == [("commit", "confirmed"), ("reveal", "confirmed")]
+
+    lagging = proxy.lag(3)  # both transactions sit in the last two blocks
+    sender.recheck_soon()
+    for _ in range(3):
+        sender.sync_once()
+        sender.recheck_soon()
+    assert proxy.injected["lag"] > 0
+    if lost_after_s == 0:
+        assert [status for _kind, status in statuses(sessions)] == ["sent", "sent"]
+    else:
+        assert statuses(sessions) == [("commit", "confirmed"), ("reveal", "confirmed")]
+
+    lagging.cancel()
+    run_sender(sender, sessions)
+    assert statuses(sessions) == [("commit", "confirmed"), ("reveal", "confirmed")]
+    assert nonce_of(chain, sender.address) == first_nonce + 2

@@ -125,7 +125,9 @@ def test_a_key_without_funds_waits_with_a_clear_error_and_sends_once_funded(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     poor = Account.create()
-    sender = TxSender(w3=chain.w3, session_factory=sessions, account=poor, chain_id=chain.chain_id)
+    sender = TxSender(
+        w3=chain.w3, session_factory=sessions, account=poor, chain_id=chain.chain_id, lost_after_s=0
+    )
     outbox = Outbox(sessions, sender, binding)
     outbox.add("register", None, binding.encode_register())
     with caplog.at_level(logging.ERROR, logger="oracle.chain.sender"):
