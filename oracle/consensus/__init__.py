@@ -14,6 +14,7 @@ from oracle.consensus.clustering import (
 from oracle.consensus.verification import (
     default_verify_tolerance_bits,
     dispute_excludes,
+    length_fault,
     verify_embedding,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "default_verify_tolerance_bits",
     "dispute_excludes",
     "hamming",
+    "length_fault",
     "pack_sign_bits",
     "required_support",
     "verify_embedding",

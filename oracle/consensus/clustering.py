@@ -5,11 +5,14 @@ contract give the same result bit for bit:
 
 - ``n(r)``: the number of eligible reveals within secDistance of r, r included;
 - ``need = ceil(secPercentage * quorum / 10000)``, against the quorum, not the reveals;
-- the winner is the eligible reveal with the largest n(r), the earliest seat on a tie;
+- the winner is the **medoid** among the eligible reveals with the largest n(r): the one
+  with the smallest sum of distances to its neighbours; then the smaller ticket (the
+  seat's stake-weighted draw, which no committer chooses); then the lower seat;
 - consensus holds when n(winner) >= need; the cluster is the winner and its neighbours.
 
-Excluded reveals (disputed by a majority) take no part: they are neither candidate nor
-neighbour.
+Excluded reveals (disputed by a strict majority of the quorum) take no part: they are
+neither candidate nor neighbour, and their bits are never read. Eligible bits must be
+non-empty and of one length (the contract reverts otherwise; here it raises).
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ class ConsensusResult:
     reached: bool
     """Whether the winner's support is at least `need`."""
     winner: int | None
-    """Index (into the reveals, in seat order) of the reveal with the most support;
-    None when no reveal was eligible."""
+    """Index (into the reveals, in seat order) of the medoid of the best-supported
+    reveals; None when no reveal was eligible."""
     support: int
     """n(winner): eligible reveals within secDistance of the winner, itself included."""
     need: int
@@ -68,29 +71,43 @@ def compute_consensus(
     quorum: int,
     sec_distance_bp: int,
     sec_percentage_bp: int,
+    tickets: Sequence[int] | None = None,
 ) -> ConsensusResult:
-    """Cluster the reveals of one request, given in seat order."""
+    """Cluster the reveals of one request, given in seat order.
+
+    ``tickets``: each seat's ticket, in seat order (the contract's ``Committed.ticket``);
+    None when they play no part (as if equal: a tie then goes to the lower seat).
+    """
     _check_parameters(
         quorum=quorum, sec_distance_bp=sec_distance_bp, sec_percentage_bp=sec_percentage_bp
     )
+    seat_tickets = [0] * len(reveals) if tickets is None else list(tickets)
+    if len(seat_tickets) != len(reveals):
+        raise InvalidConsensusParameters(
+            field="tickets", value=len(seat_tickets), allowed=f"one per seat ({len(reveals)})"
+        )
     need = required_support(sec_percentage_bp, quorum)
     bits, eligible = _eligible_bits(reveals)
     if not eligible:
         return ConsensusResult(reached=False, winner=None, support=0, need=need, cluster=())
     dim_bits = len(bits[eligible[0]]) * 8
+    distance = {(i, j): hamming(bits[i], bits[j]) for i in eligible for j in eligible if i < j}
 
-    def neighbours_of(candidate: int) -> tuple[int, ...]:
-        return tuple(
-            other
-            for other in eligible
-            if are_neighbours(hamming(bits[candidate], bits[other]), sec_distance_bp, dim_bits)
-        )
+    def between(i: int, j: int) -> int:
+        return 0 if i == j else distance[(min(i, j), max(i, j))]
 
-    winner, cluster = eligible[0], neighbours_of(eligible[0])
-    for candidate in eligible[1:]:
-        candidate_cluster = neighbours_of(candidate)
-        if len(candidate_cluster) > len(cluster):  # strictly more: ties stay with the earlier seat
-            winner, cluster = candidate, candidate_cluster
+    neighbours = {
+        r: tuple(s for s in eligible if are_neighbours(between(r, s), sec_distance_bp, dim_bits))
+        for r in eligible
+    }
+
+    def rank(r: int) -> tuple[int, int, int, int]:
+        """Smaller is better: most neighbours, then the medoid, then ticket, then seat."""
+        spread = sum(between(r, s) for s in neighbours[r])
+        return (-len(neighbours[r]), spread, seat_tickets[r], r)
+
+    winner = min(eligible, key=rank)
+    cluster = neighbours[winner]
     support = len(cluster)
     return ConsensusResult(
         reached=support >= need, winner=winner, support=support, need=need, cluster=cluster

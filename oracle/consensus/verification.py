@@ -1,11 +1,16 @@
-"""Checking other nodes' reveals: embedding verification and dispute majorities."""
+"""Checking other nodes' reveals: embedding verification, output lengths, dispute majorities."""
 
 from __future__ import annotations
 
 from oracle.consensus.bits import hamming
 from oracle.errors import InvalidConsensusParameters
 
-__all__ = ["default_verify_tolerance_bits", "dispute_excludes", "verify_embedding"]
+__all__ = [
+    "default_verify_tolerance_bits",
+    "dispute_excludes",
+    "length_fault",
+    "verify_embedding",
+]
 
 
 def default_verify_tolerance_bits(dim_bits: int) -> int:
@@ -39,17 +44,49 @@ def verify_embedding(revealed_bits: bytes, recomputed_bits: bytes, tolerance_bit
     return hamming(revealed_bits, recomputed_bits) <= tolerance_bits
 
 
-def dispute_excludes(disputes_against: int, revealers: int) -> bool:
-    """Whether a reveal is excluded: disputed by a strict majority of the other revealers.
+def dispute_excludes(disputes_against: int, quorum: int) -> bool:
+    """Whether a reveal is excluded: disputed by a strict majority of the quorum.
 
-    disputes * 2 > revealers - 1, in integers, as the contract does.
+    disputes * 2 > quorum, in integers, as the contract does. Measured against the
+    quorum, not the revealers: a few revealers can never exclude the others (at quorum
+    2 one node cannot exclude the other; at quorum 5 it takes three).
     """
-    if revealers < 1:
-        raise InvalidConsensusParameters(field="revealers", value=revealers, allowed="1 or more")
-    if not 0 <= disputes_against <= revealers - 1:
+    if quorum < 1:
+        raise InvalidConsensusParameters(field="quorum", value=quorum, allowed="1 or more")
+    if not 0 <= disputes_against <= quorum - 1:
         raise InvalidConsensusParameters(
             field="disputes_against",
             value=disputes_against,
-            allowed=f"0..{revealers - 1} (only the other revealers dispute)",
+            allowed=f"0..{quorum - 1} (only the other seats dispute)",
         )
-    return disputes_against * 2 > revealers - 1
+    return disputes_against * 2 > quorum
+
+
+def length_fault(
+    *,
+    embedder_tokens: int,
+    embedder_window: int,
+    model_tokens: int | None,
+    max_tokens: int,
+) -> str | None:
+    """Why a revealed output is longer than a reveal may be, or None when it is not.
+
+    ``embedder_tokens``: the output's tokens for the embedding model, its special tokens
+    included, counted without truncation; ``embedder_window``: how many the model reads
+    (its max_seq_length). Past the window the model reads nothing, so a tail there would
+    ride along unchecked: an honest node cuts its own answer to fit before it embeds.
+    ``model_tokens``: the output's tokens for the named model (None when this node does
+    not have that model: that check is left to nodes that do).
+    """
+    if embedder_window < 1:
+        raise InvalidConsensusParameters(
+            field="embedder_window", value=embedder_window, allowed="1 or more"
+        )
+    if embedder_tokens > embedder_window:
+        return (
+            f"the output is {embedder_tokens} tokens for the embedding model, "
+            f"which reads {embedder_window}"
+        )
+    if model_tokens is not None and model_tokens > max_tokens:
+        return f"the output is {model_tokens} tokens of the named model, maxTokens {max_tokens}"
+    return None

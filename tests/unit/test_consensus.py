@@ -21,6 +21,7 @@ from oracle.consensus import (
     default_verify_tolerance_bits,
     dispute_excludes,
     hamming,
+    length_fault,
     pack_sign_bits,
     required_support,
     verify_embedding,
@@ -55,17 +56,24 @@ def consensus(
     quorum: int | None = None,
     sec_distance_bp: int = DEFAULT_SEC_DISTANCE_BP,
     sec_percentage_bp: int = 8000,
+    tickets: list[int] | None = None,
 ) -> ConsensusResult:
     return compute_consensus(
         reveals,
         quorum=len(reveals) if quorum is None else quorum,
         sec_distance_bp=sec_distance_bp,
         sec_percentage_bp=sec_percentage_bp,
+        tickets=tickets,
     )
 
 
 def reference_consensus(
-    reveals: list[RevealBits], *, quorum: int, sec_distance_bp: int, sec_percentage_bp: int
+    reveals: list[RevealBits],
+    *,
+    quorum: int,
+    sec_distance_bp: int,
+    sec_percentage_bp: int,
+    tickets: list[int] | None = None,
 ) -> tuple[bool, int | None, int, int, tuple[int, ...]]:
     """DESIGN.md §3 restated as plainly as possible, over bit strings, for comparison."""
     as_text = [format(int.from_bytes(bits, "big"), f"0{len(bits) * 8}b") for bits, _ in reveals]
@@ -75,12 +83,19 @@ def reference_consensus(
         differing = sum(x != y for x, y in zip(as_text[i], as_text[j], strict=True))
         return Fraction(differing, len(as_text[i])) <= Fraction(sec_distance_bp, 10000)
 
+    def differing(i: int, j: int) -> int:
+        return sum(x != y for x, y in zip(as_text[i], as_text[j], strict=True))
+
     counts = {r: sum(close(r, s) for s in eligible) for r in eligible}
     need = math.ceil(Fraction(sec_percentage_bp * quorum, 10000))
     if not eligible:
         return False, None, 0, need, ()
     best = max(counts.values())
-    winner = min(r for r in eligible if counts[r] == best)
+    candidates = [r for r in eligible if counts[r] == best]
+    spread = {r: sum(differing(r, s) for s in eligible if close(r, s)) for r in candidates}
+    medoids = [r for r in candidates if spread[r] == min(spread.values())]
+    ticket = {r: 0 if tickets is None else tickets[r] for r in medoids}
+    winner = min(r for r in medoids if ticket[r] == min(ticket.values()))
     cluster = tuple(s for s in eligible if close(winner, s))
     return best >= need, winner, best, need, cluster
 
@@ -204,11 +219,42 @@ def test_identical_reveals_reach_consensus() -> None:
     assert result == ConsensusResult(reached=True, winner=0, support=3, need=3, cluster=(0, 1, 2))
 
 
-def test_tie_goes_to_the_earliest_seat() -> None:
-    result = consensus([(ONES, False), (ZEROS, False), (ZEROS, False), (ONES, False)])
-    assert (result.winner, result.support, result.cluster) == (0, 2, (0, 3))
-    result = consensus([(ZEROS, False), (ONES, False), (ONES, False), (ZEROS, False)])
+def test_equal_support_and_spread_go_to_the_smaller_ticket() -> None:
+    reveals: list[RevealBits] = [(ONES, False), (ZEROS, False), (ZEROS, False), (ONES, False)]
+    result = consensus(reveals, tickets=[50, 40, 30, 60])
+    assert (result.winner, result.support, result.cluster) == (2, 2, (1, 2))
+    result = consensus(reveals, tickets=[10, 40, 30, 60])
     assert (result.winner, result.cluster) == (0, (0, 3))
+
+
+def test_equal_tickets_go_to_the_lower_seat() -> None:
+    reveals: list[RevealBits] = [(ONES, False), (ZEROS, False), (ZEROS, False), (ONES, False)]
+    assert consensus(reveals, tickets=[7, 5, 5, 7]).winner == 1
+    assert consensus(reveals).winner == 0  # no tickets: as if all equal
+
+
+def test_the_winner_is_the_medoid_not_the_earliest_seat() -> None:
+    """A lie that sits inside the cluster from the first seat is not delivered: the member
+    closest to all the others is, whatever the seat order and the tickets."""
+    centre = ZEROS
+    lie = flipped(ZEROS, *range(100))  # 100 bits from the centre: still a neighbour
+    honest = [flipped(ZEROS, *range(i * 10, i * 10 + 10)) for i in range(3)]  # 10 bits off
+    reveals: list[RevealBits] = [(lie, False), *((b, False) for b in honest), (centre, False)]
+    result = consensus(reveals, sec_percentage_bp=6000, tickets=[0, 9, 9, 9, 9])
+    assert result.support == 5 and result.winner == 4
+    # the honest answers lie 90 bits from the lie, 20 from each other: one cluster of five
+    assert result.cluster == (0, 1, 2, 3, 4)
+
+
+def test_more_neighbours_beat_a_smaller_spread() -> None:
+    near = flipped(ZEROS, *range(130))  # 130 bits: a neighbour of ZEROS at 0.35
+    result = consensus([(ONES, False), (ONES, False), (ZEROS, False), (near, False), (near, False)])
+    assert (result.winner, result.support) == (3, 3)
+
+
+def test_tickets_must_match_the_seats() -> None:
+    with pytest.raises(InvalidConsensusParameters):
+        consensus([(ZEROS, False), (ZEROS, False)], tickets=[1])
 
 
 def test_largest_support_beats_an_earlier_seat() -> None:
@@ -259,6 +305,14 @@ def test_unequal_lengths_among_eligible_reveals_are_refused() -> None:
         consensus([(ZEROS, False), (ZEROS[:-1], False)])
     with pytest.raises(InvalidEmbedding, match="empty"):
         consensus([(b"", False)])
+
+
+def test_empty_bits_are_refused_wherever_an_eligible_seat_holds_them() -> None:
+    with pytest.raises(EmbeddingLengthMismatch):
+        consensus([(ZEROS, False), (b"", False)])
+    with pytest.raises(InvalidEmbedding):
+        consensus([(ZEROS, True), (b"", False), (ZEROS, False)])
+    assert consensus([(b"", True), (ZEROS, False)]).winner == 1  # excluded: never read
 
 
 def test_reveal_records_and_pairs_give_the_same_result() -> None:
@@ -344,6 +398,26 @@ def test_consensus_matches_the_plain_restatement(
 
 
 @FAST
+@given(consensus_inputs(), st.data())
+def test_consensus_with_tickets_matches_the_plain_restatement(
+    drawn: tuple[list[RevealBits], int, int, int], data: st.DataObject
+) -> None:
+    reveals, quorum, sec_distance_bp, sec_percentage_bp = drawn
+    # few distinct tickets, so that equal tickets happen
+    tickets = data.draw(st.lists(st.integers(0, 3), min_size=len(reveals), max_size=len(reveals)))
+    parameters = {
+        "quorum": quorum,
+        "sec_distance_bp": sec_distance_bp,
+        "sec_percentage_bp": sec_percentage_bp,
+        "tickets": tickets,
+    }
+    result = compute_consensus(reveals, **parameters)  # type: ignore[arg-type]
+    assert (result.reached, result.winner, result.support, result.need, result.cluster) == (
+        reference_consensus(reveals, **parameters)  # type: ignore[arg-type]
+    )
+
+
+@FAST
 @given(consensus_inputs())
 def test_winner_has_the_most_support(drawn: tuple[list[RevealBits], int, int, int]) -> None:
     reveals, quorum, sec_distance_bp, sec_percentage_bp = drawn
@@ -362,9 +436,17 @@ def test_winner_has_the_most_support(drawn: tuple[list[RevealBits], int, int, in
             for s in eligible
         )
 
+    def spread_of(r: int) -> int:
+        return sum(
+            hamming(reveals[r][0], reveals[s][0])
+            for s in eligible
+            if are_neighbours(hamming(reveals[r][0], reveals[s][0]), sec_distance_bp, dim_bits)
+        )
+
     assert result.winner in eligible and result.winner in result.cluster
     assert result.support == len(result.cluster) == max(support_of(r) for r in eligible)
-    assert all(support_of(r) < result.support for r in eligible if r < result.winner)
+    best = [r for r in eligible if support_of(r) == result.support]
+    assert spread_of(result.winner) == min(spread_of(r) for r in best)
     assert set(result.cluster) <= set(eligible)
     assert result.reached == (result.support >= result.need)
     assert cluster_mask(result).bit_count() == result.support
@@ -423,7 +505,10 @@ def test_a_planted_cluster_wins_among_scattered_answers(
         sec_percentage_bp=sec_percentage_bp,
     )
     assert result.cluster == planted
-    assert result.winner == planted[0]
+    assert result.winner in planted
+    spreads = {p: sum(hamming(reveals[p][0], reveals[q][0]) for q in planted) for p in planted}
+    assert spreads[result.winner] == min(spreads.values())
+    assert result.winner == min(p for p in planted if spreads[p] == spreads[result.winner])
     assert result.reached == (cluster_size >= required_support(sec_percentage_bp, quorum))
 
 
@@ -431,39 +516,61 @@ def test_a_planted_cluster_wins_among_scattered_answers(
 
 
 @pytest.mark.parametrize(
-    ("disputes", "revealers", "excluded"),
+    ("disputes", "quorum", "excluded"),
     [
-        (0, 1, False),  # nobody else can dispute a lone revealer
-        (1, 2, True),  # the only other revealer is a majority of one
-        (1, 3, False),  # 1 of 2 others is no strict majority
+        (0, 1, False),  # nobody else can dispute a lone seat
+        (1, 2, False),  # at quorum 2 one node cannot exclude the other
+        (1, 3, False),
         (2, 3, True),
-        (1, 4, False),
-        (2, 4, True),  # 2 of 3 others
-        (2, 5, False),  # 2 of 4 others is a tie
+        (2, 4, False),  # half of the quorum is no strict majority
+        (3, 4, True),
+        (2, 5, False),  # two liars cannot exclude the other three
         (3, 5, True),
-        (8, 16, True),  # 8 of 15 others
-        (7, 16, False),
+        (8, 16, False),
+        (9, 16, True),
     ],
 )
-def test_dispute_needs_a_strict_majority_of_the_others(
-    disputes: int, revealers: int, excluded: bool
+def test_dispute_needs_a_strict_majority_of_the_quorum(
+    disputes: int, quorum: int, excluded: bool
 ) -> None:
-    assert dispute_excludes(disputes, revealers) is excluded
+    assert dispute_excludes(disputes, quorum) is excluded
 
 
 @FAST
 @given(st.integers(1, 16).flatmap(lambda n: st.tuples(st.integers(0, n - 1), st.just(n))))
-def test_dispute_majority_is_more_than_half_of_the_others(drawn: tuple[int, int]) -> None:
-    disputes, revealers = drawn
-    assert dispute_excludes(disputes, revealers) == (
-        Fraction(disputes) > Fraction(revealers - 1, 2)
-    )
+def test_dispute_majority_is_more_than_half_of_the_quorum(drawn: tuple[int, int]) -> None:
+    disputes, quorum = drawn
+    assert dispute_excludes(disputes, quorum) == (Fraction(disputes) > Fraction(quorum, 2))
 
 
-@pytest.mark.parametrize(("disputes", "revealers"), [(-1, 3), (3, 3), (0, 0)])
-def test_dispute_counts_out_of_range_are_refused(disputes: int, revealers: int) -> None:
+@pytest.mark.parametrize(("disputes", "quorum"), [(-1, 3), (3, 3), (0, 0)])
+def test_dispute_counts_out_of_range_are_refused(disputes: int, quorum: int) -> None:
     with pytest.raises(InvalidConsensusParameters):
-        dispute_excludes(disputes, revealers)
+        dispute_excludes(disputes, quorum)
+
+
+@pytest.mark.parametrize(
+    ("embedder_tokens", "model_tokens", "max_tokens", "fault"),
+    [
+        (256, 48, 48, None),  # exactly the window, exactly maxTokens
+        (257, 10, 48, "embedding model"),  # a tail the embedder would not read
+        (100, 49, 48, "maxTokens 48"),
+        (100, None, 1, None),  # the named model is not here: its count is left to others
+    ],
+)
+def test_length_faults(
+    embedder_tokens: int, model_tokens: int | None, max_tokens: int, fault: str | None
+) -> None:
+    found = length_fault(
+        embedder_tokens=embedder_tokens,
+        embedder_window=256,
+        model_tokens=model_tokens,
+        max_tokens=max_tokens,
+    )
+    if fault is None:
+        assert found is None
+    else:
+        assert found is not None and fault in found
 
 
 def test_verification_allows_the_tolerance_and_no_more() -> None:

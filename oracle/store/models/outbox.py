@@ -21,7 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from oracle.store.models.base import Base
 from oracle.store.types import Uint256, address, byte_length, one_of, uint256
 
-TxKind = Literal["register", "commit", "reveal", "dispute", "finalize"]
+TxKind = Literal["register", "commit", "reveal", "dispute", "finalize", "expire"]
 TxStatus = Literal["pending", "sent", "confirmed", "failed", "skipped"]
 """``skipped``: simulation showed the work already done (e.g. AlreadyCommitted); not sent."""
 TX_KINDS: tuple[TxKind, ...] = get_args(TxKind)

@@ -14,7 +14,6 @@ from sqlalchemy import (
     Integer,
     SmallInteger,
     Text,
-    UniqueConstraint,
     func,
     text,
 )
@@ -32,6 +31,8 @@ RequestPhase = Literal[
     "finalized",
     "failed",
     "skipped",
+    # A better ticket took this node's seat before commits closed: it does nothing more.
+    "evicted",
     # The block that announced the request was reorged away while this node held an
     # answer (and its salt) for it: kept, but no longer followed (oracle.store.chain_state).
     "orphaned",
@@ -46,6 +47,7 @@ OPEN_REQUEST_PHASES: tuple[RequestPhase, ...] = (
 
 _UINT16_MAX = 2**16 - 1
 _UINT32_MAX = 2**32 - 1
+_UINT64_MAX = 2**64 - 1
 _BASIS_POINTS = 10_000
 
 
@@ -72,6 +74,11 @@ class Request(Base):
         CheckConstraint(uint256("fee_wei"), name="fee_wei"),
         CheckConstraint("reveal_deadline >= commit_deadline", name="deadlines"),
         CheckConstraint("dispute_window_s >= 0", name="dispute_window_s"),
+        CheckConstraint(byte_length("request_hash", 32), name="request_hash"),
+        CheckConstraint(uint256("seed"), name="seed"),
+        CheckConstraint(between("eligible_count", 0, _UINT16_MAX), name="eligible_count"),
+        CheckConstraint(between("slash_bps", 0, _BASIS_POINTS), name="slash_bps"),
+        CheckConstraint(between("callback_gas_price", 0, _UINT64_MAX), name="callback_gas_price"),
         CheckConstraint("block_number >= 0", name="block_number"),
         CheckConstraint(one_of("phase", REQUEST_PHASES), name="phase"),
         CheckConstraint("outcome_block_number >= 0", name="outcome_block_number"),
@@ -127,19 +134,49 @@ class Request(Base):
         comment="when the clock alone may next change this request's state for this node; "
         "NULL: only news can (a chain event, one of its jobs ending: request_wakes)",
     )
+    # Protocol v2 terms (InferenceRequested.terms); NULL for requests stored before 0006,
+    # which a v2 node does not serve.
+    request_hash: Mapped[bytes | None] = mapped_column(
+        comment="what commitments bind; NULL for requests stored before 0006"
+    )
+    seed: Mapped[int | None] = mapped_column(Uint256)
+    expires_at: Mapped[datetime | None] = mapped_column(
+        comment="after this, finalize reverts and anyone may expire the request"
+    )
+    eligible_count: Mapped[int | None] = mapped_column(
+        Integer, comment="nodes that could commit: commits close once this many have"
+    )
+    slash_bps: Mapped[int | None] = mapped_column(Integer)
+    callback_gas_price: Mapped[int | None] = mapped_column(Uint256)
 
 
 class Seat(Base):
-    """One node's seat on a request: its commitment and, once revealed, its answer."""
+    """One node's commit to a request: its seat, ticket, commitment and, once revealed,
+    its answer.
+
+    A commit with a better ticket may take a seat while commits are open: the evicted
+    row stays (``evicted_block_number`` set), so that a reorg can give the seat back.
+    The seats of a request are its rows not evicted; their count of rows, evicted ones
+    included, is the contract's ``commitCount``.
+    """
 
     __tablename__ = "seats"
     __table_args__ = (
-        UniqueConstraint("request_id", "oracle"),
+        # one holder per seat; evicted commits keep the number they held
+        Index(
+            "uq_seats_request_id_seat_no_held",
+            "request_id",
+            "seat_no",
+            unique=True,
+            postgresql_where=text("evicted_block_number IS NULL"),
+        ),
         CheckConstraint("seat_no >= 0", name="seat_no"),
         CheckConstraint(address("oracle"), name="oracle"),
         CheckConstraint(byte_length("commitment", 32), name="commitment"),
         CheckConstraint("model_index >= 0", name="model_index"),
         CheckConstraint("commit_block_number >= 0", name="commit_block_number"),
+        CheckConstraint(uint256("ticket"), name="ticket"),
+        CheckConstraint("evicted_block_number >= commit_block_number", name="evicted_block_number"),
         # A reveal arrives whole: output, model and bits together, or none of them.
         CheckConstraint(
             "(revealed_output IS NULL) = (model_index IS NULL)"
@@ -153,8 +190,8 @@ class Seat(Base):
     request_id: Mapped[int] = mapped_column(
         Uint256, ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True
     )
-    seat_no: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
-    oracle: Mapped[str]
+    seat_no: Mapped[int] = mapped_column(SmallInteger)
+    oracle: Mapped[str] = mapped_column(primary_key=True)
     commitment: Mapped[bytes]
     commit_block_number: Mapped[int] = mapped_column(BigInteger)
     revealed_output: Mapped[str | None]
@@ -167,6 +204,12 @@ class Seat(Base):
     )
     reveal_defect: Mapped[str | None] = mapped_column(
         comment="why the revealed bytes are not usable text; revealed_output is escaped then"
+    )
+    ticket: Mapped[int | None] = mapped_column(
+        Uint256, comment="stake-weighted ticket, smaller is better; NULL before 0006"
+    )
+    evicted_block_number: Mapped[int | None] = mapped_column(
+        BigInteger, comment="block of the commit that took this seat; NULL while held"
     )
 
 
