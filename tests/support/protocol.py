@@ -11,6 +11,7 @@ import pytest
 from eth_abi.abi import encode as abi_encode
 from eth_typing import ChecksumAddress
 from eth_utils.abi import collapse_if_tuple, function_abi_to_4byte_selector
+from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
@@ -18,7 +19,7 @@ from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
 from oracle.chain.artifacts import decode_revert, load_artifact
-from oracle.chain.commitment import commitment_hash, new_salt, output_hash
+from oracle.chain.commitment import new_salt, output_hash
 from oracle.chain.deploy import deploy_contract
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -26,11 +27,15 @@ MODEL = "SmolLM2-135M-Instruct-Q4_1"
 DIM_BYTES = 48
 REVEAL_WINDOW_S = 30
 DISPUTE_WINDOW_S = 10
+STAKE = 10**16  # the contract's default minStake (0.01 ether)
+CALLBACK_GAS_PRICE = 10 * 10**9  # 10 gwei: above anvil's base fee
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Answer:
     request_id: int
+    request_hash: bytes
     oracle: ChecksumAddress
     output: str
     model_index: int
@@ -83,6 +88,8 @@ class Protocol:
     oracles: list[ChecksumAddress]
     gas_used: dict[str, list[int]] = field(default_factory=dict)
     revealed: dict[tuple[int, str], Answer] = field(default_factory=dict)
+    terms: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Each request's ``RequestTerms`` (requestHash, seed, ...) as its event gave them."""
 
     @classmethod
     def deploy(cls, w3: Web3) -> Protocol:
@@ -115,9 +122,7 @@ class Protocol:
         """Call ``function`` with its ``string`` arguments given as raw bytes (any bytes at
         all, as a hostile sender would): the ABI encodes both alike."""
         (abi,) = [f for f in self.coordinator.abi if f.get("name") == function]
-        types = [
-            re.sub(r"\bstring\b", "bytes", collapse_if_tuple(dict(i))) for i in abi["inputs"]
-        ]
+        types = [re.sub(r"\bstring\b", "bytes", collapse_if_tuple(dict(i))) for i in abi["inputs"]]
         selector = function_abi_to_4byte_selector(abi)
         data = selector + abi_encode(types, list(args))
         tx_hash = self.w3.eth.send_transaction(
@@ -143,11 +148,18 @@ class Protocol:
 
     # --- protocol steps -----------------------------------------------------
 
-    def register_oracles(self, count: int, stake: int = 0) -> list[ChecksumAddress]:
+    def register_oracles(self, count: int, stake: int = STAKE) -> list[ChecksumAddress]:
         chosen = self.oracles[:count]
         for oracle in chosen:
             self.transact("register", self.coordinator.functions.register(), oracle, value=stake)
         return chosen
+
+    def fresh_account(self, balance: int = 10**21) -> ChecksumAddress:
+        """A new address with ``balance`` wei that anvil signs for (impersonated)."""
+        address = Web3.to_checksum_address(new_salt()[:20])
+        self.w3.provider.make_request("anvil_setBalance", [address, hex(balance)])  # type: ignore[arg-type]
+        self.w3.provider.make_request("anvil_impersonateAccount", [address])  # type: ignore[arg-type]
+        return address
 
     def request_call(
         self,
@@ -156,8 +168,9 @@ class Protocol:
         models: Sequence[str] = (MODEL,),
         temperature: int = 700,
         max_tokens: int = 64,
-        callback: str = "0x0000000000000000000000000000000000000000",
+        callback: str = ZERO_ADDRESS,
         callback_gas: int = 0,
+        callback_gas_price: int = CALLBACK_GAS_PRICE,
         **frame_overrides: Any,
     ) -> Any:
         return self.coordinator.functions.requestInference(
@@ -168,12 +181,53 @@ class Protocol:
             frame(**frame_overrides),
             callback,
             callback_gas,
+            callback_gas_price,
         )
 
-    def request(self, *, fee: int = 10**15, **kwargs: Any) -> int:
-        receipt = self.transact("request", self.request_call(**kwargs), self.requester, value=fee)
+    def request(
+        self, *, fee: int = 10**15, sender: ChecksumAddress | None = None, **kwargs: Any
+    ) -> int:
+        """Send a request paying ``fee`` to the nodes, plus the callback prepayment if any."""
+        prepay = 0
+        if kwargs.get("callback", ZERO_ADDRESS) != ZERO_ADDRESS:
+            prepay = kwargs.get("callback_gas", 0) * kwargs.get(
+                "callback_gas_price", CALLBACK_GAS_PRICE
+            )
+        receipt = self.transact(
+            "request", self.request_call(**kwargs), sender or self.requester, value=fee + prepay
+        )
+        return self.record_request(receipt)
+
+    def record_request(self, receipt: Any) -> int:
+        """Remember the terms of the request a receipt made; returns its id."""
         (event,) = self.events(receipt, "InferenceRequested")
-        return int(event["args"]["requestId"])
+        request_id = int(event["args"]["requestId"])
+        self.terms[request_id] = dict(event["args"]["terms"])
+        return request_id
+
+    def request_hash(self, request_id: int) -> bytes:
+        return bytes(self.terms[request_id]["requestHash"])
+
+    def ticket(self, request_id: int, oracle: str, stake: int | None = None) -> int:
+        """The oracle's ticket for the request, from the contract's own ``ticketOf``."""
+        if stake is None:
+            stake = self.stake(oracle)
+        seed = self.terms[request_id]["seed"]
+        return int(
+            self.coordinator.functions.ticketOf(
+                seed, request_id, Web3.to_checksum_address(oracle), stake
+            ).call()
+        )
+
+    def stake(self, oracle: str) -> int:
+        return int(self.oracle_state(oracle)["stake"])
+
+    def oracle_state(self, oracle: str) -> dict[str, Any]:
+        """The coordinator's ``Oracle`` record by field name."""
+        (abi,) = [f for f in self.coordinator.abi if f.get("name") == "oracles"]
+        names = [o["name"] for o in abi["outputs"]]
+        values = self.coordinator.functions.oracles(Web3.to_checksum_address(oracle)).call()
+        return dict(zip(names, values, strict=True))
 
     def commit(
         self,
@@ -183,28 +237,48 @@ class Protocol:
         bits: bytes,
         model_index: int = 0,
     ) -> Answer:
-        answer = Answer(
+        answer = self.answer(oracle, request_id, output, bits, model_index)
+        self.transact(
+            "commit", self.coordinator.functions.commit(request_id, self.commitment(answer)), oracle
+        )
+        return answer
+
+    def answer(
+        self,
+        oracle: ChecksumAddress,
+        request_id: int,
+        output: str,
+        bits: bytes,
+        model_index: int = 0,
+    ) -> Answer:
+        """An answer with a fresh salt, bound to the request as its event described it."""
+        return Answer(
             request_id=request_id,
+            request_hash=self.request_hash(request_id),
             oracle=oracle,
             output=output,
             model_index=model_index,
             bits=bits,
             salt=new_salt(),
         )
-        self.transact(
-            "commit", self.coordinator.functions.commit(request_id, self.commitment(answer)), oracle
-        )
-        return answer
 
     @staticmethod
     def commitment(answer: Answer) -> bytes:
-        return commitment_hash(
-            request_id=answer.request_id,
-            oracle=answer.oracle,
-            output=answer.output,
-            model_index=answer.model_index,
-            embedding_bits=answer.bits,
-            salt=answer.salt,
+        """keccak256(abi.encode(id, requestHash, node, keccak256(output), modelIndex, bits, salt)),
+        written out here as the contract states it (a check on the node's own version)."""
+        return keccak(
+            abi_encode(
+                ["uint256", "bytes32", "address", "bytes32", "uint8", "bytes", "bytes32"],
+                [
+                    answer.request_id,
+                    answer.request_hash,
+                    Web3.to_checksum_address(answer.oracle),
+                    output_hash(answer.output),
+                    answer.model_index,
+                    answer.bits,
+                    answer.salt,
+                ],
+            )
         )
 
     def reveal_call(self, answer: Answer) -> Any:
@@ -249,10 +323,34 @@ class Protocol:
         )
 
     def finalize(
-        self, request_id: int, seat_bits: Sequence[bytes], winner_output: str, **tx: Any
+        self,
+        request_id: int,
+        seat_bits: Sequence[bytes],
+        winner_output: str,
+        sender: ChecksumAddress | None = None,
+        **tx: Any,
     ) -> Any:
         call = self.finalize_call(request_id, seat_bits, winner_output)
-        return self.transact("finalize", call, self.owner, **tx)
+        return self.transact("finalize", call, sender or self.owner, **tx)
+
+    def seat_bits(self, request_id: int) -> list[bytes]:
+        """Every seat's revealed bits in seat order (empty for seats that did not reveal)."""
+        bits = []
+        for seat_no in range(self.stored_request(request_id)["seatCount"]):
+            oracle = self.coordinator.functions.getSeat(request_id, seat_no).call()[0][0]
+            answer = self.revealed.get((request_id, oracle))
+            bits.append(answer.bits if answer else b"")
+        return bits
+
+    def seated(self, request_id: int) -> list[ChecksumAddress]:
+        """The oracles holding the seats, in seat order."""
+        count = self.stored_request(request_id)["seatCount"]
+        return [
+            Web3.to_checksum_address(
+                self.coordinator.functions.getSeat(request_id, seat_no).call()[0][0]
+            )
+            for seat_no in range(count)
+        ]
 
     def balance(self, address: str) -> int:
         return int(self.w3.eth.get_balance(Web3.to_checksum_address(address)))
@@ -260,13 +358,18 @@ class Protocol:
     def run_round(
         self, request_id: int, answers: Sequence[tuple[ChecksumAddress, str, bytes]]
     ) -> list[Answer]:
-        """Commit and reveal every (oracle, output, bits) in order; returns the answers by seat."""
+        """Commit every (oracle, output, bits) in order, wait for commits to close, reveal them
+        all; returns the answers in commit order (the seat order while no seat was evicted)."""
         committed = [self.commit(o, request_id, out, bits) for o, out, bits in answers]
-        if len(committed) < self.stored_request(request_id)["quorum"]:
-            self.advance(self.commit_time_left(request_id) + 1)
+        self.close_commits(request_id)
         for answer in committed:
             self.reveal(answer)
         return committed
+
+    def close_commits(self, request_id: int) -> None:
+        """Move past the commit deadline unless commits already closed."""
+        if not self.coordinator.functions.commitsClosed(request_id).call():
+            self.advance(self.commit_time_left(request_id) + 1)
 
     def commit_time_left(self, request_id: int) -> int:
         return max(0, int(self.stored_request(request_id)["commitDeadline"]) - self.now())
