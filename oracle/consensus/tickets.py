@@ -136,9 +136,10 @@ def seat_holders(commits: Iterable[tuple[str, int]], quorum: int) -> tuple[Seat,
 
     The contract's rule, step by step: while seats are free a commit takes the next one;
     when they are full it replaces the seat with the worst (largest) ticket if its own is
-    strictly smaller (among equal worst tickets, the lowest seat index goes), otherwise it
-    is refused. So the seats end up holding the ``quorum`` smallest tickets, and between
-    equal tickets the earlier committer keeps its seat.
+    strictly smaller (among equal worst tickets, the highest seat index goes, as the
+    contract's ``_worstSeat`` scans), otherwise it is refused (``TicketTooWeak``). So the
+    seats end up holding the ``quorum`` smallest tickets, and between equal tickets the
+    earlier committer keeps its seat.
     """
     if quorum < 1:
         raise InvalidConsensusParameters(field="quorum", value=quorum, allowed="1 or more")
@@ -147,7 +148,7 @@ def seat_holders(commits: Iterable[tuple[str, int]], quorum: int) -> tuple[Seat,
         if len(seats) < quorum:
             seats.append(Seat(node=node, ticket=node_ticket))
             continue
-        worst = max(range(quorum), key=lambda index: (seats[index].ticket, -index))
+        worst = max(range(quorum), key=lambda index: (seats[index].ticket, index))
         if node_ticket < seats[worst].ticket:
             seats[worst] = Seat(node=node, ticket=node_ticket)
     return tuple(seats)

@@ -187,9 +187,9 @@ def test_an_equal_ticket_does_not_evict_the_earlier_committer() -> None:
     assert [seat.node for seat in seats] == ["a", "b"]
 
 
-def test_equal_worst_tickets_lose_the_lowest_seat_first() -> None:
+def test_equal_worst_tickets_lose_the_highest_seat_first() -> None:
     seats = seat_holders([("a", 9), ("b", 9), ("c", 1)], quorum=2)
-    assert [seat.node for seat in seats] == ["c", "b"]
+    assert [seat.node for seat in seats] == ["a", "c"]
 
 
 def test_fewer_commits_than_seats() -> None:
