@@ -3,7 +3,10 @@
 Every case goes through ``eth_call`` to a coordinator deployed once for this module on the
 session's anvil (clusterOf is pure, so the cases cannot disturb one another). Random cases
 cover quorums 1-16, missing reveals, clustered and scattered embeddings, distances at the
-neighbour threshold, exclusions, and excluded reveals whose bits have another length.
+neighbour threshold, exclusions, excluded reveals whose bits have another length, and
+tickets: few distinct values, so that equal supports and spreads fall to the ticket and
+equal tickets to the seat (the medoid's tie-breaks). Whole rounds on the contract (commits,
+reveals, disputes, finalize) check that disputes exclude exactly as the node counts them.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from web3.contract import Contract
 from oracle.chain.anvil import Anvil
 from oracle.chain.artifacts import load_artifact
 from oracle.chain.deploy import deploy_contract
-from oracle.consensus import BASIS_POINTS, cluster_mask, compute_consensus
-from oracle.errors import EmbeddingLengthMismatch
-from tests.support.protocol import revert_reason
+from oracle.consensus import BASIS_POINTS, cluster_mask, compute_consensus, dispute_excludes
+from oracle.errors import EmbeddingLengthMismatch, InvalidConsensusParameters, InvalidEmbedding
+from tests.support.protocol import Protocol, revert_reason
 
 DIM_BYTES = 48  # all-MiniLM-L6-v2: 384 sign bits
 MAX_QUORUM = 16
@@ -44,6 +47,12 @@ class Case:
     quorum: int
     sec_distance: int
     sec_percentage: int
+    tickets: list[int] | None = None
+    """One per seat; None: all zero (ties go to the lower seat)."""
+
+    @property
+    def seat_tickets(self) -> list[int]:
+        return [0] * len(self.bits) if self.tickets is None else self.tickets
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +69,12 @@ def coordinator(anvil: Anvil) -> Iterator[Contract]:
 
 def contract_result(coordinator: Contract, case: Case) -> ContractResult:
     call = coordinator.functions.clusterOf(
-        case.bits, case.excluded, case.quorum, case.sec_distance, case.sec_percentage
+        case.bits,
+        case.excluded,
+        case.seat_tickets,
+        case.quorum,
+        case.sec_distance,
+        case.sec_percentage,
     )
     reached, winner, support, need, mask = call.call()
     return bool(reached), int(winner), int(support), int(need), int(mask)
@@ -73,6 +87,7 @@ def python_result(case: Case) -> ContractResult:
         quorum=case.quorum,
         sec_distance_bp=case.sec_distance,
         sec_percentage_bp=case.sec_percentage,
+        tickets=case.seat_tickets,
     )
     if result.winner is None:
         assert (result.reached, result.support, result.cluster) == (False, 0, ())
@@ -105,6 +120,11 @@ sec_distances = st.one_of(
     st.integers(1_000, 5_000),
     st.integers(0, BASIS_POINTS),
     st.sampled_from([0, 1, 3_500, 9_999, BASIS_POINTS]),
+)
+tickets = st.one_of(
+    st.integers(0, 3),  # equal tickets are common: the seat decides
+    st.integers(0, 2**88 - 1),  # a committed ticket's range (stake at least 1e14 wei)
+    st.sampled_from([0, 2**88 - 1]),
 )
 sec_percentages = st.one_of(
     st.integers(1, BASIS_POINTS),
@@ -165,6 +185,7 @@ def cases(draw: st.DrawFn, dim_bytes: st.SearchStrategy[int]) -> Case:
         quorum=quorum,
         sec_distance=sec_distance,
         sec_percentage=draw(sec_percentages),
+        tickets=draw(st.lists(tickets, min_size=count, max_size=count)),
     )
 
 
@@ -188,22 +209,65 @@ def test_other_lengths_match_the_contract(coordinator: Contract, case: Case) -> 
 BASE = bytes(range(DIM_BYTES))
 
 
-def case_of(bits: list[bytes], excluded: list[bool] | None = None, **frame: int) -> Case:
+def case_of(
+    bits: list[bytes],
+    excluded: list[bool] | None = None,
+    tickets: list[int] | None = None,
+    **frame: int,
+) -> Case:
     values = {"quorum": len(bits) or 1, "sec_distance": 3_500, "sec_percentage": 6_700}
     values.update(frame)
-    return Case(bits=bits, excluded=excluded or [False] * len(bits), **values)
+    return Case(bits=bits, excluded=excluded or [False] * len(bits), tickets=tickets, **values)
 
 
-def test_a_tie_goes_to_the_earliest_seat(coordinator: Contract) -> None:
+def test_a_full_tie_goes_to_the_lower_seat(coordinator: Contract) -> None:
     far = bytes(b ^ 0xFF for b in BASE)  # 384 bits from BASE: never a neighbour
     case = case_of([far, BASE, far, BASE], quorum=4, sec_percentage=5_000)
     assert assert_agree(coordinator, case) == (True, 0, 2, 2, 0b0101)
+    case = case_of([far, BASE, far, BASE], quorum=4, sec_percentage=5_000, tickets=[7, 5, 7, 5])
+    assert assert_agree(coordinator, case) == (True, 1, 2, 2, 0b1010)
+
+
+def test_equal_support_and_spread_go_to_the_smaller_ticket(coordinator: Contract) -> None:
+    far = bytes(b ^ 0xFF for b in BASE)
+    case = case_of([far, BASE, far, BASE], quorum=4, sec_percentage=5_000, tickets=[9, 8, 7, 9])
+    assert assert_agree(coordinator, case) == (True, 2, 2, 2, 0b0101)
+
+
+def test_the_medoid_wins_over_an_earlier_seat_and_a_smaller_ticket(coordinator: Contract) -> None:
+    lie = flip(BASE, range(100))  # in the cluster (100 <= 134 bits), at its edge
+    honest = [flip(BASE, range(100 + 10 * i, 110 + 10 * i)) for i in range(3)]
+    case = case_of([lie, *honest, BASE], tickets=[0, 5, 5, 5, 5], sec_percentage=6_000)
+    assert assert_agree(coordinator, case) == (True, 4, 5, 3, 0b11111)
 
 
 def test_a_tie_skips_an_excluded_earlier_seat(coordinator: Contract) -> None:
     far = bytes(b ^ 0xFF for b in BASE)
     case = case_of([BASE, far, BASE, far], [True, False, False, False], sec_percentage=5_000)
     assert assert_agree(coordinator, case) == (True, 1, 2, 2, 0b1010)
+
+
+def test_both_reject_eligible_empty_bits(coordinator: Contract) -> None:
+    for bits, excluded in (
+        ([b"", b""], [False, False]),
+        ([BASE, b""], [False, False]),
+        ([b"", BASE], [True, False]),
+    ):
+        case = case_of(bits, excluded)
+        if excluded[0]:  # excluded empty bits are never read
+            assert assert_agree(coordinator, case)[1] == 1
+            continue
+        with pytest.raises((InvalidEmbedding, EmbeddingLengthMismatch)):
+            python_result(case)
+        reason = revert_reason(lambda case=case: contract_result(coordinator, case))
+        assert reason.startswith(("EmptyEmbedding", "EmbeddingLengthMismatch")), reason
+
+
+def test_tickets_must_match_the_seats(coordinator: Contract) -> None:
+    case = case_of([BASE, BASE], tickets=[1])
+    with pytest.raises(InvalidConsensusParameters):
+        python_result(case)
+    assert revert_reason(lambda: contract_result(coordinator, case)).startswith("SeatCountMismatch")
 
 
 def test_all_excluded_gives_no_winner(coordinator: Contract) -> None:
@@ -285,3 +349,127 @@ def test_the_tail_of_a_partial_word_is_masked(coordinator: Contract) -> None:
     assert assert_agree(coordinator, case) == (False, 0, 1, 2, 0b01)
     case = case_of([short, short, b"\xff" * 64], [False, False, True], sec_distance=0)
     assert assert_agree(coordinator, case) == (False, 0, 2, 3, 0b011)
+
+
+# --- whole rounds: disputes, exclusion and the winner as finalize decides them -------------
+
+ROUND_CASES = settings(max_examples=40, deadline=None)
+
+
+@pytest.fixture(scope="module")
+def rounds(anvil: Anvil) -> Iterator[Protocol]:
+    """A coordinator with 16 registered nodes; each example runs between a snapshot and its
+    revert."""
+    snapshot = anvil.rpc("evm_snapshot")
+    try:
+        protocol = Protocol.deploy(anvil.w3)
+        protocol.oracles = [protocol.fresh_account() for _ in range(MAX_QUORUM)]
+        protocol.register_oracles(MAX_QUORUM)
+        yield protocol
+    finally:
+        assert anvil.rpc("evm_revert", snapshot) is True
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Round:
+    quorum: int
+    bits: list[bytes]
+    """One per committer, in commit (= seat) order."""
+    revealed: list[bool]
+    disputes: list[list[int]]
+    """Per seat, the seats that dispute it (revealed ones only)."""
+    sec_distance: int
+    sec_percentage: int
+
+
+@st.composite
+def round_cases(draw: st.DrawFn) -> Round:
+    quorum = draw(st.integers(1, 7))
+    committers = quorum - draw(st.integers(0, quorum - 1))
+    sec_distance = draw(sec_distances)
+    bits = draw(clustered_bits(count=committers, dim_bytes=DIM_BYTES, sec_distance=sec_distance))
+    revealed = draw(st.lists(st.booleans(), min_size=committers, max_size=committers))
+    revealers = [i for i, r in enumerate(revealed) if r]
+    disputes = [
+        sorted(draw(st.sets(st.sampled_from(revealers)))) if revealers and revealed[i] else []
+        for i in range(committers)
+    ]
+    disputes = [[d for d in against if d != i] for i, against in enumerate(disputes)]
+    return Round(
+        quorum=quorum,
+        bits=bits,
+        revealed=revealed,
+        disputes=disputes,
+        sec_distance=sec_distance,
+        sec_percentage=draw(sec_percentages),
+    )
+
+
+@ROUND_CASES
+@given(case=round_cases())
+def test_finalize_settles_as_the_node_computes(anvil: Anvil, rounds: Protocol, case: Round) -> None:
+    """Commits, some reveals, some disputes, finalize: the contract's winner and cluster (or
+    failure) are what the node computes from the same events, exclusions included."""
+    snapshot = anvil.rpc("evm_snapshot")
+    try:
+        _run_round(rounds, case)
+    finally:
+        assert anvil.rpc("evm_revert", snapshot) is True
+
+
+def _run_round(p: Protocol, case: Round) -> None:
+    request_id = p.request(
+        quorum=case.quorum, secDistance=case.sec_distance, secPercentage=case.sec_percentage
+    )
+    nodes = p.oracles[: len(case.bits)]
+    outputs = [f"answer {i}" for i in range(len(case.bits))]
+    answers = [
+        p.commit(node, request_id, output, bits)
+        for node, output, bits in zip(nodes, outputs, case.bits, strict=True)
+    ]
+    assert p.seated(request_id) == nodes  # fewer committers than seats: no eviction
+    p.close_commits(request_id)
+    for answer, revealed in zip(answers, case.revealed, strict=True):
+        if revealed:
+            p.reveal(answer)
+    for accused, disputers in enumerate(case.disputes):
+        for disputer in disputers:
+            p.dispute(nodes[disputer], request_id, nodes[accused])
+    p.close_disputes(request_id)
+
+    excluded = [
+        not revealed or dispute_excludes(len(against), case.quorum)
+        for revealed, against in zip(case.revealed, case.disputes, strict=True)
+    ]
+    seats = zip(case.bits, case.revealed, excluded, strict=True)
+    expected = compute_consensus(
+        [(bits if revealed else b"", out) for bits, revealed, out in seats],
+        quorum=case.quorum,
+        sec_distance_bp=case.sec_distance,
+        sec_percentage_bp=case.sec_percentage,
+        tickets=[p.ticket(request_id, node) for node in nodes],
+    )
+    winner_output = ""
+    if expected.reached and expected.winner is not None:
+        winner_output = outputs[expected.winner]
+    receipt = p.finalize(request_id, p.seat_bits(request_id), winner_output)
+    finalized = p.events(receipt, "InferenceFinalized")
+    if expected.reached:
+        assert expected.winner is not None
+        ((event,),) = (finalized,)
+        assert (event["args"]["winnerSeat"], event["args"]["clusterMask"]) == (
+            expected.winner,
+            cluster_mask(expected),
+        )
+    else:
+        assert not finalized
+        (failed,) = p.events(receipt, "InferenceFailed")
+        reason = 1 if not any(case.revealed) else 2  # NoReveals, NoConsensus
+        assert failed["args"]["reason"] == reason
+    slashed = {e["args"]["oracle"] for e in p.events(receipt, "Slashed")}
+    faulty = {
+        node
+        for node, revealed, out in zip(nodes, case.revealed, excluded, strict=True)
+        if not revealed or out
+    }
+    assert slashed == faulty
