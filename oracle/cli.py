@@ -21,6 +21,8 @@ from oracle.config import (
     check_known_keys,
     check_private_key,
     load_config_file,
+    parse_model_prices,
+    parse_wei,
     unknown_environment,
 )
 from oracle.errors import OracleError
@@ -53,6 +55,19 @@ def echo_untrusted(line: str) -> None:
     click.echo(printable(line))
 
 
+class WeiAmount(click.ParamType[int, Any]):
+    """A whole amount of wei: ``1000000000``, ``1e9``, ``2.5e12``."""
+
+    name = "wei"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        what = f"--{param.name.replace('_', '-')}" if param and param.name else "amount"
+        try:
+            return parse_wei(value, what=what)
+        except ConfigError as exc:
+            self.fail(exc.detail or str(exc), param, ctx)
+
+
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """Read a TOML file whose keys are the option names (``rpc``, ``model``, ``llm-threads``)."""
     if value:
@@ -72,6 +87,8 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         for name in repeatable & values.keys():  # `rpc = "..."` as well as `rpc = [...]`
             if isinstance(values[name], str):
                 values[name] = [values[name]]
+            elif isinstance(values[name], dict):  # `[node.model-price]` with `MODEL = WEI`
+                values[name] = [f"{key}={value}" for key, value in values[name].items()]
         ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
@@ -218,6 +235,20 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
 @click.option(
     "--stake-wei", default=NODE_DEFAULTS["stake_wei"], type=int, help="Stake sent when registering."
 )
+@click.option(
+    "--price-per-token-wei",
+    default=NODE_DEFAULTS["price_per_token_wei"],
+    type=WeiAmount(),
+    help="Wei asked per output token of a model without its own --model-price: a request "
+    "whose fee per seat (fee / quorum) is below this times maxTokens is declined.",
+)
+@click.option(
+    "--model-price",
+    "model_prices",
+    multiple=True,
+    metavar="MODEL=WEI",
+    help="Wei per output token for one served model (repeat for several).",
+)
 @click.option("--http-port", default=None, type=int, help="Serve /healthz and /metrics here.")
 @click.option(
     "--http-host",
@@ -273,6 +304,7 @@ def _settings(**options: Any) -> NodeSettings:
     options["embedding_models"] = tuple(options["embedding_models"])
     options["data_dir"] = Path(options["data_dir"])
     try:
+        options["model_prices"] = parse_model_prices(options["model_prices"])
         return NodeSettings(**options)
     except ConfigError as exc:
         raise PlainError(exc.detail or str(exc)) from exc

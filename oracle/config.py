@@ -11,6 +11,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,10 @@ from oracle.errors import OracleError
 DEFAULT_MODELS = ("SmolLM2-135M-Instruct-Q4_1",)
 DEFAULT_EMBEDDING_MODELS = ("all-MiniLM-L6-v2",)
 DEFAULT_DATA_DIR = Path.home() / ".oracle"
+DEFAULT_PRICE_PER_TOKEN_WEI = 10**9
+"""1 gwei per output token: a floor against free work, not a business price. A request
+at the coordinator's minimum fee per seat (1e12 wei) buys up to 1,000 tokens from a node
+at this price; an operator sets its own (--price-per-token-wei, --model-price)."""
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _PRIVATE_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
@@ -66,6 +71,11 @@ class NodeSettings:
     everything."""
     migrate: bool = True
     verify_tolerance_bits: int | None = None
+    price_per_token_wei: int = DEFAULT_PRICE_PER_TOKEN_WEI
+    """What this node asks per output token of a served model without a price of its own;
+    admission declines a request whose fee per seat is below price * maxTokens."""
+    model_prices: tuple[tuple[str, int], ...] = ()
+    """(model, wei per output token) for served models priced apart from the default."""
 
     def __post_init__(self) -> None:
         if not self.rpc_urls or not all(self.rpc_urls):
@@ -81,6 +91,7 @@ class NodeSettings:
         if not self.models:
             raise ConfigError("serve at least one model (--model)")
         self._check_ranges()
+        self._check_prices()
         floors = sum(self.min_workers_per_model.values())
         if self.autoscale and self.max_workers is not None and self.max_workers < floors:
             raise ConfigError(
@@ -98,6 +109,28 @@ class NodeSettings:
         ):
             if number < 0:
                 raise ConfigError(f"{name} must not be negative, not {number}")
+
+    def _check_prices(self) -> None:
+        if self.price_per_token_wei < 0:
+            raise ConfigError(
+                f"--price-per-token-wei must not be negative, not {self.price_per_token_wei}"
+            )
+        priced: set[str] = set()
+        for model, price in self.model_prices:
+            if model not in self.models:
+                raise ConfigError(
+                    f"--model-price names {model!r}, which this node does not serve (--model)"
+                    f"{_nearest(model, self.models)}"
+                )
+            if model in priced:
+                raise ConfigError(f"--model-price gives {model!r} two prices")
+            if price < 0:
+                raise ConfigError(f"--model-price {model}: must not be negative, not {price}")
+            priced.add(model)
+
+    def price_of(self, model: str) -> int:
+        """Wei per output token this node asks for ``model``."""
+        return dict(self.model_prices).get(model, self.price_per_token_wei)
 
     @property
     def min_workers_per_model(self) -> dict[tuple[Literal["llm", "embedding"], str], int]:
@@ -129,6 +162,36 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [node] must be a table")
     return {key.replace("-", "_"): value for key, value in table.items()}
+
+
+def parse_wei(value: str | int | float, *, what: str) -> int:
+    """A non-negative whole amount of wei: ``1000000000``, ``1e9``, ``2.5e12``, ``1_000``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} {value!r} is not an amount of wei")
+    try:
+        number = Decimal(value if isinstance(value, int) else str(value).strip().replace("_", ""))
+    except InvalidOperation as exc:
+        raise ConfigError(
+            f"{what} {value!r} is not an amount of wei (a whole number: 1000000000, 1e9)"
+        ) from exc
+    if not number.is_finite() or number != number.to_integral_value():
+        raise ConfigError(f"{what} {value!r} is not a whole number of wei")
+    if number < 0:
+        raise ConfigError(f"{what} must not be negative, not {value!r}")
+    return int(number)
+
+
+def parse_model_prices(entries: Iterable[str]) -> tuple[tuple[str, int], ...]:
+    """``MODEL=WEI`` entries (``--model-price``) as (model, wei per output token) pairs."""
+    prices = []
+    for entry in entries:
+        model, sep, price = entry.rpartition("=")
+        if not sep or not model.strip():
+            raise ConfigError(
+                f"--model-price {entry!r} is not MODEL=WEI (wei per output token of MODEL)"
+            )
+        prices.append((model.strip(), parse_wei(price, what=f"--model-price {model.strip()}")))
+    return tuple(prices)
 
 
 def check_private_key(key: str, *, source: str) -> str:

@@ -364,13 +364,14 @@ def worker_supervisor(settings: NodeSettings, database_url: str) -> WorkerSuperv
 def _profile(model: str, settings: NodeSettings) -> ModelProfile:
     spec = lookup_llm(model, DEFAULT_LLMS)
     return ModelProfile(
-        name=model, context_tokens=spec.context_tokens, workers=settings.llm_workers
+        name=model,
+        context_tokens=spec.context_tokens,
+        workers=settings.llm_workers,
+        price_per_token_wei=settings.price_of(model),
     )
 
 
-async def run_node(
-    settings: NodeSettings, stop: asyncio.Event, conduct: Conduct = HONEST
-) -> None:
+async def run_node(settings: NodeSettings, stop: asyncio.Event, conduct: Conduct = HONEST) -> None:
     """``oracle run``: database, schema, parts, then serve until stopped."""
     with node_database(settings) as database_url:
         await asyncio.to_thread(prepare_schema, database_url, migrate=settings.migrate)

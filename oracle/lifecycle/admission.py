@@ -1,4 +1,24 @@
-"""Admission: can this node serve a request, and finish before its commit deadline?"""
+"""Admission: does a request pay what this node asks, and can it finish before its commit
+deadline behind the better-paying work already queued?
+
+The questions, in order; the first "no" declines the request with a reason the operator
+reads in ``oracle status``:
+
+1. Can the node serve it at all: its embedding model, one of its accepted models, a
+   context that holds its maxTokens?
+2. Does it pay: what each cluster member earns (fee / quorum, what the coordinator pays
+   each seat of the winning cluster) must reach the operator's price per output token
+   times maxTokens, for at least one of those models.
+3. Can it finish in time: the work that runs before it (every running inference, and the
+   queued ones the claim order puts first: those paying more per token, or as much and
+   due no later; ``oracle.store.queue``), shared by the model's workers, then its own
+   maxTokens, all at the model's measured speed, must end before the commit deadline
+   less the embedding and the commit. Cheaper work queued earlier does not count: the
+   claim order runs the new request before it, so a flood of cheap requests delays
+   nobody who pays more.
+
+Pure: the caller reads the loads (``oracle.store.queue_stats.inference_loads``).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +27,37 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from oracle.lifecycle.context import ModelProfile, NodeContext
+from oracle.store.queue_stats import ModelLoad
+
+__all__ = [
+    "Admit",
+    "ModelLoad",
+    "Offer",
+    "Refuse",
+    "admit",
+    "format_wei",
+    "inference_deadline",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ModelLoad:
-    """The measured speed of a model here and the work already waiting for it."""
+class Offer:
+    """What a request pays one seat, and for how much work."""
 
-    tokens_per_s: float | None
-    queued_tokens: int
-    """max_tokens of this model's queued and running inferences: the work ahead."""
-    jobs: int = 0
-    """Queued and running inferences of this model."""
-    workers: int | None = None
-    """Live workers holding the model (autoscaled, or on other machines); None: unknown."""
+    fee_wei: int
+    """The fee shared by the seats (the callback's gas prepayment is not part of it)."""
+    quorum: int
+    max_tokens: int
+
+    @property
+    def per_seat_wei(self) -> int:
+        """What each member of the winning cluster earns (the coordinator's fee / quorum)."""
+        return self.fee_wei // max(self.quorum, 1)
+
+    @property
+    def pay_per_token_wei(self) -> float:
+        """Earnings per output token: the queue's claim order (``jobs.pay_per_token_wei``)."""
+        return self.per_seat_wei / max(self.max_tokens, 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,6 +67,10 @@ class Admit:
     job_deadline: datetime
     """When the inference must be done so that embedding and commit still fit."""
     estimate_s: float
+    pay_per_token_wei: float
+    """The job's place in the claim order."""
+    earn_rate_wei_per_s: float
+    """Fee per seat over the seconds of worker time maxTokens takes at the model's speed."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,44 +78,65 @@ class Refuse:
     reason: str
 
 
+def inference_deadline(commit_deadline: datetime, ctx: NodeContext) -> datetime:
+    """When an inference must be done for its embedding and commit to land in time."""
+    return commit_deadline - timedelta(seconds=ctx.commit_margin_s + ctx.embed_estimate_s)
+
+
 def admit(
     *,
     accepted_models: Sequence[str],
     embedding_model: str,
-    max_tokens: int,
+    offer: Offer,
     commit_deadline: datetime,
     now: datetime,
     ctx: NodeContext,
     loads: Mapping[str, ModelLoad],
 ) -> Admit | Refuse:
-    """Pick a served model that can finish in time, or say plainly why none can.
+    """Pick a served model that the request pays for and that can finish in time, or say
+    plainly why none can. ``loads`` are as the request would meet them (its pay, its
+    deadline: ``inference_loads``).
 
     Among those that can: one with a free worker first, then the soonest finish (the
     faster model, when both are free), then the lighter queue, then the requester's order.
     """
+    max_tokens = offer.max_tokens
     if embedding_model not in ctx.embedding_models:
-        return Refuse(reason=f"embedding model {embedding_model!r} is not served here")
+        return _decline(f"embedding model {embedding_model!r} is not served here")
     served = [(i, ctx.models[m]) for i, m in enumerate(accepted_models) if m in ctx.models]
     if not served:
-        return Refuse(
-            reason=f"none of the accepted models {list(accepted_models)} is served here "
+        return _decline(
+            f"none of the accepted models {list(accepted_models)} is served here "
             f"(serving {sorted(ctx.models)})"
         )
     fitting = [(i, p) for i, p in served if max_tokens < p.context_tokens]
     if not fitting:
         biggest = max(p.context_tokens for _, p in served)
-        return Refuse(
-            reason=f"maxTokens {max_tokens} exceeds the served models' context ({biggest} tokens)"
+        return _decline(
+            f"maxTokens {max_tokens} exceeds the served models' context ({biggest} tokens)"
         )
-    finish_by = commit_deadline - timedelta(seconds=ctx.commit_margin_s + ctx.embed_estimate_s)
+    priced = [(i, p) for i, p in fitting if _asks(p, max_tokens) <= offer.per_seat_wei]
+    if not priced:
+        cheapest = min((p for _, p in fitting), key=lambda p: _asks(p, max_tokens))
+        return _decline(
+            f"pays {format_wei(offer.per_seat_wei)} wei per seat, this node asks "
+            f"{format_wei(_asks(cheapest, max_tokens))} for {max_tokens} tokens of "
+            f"{cheapest.name}"
+        )
+    finish_by = inference_deadline(commit_deadline, ctx)
     available_s = (finish_by - now).total_seconds()
-    options = [_Option.of(i, p, max_tokens, loads.get(p.name)) for i, p in fitting]
+    options = [_Option.of(i, p, max_tokens, loads.get(p.name)) for i, p in priced]
     feasible = sorted((o for o in options if o.estimate_s <= available_s), key=_Option.rank)
     if not feasible:
-        fastest = min(o.estimate_s for o in options)
-        return Refuse(
-            reason=f"cannot finish before the commit deadline: needs about {fastest:.1f} s "
-            f"of inference, {max(available_s, 0):.1f} s left after embedding and commit"
+        fastest = min(options, key=lambda o: o.estimate_s)
+        ahead = (
+            f" behind {fastest.ahead_jobs} running or better-paying jobs"
+            if fastest.ahead_jobs
+            else ""
+        )
+        return _decline(
+            f"cannot finish before the commit deadline: needs about {fastest.estimate_s:.1f} s "
+            f"of inference{ahead}, {max(available_s, 0):.1f} s left after embedding and commit"
         )
     best = feasible[0]
     return Admit(
@@ -81,7 +144,26 @@ def admit(
         model_index=best.index,
         job_deadline=finish_by,
         estimate_s=best.estimate_s,
+        pay_per_token_wei=offer.pay_per_token_wei,
+        earn_rate_wei_per_s=offer.per_seat_wei * best.tokens_per_s / max(max_tokens, 1),
     )
+
+
+def format_wei(wei: int) -> str:
+    """A wei amount as an operator reads it: ``999``, ``1.0e12``, ``5.1e12``."""
+    if wei < 1000:
+        return str(wei)
+    mantissa, exponent = f"{wei:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _decline(why: str) -> Refuse:
+    return Refuse(reason=f"declined: {why}")
+
+
+def _asks(profile: ModelProfile, max_tokens: int) -> int:
+    """The operator's price for maxTokens output tokens of this model."""
+    return profile.price_per_token_wei * max_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,19 +172,22 @@ class _Option:
     profile: ModelProfile
     estimate_s: float
     free: bool
-    queued_tokens: int
+    ahead_tokens: int
+    ahead_jobs: int
+    tokens_per_s: float
 
     @classmethod
     def of(
         cls, index: int, profile: ModelProfile, max_tokens: int, load: ModelLoad | None
     ) -> _Option:
         jobs = load.jobs if load else 0
-        queued = load.queued_tokens if load else 0
+        ahead_tokens = load.ahead_tokens if load else 0
+        ahead_jobs = load.ahead_jobs if load else 0
         workers = load.workers if load and load.workers is not None else profile.workers
         speed = (load.tokens_per_s if load else None) or profile.prior_tokens_per_s
-        # until the answer is ready: the queue ahead, shared by the workers, then its tokens
-        estimate_s = (queued / max(workers, 1) + max_tokens) / speed
-        return cls(index, profile, estimate_s, jobs < workers, queued)
+        # until the answer is ready: the work run before it, shared by the workers, then its own
+        estimate_s = (ahead_tokens / max(workers, 1) + max_tokens) / speed
+        return cls(index, profile, estimate_s, jobs < workers, ahead_tokens, ahead_jobs, speed)
 
     def rank(self) -> tuple[bool, float, int, int]:
-        return (not self.free, self.estimate_s, self.queued_tokens, self.index)
+        return (not self.free, self.estimate_s, self.ahead_tokens, self.index)

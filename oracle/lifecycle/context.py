@@ -44,6 +44,9 @@ class ModelProfile:
     context_tokens: int
     workers: int = 1
     prior_tokens_per_s: float = 30.0
+    price_per_token_wei: int = 0
+    """The operator's price per output token of this model; admission declines a request
+    whose fee per seat is below it times maxTokens (``oracle.config``: the node's prices)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from eth_utils.crypto import keccak
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from oracle.chain.commitment import commitment_hash, new_salt
 from oracle.consensus import compute_consensus, default_verify_tolerance_bits, dispute_excludes
 from oracle.consensus.verification import verify_embedding
 from oracle.engine.llm import request_seed
-from oracle.lifecycle.admission import Admit, ModelLoad, admit
+from oracle.lifecycle.admission import Admit, Offer, admit, inference_deadline
 from oracle.lifecycle.turn import DeadlineQuestion, Move, Step, Verdict, Wait
 from oracle.store.chain_state import disputes_against
 from oracle.store.models import Answer, Job, Request, Seat
@@ -34,7 +34,7 @@ from oracle.store.queue import (
     PRIORITY_VERIFICATION,
     enqueue_job,
 )
-from oracle.store.workers import ready_models
+from oracle.store.queue_stats import inference_loads
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +51,24 @@ NEWS = Wait()
 
 
 def admit_request(step: Step, seats: Sequence[Seat]) -> Verdict:
-    """Serve the request when a model it accepts can answer before its commit deadline."""
+    """Serve the request when it pays this node's price and a model it accepts can answer
+    before its commit deadline, behind the better-paying work already queued."""
     req = step.request
+    offer = Offer(fee_wei=req.fee_wei, quorum=req.quorum, max_tokens=req.max_tokens)
+    accepted = [m for m in req.accepted_models if m in step.ctx.models]
     decision = admit(
         accepted_models=req.accepted_models,
         embedding_model=req.embedding_model,
-        max_tokens=req.max_tokens,
+        offer=offer,
         commit_deadline=req.commit_deadline,
         now=step.now,
         ctx=step.ctx,
-        loads=_loads(step),
+        loads=inference_loads(
+            step.session.connection(),
+            accepted,
+            pay_per_token_wei=offer.pay_per_token_wei,
+            deadline=inference_deadline(req.commit_deadline, step.ctx),
+        ),
     )
     if not isinstance(decision, Admit):
         return Move("skipped", decision.reason)
@@ -79,6 +87,7 @@ def admit_request(step: Step, seats: Sequence[Seat]) -> Verdict:
             "seed": seed,
             "model_index": decision.model_index,
         },
+        pay_per_token_wei=decision.pay_per_token_wei,
     )
     logger.info(
         "admitted",
@@ -87,41 +96,10 @@ def admit_request(step: Step, seats: Sequence[Seat]) -> Verdict:
             "model": decision.model,
             "seed": seed,
             "estimate_s": round(decision.estimate_s, 2),
+            "earn_rate_wei_per_s": round(decision.earn_rate_wei_per_s),
         },
     )
     return Move("committing")
-
-
-def _loads(step: Step) -> dict[str, ModelLoad]:
-    """The load of each served model the request accepts (admission looks at no other)."""
-    ready = ready_models(step.session.connection())
-    accepted = set(step.request.accepted_models)
-    return {m: model_load(step.session, m, ready) for m in step.ctx.models if m in accepted}
-
-
-def model_load(session: Session, model: str, ready: Mapping[str, int]) -> ModelLoad:
-    """Measured tokens/s of recent inferences of ``model`` and the tokens still waiting for
-    it; ``ready`` is ``ready_models``' count of live workers per model."""
-    recent = (
-        select(Job.result)
-        .where(Job.kind == "inference", Job.model == model, Job.status == "done")
-        .order_by(Job.finished_at.desc())
-        .limit(20)
-    )
-    results = [r for r in session.scalars(recent) if r]
-    tokens = sum(int(r.get("completion_tokens", 0)) for r in results)
-    seconds = sum(float(r.get("elapsed_s", 0.0)) for r in results)
-    waiting, jobs = session.execute(
-        select(
-            func.coalesce(func.sum(Job.payload["max_tokens"].as_integer()), 0), func.count()
-        ).where(Job.kind == "inference", Job.model == model, Job.status.in_(("queued", "running")))
-    ).one()
-    return ModelLoad(
-        tokens_per_s=tokens / seconds if seconds > 0 else None,
-        queued_tokens=int(waiting or 0),
-        jobs=int(jobs or 0),
-        workers=ready.get(model),
-    )
 
 
 # --- committing: inference, embedding, commit, reveal ------------------------------

@@ -1,11 +1,16 @@
 """The job queue: enqueue, claim, heartbeat, complete, retry, reclaim, expire, prune.
 
-The claim query is the heart of it: the most urgent queued job first
-(``ORDER BY priority, deadline, id``), taken with ``FOR UPDATE SKIP LOCKED`` so workers
-never wait on each other, and served by the partial index ``ix_jobs_queued_claim_order``
-(``migrations/versions/0001_initial.py``). A claim is a lease: the worker must heartbeat
-before ``lease_expires_at``, or the job goes back to the queue and a late answer from
-the old worker is refused.
+The claim query is the heart of it: within a priority class, the job that earns the most
+per output token first, then the earliest deadline
+(``ORDER BY priority, pay_per_token_wei DESC, deadline, id``), taken with
+``FOR UPDATE SKIP LOCKED`` so workers never wait on each other, and served by the partial
+index ``ix_jobs_queued_claim_order`` (``migrations/versions/0007_paying_work_first.py``).
+A worker claims jobs of its one model, whose seconds per token are the same for every
+job, so pay per token is pay per second of worker time: a flood of cheap jobs waits
+behind a paying one. Admission (``oracle.lifecycle.admission``) admits a job only when it
+can finish in time behind the work this order puts first. A claim is a lease: the worker
+must heartbeat before ``lease_expires_at``, or the job goes back to the queue and a late
+answer from the old worker is refused.
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ class ClaimedJob:
     payload: Mapping[str, Any]
     attempts: int
     max_attempts: int
+    pay_per_token_wei: float = 0.0
+
+    @property
+    def claim_order(self) -> tuple[int, float, datetime, int]:
+        """The claim query's ORDER BY, as a sort key."""
+        return (self.priority, -self.pay_per_token_wei, self.deadline, self.id)
 
 
 CLAIM_SQL = text(
@@ -58,7 +69,7 @@ CLAIM_SQL = text(
           AND kind = ANY(:kinds)
           AND model = ANY(:models)
           AND run_after <= now()
-        ORDER BY priority, deadline, id
+        ORDER BY priority, pay_per_token_wei DESC, deadline, id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
@@ -71,7 +82,7 @@ CLAIM_SQL = text(
     FROM next
     WHERE j.id = next.id
     RETURNING j.id, j.kind, j.request_id, j.model, j.priority, j.deadline, j.payload,
-              j.attempts, j.max_attempts
+              j.attempts, j.max_attempts, j.pay_per_token_wei
     """
 )
 
@@ -85,7 +96,7 @@ def claim_jobs(
     limit: int = 1,
     lease_s: float = 30.0,
 ) -> list[ClaimedJob]:
-    """Lease up to ``limit`` of the most urgent queued jobs this worker can run."""
+    """Lease up to ``limit`` queued jobs this worker can run, the first in claim order."""
     rows = conn.execute(
         CLAIM_SQL,
         {
@@ -97,7 +108,7 @@ def claim_jobs(
         },
     ).all()
     jobs = [_claimed(row._asdict()) for row in rows]
-    return sorted(jobs, key=lambda j: (j.priority, j.deadline, j.id))
+    return sorted(jobs, key=lambda j: j.claim_order)
 
 
 def _claimed(row: dict[str, Any]) -> ClaimedJob:
@@ -115,14 +126,16 @@ def enqueue_job(
     payload: Mapping[str, Any],
     request_id: int | None = None,
     max_attempts: int = 3,
+    pay_per_token_wei: float = 0.0,
 ) -> int:
     """Queue a job and wake the workers (the NOTIFY is delivered on commit)."""
     job_id: int = conn.execute(
         text(
             """
-            INSERT INTO jobs (kind, request_id, model, priority, deadline, payload, max_attempts)
+            INSERT INTO jobs (kind, request_id, model, priority, deadline, payload, max_attempts,
+                              pay_per_token_wei)
             VALUES (:kind, :request_id, :model, :priority, :deadline, CAST(:payload AS jsonb),
-                    :max_attempts)
+                    :max_attempts, :pay_per_token_wei)
             RETURNING id
             """
         ),
@@ -134,6 +147,7 @@ def enqueue_job(
             "deadline": deadline,
             "payload": json.dumps(dict(payload)),
             "max_attempts": max_attempts,
+            "pay_per_token_wei": pay_per_token_wei,
         },
     ).scalar_one()
     notify(conn, JOBS_CHANNEL, kind)
@@ -149,6 +163,7 @@ class NewJob:
     payload: Mapping[str, Any]
     request_id: int | None = None
     max_attempts: int = 3
+    pay_per_token_wei: float = 0.0
 
 
 def enqueue_jobs(conn: Connection, jobs: Sequence[NewJob]) -> list[int]:
@@ -158,11 +173,14 @@ def enqueue_jobs(conn: Connection, jobs: Sequence[NewJob]) -> list[int]:
     ids = conn.execute(
         text(
             """
-            INSERT INTO jobs (kind, request_id, model, priority, deadline, payload, max_attempts)
-            SELECT kind, request_id, model, priority, deadline, payload, max_attempts
+            INSERT INTO jobs (kind, request_id, model, priority, deadline, payload, max_attempts,
+                              pay_per_token_wei)
+            SELECT kind, request_id, model, priority, deadline, payload, max_attempts,
+                   pay_per_token_wei
             FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
                 kind text, request_id numeric, model text, priority smallint,
-                deadline timestamptz, payload jsonb, max_attempts integer)
+                deadline timestamptz, payload jsonb, max_attempts integer,
+                pay_per_token_wei double precision)
             RETURNING id
             """
         ),
@@ -182,6 +200,7 @@ def _row(job: NewJob) -> dict[str, Any]:
         "deadline": job.deadline.isoformat(),
         "payload": dict(job.payload),
         "max_attempts": job.max_attempts,
+        "pay_per_token_wei": job.pay_per_token_wei,
     }
 
 

@@ -1,4 +1,5 @@
-"""What the queue asks of each model, and what each worker is doing: the autoscaler's input.
+"""What the queue asks of each model, and what each worker is doing: the autoscaler's input,
+and the load admission weighs a new inference against (``inference_loads``).
 
 Work is counted in one unit per kind of job: an inference's ``max_tokens`` (an upper
 bound of what it generates), one unit for an embedding or verification job. Throughput
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Connection, text
 
 from oracle.store.models import JobKind
+from oracle.store.workers import ready_models
 
 RECENT_JOBS = 50
 """Done jobs per model that the throughput is measured over..."""
@@ -66,6 +69,28 @@ THROUGHPUT_SQL = text(
     """
 )
 
+AHEAD_SQL = text(
+    """
+    SELECT model,
+           count(*) AS jobs,
+           count(*) FILTER (WHERE ahead) AS ahead_jobs,
+           COALESCE(sum(tokens) FILTER (WHERE ahead), 0) AS ahead_tokens
+    FROM (
+        SELECT model,
+               COALESCE((payload->>'max_tokens')::bigint, 0) AS tokens,
+               status = 'running'
+                 OR pay_per_token_wei > :pay
+                 OR (pay_per_token_wei = :pay AND deadline <= :deadline) AS ahead
+        FROM jobs
+        WHERE kind = 'inference' AND status IN ('queued', 'running') AND model = ANY(:models)
+    ) AS open
+    GROUP BY model
+    """
+)
+"""Per model: open inferences, and those that run before a new one paying ``:pay`` per
+token due at ``:deadline``: the running ones (they are not preempted) and the queued ones
+the claim order (oracle.store.queue.CLAIM_SQL) puts first."""
+
 ACTIVITY_SQL = text(
     """
     SELECT worker_id,
@@ -90,6 +115,23 @@ class ModelDemand:
     running_jobs: int = 0
     work_per_s: float | None = None
     """Measured work per second of one worker; None when nothing has been measured."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelLoad:
+    """What admission weighs a new inference against: the model's measured speed and the
+    work the claim order runs before it."""
+
+    tokens_per_s: float | None
+    """Measured tokens per second of one worker (``THROUGHPUT_SQL``); None: not measured."""
+    ahead_tokens: int = 0
+    """max_tokens of the inferences that run before the new one: the running ones and the
+    queued ones that pay more per token (or as much and are due no later)."""
+    ahead_jobs: int = 0
+    jobs: int = 0
+    """Queued and running inferences of this model, whatever they pay."""
+    workers: int | None = None
+    """Live workers holding the model (autoscaled, or on other machines); None: unknown."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,6 +171,35 @@ def model_demand(
             work_per_s=speeds.get(row.model),
         )
     return demand
+
+
+def inference_loads(
+    conn: Connection, models: Sequence[str], *, pay_per_token_wei: float, deadline: datetime
+) -> dict[str, ModelLoad]:
+    """The load of each of ``models`` as a new inference paying ``pay_per_token_wei`` per
+    output token, due at ``deadline``, would meet it."""
+    speeds = {
+        str(row.model): float(row.work_per_s)
+        for row in conn.execute(
+            THROUGHPUT_SQL,
+            {"kinds": ["inference"], "recent": RECENT_JOBS, "window_s": RECENT_WINDOW_S},
+        )
+        if row.work_per_s is not None
+    }
+    params = {"models": list(models), "pay": pay_per_token_wei, "deadline": deadline}
+    open_work = {str(row.model): row for row in conn.execute(AHEAD_SQL, params)}
+    workers = ready_models(conn)
+    loads = {}
+    for model in models:
+        row = open_work.get(model)
+        loads[model] = ModelLoad(
+            tokens_per_s=speeds.get(model),
+            ahead_tokens=int(row.ahead_tokens) if row else 0,
+            ahead_jobs=int(row.ahead_jobs) if row else 0,
+            jobs=int(row.jobs) if row else 0,
+            workers=workers.get(model),
+        )
+    return loads
 
 
 def worker_activity(conn: Connection, worker_ids: Sequence[str]) -> dict[str, WorkerActivity]:

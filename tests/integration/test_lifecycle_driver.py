@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.chain.anvil import Anvil
 from oracle.chain.coordinator import CoordinatorBinding
+from oracle.lifecycle.admission import Offer
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
 from oracle.lifecycle.transitions import COMMIT_LANDING_GRACE_S
@@ -147,6 +148,9 @@ def _admitted_request(sessions: sessionmaker[Session], *, request_id: int) -> No
             priority=1,
             deadline=datetime.now(UTC) + timedelta(minutes=5),
             payload={"prompt": request.prompt, "seed": 1, "model_index": 0},
+            pay_per_token_wei=Offer(
+                fee_wei=request.fee_wei, quorum=request.quorum, max_tokens=request.max_tokens
+            ).pay_per_token_wei,
         )
         request.next_check_at = None  # as admission leaves it: the job's end wakes it
 

@@ -127,4 +127,6 @@ def test_upgrade_head_matches_create_all_in_the_catalog(
     for part, rows in modelled.items():
         assert migrated[part] == rows, part
     claim_index = next(row for row in migrated["indexes"] if row[1] == "ix_jobs_queued_claim_order")
-    assert claim_index[2].endswith("(priority, deadline, id) WHERE (status = 'queued'::text)")
+    assert claim_index[2].endswith(
+        "(priority, pay_per_token_wei DESC, deadline, id) WHERE (status = 'queued'::text)"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,6 +22,7 @@ from oracle.store.queue import (
     heartbeat,
     heartbeat_jobs,
 )
+from oracle.store.queue_stats import inference_loads
 
 MODEL = "SmolLM2-135M-Instruct-Q4_1"
 
@@ -32,6 +34,8 @@ def _enqueue(
     priority: int = 1,
     kind: str = "inference",
     model: str = MODEL,
+    pay: float = 0.0,
+    max_tokens: int = 64,
 ) -> int:
     with engine.begin() as conn:
         return enqueue_job(
@@ -40,7 +44,8 @@ def _enqueue(
             model=model,
             priority=priority,
             deadline=datetime.now(UTC) + timedelta(seconds=deadline_s),
-            payload={"n": deadline_s},
+            payload={"n": deadline_s, "max_tokens": max_tokens},
+            pay_per_token_wei=pay,
         )
 
 
@@ -71,6 +76,48 @@ def test_claims_most_urgent_first_and_priority_class_before_deadline(db_engine: 
         verification,
         embedding,
     ]
+
+
+def test_better_paying_jobs_are_claimed_first_then_the_earliest_deadline(
+    db_engine: Engine,
+) -> None:
+    cheap_soon = _enqueue(db_engine, deadline_s=10, pay=1e9)
+    cheap_late = _enqueue(db_engine, deadline_s=60, pay=1e9)
+    paying_late = _enqueue(db_engine, deadline_s=50, pay=4e13)
+    free = _enqueue(db_engine, deadline_s=5)
+    embedding = _enqueue(db_engine, deadline_s=1, kind="embedding", model="emb")
+    assert _claim(db_engine, limit=1) == [paying_late]
+    assert _claim(db_engine, limit=5) == [cheap_soon, cheap_late, free]
+    assert _claim(db_engine, kinds=["embedding"], models=["emb"]) == [embedding]
+
+
+def test_the_work_ahead_of_a_new_job_is_what_the_claim_runs_before_it(db_engine: Engine) -> None:
+    """Admission's view of the queue (inference_loads) and the claim order agree: the jobs
+    counted ahead of a new job are exactly those claimed before it, ties included."""
+    rng = random.Random(7)
+    pays = [0.0, 1e9, 1e9, 5e10, 4e13]
+    for _ in range(40):
+        _enqueue(db_engine, deadline_s=rng.choice([30, 60, 90]), pay=rng.choice(pays),
+                 max_tokens=rng.choice([16, 256]))  # fmt: skip
+    running = _claim(db_engine, worker="busy", limit=3)  # running now: ahead of anyone
+    for pay in pays:
+        for deadline_s in (30, 60, 90):
+            with db_engine.connect() as conn:  # left without commit: rolled back
+                (deadline,) = conn.execute(
+                    text("SELECT deadline FROM jobs WHERE payload->>'n' = :n LIMIT 1"),
+                    {"n": str(deadline_s)},
+                ).one()
+                load = inference_loads(conn, [MODEL], pay_per_token_wei=pay, deadline=deadline)[
+                    MODEL
+                ]
+                new = enqueue_job(conn, kind="inference", model=MODEL, priority=1,
+                                  deadline=deadline, payload={"max_tokens": 1},
+                                  pay_per_token_wei=pay)  # fmt: skip
+                claimed = claim_jobs(conn, worker_id="w", kinds=["inference"], models=[MODEL],
+                                     limit=100)  # fmt: skip
+                before = claimed[: [j.id for j in claimed].index(new)]
+                assert load.ahead_jobs == len(running) + len(before), (pay, deadline_s)
+                assert load.jobs == len(running) + len(claimed) - 1
 
 
 def test_a_worker_only_takes_jobs_of_its_model(db_engine: Engine) -> None:
@@ -188,9 +235,11 @@ def test_claim_query_uses_the_partial_index(db_engine: Engine) -> None:
         conn.execute(
             text(
                 """
-                INSERT INTO jobs (kind, model, priority, deadline, status, payload)
+                INSERT INTO jobs (kind, model, priority, deadline, status, payload,
+                                  pay_per_token_wei)
                 SELECT 'inference', :model, 1, now() + (i || ' seconds')::interval,
-                       CASE WHEN i % 10 = 0 THEN 'queued' ELSE 'done' END, '{}'::jsonb
+                       CASE WHEN i % 10 = 0 THEN 'queued' ELSE 'done' END, '{}'::jsonb,
+                       (i % 7) * 1e9
                 FROM generate_series(1, 20000) AS i
                 """
             ),

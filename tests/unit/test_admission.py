@@ -1,10 +1,12 @@
-"""Admission and model selection: pure decisions over measured loads."""
+"""Admission and model selection: pure decisions over prices and measured loads."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from oracle.lifecycle.admission import Admit, ModelLoad, Refuse, admit
+import pytest
+
+from oracle.lifecycle.admission import Admit, ModelLoad, Offer, Refuse, admit, format_wei
 from oracle.lifecycle.context import ModelProfile, NodeContext
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -33,11 +35,13 @@ def decide(
     max_tokens: int = 64,
     deadline_s: float = 60,
     ctx: NodeContext = CTX,
+    fee_wei: int = 10**15,
+    quorum: int = 1,
 ) -> Admit | Refuse:
     return admit(
         accepted_models=models,
         embedding_model="all-MiniLM-L6-v2",
-        max_tokens=max_tokens,
+        offer=Offer(fee_wei=fee_wei, quorum=quorum, max_tokens=max_tokens),
         commit_deadline=NOW + timedelta(seconds=deadline_s),
         now=NOW,
         ctx=ctx,
@@ -46,10 +50,12 @@ def decide(
 
 
 def enqueue(loads: dict[str, ModelLoad], model: str, max_tokens: int = 64) -> None:
-    load = loads.get(model, ModelLoad(tokens_per_s=None, queued_tokens=0))
+    """A job admitted at the same pay: it runs before the next one (it is due no later)."""
+    load = loads.get(model, ModelLoad(tokens_per_s=None))
     loads[model] = ModelLoad(
         tokens_per_s=load.tokens_per_s,
-        queued_tokens=load.queued_tokens + max_tokens,
+        ahead_tokens=load.ahead_tokens + max_tokens,
+        ahead_jobs=load.ahead_jobs + 1,
         jobs=load.jobs + 1,
     )
 
@@ -84,15 +90,15 @@ def test_the_model_index_refers_to_the_requesters_list() -> None:
 
 def test_measured_speed_beats_the_prior() -> None:
     loads = {
-        FAST: ModelLoad(tokens_per_s=10, queued_tokens=0),
-        SLOW: ModelLoad(tokens_per_s=80, queued_tokens=0),
+        FAST: ModelLoad(tokens_per_s=10),
+        SLOW: ModelLoad(tokens_per_s=80),
     }
     decision = decide(loads)
     assert isinstance(decision, Admit) and decision.model == SLOW
 
 
 def test_a_busy_model_that_still_meets_the_deadline_beats_one_that_cannot() -> None:
-    loads = {FAST: ModelLoad(tokens_per_s=100, queued_tokens=64, jobs=1)}
+    loads = {FAST: ModelLoad(tokens_per_s=100, ahead_tokens=64, ahead_jobs=1, jobs=1)}
     decision = decide(loads, max_tokens=512, deadline_s=16)  # slow needs 12.8 s, has 12.5 s
     assert isinstance(decision, Admit) and decision.model == FAST
 
@@ -100,23 +106,142 @@ def test_a_busy_model_that_still_meets_the_deadline_beats_one_that_cannot() -> N
 def test_refusals_say_why() -> None:
     unknown = decide({}, models=("other",))
     assert unknown == Refuse(
-        reason="none of the accepted models ['other'] is served here "
+        reason="declined: none of the accepted models ['other'] is served here "
         "(serving ['fast-model', 'slow-model'])"
     )
     too_big = decide({}, max_tokens=4096)
     assert isinstance(too_big, Refuse) and "maxTokens 4096 exceeds" in too_big.reason
     too_soon = decide({}, deadline_s=2)
-    assert (
-        isinstance(too_soon, Refuse)
-        and "cannot finish before the commit deadline" in too_soon.reason
+    assert too_soon == Refuse(
+        reason="declined: cannot finish before the commit deadline: needs about 0.6 s of "
+        "inference, 0.0 s left after embedding and commit"
     )
     wrong_embedder = admit(
         accepted_models=(FAST,),
         embedding_model="nomic",
-        max_tokens=8,
+        offer=Offer(fee_wei=10**15, quorum=1, max_tokens=8),
         commit_deadline=NOW + timedelta(seconds=60),
         now=NOW,
         ctx=CTX,
         loads={},
     )
-    assert wrong_embedder == Refuse(reason="embedding model 'nomic' is not served here")
+    assert wrong_embedder == Refuse(reason="declined: embedding model 'nomic' is not served here")
+
+
+# --- economics: the operator's price per output token --------------------------------
+
+SMOL = "SmolLM2-135M-Instruct-Q4_1"
+PRICED = context(
+    ModelProfile(
+        name=FAST, context_tokens=2048, prior_tokens_per_s=100, price_per_token_wei=3 * 10**10
+    ),
+    ModelProfile(
+        name=SLOW, context_tokens=2048, prior_tokens_per_s=40, price_per_token_wei=2 * 10**10
+    ),
+    ModelProfile(name=SMOL, context_tokens=8192, price_per_token_wei=int(2e10)),
+)
+
+
+def test_a_request_paying_less_per_seat_than_the_price_is_declined_with_the_numbers() -> None:
+    decision = decide({}, models=(SMOL,), max_tokens=256, fee_wei=10**12, ctx=PRICED)
+    assert decision == Refuse(
+        reason="declined: pays 1.0e12 wei per seat, this node asks 5.1e12 for 256 tokens of "
+        "SmolLM2-135M-Instruct-Q4_1"
+    )
+
+
+def test_the_decline_names_the_cheapest_model_that_could_serve() -> None:
+    decision = decide({}, models=(FAST, SLOW), max_tokens=100, fee_wei=10**12, ctx=PRICED)
+    assert decision == Refuse(
+        reason="declined: pays 1.0e12 wei per seat, this node asks 2.0e12 for 100 tokens of "
+        "slow-model"
+    )
+
+
+def test_each_seat_earns_fee_over_quorum() -> None:
+    at_price = 2 * 10**10 * 256  # the slow model's price for 256 tokens
+    exact = decide({}, models=(SLOW,), max_tokens=256, fee_wei=3 * at_price, quorum=3, ctx=PRICED)
+    assert isinstance(exact, Admit)  # what the price asks is enough
+    short = decide(
+        {}, models=(SLOW,), max_tokens=256, fee_wei=3 * at_price - 1, quorum=3, ctx=PRICED
+    )
+    assert isinstance(short, Refuse) and short.reason.startswith(
+        "declined: pays 5.1e12 wei per seat, this node asks 5.1e12"
+    )  # one wei short: the coordinator's fee / quorum rounds down
+
+
+def test_a_model_the_request_does_not_pay_for_is_not_chosen_even_when_faster() -> None:
+    fee = 2 * 10**10 * 64  # pays the slow model's price, not the fast one's
+    decision = decide({}, models=(FAST, SLOW), max_tokens=64, fee_wei=fee, ctx=PRICED)
+    assert isinstance(decision, Admit) and decision.model == SLOW
+
+
+def test_a_free_node_serves_a_request_that_pays_nothing() -> None:
+    decision = decide({}, fee_wei=0, quorum=5)
+    assert isinstance(decision, Admit) and decision.pay_per_token_wei == 0
+
+
+def test_the_price_is_checked_before_the_deadline() -> None:
+    decision = decide({}, models=(SMOL,), max_tokens=256, fee_wei=0, deadline_s=1, ctx=PRICED)
+    assert isinstance(decision, Refuse) and decision.reason.startswith("declined: pays 0 wei")
+
+
+def test_offer_pay_per_token_and_earn_rate() -> None:
+    offer = Offer(fee_wei=10**16, quorum=3, max_tokens=256)
+    assert offer.per_seat_wei == 3_333_333_333_333_333
+    assert offer.pay_per_token_wei == pytest.approx(3_333_333_333_333_333 / 256)
+    decision = decide({FAST: ModelLoad(tokens_per_s=50)}, models=(FAST,), max_tokens=256,
+                      fee_wei=10**16, quorum=3)  # fmt: skip
+    assert isinstance(decision, Admit)
+    assert decision.pay_per_token_wei == offer.pay_per_token_wei
+    # 256 tokens at 50 tokens/s: 5.12 s of worker time for 3.33e15 wei
+    assert decision.earn_rate_wei_per_s == pytest.approx(3_333_333_333_333_333 / 5.12)
+
+
+@pytest.mark.parametrize(
+    ("wei", "shown"),
+    [(0, "0"), (999, "999"), (1000, "1.0e3"), (10**12, "1.0e12"), (5_120_000_000_000, "5.1e12"),
+     (9_960_000_000_000, "1.0e13"), (10**17, "1.0e17")],
+)  # fmt: skip
+def test_wei_amounts_read_as_an_operator_reads_them(wei: int, shown: str) -> None:
+    assert format_wei(wei) == shown
+
+
+# --- paying work first: only the work that runs before a request delays it ----------
+
+
+def test_cheap_work_queued_earlier_does_not_delay_a_request_that_pays_more() -> None:
+    # 60 cheap jobs of 256 tokens are queued, none running: the claim order runs this one
+    # first, so none of them is ahead of it
+    flooded = {FAST: ModelLoad(tokens_per_s=100, ahead_tokens=0, ahead_jobs=0, jobs=60)}
+    decision = decide(flooded, models=(FAST,), max_tokens=256, deadline_s=10)
+    assert isinstance(decision, Admit) and decision.estimate_s == pytest.approx(2.56)
+
+
+def test_a_request_behind_work_that_pays_as_much_or_more_is_declined_when_it_cannot_fit() -> None:
+    behind = {FAST: ModelLoad(tokens_per_s=100, ahead_tokens=12 * 256, ahead_jobs=12, jobs=60)}
+    decision = decide(behind, models=(FAST,), max_tokens=256, deadline_s=30)
+    assert decision == Refuse(
+        reason="declined: cannot finish before the commit deadline: needs about 33.3 s of "
+        "inference behind 12 running or better-paying jobs, 26.5 s left after embedding and "
+        "commit"
+    )
+
+
+def test_work_ahead_is_shared_by_the_models_workers() -> None:
+    behind = {FAST: ModelLoad(tokens_per_s=100, ahead_tokens=12 * 256, ahead_jobs=12, workers=4)}
+    decision = decide(behind, models=(FAST,), max_tokens=256, deadline_s=30)
+    assert isinstance(decision, Admit) and decision.estimate_s == pytest.approx(10.24)
+
+
+def test_a_flood_at_one_price_fills_what_the_deadline_holds_and_no_more() -> None:
+    loads: dict[str, ModelLoad] = {FAST: ModelLoad(tokens_per_s=100)}
+    decisions = []
+    for _ in range(60):
+        decision = decide(loads, models=(FAST,), max_tokens=256, deadline_s=30, fee_wei=10**12)
+        decisions.append(decision)
+        if isinstance(decision, Admit):
+            enqueue(loads, FAST, 256)
+    admitted = [d for d in decisions if isinstance(d, Admit)]
+    assert len(admitted) == 10  # 10 x 2.56 s fit in the 26.5 s left; the 11th would not
+    assert all(isinstance(d, Refuse) for d in decisions[10:])

@@ -12,6 +12,8 @@ from oracle.config import (
     check_known_keys,
     check_private_key,
     load_config_file,
+    parse_model_prices,
+    parse_wei,
     unknown_environment,
 )
 
@@ -66,3 +68,63 @@ def test_http_endpoints_listen_on_loopback_by_default() -> None:
     settings = NodeSettings(rpc_urls=("http://x",), contract="0x" + "11" * 20, private_key="k")
     assert settings.http_host == "127.0.0.1"
     assert settings.retention_days > 0
+
+
+def settings(**options: object) -> NodeSettings:
+    return NodeSettings(
+        rpc_urls=("http://x",),
+        contract="0x" + "11" * 20,
+        private_key="k",
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "wei"),
+    [("1000000000", 10**9), ("1e9", 10**9), ("2.5e12", 2_500_000_000_000), ("1_000", 1000),
+     (0, 0), (10**9, 10**9), (1e9, 10**9)],
+)  # fmt: skip
+def test_wei_amounts_parse_as_whole_numbers(given: str | int | float, wei: int) -> None:
+    assert parse_wei(given, what="--price-per-token-wei") == wei
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [("1.5", "is not a whole number of wei"), ("gwei", "is not an amount of wei"),
+     ("-1", "must not be negative"), ("nan", "is not a whole number of wei")],
+)  # fmt: skip
+def test_a_price_that_is_not_an_amount_of_wei_is_refused(given: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        parse_wei(given, what="--price-per-token-wei")
+
+
+def test_model_prices_are_model_equals_wei() -> None:
+    assert parse_model_prices(["SmolLM2-135M-Instruct-Q4_1=2e9", " gemma = 30 "]) == (
+        ("SmolLM2-135M-Instruct-Q4_1", 2 * 10**9),
+        ("gemma", 30),
+    )
+    with pytest.raises(ConfigError, match="is not MODEL=WEI"):
+        parse_model_prices(["2e9"])
+
+
+def test_every_served_model_has_a_price_small_but_not_zero_by_default() -> None:
+    node = settings(models=("SmolLM2-135M-Instruct-Q4_1", "gemma-3-270m-Q4_K_M"),
+                    model_prices=(("gemma-3-270m-Q4_K_M", 3 * 10**9),))  # fmt: skip
+    assert node.price_of("SmolLM2-135M-Instruct-Q4_1") == 10**9
+    assert node.price_of("gemma-3-270m-Q4_K_M") == 3 * 10**9
+    # the coordinator's minimum fee per seat buys up to 1,000 tokens at the default price
+    assert 10**12 // node.price_of("SmolLM2-135M-Instruct-Q4_1") == 1000
+
+
+def test_a_price_for_a_model_not_served_names_the_nearest_served_one() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"'SmolLM2-135M', which this node does not serve.*did you mean 'SmolLM2-135M-Ins",
+    ):
+        settings(model_prices=(("SmolLM2-135M", 10**9),))
+    with pytest.raises(ConfigError, match="two prices"):
+        settings(
+            model_prices=(("SmolLM2-135M-Instruct-Q4_1", 1), ("SmolLM2-135M-Instruct-Q4_1", 2))
+        )
+    with pytest.raises(ConfigError, match="must not be negative"):
+        settings(price_per_token_wei=-1)

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, SmallInteger, Text, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Double,
+    Index,
+    Integer,
+    SmallInteger,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from oracle.store.models.base import Base
@@ -18,7 +28,8 @@ JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 
 
 class Job(Base):
-    """A unit of work; claimed in ``ORDER BY priority, deadline, id`` (lower priority first).
+    """A unit of work; claimed in ``ORDER BY priority, pay_per_token_wei DESC, deadline, id``
+    (lower priority first, then better-paying, then the earliest deadline).
 
     ``request_id`` deliberately has no foreign key, so benchmarks and maintenance jobs
     can be queued without a request row.
@@ -30,18 +41,11 @@ class Job(Base):
         CheckConstraint(one_of("status", JOB_STATUSES), name="status"),
         CheckConstraint("attempts >= 0", name="attempts"),
         CheckConstraint("max_attempts >= 1", name="max_attempts"),
+        CheckConstraint("pay_per_token_wei >= 0", name="pay_per_token_wei"),
         # A running job always has an owner and a lease that can run out.
         CheckConstraint(
             "status <> 'running' OR (worker_id IS NOT NULL AND lease_expires_at IS NOT NULL)",
             name="running_has_lease",
-        ),
-        # Serves the claim query: its WHERE and ORDER BY, nothing else.
-        Index(
-            "ix_jobs_queued_claim_order",
-            "priority",
-            "deadline",
-            "id",
-            postgresql_where=text("status = 'queued'"),
         ),
         # Serves lease reclaim: running jobs whose lease ran out.
         Index(
@@ -70,3 +74,21 @@ class Job(Base):
     last_error: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     finished_at: Mapped[datetime | None]
+    pay_per_token_wei: Mapped[float] = mapped_column(
+        Double,
+        server_default=text("0"),
+        comment="what this node earns per output token (fee per seat / maxTokens); a worker "
+        "claims jobs of one model, so this orders by earnings per second of worker time; "
+        "0 for embedding and verification",
+    )
+
+
+# Serves the claim query (oracle.store.queue.CLAIM_SQL): its WHERE and ORDER BY, nothing else.
+Index(
+    "ix_jobs_queued_claim_order",
+    Job.priority,
+    Job.pay_per_token_wei.desc(),
+    Job.deadline,
+    Job.id,
+    postgresql_where=text("status = 'queued'"),
+)
