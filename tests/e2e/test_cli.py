@@ -170,6 +170,22 @@ def test_unknown_config_keys_and_variables_are_errors(tmp_path: Path) -> None:
     )
 
 
+def test_a_price_for_a_model_the_node_does_not_serve_ends_in_one_sentence(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "oracle.toml"
+    config.write_text(
+        '[node]\nrpc = "http://127.0.0.1:9"\n'
+        'contract = "0x000000000000000000000000000000000000dEaD"\n'
+        '[node.model-price]\n"SmolLM2-135M" = 2000000000\n'
+    )
+    result = oracle("run", "--config", str(config), env={"ORACLE_PRIVATE_KEY": KEY})
+    assert refusal(result, 2) == (
+        "error: --model-price names 'SmolLM2-135M', which this node does not serve (--model); "
+        "did you mean 'SmolLM2-135M-Instruct-Q4_1'?"
+    )
+
+
 def test_old_schema_with_no_migrate_is_refused_with_the_fix(
     empty_database_url: str, tmp_path: Path
 ) -> None:
