@@ -67,6 +67,7 @@ def measure_long_reveal(protocol: Protocol, rng: random.Random) -> int:
     protocol.gas_used = {}
     request_id = protocol.request(fee=10**15, quorum=1)
     answer = protocol.commit(protocol.oracles[0], request_id, LONG_OUTPUT, random_bits(rng))
+    protocol.close_commits(request_id)
     return int(protocol.reveal(answer)["gasUsed"])
 
 

@@ -81,14 +81,46 @@ contract InferenceCoordinator {
         // slot 3: terms fixed at creation
         uint40 createdBlock;
         uint40 expiresAt;
+        uint24 disputeWindow; // at most MAX_WINDOW
+        bool hasCallback; // so that settling a request without one never reads slot 2
+        uint16 secDistance;
+        uint16 secPercentage;
+        uint16 slashBps;
+        uint96 seed; // block.prevrandao of the request's block, its low 96 bits
+        // slot 4
+        bytes32 requestHash;
+        // slot 5 (one slot while the names take up to 31 bytes)
+        bytes packedModels; // each accepted model's name after a one-byte length
+    }
+
+    /// @notice A request as `getRequest` reports it.
+    struct RequestView {
+        uint40 commitDeadline;
+        uint40 revealDeadline;
+        uint40 lastRevealAt;
+        uint8 quorum;
+        uint8 seatCount;
+        uint8 revealCount;
+        Status status;
+        uint16 commitCount;
+        uint16 eligibleCount;
+        uint16 revealedMask;
+        uint16 dimBits;
+        uint8 modelCount;
+        uint32 maxTokens;
+        address requester;
+        uint96 fee;
+        address callback;
+        uint32 callbackGasLimit;
+        uint64 callbackGasPrice;
+        uint40 createdBlock;
+        uint40 expiresAt;
         uint32 disputeWindow;
         uint16 secDistance;
         uint16 secPercentage;
         uint16 slashBps;
-        // slots 4, 5
         uint256 seed;
         bytes32 requestHash;
-        // slots 6..
         string[] acceptedModels;
     }
 
@@ -139,6 +171,7 @@ contract InferenceCoordinator {
     error EmptyModelList();
     error TooManyModels(uint256 count, uint256 maxCount);
     error EmptyModelName(uint256 index);
+    error ModelNameTooLong(uint256 index, uint256 length, uint256 maxLength);
     error TemperatureOutOfRange(uint16 temperature);
     error ZeroMaxTokens();
     error InvalidQuorum(uint8 quorum, uint8 maxQuorum);
@@ -239,6 +272,7 @@ contract InferenceCoordinator {
 
     uint8 public constant MAX_QUORUM = 16;
     uint256 public constant MAX_MODELS = 8;
+    uint256 public constant MAX_MODEL_NAME_BYTES = 255;
     uint16 public constant MAX_TEMPERATURE = 2000;
     uint32 public constant MAX_CALLBACK_GAS = 2_000_000;
     /// @notice The longest revealed output: maxTokens times this many bytes.
@@ -253,22 +287,26 @@ contract InferenceCoordinator {
     /// @dev gas kept back for finalize's own work after the consumer callback returns
     uint256 public constant CALLBACK_RESERVE = 40_000;
     uint256 private constant PAYMENT_GAS = 10_000;
+    uint256 private constant SEAT_MASK = 0xff;
+    uint256 private constant NOT_SEATED = 0xff;
 
     address public owner;
     address public pendingOwner;
-    uint256 public minStake = 0.01 ether;
-    uint256 public minFeePerSeat = 1e12;
-    uint256 public maxPromptBytes = 8192;
+    // what every request reads, in one slot
+    uint96 public minFeePerSeat = 1e12;
+    uint32 public maxPromptBytes = 8192;
     uint32 public revealWindow;
     uint32 public disputeWindow;
     uint32 public expiryGrace = 1 hours;
-    uint32 public unbondingPeriod = 1 days;
     uint16 public slashBps = 1000;
-    uint256 public nextRequestId = 1;
+    // what every request or registration writes, in one slot
+    uint64 public nextRequestId = 1;
     /// @notice Registered nodes that are not unbonding.
-    uint256 public activeCount;
+    uint32 public activeCount;
+    uint32 public unbondingPeriod = 1 days;
+    uint128 public minStake = 0.01 ether;
     /// @notice All stake ever slashed: burnt, it stays in this contract for good.
-    uint256 public slashedTotal;
+    uint128 public slashedTotal;
 
     mapping(address => Oracle) public oracles;
     mapping(bytes32 => uint16) public embeddingDimBits;
@@ -276,10 +314,11 @@ contract InferenceCoordinator {
 
     mapping(uint256 => Request) private _requests;
     mapping(uint256 => Seat[16]) private _seats;
-    /// @dev per request and node: the commitment until the node reveals, then
-    ///      keccak256(abi.encode(outputHash, keccak256(bits))); a node that was evicted keeps its
-    ///      commitment here, so it cannot commit twice
-    mapping(uint256 => mapping(address => bytes32)) private _hashes;
+    /// @dev per request and node, nonzero once it has committed (so nobody commits twice): the
+    ///      top 248 bits of its commitment, after its reveal those of its reveal hash
+    ///      keccak256(abi.encode(outputHash, keccak256(bits))); the low byte is its seat,
+    ///      NOT_SEATED once a better ticket has taken the seat
+    mapping(uint256 => mapping(address => uint256)) private _commitWords;
     /// @dev per request: bit (16 * accused seat + disputer seat) set once that dispute is made
     mapping(uint256 => uint256) private _disputes;
 
@@ -320,17 +359,17 @@ contract InferenceCoordinator {
 
     function setMinStake(uint256 value) external onlyOwner {
         _inRange("minStake", value, MIN_STAKE_FLOOR, type(uint128).max);
-        minStake = value;
+        minStake = uint128(value);
     }
 
     function setMinFeePerSeat(uint256 value) external onlyOwner {
         _inRange("minFeePerSeat", value, 1, type(uint96).max);
-        minFeePerSeat = value;
+        minFeePerSeat = uint96(value);
     }
 
     function setMaxPromptBytes(uint256 value) external onlyOwner {
         _inRange("maxPromptBytes", value, 1, 1 << 20);
-        maxPromptBytes = value;
+        maxPromptBytes = uint32(value);
     }
 
     /// @notice Applies to requests made afterwards only.
@@ -473,7 +512,7 @@ contract InferenceCoordinator {
         uint256 active = activeCount;
         RequestTerms memory terms = RequestTerms({
             requestHash: bytes32(0),
-            seed: block.prevrandao,
+            seed: uint96(block.prevrandao),
             expiresAt: uint64(revealDeadline) + disputeWindow_ + expiryGrace,
             callbackGasPrice: callbackGasPrice,
             eligibleCount: active > type(uint16).max ? type(uint16).max : uint16(active),
@@ -497,16 +536,17 @@ contract InferenceCoordinator {
             request.callback = callback;
             request.callbackGasLimit = callbackGasLimit;
             request.callbackGasPrice = callbackGasPrice;
+            request.hasCallback = true;
         }
         request.createdBlock = uint40(block.number);
         request.expiresAt = uint40(terms.expiresAt);
-        request.disputeWindow = disputeWindow_;
+        request.disputeWindow = uint24(disputeWindow_);
         request.secDistance = frame.secDistance;
         request.secPercentage = frame.secPercentage;
         request.slashBps = terms.slashBps;
-        request.seed = terms.seed;
+        request.seed = uint96(terms.seed);
         request.requestHash = terms.requestHash;
-        request.acceptedModels = acceptedModels;
+        request.packedModels = _packModels(acceptedModels);
 
         emit InferenceRequested(
             requestId,
@@ -581,7 +621,9 @@ contract InferenceCoordinator {
         if (acceptedModels.length == 0) revert EmptyModelList();
         if (acceptedModels.length > MAX_MODELS) revert TooManyModels(acceptedModels.length, MAX_MODELS);
         for (uint256 i = 0; i < acceptedModels.length; ++i) {
-            if (bytes(acceptedModels[i]).length == 0) revert EmptyModelName(i);
+            uint256 length = bytes(acceptedModels[i]).length;
+            if (length == 0) revert EmptyModelName(i);
+            if (length > MAX_MODEL_NAME_BYTES) revert ModelNameTooLong(i, length, MAX_MODEL_NAME_BYTES);
         }
         if (temperature > MAX_TEMPERATURE) revert TemperatureOutOfRange(temperature);
         if (maxTokens == 0) revert ZeroMaxTokens();
@@ -599,32 +641,35 @@ contract InferenceCoordinator {
     // ------------------------------------------------------------------ commit
 
     /// @param commitment keccak256(abi.encode(requestId, requestHash, oracle, keccak256(output),
-    ///        modelIndex, embeddingBits, salt))
+    ///        modelIndex, embeddingBits, salt)); its top 248 bits are kept and checked
     function commit(uint256 requestId, bytes32 commitment) external {
         Request storage request = _openRequest(requestId);
-        if (commitment == bytes32(0)) revert EmptyCommitment();
+        if (uint256(commitment) >> 8 == 0) revert EmptyCommitment();
         if (block.timestamp > request.commitDeadline) revert CommitPhaseOver(requestId, request.commitDeadline);
         Oracle storage oracle = _activeOracle(msg.sender);
         if (oracle.eligibleFrom >= request.createdBlock) revert NotEligible(requestId, msg.sender);
         uint256 stake = oracle.stake;
         if (stake < MIN_STAKE_FLOOR) revert StakeTooLow(stake, MIN_STAKE_FLOOR);
-        mapping(address => bytes32) storage hashes = _hashes[requestId];
-        if (hashes[msg.sender] != bytes32(0)) revert AlreadyCommitted(requestId, msg.sender);
+        mapping(address => uint256) storage words = _commitWords[requestId];
+        if (words[msg.sender] != 0) revert AlreadyCommitted(requestId, msg.sender);
 
         uint256 ticket = ConsensusLib.ticket(request.seed, requestId, msg.sender, stake);
-        uint256 seatNo = request.seatCount;
+        uint256 seatCount = request.seatCount;
+        uint256 seatNo = seatCount;
         address evicted;
         Seat[16] storage seats = _seats[requestId];
-        if (seatNo < request.quorum) {
-            request.seatCount = uint8(seatNo + 1);
+        if (seatCount < request.quorum) {
+            seatCount += 1;
         } else {
             uint256 worst;
-            (seatNo, worst) = _worstSeat(seats, seatNo);
+            (seatNo, worst) = _worstSeat(seats, seatCount);
             if (ticket >= worst) revert TicketTooWeak(requestId, ticket, worst);
             evicted = seats[seatNo].oracle;
+            words[evicted] = NOT_SEATED; // nonzero: it cannot commit again
         }
         seats[seatNo] = Seat({oracle: msg.sender, ticket: uint88(ticket), modelIndex: 0});
-        hashes[msg.sender] = commitment;
+        words[msg.sender] = (uint256(commitment) & ~SEAT_MASK) | seatNo;
+        request.seatCount = uint8(seatCount);
         request.commitCount += 1;
         uint40 expiresAt = request.expiresAt;
         if (oracle.lockedUntil < expiresAt) oracle.lockedUntil = expiresAt;
@@ -660,8 +705,10 @@ contract InferenceCoordinator {
         if (block.timestamp > request.revealDeadline) revert RevealPhaseOver(requestId, request.revealDeadline);
         uint256 maxLength = uint256(request.maxTokens) * MAX_OUTPUT_BYTES_PER_TOKEN;
         if (bytes(output).length > maxLength) revert OutputTooLong(bytes(output).length, maxLength);
-        uint256 seatNo = _findSeat(requestId, request.seatCount, msg.sender);
-        if (seatNo >= 16) revert NotCommitted(requestId, msg.sender);
+        mapping(address => uint256) storage words = _commitWords[requestId];
+        uint256 word = words[msg.sender];
+        uint256 seatNo = word & SEAT_MASK;
+        if (word == 0 || seatNo == NOT_SEATED) revert NotCommitted(requestId, msg.sender);
         uint16 bit = uint16(1 << seatNo);
         if (request.revealedMask & bit != 0) revert AlreadyRevealed(requestId, msg.sender);
         if (modelIndex >= request.modelCount) revert InvalidModelIndex(modelIndex, request.modelCount);
@@ -672,11 +719,10 @@ contract InferenceCoordinator {
         bytes32 expected = keccak256(
             abi.encode(requestId, request.requestHash, msg.sender, outputHash, modelIndex, embeddingBits, salt)
         );
-        mapping(address => bytes32) storage hashes = _hashes[requestId];
-        if (hashes[msg.sender] != expected) revert CommitmentMismatch(requestId, msg.sender);
+        if ((word ^ uint256(expected)) >> 8 != 0) revert CommitmentMismatch(requestId, msg.sender);
 
         if (modelIndex != 0) _seats[requestId][seatNo].modelIndex = modelIndex;
-        hashes[msg.sender] = _revealHash(outputHash, embeddingBits);
+        words[msg.sender] = (uint256(_revealHash(outputHash, embeddingBits)) & ~SEAT_MASK) | seatNo;
         request.revealedMask |= bit;
         request.revealCount += 1;
         request.lastRevealAt = uint40(block.timestamp);
@@ -745,7 +791,7 @@ contract InferenceCoordinator {
         }
         request.status = Status.Finalized;
         uint256 reward = _payCluster(request, seated, result.clusterMask, result.support);
-        string memory model = request.acceptedModels[_seats[requestId][result.winner].modelIndex];
+        string memory model = _modelAt(request, _seats[requestId][result.winner].modelIndex);
         bool delivered = _deliver(requestId, request, winnerOutput, model);
         emit InferenceFinalized(
             requestId, uint8(result.winner), winnerOutput, model, result.clusterMask, reward, delivered
@@ -797,11 +843,39 @@ contract InferenceCoordinator {
 
     // ------------------------------------------------------------------ views
 
-    function getRequest(uint256 requestId) external view returns (Request memory) {
-        return _requests[requestId];
+    function getRequest(uint256 requestId) external view returns (RequestView memory view_) {
+        Request storage r = _requests[requestId];
+        view_.commitDeadline = r.commitDeadline;
+        view_.revealDeadline = r.revealDeadline;
+        view_.lastRevealAt = r.lastRevealAt;
+        view_.quorum = r.quorum;
+        view_.seatCount = r.seatCount;
+        view_.revealCount = r.revealCount;
+        view_.status = r.status;
+        view_.commitCount = r.commitCount;
+        view_.eligibleCount = r.eligibleCount;
+        view_.revealedMask = r.revealedMask;
+        view_.dimBits = r.dimBits;
+        view_.modelCount = r.modelCount;
+        view_.maxTokens = r.maxTokens;
+        view_.requester = r.requester;
+        view_.fee = r.fee;
+        view_.callback = r.callback;
+        view_.callbackGasLimit = r.callbackGasLimit;
+        view_.callbackGasPrice = r.callbackGasPrice;
+        view_.createdBlock = r.createdBlock;
+        view_.expiresAt = r.expiresAt;
+        view_.disputeWindow = r.disputeWindow;
+        view_.secDistance = r.secDistance;
+        view_.secPercentage = r.secPercentage;
+        view_.slashBps = r.slashBps;
+        view_.seed = r.seed;
+        view_.requestHash = r.requestHash;
+        view_.acceptedModels = _unpackModels(r.packedModels, r.modelCount);
     }
 
-    /// @return the seat and its stored hash (the commitment, or the reveal hash once revealed)
+    /// @return the seat and its stored word: the top 248 bits of the commitment (of the reveal
+    ///         hash once revealed) with the seat index in the low byte
     function getSeat(uint256 requestId, uint256 seatNo) external view returns (SeatView memory, bytes32) {
         Seat storage seat = _seats[requestId][seatNo];
         Request storage request = _requests[requestId];
@@ -812,7 +886,7 @@ contract InferenceCoordinator {
             revealed: request.revealedMask & (1 << seatNo) != 0,
             disputedBy: uint16(_disputes[requestId] >> (seatNo * 16))
         });
-        return (view_, _hashes[requestId][seat.oracle]);
+        return (view_, seat.oracle == address(0) ? bytes32(0) : bytes32(_commitWords[requestId][seat.oracle]));
     }
 
     /// @notice When the dispute window of a request closes (it moves while reveals arrive).
@@ -832,6 +906,40 @@ contract InferenceCoordinator {
     }
 
     // ------------------------------------------------------------------ internals
+
+    /// @dev each name after a one-byte length: a single model of up to 30 bytes takes one slot
+    function _packModels(string[] calldata models) private pure returns (bytes memory packed) {
+        for (uint256 i = 0; i < models.length; ++i) {
+            packed = bytes.concat(packed, bytes1(uint8(bytes(models[i]).length)), bytes(models[i]));
+        }
+    }
+
+    function _unpackModels(bytes memory packed, uint256 count) private pure returns (string[] memory models) {
+        models = new string[](count);
+        uint256 offset;
+        for (uint256 i = 0; i < count; ++i) {
+            (models[i], offset) = _nameAt(packed, offset);
+        }
+    }
+
+    function _modelAt(Request storage request, uint256 index) private view returns (string memory name) {
+        bytes memory packed = request.packedModels;
+        uint256 offset;
+        for (uint256 i = 0; i <= index; ++i) {
+            (name, offset) = _nameAt(packed, offset);
+        }
+    }
+
+    /// @return name the name whose length byte is at `offset`
+    /// @return next the offset of the next name's length byte
+    function _nameAt(bytes memory packed, uint256 offset) private pure returns (string memory name, uint256 next) {
+        uint256 length = uint8(packed[offset]);
+        bytes memory raw = new bytes(length);
+        assembly ("memory-safe") {
+            mcopy(add(raw, 32), add(add(packed, 33), offset), length)
+        }
+        return (string(raw), offset + 1 + length);
+    }
 
     function _openRequest(uint256 requestId) private view returns (Request storage request) {
         request = _requests[requestId];
@@ -853,22 +961,16 @@ contract InferenceCoordinator {
         return revealsEnd + request.disputeWindow;
     }
 
-    /// @return the seat index of `oracle`, or 16 when it holds none
-    function _findSeat(uint256 requestId, uint256 seatCount, address oracle) private view returns (uint256) {
-        Seat[16] storage seats = _seats[requestId];
-        for (uint256 i = 0; i < seatCount; ++i) {
-            if (seats[i].oracle == oracle) return i;
-        }
-        return 16;
-    }
-
     function _revealedSeat(uint256 requestId, Request storage request, address oracle)
         private
         view
         returns (uint256 seatNo)
     {
-        seatNo = _findSeat(requestId, request.seatCount, oracle);
-        if (seatNo >= 16 || request.revealedMask & (1 << seatNo) == 0) revert NotARevealer(requestId, oracle);
+        uint256 word = _commitWords[requestId][oracle];
+        seatNo = word & SEAT_MASK;
+        if (word == 0 || seatNo == NOT_SEATED || request.revealedMask & (1 << seatNo) == 0) {
+            revert NotARevealer(requestId, oracle);
+        }
     }
 
     function _revealHash(bytes32 outputHash, bytes calldata bits) private pure returns (bytes32) {
@@ -895,7 +997,8 @@ contract InferenceCoordinator {
         uint256 disputes = _disputes[requestId];
         if (disputes == 0) return 0;
         uint256 quorum = request.quorum;
-        for (uint256 i = 0; i < 16; ++i) {
+        uint256 seatCount = request.seatCount;
+        for (uint256 i = 0; i < seatCount; ++i) {
             uint256 count = ConsensusLib.popcount((disputes >> (i * 16)) & 0xffff);
             if (ConsensusLib.excludedByDisputes(count, quorum)) excluded |= 1 << i;
         }
@@ -910,10 +1013,11 @@ contract InferenceCoordinator {
         bytes[] calldata bits,
         bytes32[] calldata outputHashes
     ) private view returns (uint256) {
-        mapping(address => bytes32) storage hashes = _hashes[requestId];
+        mapping(address => uint256) storage words = _commitWords[requestId];
         for (uint256 i = 0; i < seated.length; ++i) {
             if (revealed & (1 << i) == 0) continue;
-            if (_revealHash(outputHashes[i], bits[i]) != hashes[seated[i]]) revert RevealMismatch(i);
+            uint256 expected = uint256(_revealHash(outputHashes[i], bits[i]));
+            if ((words[seated[i]] ^ expected) >> 8 != 0) revert RevealMismatch(i);
         }
         return revealed;
     }
@@ -940,7 +1044,7 @@ contract InferenceCoordinator {
             total += amount;
             emit Slashed(requestId, seated[i], amount, reason);
         }
-        if (total > 0) slashedTotal += total;
+        if (total > 0) slashedTotal += uint128(total);
     }
 
     function _payCluster(Request storage request, address[] memory seated, uint256 clusterMask, uint256 members)
@@ -960,8 +1064,8 @@ contract InferenceCoordinator {
         private
         returns (bool delivered)
     {
+        if (!request.hasCallback) return false;
         address callback = request.callback;
-        if (callback == address(0)) return false;
         uint256 gasLimit = request.callbackGasLimit;
         // EIP-150 forwards at most 63/64 of what is left; make sure the consumer gets all it asked for
         uint256 required = (gasLimit * 64) / 63 + CALLBACK_RESERVE;
@@ -978,7 +1082,7 @@ contract InferenceCoordinator {
     function _fail(uint256 requestId, Request storage request, FailureReason reason) private {
         request.status = Status.Failed;
         emit InferenceFailed(requestId, reason);
-        uint256 prepay = uint256(request.callbackGasLimit) * request.callbackGasPrice;
+        uint256 prepay = request.hasCallback ? uint256(request.callbackGasLimit) * request.callbackGasPrice : 0;
         _pay(request.requester, request.fee + prepay);
     }
 
