@@ -17,6 +17,10 @@ round's; the first warms everything up):
 - **llama-batched-bench** (``--llama-bin``) ``-npp 32 -ntg <max tokens> -npl 1,64,256``:
   decoding with no sampling, the ceiling.
 
+``--variants`` names the engine settings the engine-alone runs compare, each
+``CONTEXTS:SAMPLING`` (``2:host``: two contexts decoded in turn, top-k on the CPU;
+``2:device``: top-k 40 on the device); ``--worker-variants`` those of the queue runs.
+
 ``--device cpu`` (and ``--smoke``) runs ours against the sequential engine through the
 same queue instead of the llama.cpp tools. The last line reads
 ``ratio=<ours/baseline tokens per second at the largest N>``, the baseline being
@@ -33,6 +37,9 @@ from pathlib import Path
 
 sys.path.pop(0)  # bench/ -> the repository root, so that bench._common imports
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# llama.cpp's libraries first: a CUDA build loaded after numpy crashed on the H200 machine
+import llama_cpp  # isort: skip
 
 import argparse
 import dataclasses
@@ -93,9 +100,34 @@ def prompts(count: int) -> list[str]:
 # --- ours, through the queue --------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """Batched engine settings under comparison: ``CONTEXTS:host`` or ``CONTEXTS:device``."""
+
+    contexts: int
+    device_top_k: bool
+
+    @classmethod
+    def parse(cls, text_: str) -> Variant:
+        contexts, _, sampling = text_.partition(":")
+        if sampling not in ("host", "device"):
+            raise argparse.ArgumentTypeError(f"{text_!r}: CONTEXTS:host or CONTEXTS:device")
+        return cls(int(contexts), sampling == "device")
+
+    def __str__(self) -> str:
+        return f"{self.contexts}:{'device' if self.device_top_k else 'host'}"
+
+
+def llama_library() -> str:
+    """The libllama this process loaded (the worker preloads the same one)."""
+    return str(llama_cpp.llama_cpp._lib._name)
+
+
 @contextmanager
 def worker_process(url: URL, spec: WorkerSpec, log_path: Path) -> Iterator[None]:
     env = {**os.environ, "ORACLE_DATABASE_URL": url.render_as_string(hide_password=False)}
+    if spec.llm.gpu_layers != 0:  # numpy loads first in `oracle worker`: see the import above
+        env["LD_PRELOAD"] = llama_library()
     with log_path.open("wb") as log:
         process = subprocess.Popen(spec.command(), env=env, stdout=log, stderr=subprocess.STDOUT)
     engine = make_engine(url)
@@ -173,7 +205,9 @@ def run_ours(
 # --- the engine alone ---------------------------------------------------------------------
 
 
-def run_engine_alone(counts: Sequence[int], args: argparse.Namespace) -> dict[int, str]:
+def run_engine_alone(
+    counts: Sequence[int], args: argparse.Namespace, variant: Variant
+) -> dict[int, str]:
     from oracle.engine.batched import BatchedLlm, GenerationRequest
     from oracle.engine.models import lookup_llm
 
@@ -184,6 +218,8 @@ def run_engine_alone(counts: Sequence[int], args: argparse.Namespace) -> dict[in
         threads=args.threads,
         gpu_layers=args.gpu_layers,
         slot_tokens=args.slot_tokens,
+        contexts=variant.contexts,
+        device_top_k=variant.device_top_k,
     ) as llm:
         for n in counts:
             for _ in range(args.rounds):
@@ -205,13 +241,17 @@ def run_engine_alone(counts: Sequence[int], args: argparse.Namespace) -> dict[in
             t = llm.times
             steps = t.steps - before.steps
             decode, sample = t.decode_s - before.decode_s, t.sample_s - before.sample_s
+            wait = t.wait_s - before.wait_s
             rest = (t.total_s - before.total_s) - decode - sample
+            ms = 1000 / steps
             notes[n] = (
-                f"{tokens / seconds:,.0f} tokens/s; per step {1000 * seconds / steps:.2f} ms: "
-                f"decode {1000 * decode / steps:.2f}, sampling {1000 * sample / steps:.2f}, "
-                f"assembly and bookkeeping {1000 * rest / steps:.2f}"
+                f"{tokens / seconds:,.0f} tokens/s; {steps} decodes of "
+                f"{(t.tokens - before.tokens) / steps:.0f} sequences, per decode "
+                f"{seconds * ms:.2f} ms: launch {(decode - wait) * ms:.2f}, waiting for the "
+                f"device {wait * ms:.2f}, sampling {sample * ms:.2f}, assembly and bookkeeping "
+                f"{rest * ms:.2f}"
             )
-            print(f"  engine alone, {n} at once: {notes[n]}")
+            print(f"  engine alone [{variant}], {n} at once: {notes[n]}", flush=True)
     return notes
 
 
@@ -318,6 +358,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--slot-tokens", type=int, default=256)
     parser.add_argument("--llama-bin", type=Path, default=None)
+    parser.add_argument("--variants", type=Variant.parse, nargs="+", default=None)
+    parser.add_argument("--worker-variants", type=Variant.parse, nargs="+", default=None)
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp"))
     add_smoke_flag(parser)
     args = apply_smoke(
@@ -325,7 +367,9 @@ def main() -> None:
     )
     args.gpu_layers = -1 if args.device == "cuda" else 0
     counts = sorted(set(args.concurrency))
-    import llama_cpp
+    host = [Variant(1, False)]
+    variants = args.variants or ([Variant(2, False)] if args.device == "cuda" else host)
+    worker_variants = args.worker_variants or variants[-1:]
 
     with postgres_server() as server_url:
         print_machine("LLM engines on one device", ["sqlalchemy", "psycopg"], server_url)
@@ -335,15 +379,21 @@ def main() -> None:
             f"{args.rounds} rounds (the last counts), {args.threads} threads\n",
             flush=True,
         )
-        options = LlmEngineOptions(
-            engine="batched",
-            parallel=max(counts),
-            gpu_layers=args.gpu_layers,
-            slot_tokens=args.slot_tokens,
-        )
-        spec = WorkerSpec(role="llm", model=SMOLLM, threads=args.threads, llm=options)
-        ours = run_ours(server_url, spec, counts, args, args.log_dir / "gpu-bench-worker.log")
-    notes = run_engine_alone(counts, args)
+        ours: dict[Variant, dict[int, Rate]] = {}
+        for variant in worker_variants:
+            options = LlmEngineOptions(
+                engine="batched",
+                parallel=max(counts),
+                gpu_layers=args.gpu_layers,
+                slot_tokens=args.slot_tokens,
+                contexts=variant.contexts,
+                device_top_k=variant.device_top_k,
+            )
+            spec = WorkerSpec(role="llm", model=SMOLLM, threads=args.threads, llm=options)
+            log = args.log_dir / f"gpu-bench-worker-{variant.contexts}-{variant.device_top_k}.log"
+            print(f"worker [{variant}]:", flush=True)
+            ours[variant] = run_ours(server_url, spec, counts, args, log)
+    notes = {variant: run_engine_alone(counts, args, variant) for variant in variants}
     baseline_name, baseline, ceiling = "sequential worker", {}, {}
     if args.llama_bin is not None:
         from oracle.engine.models import resolve_llm
@@ -361,21 +411,24 @@ def main() -> None:
             one_by_one = run_ours(server_url, sequential, counts, args, seq_log)
             baseline = {n: r.per_s for n, r in one_by_one.items()}
     print(
-        f"\n| at once | ours tokens/s | {baseline_name} | batched-bench "
+        f"\n| worker | at once | ours tokens/s | {baseline_name} | batched-bench "
         "| ours/baseline | ours/ceiling |"
     )
-    print("|---|---|---|---|---|---|")
-    for n in counts:
-        ceiling_n = ceiling.get(n, float("nan"))
-        print(
-            f"| {n} | {ours[n].per_s:,.0f} | {baseline.get(n, float('nan')):,.0f} | "
-            f"{ceiling_n:,.0f} | {ratio(ours[n].per_s, baseline.get(n, 0)):.2f} | "
-            f"{ratio(ours[n].per_s, ceiling_n):.2f} |"
-        )
-    for n in counts:
-        print(f"engine alone at {n}: {notes[n]}")
-    top = counts[-1]
-    print(f"ratio={ratio(ours[top].per_s, baseline.get(top, 0)):.2f}")
+    print("|---|---|---|---|---|---|---|")
+    for variant, rates in ours.items():
+        for n in counts:
+            ceiling_n = ceiling.get(n, float("nan"))
+            print(
+                f"| {variant} | {n} | {rates[n].per_s:,.0f} | "
+                f"{baseline.get(n, float('nan')):,.0f} | {ceiling_n:,.0f} | "
+                f"{ratio(rates[n].per_s, baseline.get(n, 0)):.2f} | "
+                f"{ratio(rates[n].per_s, ceiling_n):.2f} |"
+            )
+    for variant, by_count in notes.items():
+        for n in counts:
+            print(f"engine alone [{variant}] at {n}: {by_count[n]}")
+    top, last = counts[-1], ours[worker_variants[-1]]
+    print(f"ratio={ratio(last[top].per_s, baseline.get(top, 0)):.2f}")
 
 
 if __name__ == "__main__":

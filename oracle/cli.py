@@ -411,6 +411,17 @@ def _serve(make: Any) -> None:
     type=click.IntRange(min=16),
     help="Batched: context of one job (prompt + maxTokens) [default: the model's].",
 )
+@click.option(
+    "--contexts",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Batched: llama.cpp contexts decoded in turn [default: 2 with --gpu-layers, else 1].",
+)
+@click.option(
+    "--device-top-k",
+    is_flag=True,
+    help="Batched: top-k 40 of each sequence on the GPU (llama.cpp's experimental samplers).",
+)
 def worker(
     database_url: str,
     models: tuple[str, ...],
@@ -424,6 +435,8 @@ def worker(
     gpu_layers: int,
     kv_budget_mib: float | None,
     slot_tokens: int | None,
+    contexts: int | None,
+    device_top_k: bool,
 ) -> None:
     """Run workers (one process per model); they share only the database with the node."""
     from oracle.engine.llm_options import LlmEngineOptions
@@ -435,6 +448,8 @@ def worker(
         gpu_layers=gpu_layers,
         kv_budget_mib=kv_budget_mib,
         slot_tokens=slot_tokens,
+        contexts=contexts,
+        device_top_k=device_top_k,
     )
     names = [*models, *more_models]
     if not names:

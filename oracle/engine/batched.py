@@ -1,13 +1,13 @@
 """Continuous batching on llama.cpp's low-level API: many requests decoded together.
 
-One :class:`BatchedLlm` holds one model and a context with one KV-cache sequence per
-slot (``n_seq_max`` slots, each its own stream of ``slot_tokens`` cells, so that one
-request's attention never reads another's cache). Requests are admitted into free
-slots at any time; every :meth:`BatchedLlm.step` builds one ``llama_batch`` of the next
-token of each decoding sequence plus prompt tokens of newly admitted ones, decodes it
-with one ``llama_decode``, samples every sequence that produced logits, and retires the
-sequences that ended (an end-of-generation token, or ``max_tokens`` tokens: exactly that
-many, never one more) at once, freeing their slots for the next admissions.
+One :class:`BatchedLlm` holds one model and ``slots`` KV-cache sequences (each its own
+stream of ``slot_tokens`` cells, so that one request's attention never reads another's
+cache). Requests are admitted into free slots at any time; every :meth:`BatchedLlm.step`
+builds one ``llama_batch`` of the next token of each decoding sequence plus prompt
+tokens of newly admitted ones, decodes it with one ``llama_decode``, samples every
+sequence that produced logits, and retires the sequences that ended (an
+end-of-generation token, or ``max_tokens`` tokens: exactly that many, never one more) at
+once, freeing their slots for the next admissions.
 
 **Same answers as the sequential runner.** Each request has its own sampler chain,
 built as llama-cpp-python builds it for ``create_completion`` with the settings
@@ -25,6 +25,22 @@ is a ctypes call, which releases the GIL, so the sequences of one step are sampl
 pool of threads. After the main thread has read the logits once (which synchronises the
 device and reorders the outputs), the calls only read the context's logits and each
 writes its own chain.
+
+**Two contexts in turn (``contexts=2``, for GPUs).** ``llama_decode`` returns once the
+device has the work; the results are waited for when they are read. With the slots
+split over two llama.cpp contexts (the model's weights are shared; each context has its
+own KV cache, batch and output buffers), a step launches one context's decode and then
+samples the other's, so the CPU's part of a step (building the graph, sampling,
+bookkeeping) runs while the device computes the other half. On a CPU, decoding is
+itself CPU work and one context is right.
+
+**Top-k on the device (``device_top_k``).** Each slot's context is created with a
+backend sampler (llama.cpp's experimental backend sampling) that keeps the 40 highest
+logits on the device: only those 40 candidates of each sequence come back instead of
+the whole vocabulary, and the request's own chain then runs on them on the CPU (its
+top-k 40 keeps all of them, and the rest of the chain is unchanged, so the rules and the
+seeded draw are the same). Every slot's top-k runs at every decode, busy or not, so it
+pays when most slots are busy.
 
 Not for use from several threads: one owner calls admit, step and cancel.
 """
@@ -84,10 +100,12 @@ _KV_BYTES_PER_VALUE = 2  # f16 cache
 _FLASH_ATTN_AUTO = -1
 _FLASH_ATTN_OFF = 0
 _GPU_DECODE_THREADS = 4
-_INLINE_SAMPLES = 4
-"""Up to this many sequences are sampled on the calling thread (a pool round trip costs
-more than sampling them)."""
 _ROWS_PER_TASK = 8
+"""Sequences one sampling task takes over the whole vocabulary (160-220 us each on one
+core); fewer than two tasks' worth are sampled on the calling thread, since a pool
+round trip costs more."""
+_ROWS_PER_TASK_TOP_K = 64
+"""The same over the 40 candidates of device top-k (a few microseconds each)."""
 
 
 class DecodeFailed(OracleError):
@@ -124,13 +142,34 @@ class StepTimes:
     """Where the steps' time went, summed since the engine started (for benchmarks)."""
 
     steps: int = 0
+    """Decode calls (with two contexts, each step launches one and reads the other's)."""
     tokens: int = 0
     """Tokens sampled."""
     decode_s: float = 0.0
-    """llama_decode, and waiting for its logits."""
+    """In llama_decode (building and launching the graph), and waiting for its results."""
+    wait_s: float = 0.0
+    """Of decode_s, waiting for the results (the device's work not hidden by the CPU's)."""
     sample_s: float = 0.0
     total_s: float = 0.0
     """Whole steps: the rest is batch assembly and bookkeeping."""
+
+
+@dataclass(slots=True, eq=False)
+class _Part:
+    """One llama.cpp context and the slots it holds (its sequence ids are 0..capacity-1)."""
+
+    ctx: Any  # llama_context_p
+    memory: Any
+    batch: Any
+    views: _BatchViews
+    capacity: int
+    free: list[int]
+    """A heap: the lowest free sequence id first."""
+    backend_chains: list[Any]
+    """Device top-k samplers, one a slot; freed after the context."""
+    sequences: dict[int, _Sequence] = field(default_factory=dict)
+    in_flight: list[tuple[_Sequence, int]] | None = None
+    """Launched and not read yet: the sequences that will have logits, and their index."""
 
 
 @dataclass(slots=True, eq=False)
@@ -138,6 +177,7 @@ class _Sequence:
     """A request in a slot: what is still to be read, what was generated."""
 
     request: GenerationRequest
+    part: _Part
     seq_id: int
     chain: Any  # llama_sampler_p
     pending: list[int]
@@ -164,6 +204,8 @@ class BatchedLlm:
         kv_budget_mib: float | None = None,
         slot_tokens: int | None = None,
         batch_tokens: int = 2048,
+        contexts: int = 1,
+        device_top_k: bool = False,
         model_path: Path | None = None,
         cache_dir: Path | None = None,
     ) -> None:
@@ -171,13 +213,21 @@ class BatchedLlm:
 
         ``slot_tokens`` (prompt plus max_tokens of one request; default the model's
         context) is rounded up to a multiple of 256. ``threads`` serve both llama.cpp's
-        CPU work and sampling. Raises ModelNotInstalled, ModelLoadFailed,
-        ModelHasNoChatTemplate or KvBudgetTooSmall.
+        CPU work and sampling. ``contexts`` (at most one a slot) share the slots; see the
+        module's notes for it and ``device_top_k``. Raises ModelNotInstalled,
+        ModelLoadFailed, ModelHasNoChatTemplate or KvBudgetTooSmall.
         """
         if threads < 1:
             raise InvalidGenerationRequest(field="threads", value=threads, allowed=">= 1")
+        if contexts < 1:
+            raise InvalidGenerationRequest(field="contexts", value=contexts, allowed=">= 1")
         self.spec = spec
         self.model_path = model_path or spec.resolve(cache_dir=cache_dir)
+        self.device_top_k = device_top_k
+        self._parts: list[_Part] = []
+        self._by_key: dict[int, _Sequence] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._model: Any = None
         started = time.perf_counter()
         _quiet_llama_logs()
         llama_cpp.llama_backend_init()
@@ -192,22 +242,22 @@ class BatchedLlm:
                 slot_tokens=wanted_slot,
                 kv_bytes_per_token=kv_bytes_per_token(self._model),
             )
+            self.batch_tokens = max(batch_tokens, self.slots + 1)
+            count = min(contexts, self.slots)
+            for index in range(count):
+                capacity = self.slots // count + (1 if index < self.slots % count else 0)
+                self._parts.append(self._new_part(capacity, wanted_slot, threads, gpu_layers))
         except OracleError:
-            llama_cpp.llama_model_free(self._model)
+            self.close()
             raise
-        self.batch_tokens = max(batch_tokens, self.slots + 1)
-        self._ctx = self._new_context(wanted_slot, threads, gpu_layers)
-        self.slot_tokens = int(llama_cpp.llama_n_ctx_seq(self._ctx))
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(self.batch_tokens, 0, 1)
-        self._batch_views = _BatchViews(self._batch, self.batch_tokens)
-        self._free = list(range(self.slots))  # a heap: the lowest free slot first
-        self._sequences: dict[int, _Sequence] = {}
-        self._by_key: dict[int, _Sequence] = {}
+        self.slot_tokens = int(llama_cpp.llama_n_ctx_seq(self._parts[0].ctx))
+        self._turn = 0
         self._pieces: dict[int, bytes] = {}
+        self._end_of_generation: dict[int, bool] = {}
         self.times = StepTimes()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sampler")
         self._threads = threads
+        self._rows_per_task = _ROWS_PER_TASK_TOP_K if device_top_k else _ROWS_PER_TASK
         self._formatter = self._chat_formatter() if spec.prompt_style == "chat" else None
         self.load_seconds = time.perf_counter() - started
         logger.info(
@@ -217,6 +267,8 @@ class BatchedLlm:
                 "path": str(self.model_path),
                 "slots": self.slots,
                 "slot_tokens": self.slot_tokens,
+                "contexts": len(self._parts),
+                "device_top_k": device_top_k,
                 "gpu_layers": gpu_layers,
                 "threads": threads,
                 "load_seconds": round(self.load_seconds, 3),
@@ -230,13 +282,17 @@ class BatchedLlm:
         return self.spec.name
 
     @property
+    def contexts(self) -> int:
+        return len(self._parts)
+
+    @property
     def free_slots(self) -> int:
-        return len(self._free)
+        return sum(len(part.free) for part in self._parts)
 
     @property
     def active(self) -> int:
         """Requests in the batch (decoding or still reading their prompt)."""
-        return len(self._sequences)
+        return len(self._by_key)
 
     def active_keys(self) -> list[int]:
         return list(self._by_key)
@@ -252,26 +308,29 @@ class BatchedLlm:
     def admit(self, request: GenerationRequest) -> None:
         """Take a request into a free slot; it starts with the next step.
 
-        Raises InvalidGenerationRequest or PromptTooLong (before taking a slot), or
-        NoFreeSlot.
+        The slot is in the context with the most free slots, so that the contexts decode
+        halves of the same size. Raises InvalidGenerationRequest or PromptTooLong (before
+        taking a slot), or NoFreeSlot.
         """
         tokens = self._checked_prompt(request)
-        if not self._free:
+        part = max(self._parts, key=lambda p: len(p.free))
+        if not part.free:
             raise NoFreeSlot(f"{self.slots} slots busy")
         if request.key in self._by_key:
             raise InvalidGenerationRequest(
                 field="key", value=request.key, allowed="not in the batch"
             )
-        seq_id = heapq.heappop(self._free)
+        seq_id = heapq.heappop(part.free)
         sequence = _Sequence(
             request=request,
+            part=part,
             seq_id=seq_id,
             chain=_sampler_chain(request, self._n_vocab),
             pending=tokens,
             prompt_tokens=len(tokens),
             admitted_at=time.perf_counter(),
         )
-        self._sequences[seq_id] = sequence
+        part.sequences[seq_id] = sequence
         self._by_key[request.key] = sequence
 
     def cancel(self, key: int) -> bool:
@@ -279,42 +338,36 @@ class BatchedLlm:
         sequence = self._by_key.get(key)
         if sequence is None:
             return False
+        part = sequence.part
+        if part.in_flight is not None:  # its cells are being written: wait, then forget it
+            llama_cpp.llama_synchronize(part.ctx)
+            part.in_flight = [out for out in part.in_flight if out[0] is not sequence]
         self._retire(sequence)
         return True
 
     def step(self) -> list[Finished]:
-        """Decode one batch and sample; the requests that ended in this step."""
-        if not self._sequences:
+        """Decode and sample; the requests that ended in this step.
+
+        With one context: decode every sequence, then sample them. With several: launch
+        the next context's decode, then read and sample the one launched a step before.
+        """
+        if not self._by_key:
             return []
         started = time.perf_counter()
-        outputs = self._fill_batch()
-        decoding = time.perf_counter()
-        code = llama_cpp.llama_decode(self._ctx, self._batch)
-        if code != 0:
-            return self._fail_all(DecodeFailed(f"llama_decode returned {code}"))
-        llama_cpp.llama_get_logits(self._ctx)  # synchronise and reorder once, here
-        sampling = time.perf_counter()
-        sampled = self._sample(outputs)
-        sampled_at = time.perf_counter()
-        finished = []
-        for (sequence, _index), token in zip(outputs, sampled, strict=True):
-            done = self._advance(sequence, token)
-            if done is not None:
-                finished.append(done)
-        times = self.times
-        times.steps += 1
-        times.tokens += len(sampled)
-        times.decode_s += sampling - decoding
-        times.sample_s += sampled_at - sampling
-        times.total_s += time.perf_counter() - started
+        parts, index = self._parts, self._turn
+        self._turn = (index + 1) % len(parts)
+        finished = self._launch(parts[index])
+        # the context launched a step before (with one context, the one just launched)
+        finished += self._collect(parts[index - 1])
+        self.times.total_s += time.perf_counter() - started
         return finished
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | OracleError]:
         """Answer requests, admitting each as a slot frees up; in the order given."""
         waiting = list(reversed(requests))
         outcomes: dict[int, Generation | OracleError] = {}
-        while waiting or self._sequences:
-            while waiting and self._free:
+        while waiting or self._by_key:
+            while waiting and self.free_slots:
                 request = waiting.pop()
                 try:
                     self.admit(request)
@@ -325,16 +378,19 @@ class BatchedLlm:
         return [outcomes[r.key] for r in requests]
 
     def close(self) -> None:
-        """Free the model, the context and every chain now."""
-        for sequence in list(self._sequences.values()):
-            self._retire(sequence)
-        self._pool.shutdown(wait=True)
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx is not None:
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
+        """Free the model, the contexts and every chain now."""
+        for key in list(self._by_key):
+            self.cancel(key)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for part in self._parts:
+            llama_cpp.llama_synchronize(part.ctx)
+            llama_cpp.llama_batch_free(part.batch)
+            llama_cpp.llama_free(part.ctx)
+            for chain in part.backend_chains:  # the context used them until now
+                llama_cpp.llama_sampler_free(chain)
+        self._parts = []
         if self._model is not None:
             llama_cpp.llama_model_free(self._model)
             self._model = None
@@ -347,7 +403,45 @@ class BatchedLlm:
 
     # --- one step -----------------------------------------------------------------------
 
-    def _fill_batch(self) -> list[tuple[_Sequence, int]]:
+    def _launch(self, part: _Part) -> list[Finished]:
+        """Build and launch one context's batch (the device works on after this returns);
+        the requests that failed with it."""
+        if not part.sequences or part.in_flight is not None:
+            return []
+        outputs = self._fill_batch(part)
+        launching = time.perf_counter()
+        code = llama_cpp.llama_decode(part.ctx, part.batch)
+        self.times.decode_s += time.perf_counter() - launching
+        self.times.steps += 1
+        if code != 0:
+            return self._fail_part(part, DecodeFailed(f"llama_decode returned {code}"))
+        part.in_flight = outputs
+        return []
+
+    def _collect(self, part: _Part) -> list[Finished]:
+        """Wait for a launched context's results, sample them; the requests that ended."""
+        outputs = part.in_flight
+        if outputs is None:
+            return []
+        part.in_flight = None
+        times = self.times
+        waiting = time.perf_counter()
+        llama_cpp.llama_get_logits(part.ctx)  # synchronise and reorder once, here
+        sampling = time.perf_counter()
+        sampled = self._sample(part.ctx, outputs)
+        sampled_at = time.perf_counter()
+        finished = []
+        for (sequence, _index), token in zip(outputs, sampled, strict=True):
+            done = self._advance(sequence, token)
+            if done is not None:
+                finished.append(done)
+        times.tokens += len(sampled)
+        times.decode_s += sampling - waiting
+        times.wait_s += sampling - waiting
+        times.sample_s += sampled_at - sampling
+        return finished
+
+    def _fill_batch(self, part: _Part) -> list[tuple[_Sequence, int]]:
         """The next token of every decoding sequence, and prompt tokens while room is
         left; returns the sequences that will have logits, with their batch index.
 
@@ -355,10 +449,22 @@ class BatchedLlm:
         only consecutive sequence ids into one micro-batch (slots are handed out lowest
         first, so the busy ones stay together).
         """
-        ordered = [self._sequences[seq_id] for seq_id in sorted(self._sequences)]
+        ordered = [part.sequences[seq_id] for seq_id in sorted(part.sequences)]
+        if not any(sequence.pending for sequence in ordered):  # the usual step: one token each
+            positions = [sequence.n_past for sequence in ordered]
+            for sequence in ordered:
+                sequence.n_past += 1
+            part.views.fill(
+                [sequence.next_token for sequence in ordered],
+                positions,
+                [sequence.seq_id for sequence in ordered],
+                range(len(ordered)),
+            )
+            part.batch.n_tokens = len(ordered)
+            return [(sequence, index) for index, sequence in enumerate(ordered)]
         room = self.batch_tokens - sum(1 for s in ordered if not s.pending)
         tokens: list[int] = []
-        positions: list[int] = []
+        positions = []
         seq_ids: list[int] = []
         outputs: list[tuple[_Sequence, int]] = []
         for sequence in ordered:
@@ -376,27 +482,23 @@ class BatchedLlm:
             sequence.n_past += len(chunk)
             if not sequence.pending:
                 outputs.append((sequence, len(tokens) - 1))
-        self._batch_views.fill(tokens, positions, seq_ids, [index for _s, index in outputs])
-        self._batch.n_tokens = len(tokens)
+        part.views.fill(tokens, positions, seq_ids, [index for _s, index in outputs])
+        part.batch.n_tokens = len(tokens)
         return outputs
 
-    def _sample(self, outputs: Sequence[tuple[_Sequence, int]]) -> list[int]:
+    def _sample(self, ctx: Any, outputs: Sequence[tuple[_Sequence, int]]) -> list[int]:
         rows = [(sequence.chain, index) for sequence, index in outputs]
-        if len(rows) <= _INLINE_SAMPLES or self._threads == 1:
-            return self._sample_rows(rows)
-        tasks = min(self._threads * 2, -(-len(rows) // _ROWS_PER_TASK))
+        tasks = min(self._threads * 2, len(rows) // self._rows_per_task)
+        if tasks < 2 or self._pool is None:
+            return _sample_rows(ctx, rows)
         size = -(-len(rows) // tasks)
         parts = [rows[i : i + size] for i in range(0, len(rows), size)]
-        return [token for part in self._pool.map(self._sample_rows, parts) for token in part]
-
-    def _sample_rows(self, rows: Sequence[tuple[Any, int]]) -> list[int]:
-        sample = llama_cpp.llama_sampler_sample
-        ctx = self._ctx
-        return [int(sample(chain, ctx, index)) for chain, index in rows]
+        sampled = self._pool.map(_sample_rows, [ctx] * len(parts), parts)
+        return [token for part in sampled for token in part]
 
     def _advance(self, sequence: _Sequence, token: int) -> Finished | None:
         """Record a sampled token; the request's result when it ended with it."""
-        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+        if self._is_end_of_generation(token):
             return self._finish(sequence, "stop")
         sequence.tokens.append(token)
         sequence.text += self._piece(token)
@@ -425,23 +527,25 @@ class BatchedLlm:
             elapsed_s=time.perf_counter() - sequence.admitted_at,
         )
 
-    def _fail_all(self, error: OracleError) -> list[Finished]:
+    def _fail_part(self, part: _Part, error: OracleError) -> list[Finished]:
+        """Drop every request of one context (its decode failed)."""
         now = time.perf_counter()
-        failed = [
-            Finished(key=s.request.key, outcome=error, elapsed_s=now - s.admitted_at)
-            for s in self._sequences.values()
-        ]
-        for sequence in list(self._sequences.values()):
+        dropped = list(part.sequences.values())
+        for sequence in dropped:
             self._retire(sequence)
-        logger.error("batch dropped", extra={"error": str(error), "requests": len(failed)})
-        return failed
+        logger.error("batch dropped", extra={"error": str(error), "requests": len(dropped)})
+        return [
+            Finished(key=s.request.key, outcome=error, elapsed_s=now - s.admitted_at)
+            for s in dropped
+        ]
 
     def _retire(self, sequence: _Sequence) -> None:
-        llama_cpp.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+        part = sequence.part
+        llama_cpp.llama_memory_seq_rm(part.memory, sequence.seq_id, -1, -1)
         llama_cpp.llama_sampler_free(sequence.chain)
-        del self._sequences[sequence.seq_id]
+        del part.sequences[sequence.seq_id]
         del self._by_key[sequence.request.key]
-        heapq.heappush(self._free, sequence.seq_id)
+        heapq.heappush(part.free, sequence.seq_id)
 
     # --- set-up and helpers -----------------------------------------------------------
 
@@ -471,10 +575,12 @@ class BatchedLlm:
             )
         return tokens
 
-    def _new_context(self, slot_tokens: int, threads: int, gpu_layers: int) -> Any:
+    def _new_part(self, capacity: int, slot_tokens: int, threads: int, gpu_layers: int) -> _Part:
+        """A context for ``capacity`` sequences, its batch and, with device top-k, the
+        per-slot backend samplers."""
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = slot_tokens * self.slots
-        params.n_seq_max = self.slots
+        params.n_ctx = slot_tokens * capacity
+        params.n_seq_max = capacity
         params.kv_unified = False  # one stream per sequence: attention reads its own cells
         params.n_batch = self.batch_tokens
         params.n_ubatch = min(512, self.batch_tokens)
@@ -491,15 +597,34 @@ class BatchedLlm:
         params.yarn_attn_factor = 1.0
         params.yarn_beta_fast = 32.0
         params.yarn_beta_slow = 1.0
+        chains = [_top_k_chain() for _ in range(capacity)] if self.device_top_k else []
+        if chains:
+            configs = (llama_cpp.llama_sampler_seq_config * capacity)()
+            for seq_id, chain in enumerate(chains):
+                configs[seq_id].seq_id = seq_id
+                configs[seq_id].sampler = ctypes.cast(chain, ctypes.c_void_p)
+            config_p = ctypes.POINTER(llama_cpp.llama_sampler_seq_config)
+            params.samplers = ctypes.cast(configs, config_p)
+            params.n_samplers = capacity
         context = llama_cpp.llama_init_from_model(self._model, params)
         if context is None:
-            llama_cpp.llama_model_free(self._model)
+            for chain in chains:
+                llama_cpp.llama_sampler_free(chain)
             raise ModelLoadFailed(
                 model=self.spec.name,
                 path=self.model_path,
-                reason=f"no context for {self.slots} sequences of {slot_tokens} tokens",
+                reason=f"no context for {capacity} sequences of {slot_tokens} tokens",
             )
-        return context
+        batch = llama_cpp.llama_batch_init(self.batch_tokens, 0, 1)
+        return _Part(
+            ctx=context,
+            memory=llama_cpp.llama_get_memory(context),
+            batch=batch,
+            views=_BatchViews(batch, self.batch_tokens),
+            capacity=capacity,
+            free=list(range(capacity)),
+            backend_chains=chains,
+        )
 
     def _chat_formatter(self) -> Jinja2ChatFormatter:
         template = _meta_value(self._model, _CHAT_TEMPLATE_KEY)
@@ -534,6 +659,18 @@ class BatchedLlm:
             piece = _token_piece(self._vocab, token)
             self._pieces[token] = piece
         return piece
+
+    def _is_end_of_generation(self, token: int) -> bool:
+        ends = self._end_of_generation.get(token)
+        if ends is None:
+            ends = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+            self._end_of_generation[token] = ends
+        return ends
+
+
+def _sample_rows(ctx: Any, rows: Sequence[tuple[Any, int]]) -> list[int]:
+    sample = llama_cpp.llama_sampler_sample
+    return [int(sample(chain, ctx, index)) for chain, index in rows]
 
 
 class _BatchViews:
@@ -649,6 +786,15 @@ def _sampler_chain(request: GenerationRequest, n_vocab: int) -> Any:
     add(llama_cpp.llama_sampler_init_min_p(_MIN_P, _MIN_KEEP))
     add(llama_cpp.llama_sampler_init_temp(request.temperature_milli / 1000))
     add(llama_cpp.llama_sampler_init_dist(request.seed))
+    return chain
+
+
+def _top_k_chain() -> Any:
+    """A slot's device sampler: the 40 highest logits and their tokens, nothing drawn."""
+    params = llama_cpp.llama_sampler_chain_default_params()
+    params.no_perf = True
+    chain = llama_cpp.llama_sampler_chain_init(params)
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(_TOP_K))
     return chain
 
 

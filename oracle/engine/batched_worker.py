@@ -391,6 +391,8 @@ def load_batched_llm(config: WorkerConfig) -> BatchedLlm:
         gpu_layers=options.gpu_layers,
         kv_budget_mib=options.kv_budget_mib,
         slot_tokens=options.slot_tokens,
+        contexts=options.resolved_contexts,
+        device_top_k=options.device_top_k,
     )
 
 

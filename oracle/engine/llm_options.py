@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_LLM_ENGINE",
     "DEFAULT_PARALLEL",
     "ENGINES",
+    "GPU_CONTEXTS",
     "EngineKind",
     "KvBudgetTooSmall",
     "LlmEngineOptions",
@@ -29,6 +30,8 @@ __all__ = [
 EngineKind = Literal["batched", "sequential"]
 ENGINES: tuple[EngineKind, ...] = get_args(EngineKind)
 
+GPU_CONTEXTS = 2
+"""Contexts a batched worker with layers on a GPU decodes in turn unless told otherwise."""
 DEFAULT_PARALLEL = 8
 """Sequences a batched worker decodes together unless told otherwise: enough to keep a
 CPU's cores busy between sampling steps; on a GPU, use 64 to 256 (README, GPU section)."""
@@ -59,6 +62,12 @@ class LlmEngineOptions:
     """Memory for the KV cache; the slots are as many as it holds, at most ``parallel``."""
     slot_tokens: int | None = None
     """Context of one sequence (prompt plus max_tokens); None: the model's context."""
+    contexts: int | None = None
+    """llama.cpp contexts the slots are split over, decoded in turn so that one's sampling
+    runs while the device computes the other's; None: 2 with layers on a GPU, else 1."""
+    device_top_k: bool = False
+    """Keep each sequence's 40 highest logits on the device (llama.cpp's experimental
+    backend sampling): 40 candidates come back instead of the vocabulary."""
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -71,6 +80,15 @@ class LlmEngineOptions:
             raise OutOfRange(field="kv_budget_mib", value=self.kv_budget_mib, allowed="> 0")
         if self.slot_tokens is not None and self.slot_tokens < 16:
             raise OutOfRange(field="slot_tokens", value=self.slot_tokens, allowed=">= 16")
+        if self.contexts is not None and self.contexts < 1:
+            raise OutOfRange(field="contexts", value=self.contexts, allowed=">= 1")
+
+    @property
+    def resolved_contexts(self) -> int:
+        """The contexts a batched worker uses: as set, else by device."""
+        if self.contexts is not None:
+            return self.contexts
+        return 1 if self.gpu_layers == 0 else GPU_CONTEXTS
 
     def cli_args(self) -> list[str]:
         """These settings as ``oracle worker`` options."""
@@ -80,6 +98,10 @@ class LlmEngineOptions:
             args += ["--kv-budget-mib", f"{self.kv_budget_mib:g}"]
         if self.slot_tokens is not None:
             args += ["--slot-tokens", str(self.slot_tokens)]
+        if self.contexts is not None:
+            args += ["--contexts", str(self.contexts)]
+        if self.device_top_k:
+            args.append("--device-top-k")
         return args
 
 

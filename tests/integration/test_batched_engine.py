@@ -30,6 +30,16 @@ def llm() -> Iterator[BatchedLlm]:
         yield engine
 
 
+@pytest.fixture(scope="module")
+def split_llm() -> Iterator[BatchedLlm]:
+    """Two contexts decoded in turn, each slot's top-k by llama.cpp's backend samplers (on
+    the CPU here: the same code paths as on a GPU)."""
+    with BatchedLlm(
+        SMOLLM, parallel=4, threads=2, slot_tokens=SLOT_TOKENS, contexts=2, device_top_k=True
+    ) as engine:
+        yield engine
+
+
 def request(
     key: int,
     prompt: str = LONG,
@@ -92,6 +102,39 @@ def test_concurrent_sequences_answer_as_they_would_alone(llm: BatchedLlm) -> Non
     ]
     together = [answer(o) for o in llm.generate(reqs)]
     assert together == [alone(llm, r) for r in reqs]
+
+
+def test_two_contexts_with_device_top_k_answer_as_one_context(
+    llm: BatchedLlm, split_llm: BatchedLlm
+) -> None:
+    assert split_llm.contexts == 2 and split_llm.slots == 4
+    reqs = [
+        request(1, "What is the capital of France?", temperature_milli=0, max_tokens=10),
+        request(2, "Write a haiku about the sea.", temperature_milli=700, max_tokens=14, seed=7),
+        request(3, "Name three colours.", temperature_milli=1200, max_tokens=8, seed=123),
+        request(4, LONG, temperature_milli=300, max_tokens=12, seed=5),
+        request(5, "Tell me a joke.", temperature_milli=900, max_tokens=6, seed=9),  # waits
+    ]
+    split = [answer(o) for o in split_llm.generate(reqs)]
+    assert split == [answer(o) for o in llm.generate(reqs)]
+    assert split_llm.free_slots == 4
+
+
+def test_a_request_cancelled_while_its_context_decodes_frees_its_slot(
+    llm: BatchedLlm, split_llm: BatchedLlm
+) -> None:
+    for key in range(1, 5):  # the slots alternate between the contexts: 1 and 3 share one
+        split_llm.admit(request(key, max_tokens=10, seed=key))
+    split_llm.step()  # the first context's decode is launched, not read yet
+    assert split_llm.cancel(1)
+    split_llm.admit(request(99, max_tokens=4))
+    done = []
+    while split_llm.active:
+        done += split_llm.step()
+    assert sorted(d.key for d in done) == [2, 3, 4, 99]
+    outcomes = {d.key: answer(d.outcome) for d in done}
+    assert outcomes[3] == alone(llm, request(3, max_tokens=10, seed=3))
+    assert split_llm.free_slots == 4
 
 
 def test_a_request_joining_a_running_batch_changes_nothing(llm: BatchedLlm) -> None:
