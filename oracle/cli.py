@@ -412,6 +412,18 @@ def _serve(make: Any) -> None:
     help="Batched: context of one job (prompt + maxTokens) [default: the model's].",
 )
 @click.option(
+    "--embed-claim",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Embedding: texts claimed at once [default: 128].",
+)
+@click.option(
+    "--embed-batch",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Embedding: texts a forward pass [default: 32; on a GPU, 256].",
+)
+@click.option(
     "--contexts",
     default=None,
     type=click.IntRange(min=1),
@@ -435,12 +447,15 @@ def worker(
     gpu_layers: int,
     kv_budget_mib: float | None,
     slot_tokens: int | None,
+    embed_claim: int | None,
+    embed_batch: int | None,
     contexts: int | None,
     device_top_k: bool,
 ) -> None:
     """Run workers (one process per model); they share only the database with the node."""
     from oracle.engine.llm_options import LlmEngineOptions
     from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, role_of
+    from oracle.engine.worker import EMBED_BATCH
 
     llm = LlmEngineOptions(
         engine="batched" if engine == "batched" else "sequential",
@@ -462,6 +477,8 @@ def worker(
             device=device,
             lease_s=lease_s,
             llm=llm,
+            embed_claim=embed_claim or EMBED_BATCH,
+            embed_batch=embed_batch,
         )
         for name in names
     ]
@@ -483,6 +500,8 @@ def _run_one_worker(database_url: str, spec: WorkerSpec) -> None:
         device=spec.device,
         lease_s=spec.lease_s,
         llm=spec.llm,
+        embed_claim=spec.embed_claim,
+        embed_batch=spec.embed_batch,
     )
     try:
         run_worker(config)

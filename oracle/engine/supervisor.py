@@ -59,6 +59,7 @@ from oracle.engine.autoscale import (
 )
 from oracle.engine.llm_options import DEFAULT_LLM_ENGINE, LlmEngineOptions
 from oracle.engine.worker import (
+    EMBED_BATCH,
     LEASE_S,
     EmbeddingJobRunner,
     LlmJobRunner,
@@ -122,6 +123,10 @@ class WorkerSpec:
     lease_s: float = LEASE_S
     llm: LlmEngineOptions = DEFAULT_LLM_ENGINE
     """An LLM worker's engine settings (ignored for embedding workers)."""
+    embed_claim: int = EMBED_BATCH
+    """An embedding worker's texts claimed at once (ignored for LLM workers)."""
+    embed_batch: int | None = None
+    """An embedding worker's texts a forward pass; None: the Embedder's."""
 
     @property
     def key(self) -> ModelKey:
@@ -145,8 +150,14 @@ class WorkerSpec:
             self.device,
             "--lease-s",
             str(self.lease_s),
-            *(self.llm.cli_args() if self.role == "llm" else []),
+            *(self.llm.cli_args() if self.role == "llm" else self._embedding_args()),
         ]
+
+    def _embedding_args(self) -> list[str]:
+        args = ["--embed-claim", str(self.embed_claim)]
+        if self.embed_batch is not None:
+            args += ["--embed-batch", str(self.embed_batch)]
+        return args
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -108,6 +108,11 @@ class WorkerConfig:
     device: str = "cpu"
     llm: LlmEngineOptions = DEFAULT_LLM_ENGINE
     """How an LLM worker runs its model (engine, GPU layers, sequences decoded together)."""
+    embed_claim: int = EMBED_BATCH
+    """Texts an embedding worker claims at once (one encode call)."""
+    embed_batch: int | None = None
+    """Texts an embedding worker encodes in one forward pass; None: the Embedder's (32).
+    On a GPU, larger passes pay (README, GPU section)."""
 
 
 class LlmJobRunner:
@@ -159,10 +164,21 @@ class EmbeddingJobRunner:
     kinds: Sequence[JobKind] = ("verification", "embedding")
     batch_size = EMBED_BATCH
 
-    def __init__(self, model: str, device: str, threads: int) -> None:
-        from oracle.engine.embedder import Embedder
+    def __init__(
+        self,
+        model: str,
+        device: str,
+        threads: int,
+        *,
+        claim: int = EMBED_BATCH,
+        forward_batch: int | None = None,
+    ) -> None:
+        from oracle.engine.embedder import DEFAULT_BATCH_SIZE, Embedder
 
-        self._embedder = Embedder(model, device=device, threads=threads)
+        self.batch_size = claim
+        self._embedder = Embedder(
+            model, device=device, threads=threads, batch_size=forward_batch or DEFAULT_BATCH_SIZE
+        )
         # torch initialises lazily: pay for it before announcing readiness, not on a deadline
         self._embedder.embed(["warm-up"])
 
@@ -197,7 +213,13 @@ def make_worker_id(model: str, pid: int | None = None, hostname: str | None = No
 def make_runner(config: WorkerConfig) -> JobRunner:
     if config.role == "llm":
         return LlmJobRunner(config.model, config.threads)
-    return EmbeddingJobRunner(config.model, config.device, config.threads)
+    return EmbeddingJobRunner(
+        config.model,
+        config.device,
+        config.threads,
+        claim=config.embed_claim,
+        forward_batch=config.embed_batch,
+    )
 
 
 class Worker:
