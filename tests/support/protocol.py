@@ -72,11 +72,19 @@ def frame(**overrides: Any) -> tuple[Any, ...]:
     )
 
 
-def revert_reason(call: Callable[[], Any]) -> str:
-    """Run a contract call expected to revert and return its decoded reason."""
+def revert_reason(call: Callable[[], Any], contract: str = "InferenceCoordinator") -> str:
+    """Run a contract call expected to revert and return its decoded reason (the custom
+    errors named after ``contract``'s artifact)."""
     with pytest.raises(ContractLogicError) as caught:
         call()
-    return decode_revert(caught.value.data)  # type: ignore[arg-type]
+    return decode_revert(caught.value.data, contract)  # type: ignore[arg-type]
+
+
+def call_reverts(
+    call: Any, sender: str, value: int = 0, contract: str = "InferenceCoordinator"
+) -> str:
+    """``eth_call`` a contract function expected to revert; its decoded reason."""
+    return revert_reason(lambda: call.call({"from": sender, "value": value}), contract)
 
 
 @dataclass(kw_only=True)
@@ -90,6 +98,8 @@ class Protocol:
     revealed: dict[tuple[int, str], Answer] = field(default_factory=dict)
     terms: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Each request's ``RequestTerms`` (requestHash, seed, ...) as its event gave them."""
+    spent: dict[str, int] = field(default_factory=dict)
+    """Wei each sender paid for gas in the transactions sent through ``transact``."""
 
     @classmethod
     def deploy(cls, w3: Web3) -> Protocol:
@@ -114,6 +124,8 @@ class Protocol:
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash)
         assert receipt["status"] == 1, f"{label} failed"
         self.gas_used.setdefault(label, []).append(receipt["gasUsed"])
+        cost = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+        self.spent[sender] = self.spent.get(sender, 0) + cost
         return receipt
 
     def transact_raw(
@@ -354,6 +366,11 @@ class Protocol:
 
     def balance(self, address: str) -> int:
         return int(self.w3.eth.get_balance(Web3.to_checksum_address(address)))
+
+    def worth(self, address: str) -> int:
+        """Balance plus the gas it paid through ``transact``: what it gained or lost apart
+        from gas, when compared before and after."""
+        return self.balance(address) + self.spent.get(Web3.to_checksum_address(address), 0)
 
     def run_round(
         self, request_id: int, answers: Sequence[tuple[ChecksumAddress, str, bytes]]
