@@ -4,7 +4,13 @@ Run with ``make bench`` or ``.venv/bin/python bench/gas.py`` (``--smoke``: quoru
 only). The last line reads
 ``finalize_q5_gas=<n> protocol_q5_gas=<n>``. "protocol" is one request, every commit,
 every reveal (100-byte outputs) and the finalize, without a consumer callback and
-without disputes (a dispute is a rare extra, priced separately).
+without disputes (a dispute is a rare extra, priced separately; the finalize measured
+follows one dispute that excludes nobody).
+
+Protocol v2 extras, priced apart: a commit whose better ticket evicts a seat
+(``commit_evict``), a finalize that slashes one seat that never revealed
+(``finalize_slash``, the others in consensus), and ``expire`` with every seat committed and
+none revealed (each slashed).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 
 from bench._common import add_smoke_flag
 from oracle.chain.anvil import start_anvil
-from tests.support.protocol import DIM_BYTES, Protocol, flip_bits, random_bits
+from tests.support.protocol import DIM_BYTES, STAKE, Protocol, flip_bits, random_bits
 
 QUORUMS = (1, 3, 5, 9, 16)
 SMOKE_QUORUMS = (1, 5)  # 5: the last line reports it
@@ -36,8 +42,7 @@ def measure_quorum(chain: Any, quorum: int, rng: random.Random) -> dict[str, int
         protocol = Protocol.deploy(chain.w3)
         protocol.register_oracles(quorum)
         request_id = protocol.request(fee=10**15, quorum=quorum, secPercentage=6000)
-        base = random_bits(rng)
-        bits = [flip_bits(base, rng.sample(range(DIM_BYTES * 8), 8)) for _ in range(quorum)]
+        bits = close_bits(rng, quorum)
         rows = list(zip(protocol.oracles[:quorum], [SHORT_OUTPUT] * quorum, bits, strict=True))
         protocol.run_round(request_id, rows)
         if quorum > 1:
@@ -46,6 +51,7 @@ def measure_quorum(chain: Any, quorum: int, rng: random.Random) -> dict[str, int
         protocol.finalize(request_id, bits, SHORT_OUTPUT)
         used = dict(protocol.gas_used)
         long_reveal = measure_long_reveal(protocol, rng)
+        extras = measure_extras(protocol, quorum, rng)
     finally:
         chain.rpc("evm_revert", snapshot)
     protocol_total = (
@@ -59,16 +65,68 @@ def measure_quorum(chain: Any, quorum: int, rng: random.Random) -> dict[str, int
         "dispute": used["dispute"][0] if "dispute" in used else 0,
         "finalize": used["finalize"][0],
         "protocol": protocol_total,
+        **extras,
     }
+
+
+def close_bits(rng: random.Random, count: int) -> list[bytes]:
+    base = random_bits(rng)
+    return [flip_bits(base, rng.sample(range(DIM_BYTES * 8), 8)) for _ in range(count)]
 
 
 def measure_long_reveal(protocol: Protocol, rng: random.Random) -> int:
     """A quorum-1 reveal of a 1000-byte output (the reveal's cost barely depends on quorum)."""
     protocol.gas_used = {}
-    request_id = protocol.request(fee=10**15, quorum=1)
+    request_id = protocol.request(fee=10**15, quorum=1, max_tokens=64)
     answer = protocol.commit(protocol.oracles[0], request_id, LONG_OUTPUT, random_bits(rng))
     protocol.close_commits(request_id)
     return int(protocol.reveal(answer)["gasUsed"])
+
+
+def measure_extras(protocol: Protocol, quorum: int, rng: random.Random) -> dict[str, int]:
+    """What the v2 rules add beside the honest round: eviction, slashing, expiry."""
+    extra = protocol.oracles[quorum]  # registered now: eligible for the requests below
+    protocol.transact("register", protocol.coordinator.functions.register(), extra, value=STAKE)
+    nodes = protocol.oracles[:quorum]
+
+    protocol.gas_used = {}
+    evicting = protocol.request(fee=10**15, quorum=quorum)
+    tickets = {n: protocol.ticket(evicting, n) for n in [*nodes, extra]}
+    # the worst tickets first, so that the last committer evicts the worst seat
+    order = sorted(tickets, key=lambda n: tickets[n], reverse=True)
+    for node in order:
+        protocol.commit(node, evicting, SHORT_OUTPUT, random_bits(rng))
+    commit_evict = protocol.gas_used["commit"][-1]
+
+    protocol.gas_used = {}
+    slashing = protocol.request(fee=10**15, quorum=quorum, secPercentage=1)
+    bits = close_bits(rng, quorum)
+    answers = [
+        protocol.commit(n, slashing, SHORT_OUTPUT, b) for n, b in zip(nodes, bits, strict=True)
+    ]
+    protocol.close_commits(slashing)
+    for answer in answers[1:]:
+        protocol.reveal(answer)
+    protocol.close_disputes(slashing)
+    if quorum > 1:
+        receipt = protocol.finalize(slashing, [b"", *bits[1:]], SHORT_OUTPUT)
+    else:
+        receipt = protocol.finalize(slashing, [b""], "")
+    finalize_slash = int(receipt["gasUsed"])
+
+    protocol.gas_used = {}
+    expiring = protocol.request(fee=10**15, quorum=quorum)
+    for node in nodes:
+        protocol.commit(node, expiring, SHORT_OUTPUT, random_bits(rng))
+    protocol.advance(protocol.stored_request(expiring)["expiresAt"] - protocol.now() + 1)
+    expire = protocol.transact(
+        "expire", protocol.coordinator.functions.expire(expiring), protocol.requester
+    )
+    return {
+        "commit_evict": commit_evict,
+        "finalize_slash": finalize_slash,
+        "expire": int(expire["gasUsed"]),
+    }
 
 
 def main() -> None:
@@ -89,6 +147,9 @@ def main() -> None:
         "dispute",
         "finalize",
         "protocol",
+        "commit_evict",
+        "finalize_slash",
+        "expire",
     ]
     print(f"machine: {platform.machine()} {platform.system()}, anvil (gas is machine-independent)")
     print("gas per step (commit and reveal: the costliest seat; protocol: request + all commits")
