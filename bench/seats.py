@@ -7,9 +7,13 @@ and its address, the exact 64.64 log2, divided by its stake in wei), and the ``q
 smallest tickets hold the seats. The network: ``--honest`` honest nodes whose stakes are
 drawn once from a log-normal around 10 ether (seeded), and one attacker holding 10 %,
 20 % or 33 % of all stake, split evenly over 1, 10 or 50 addresses that always commit
-(the attacker wins ties). Offline honest nodes (0 % or 20 %, a fresh random set each
-trial) do not commit. Counted: the trials in which the attacker holds a strict majority
-of the seats (2 * seats > quorum), for quorums 3, 5, 9 and 15.
+(the attacker wins ties), or split infinitely fine: then its tickets are a Poisson process
+whose rate is its stake (exponential gaps drawn by the trial; the limit of ever more
+addresses, and the attacker's best split). An address holds at most one seat, so the
+split matters for a majority, though not for any single seat. Offline honest nodes (0 %
+or 20 %, a fresh random set each trial) do not commit. Counted: the trials in which the
+attacker holds a strict majority of the seats (2 * seats > quorum), for quorums 3, 5, 9
+and 15.
 
 Beside each figure:
 - the floor: the binomial tail P(Binomial(quorum, share) > quorum / 2), each seat an
@@ -33,6 +37,7 @@ Run: ``.venv/bin/python bench/seats.py [--trials 60000] [--honest 50] [--seed 8]
 the simulated probability (the attacker's best split) to the floor over the cells whose
 floor is at least 0.01, with all honest nodes online and, offline, to the floor at the
 effective share; and first-come's probability at quorum 5 and 20 % of the stake.
+``--processes`` splits the trials over processes, each with its own random stream.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ sys.path.pop(0)  # bench/ -> the repository root, so that bench._common imports
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import itertools
 import math
 import multiprocessing
 import random
@@ -68,6 +74,12 @@ SHARES = (Fraction(10, 100), Fraction(20, 100), Fraction(33, 100))
 QUORUMS = (3, 5, 9, 15)
 OFFLINE = (Fraction(0), Fraction(20, 100))
 SPLITS = (1, 10, 50)
+UNBOUNDED = 0
+"""The split key of an attacker whose stake is split infinitely fine: its tickets are then
+a Poisson process whose rate is its stake (the limit of ever more addresses)."""
+TICKET_SPLITS = (*SPLITS, UNBOUNDED)
+TICKET_SCALE = 2.0**128 / math.log(2)
+"""ticket = -log2(u) * 2**128 / stake = E * TICKET_SCALE / stake, E an Exp(1) variate."""
 RESOLVED_FLOOR = 0.01
 """Cells whose floor is below this are printed but left out of the last line's ratios."""
 ETHER = 10**18
@@ -178,6 +190,11 @@ def run_trial(
         )
         for plan in attackers
     }
+    gaps = [rng.expovariate(1.0) for _ in range(max(QUORUMS))]
+    arrivals = list(itertools.accumulate(gaps))
+    for share in SHARES:  # the limit of ever more addresses (floats: ties never matter)
+        rate = network.attacker_total(share)
+        attacker_tickets[share, UNBOUNDED] = [int(a * TICKET_SCALE / rate) for a in arrivals]
     for plan in attackers:  # first-come: only the attacker's admitted addresses matter
         for quorum, limits in plan.admit_below.items():
             admitted = sum(1 for x, limit in zip(attacker_x, limits, strict=False) if x < limit)
@@ -188,11 +205,11 @@ def run_trial(
     for offline in OFFLINE:
         gone = set(rng.sample(range(honest_count), round(offline * honest_count)))
         honest_best = sorted(t for i, t in enumerate(honest_tickets) if i not in gone)
-        for plan in attackers:
-            seats = attacker_seats(honest_best, attacker_tickets[plan.share, plan.split])
+        for (share, split), attacker_best in attacker_tickets.items():
+            seats = attacker_seats(honest_best, attacker_best)
             for quorum in QUORUMS:
                 if 2 * seats[quorum] > quorum:
-                    majorities["tickets", plan.share, plan.split, offline, quorum] += 1
+                    majorities["tickets", share, split, offline, quorum] += 1
 
 
 def run_trials(honest: int, seed: int, stream: int, trials: int) -> Counter[Cell]:
@@ -257,7 +274,9 @@ def standard_error(p: float, trials: int) -> float:
 
 
 def fmt(p: float) -> str:
-    return f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
+    if p == 0:
+        return "0"
+    return f"{p:.1e}" if p < 0.001 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
 
 
 def fmt_ratio(value: float, floor: float) -> str:
@@ -282,10 +301,10 @@ def print_network(network: Network) -> None:
 
 def print_cells(majorities: Counter[Cell], trials: int) -> tuple[float, float]:
     """The full table; returns the worst ratios (online, offline) over resolved cells."""
-    split_heads = "  ".join(f"k={split:<2} tickets" for split in SPLITS)
+    split_heads = "  ".join(f"k={split or 'inf':<3} tickets" for split in TICKET_SPLITS)
     print(
         f"\nP(attacker holds > quorum/2 seats), {trials} trials; s.e. = the largest standard "
-        "error in the row; k = the attacker's addresses"
+        "error in the row; k = the attacker's addresses (inf: split infinitely fine)"
     )
     print(
         f"share offline  q  {split_heads}   s.e.    floor  eff.floor  worst/floor  "
@@ -297,7 +316,9 @@ def print_cells(majorities: Counter[Cell], trials: int) -> tuple[float, float]:
             floor_share = float(share)
             eff_share = effective_share(share, offline)
             for quorum in QUORUMS:
-                probs = [majorities["tickets", share, k, offline, quorum] / trials for k in SPLITS]
+                probs = [
+                    majorities["tickets", share, k, offline, quorum] / trials for k in TICKET_SPLITS
+                ]
                 worst = max(probs)
                 first_come = [
                     majorities["first-come", share, k, offline, quorum] / trials for k in (10, 50)
@@ -307,7 +328,7 @@ def print_cells(majorities: Counter[Cell], trials: int) -> tuple[float, float]:
                 se = max(standard_error(p, trials) for p in [*probs, *first_come])
                 print(
                     f"{float(share):4.0%} {float(offline):6.0%} {quorum:3d}  "
-                    + "  ".join(f"{fmt(p):>10s}" for p in probs)
+                    + "  ".join(f"{fmt(p):>11s}" for p in probs)
                     + f"  {se:.4f}  {fmt(floor):>7s}  {fmt(eff_floor):>9s}  "
                     f"{fmt_ratio(worst, floor):>11s}  {fmt_ratio(worst, eff_floor):>9s}  "
                     f"{fmt(first_come[0]):>15s}  {fmt(first_come[1])}"
@@ -322,7 +343,10 @@ def print_cells(majorities: Counter[Cell], trials: int) -> tuple[float, float]:
 
 def print_summary(majorities: Counter[Cell], trials: int) -> None:
     """The condensed table of docs/security.md and the README (worst split per cell)."""
-    print("\nsummary (markdown; tickets: the attacker's best split of 1, 10, 50 addresses)")
+    print(
+        "\nsummary (markdown; tickets: the attacker's best split of 1, 10, 50 addresses or "
+        "infinitely many; first-come: 10 or 50 addresses)"
+    )
     print(
         "| attacker's stake | quorum | floor | tickets, all online | ratio | "
         "tickets, 20 % honest offline | floor at effective share | ratio | first-come |"
@@ -330,8 +354,10 @@ def print_summary(majorities: Counter[Cell], trials: int) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for share in SHARES:
         for quorum in QUORUMS:
-            online = max(majorities["tickets", share, k, OFFLINE[0], quorum] for k in SPLITS)
-            offline = max(majorities["tickets", share, k, OFFLINE[1], quorum] for k in SPLITS)
+            online = max(majorities["tickets", share, k, OFFLINE[0], quorum] for k in TICKET_SPLITS)
+            offline = max(
+                majorities["tickets", share, k, OFFLINE[1], quorum] for k in TICKET_SPLITS
+            )
             first = max(majorities["first-come", share, k, OFFLINE[0], quorum] for k in SPLITS)
             floor = binomial_floor(quorum, float(share))
             eff_floor = binomial_floor(quorum, effective_share(share, OFFLINE[1]))
