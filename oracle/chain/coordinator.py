@@ -21,6 +21,7 @@ from oracle.chain.artifacts import load_artifact
 from oracle.chain.rpc import rpc_errors
 from oracle.domain.events import (
     FAILURE_REASONS,
+    SLASH_REASONS,
     ChainEvent,
     CommittedEvent,
     DisputedEvent,
@@ -29,6 +30,7 @@ from oracle.domain.events import (
     FinalizedEvent,
     RequestedEvent,
     RevealedEvent,
+    SlashedEvent,
 )
 from oracle.domain.request import RequestId
 from oracle.domain.text import ChainText, chain_text
@@ -88,6 +90,8 @@ class CoordinatorBinding:
                 data=tuple(i for i in inputs if not i.get("indexed")),
                 decoder=decoder,
             )
+        (oracles,) = [f for f in abi if f.get("type") == "function" and f["name"] == "oracles"]
+        self._oracle_fields = tuple(str(o["name"]) for o in oracles["outputs"])
         self._dispute_deadlines: dict[tuple[int, Hashable], int] = {}
         self._address_bloom = _bloom_mask(bytes.fromhex(self.address[2:]))
         self._topic_blooms = [_bloom_mask(topic) for topic in self._events]
@@ -179,17 +183,27 @@ class CoordinatorBinding:
             "finalize", [request_id, list(bits), list(output_hashes), winner_output]
         )
 
+    def encode_expire(self, request_id: int) -> bytes:
+        """Calldata for ``expire``: settles a request nobody finalized before ``expiresAt``."""
+        return self._encode("expire", [request_id])
+
     def _encode(self, function: str, args: list[Any]) -> bytes:
         return bytes(HexBytes(self._contract.encode_abi(function, args=args)))
 
     # --- views --------------------------------------------------------------------------
 
     def is_registered(self, address: str) -> bool:
+        """Registered, unbonding or not (a node that started unbonding commits no more)."""
+        return bool(self._oracle(address)["registered"])
+
+    def stake_of(self, address: str) -> int:
+        return int(self._oracle(address)["stake"])
+
+    def _oracle(self, address: str) -> dict[str, Any]:
+        """The coordinator's record of a node, by field name."""
         with rpc_errors("eth_call"):
-            _stake, registered = self._contract.functions.oracles(
-                Web3.to_checksum_address(address)
-            ).call()
-        return bool(registered)
+            values = self._contract.functions.oracles(Web3.to_checksum_address(address)).call()
+        return dict(zip(self._oracle_fields, values, strict=True))
 
     def dispute_deadline(self, request_id: int, *, as_of: Hashable = None) -> int:
         """When (unix seconds, chain time) disputes close; it moves while reveals arrive.
@@ -267,6 +281,7 @@ def _requested(position: EventPosition, args: _Args) -> ChainEvent:
         + [(f"acceptedModels[{i}]", raw) for i, raw in enumerate(models)]
     )
     prompt, embedding_model, *accepted = texts
+    terms = args["terms"]
     return RequestedEvent(
         position=position,
         request_id=RequestId(args["requestId"]),
@@ -286,6 +301,12 @@ def _requested(position: EventPosition, args: _Args) -> ChainEvent:
         commit_deadline=args["commitDeadline"],
         reveal_deadline=args["revealDeadline"],
         dispute_window_s=args["disputeWindow"],
+        request_hash=bytes(terms["requestHash"]),
+        seed=terms["seed"],
+        expires_at=terms["expiresAt"],
+        callback_gas_price=terms["callbackGasPrice"],
+        eligible_count=terms["eligibleCount"],
+        slash_bps=terms["slashBps"],
         defects=defects,
     )
 
@@ -297,6 +318,8 @@ def _committed(position: EventPosition, args: _Args) -> ChainEvent:
         oracle=_address(args["oracle"]),
         seat=args["seat"],
         commitment=bytes(args["commitment"]),
+        ticket=args["ticket"],
+        evicted=None if _address(args["evicted"]) == ZERO_ADDRESS else _address(args["evicted"]),
     )
 
 
@@ -345,6 +368,16 @@ def _failed(position: EventPosition, args: _Args) -> ChainEvent:
     )
 
 
+def _slashed(position: EventPosition, args: _Args) -> ChainEvent:
+    return SlashedEvent(
+        position=position,
+        request_id=RequestId(args["requestId"]),
+        oracle=_address(args["oracle"]),
+        amount_wei=args["amount"],
+        reason=SLASH_REASONS[args["reason"]],
+    )
+
+
 _DECODERS: dict[str, _Decoder] = {
     RequestedEvent.event_name: _requested,
     CommittedEvent.event_name: _committed,
@@ -352,4 +385,5 @@ _DECODERS: dict[str, _Decoder] = {
     DisputedEvent.event_name: _disputed,
     FinalizedEvent.event_name: _finalized,
     FailedEvent.event_name: _failed,
+    SlashedEvent.event_name: _slashed,
 }

@@ -17,6 +17,7 @@ from oracle.domain.request import InferenceRequest, RequestId, SecurityFrame, ut
 
 __all__ = [
     "FAILURE_REASONS",
+    "SLASH_REASONS",
     "ChainEvent",
     "CommittedEvent",
     "DisputedEvent",
@@ -26,11 +27,22 @@ __all__ = [
     "FinalizedEvent",
     "RequestedEvent",
     "RevealedEvent",
+    "SlashReason",
+    "SlashedEvent",
 ]
 
-FailureReason = Literal["no_commits", "no_reveals", "no_consensus"]
-FAILURE_REASONS: tuple[FailureReason, ...] = ("no_commits", "no_reveals", "no_consensus")
+FailureReason = Literal["no_commits", "no_reveals", "no_consensus", "expired"]
+FAILURE_REASONS: tuple[FailureReason, ...] = (
+    "no_commits",
+    "no_reveals",
+    "no_consensus",
+    "expired",
+)
 """In the order of the contract's ``FailureReason`` enum."""
+
+SlashReason = Literal["never_revealed", "excluded"]
+SLASH_REASONS: tuple[SlashReason, ...] = ("never_revealed", "excluded")
+"""In the order of the contract's ``Slashed.reason`` codes."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +82,19 @@ class RequestedEvent:
     reveal_deadline: int
     """Unix seconds, chain time."""
     dispute_window_s: int
+    request_hash: bytes
+    """What every commitment to this request binds (a hash of its fields and seed)."""
+    seed: int
+    """``block.prevrandao`` when the request was made: the seats' tickets come from it."""
+    expires_at: int
+    """Unix seconds, chain time: after this finalize reverts and anyone may ``expire``."""
+    callback_gas_price: int
+    """Wei per gas of the prepaid callback (paid to the finalizer)."""
+    eligible_count: int
+    """Nodes that could commit (registered before the request): commits close early
+    once this many have committed."""
+    slash_bps: int
+    """Share of a seat's stake slashed for not revealing or an excluded reveal."""
     defects: tuple[str, ...] = ()
     """Why string fields are unusable (bytes that are not UTF-8, a NUL), one sentence
     each; those fields then hold an escaped form (``oracle.domain.text``). A request
@@ -110,6 +135,10 @@ class CommittedEvent:
     oracle: str
     seat: int
     commitment: bytes
+    ticket: int
+    """The committer's stake-weighted ticket: smaller is better."""
+    evicted: str | None = None
+    """The node whose seat this commit took (its worse ticket), None when none."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,7 +196,8 @@ class FinalizedEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FailedEvent:
-    """``InferenceFailed``: the request closed without an answer; the fee was refunded."""
+    """``InferenceFailed``: the request closed without an answer (or expired unsettled);
+    the fee and the callback prepayment were refunded."""
 
     event_name: ClassVar[str] = "InferenceFailed"
 
@@ -176,6 +206,25 @@ class FailedEvent:
     reason: FailureReason
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlashedEvent:
+    """``Slashed``: at settlement, ``oracle`` lost ``amount`` wei of its stake (burnt)."""
+
+    event_name: ClassVar[str] = "Slashed"
+
+    position: EventPosition
+    request_id: RequestId
+    oracle: str
+    amount_wei: int
+    reason: SlashReason
+
+
 ChainEvent = (
-    RequestedEvent | CommittedEvent | RevealedEvent | DisputedEvent | FinalizedEvent | FailedEvent
+    RequestedEvent
+    | CommittedEvent
+    | RevealedEvent
+    | DisputedEvent
+    | FinalizedEvent
+    | FailedEvent
+    | SlashedEvent
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,6 +79,46 @@ class Embedder:
     def dim_bytes(self) -> int:
         """Bytes in one packed embedding: dim_bits / 8."""
         return self._dim_bits // 8
+
+    @property
+    def window(self) -> int:
+        """Tokens the model reads of a text, its special tokens included (256 word pieces
+        for all-MiniLM-L6-v2); it silently drops the rest."""
+        window = self._encoder.max_seq_length
+        if window is None:  # a model without a limit would read everything
+            raise InvalidEmbedding(reason=f"{self.model} states no max_seq_length")
+        return int(window)
+
+    def token_count(self, text: str) -> int:
+        """The text's tokens for this model, special tokens included, none dropped: more
+        than ``window`` means a tail the embedding never sees."""
+        return len(self._tokens(text)["input_ids"])
+
+    def fit(self, text: str) -> str:
+        """The longest start of ``text`` the model reads whole, cut on a character
+        boundary at the end of a token (the tokenizer's offsets); ``text`` itself when it
+        fits. Verifiers dispute a reveal longer than ``window``: an honest answer is cut."""
+        encoded = self._tokens(text, offsets=True)
+        if len(encoded["input_ids"]) <= self.window:
+            return text
+        # the text's own tokens, in order (special tokens have empty offsets)
+        ends = [end for start, end in encoded["offset_mapping"] if end > start]
+        keep = self.window - (len(encoded["input_ids"]) - len(ends))
+        while keep > 0:
+            cut = text[: ends[keep - 1]]
+            if self.token_count(cut) <= self.window:  # a cut word may split differently
+                return cut
+            keep -= 1
+        return ""
+
+    def _tokens(self, text: str, *, offsets: bool = False) -> Any:
+        return self._encoder.tokenizer(
+            text,
+            add_special_tokens=True,
+            truncation=False,
+            return_offsets_mapping=offsets,
+            verbose=False,  # a text over the window is what we are measuring, not a mistake
+        )
 
     def embed(self, texts: Sequence[str]) -> list[bytes]:
         """The packed sign bits of each text, in order, from one encode call.

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -74,6 +74,9 @@ DATABASE_DOWN = (OperationalError, InterfaceError)
 """What a lost or refused database connection raises: the work waits and tries again."""
 
 _T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from oracle.engine.token_count import ModelTokens
 
 
 class RetryLater(OracleError):
@@ -161,6 +164,13 @@ def answer_text(generated: str) -> str:
 
 
 class EmbeddingJobRunner:
+    """Embeds texts. A node's own answer (an ``embedding`` job whose payload asks to
+    ``fit``) is cut first, so that every verifier can check all of it: to what the
+    embedder reads and to maxTokens of the model that wrote it; the result carries the
+    text embedded. A ``verification`` job also counts the revealed text's tokens: the
+    embedder's, and those of the model it names when the payload asks (``count_model``)
+    and the model is installed here."""
+
     kinds: Sequence[JobKind] = ("verification", "embedding")
     batch_size = EMBED_BATCH
 
@@ -181,20 +191,62 @@ class EmbeddingJobRunner:
         )
         # torch initialises lazily: pay for it before announcing readiness, not on a deadline
         self._embedder.embed(["warm-up"])
+        self._counters: dict[str, ModelTokens | None] = {}
 
     def run(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
         started = time.perf_counter()
-        bits = self._embedder.embed([_text_of(job) for job in jobs])
+        texts = [self._fitted(job) for job in jobs]
+        bits = self._embedder.embed(texts)
         elapsed = round(time.perf_counter() - started, 4)
-        return [
-            {
+        results: list[Mapping[str, Any] | OracleError] = []
+        for job, text, b in zip(jobs, texts, bits, strict=True):
+            result: dict[str, Any] = {
                 "bits": b.hex(),
                 "model": self._embedder.model,
                 "elapsed_s": elapsed,
                 "batch": len(jobs),
             }
-            for b in bits
-        ]
+            if "fit" in job.payload:
+                result["text"] = text
+            if job.kind == "verification":
+                result.update(self._counts(job, text))
+            results.append(result)
+        return results
+
+    def _fitted(self, job: ClaimedJob) -> str:
+        text = _text_of(job)
+        fit = job.payload.get("fit")
+        if not isinstance(fit, Mapping):
+            return text
+        counter = self._counter(fit.get("model"))
+        if counter is not None:
+            text = counter.fit(text, int(fit["max_tokens"]))
+        return self._embedder.fit(text)
+
+    def _counts(self, job: ClaimedJob, text: str) -> dict[str, Any]:
+        counter = self._counter(job.payload.get("count_model"))
+        return {
+            "embedder_tokens": self._embedder.token_count(text),
+            "embedder_window": self._embedder.window,
+            "model_tokens": None if counter is None else counter.count(text),
+        }
+
+    def _counter(self, model: object) -> ModelTokens | None:
+        """The named model's token counter; None when none is named or it is not here."""
+        if not isinstance(model, str) or not model:
+            return None
+        if model not in self._counters:
+            from oracle.engine.token_count import ModelTokens
+
+            try:
+                self._counters[model] = ModelTokens(model)
+            except (OracleError, ValueError) as exc:  # not here: other nodes count it
+                logger.warning(
+                    "cannot count tokens of this model here",
+                    extra={"model": model, "error": str(exc)},
+                )
+                self._counters[model] = None
+        return self._counters[model]
 
 
 def _text_of(job: ClaimedJob) -> str:

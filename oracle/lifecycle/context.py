@@ -28,6 +28,8 @@ class Calldata(Protocol):
         winner_output: str,
     ) -> bytes: ...
 
+    def encode_expire(self, request_id: int) -> bytes: ...
+
 
 class ChainCalls(Calldata, Protocol):
     """Calldata and the one read the lifecycle needs (CoordinatorBinding); the driver reads

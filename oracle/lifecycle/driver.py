@@ -47,7 +47,7 @@ def _advance_one(
     request_id: int,
 ) -> None:
     try:
-        reads = _read_chain_first(sessions, chain, request_id, now)
+        reads = _read_chain_first(sessions, chain, request_id)
         with sessions.begin() as session:
             # the row lock keeps a second pass (or a second node process on this database) out
             request = session.get(Request, request_id, with_for_update={"skip_locked": True})
@@ -66,7 +66,7 @@ def _advance_one(
 
 
 def _read_chain_first(
-    sessions: sessionmaker[Session], chain: ChainCalls, request_id: int, now: datetime
+    sessions: sessionmaker[Session], chain: ChainCalls, request_id: int
 ) -> ChainReads:
     """Ask the chain what the request's transitions will need, holding no lock and no
     transaction: an RPC call may take seconds. The transitions re-check under the lock
@@ -75,7 +75,7 @@ def _read_chain_first(
         request = session.get(Request, request_id)
         if request is None:
             return NO_READS
-        question = dispute_deadline_question(request, load_seats(session, request_id), now)
+        question = dispute_deadline_question(request, load_seats(session, request_id))
     if question is None:
         return NO_READS
     deadline = chain.dispute_deadline(request_id, as_of=question.as_of)

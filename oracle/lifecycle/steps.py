@@ -6,8 +6,11 @@ DESIGN.md section 2; it is the single source of which step runs in which state.
 
     requested --admit--> committing --commits closed--> revealing --reveals ended-->
         finalizing --InferenceFinalized | InferenceFailed--> finalized | failed
-    admission, a failed job or a commit that never landed --> skipped (reason kept);
+    admission, a failed job or a commit refused or never landed --> skipped (reason kept);
     a skipped request is still settled by this node, as an outsider, if no one else does
+    (finalize, or ``expire`` once it expired unsettled);
+    a better ticket takes our seat before commits close --> evicted: nothing more to do
+    (a reorg that undoes such a commit rewinds it to committing, see below)
 
 Two kinds of rows:
 
@@ -42,6 +45,7 @@ from oracle.lifecycle.transitions import (
     end_reveals,
     finalize_request,
     give_up_commit,
+    leave_if_evicted,
     load_seats,
     reveal_answer,
     verify_reveals,
@@ -97,8 +101,15 @@ _SETTLEABLE: tuple[RequestPhase, ...] = (
     "revealing",
     "finalizing",
     "skipped",
+    "evicted",  # not followed any more, but its outcome is recorded all the same
 )
-_ANSWERABLE: tuple[RequestPhase, ...] = ("committing", "revealing", "finalizing", "skipped")
+_ANSWERABLE: tuple[RequestPhase, ...] = (
+    "committing",
+    "revealing",
+    "finalizing",
+    "skipped",
+    "evicted",
+)
 
 # fmt: off
 TRANSITIONS: tuple[Transition, ...] = (
@@ -109,17 +120,21 @@ TRANSITIONS: tuple[Transition, ...] = (
           embed_answer, "committing", "skipped"),
     _node("committing", "our embedding job ended: store salt, commit (2.2)",
           commit_answer, "committing", "skipped"),
-    _node("committing", "commits closed: every seat taken, or the commit deadline (2.3)",
+    _node("committing", "Committed: a better ticket took our seat (2b)",
+          leave_if_evicted, "evicted"),
+    _node("committing", "commits closed: the commit deadline, or every eligible node (2.3)",
           reveal_answer, "revealing"),
-    _node("committing", "the commit deadline (and a grace) passed without our seat",
+    _node("committing", "our commit refused (TicketTooWeak), or not landed by the deadline",
           give_up_commit, "skipped"),
+    _node("revealing", "Committed: a better ticket took our seat before commits closed",
+          leave_if_evicted, "evicted"),
     _node("revealing", "every seat revealed, or the reveal deadline passed (2.3)",
           end_reveals, "finalizing"),
     _node("revealing", "a reveal stored, or a verification job ended (2.4)",
           verify_reveals, "revealing"),
     _node("finalizing", "a reveal stored, or a verification job ended (2.4)",
           verify_reveals, "finalizing"),
-    _node("finalizing", "the dispute window closed and it is our turn (2.5)",
+    _node("finalizing", "the dispute window closed and it is our turn; expired: expire (2.5)",
           finalize_request, "finalizing"),
     _node("skipped", "the dispute window closed and no seat settled it (2.5)",
           finalize_request, "skipped"),
@@ -128,6 +143,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     *_chain(_SETTLEABLE, "InferenceFailed", "failed"),
     *_chain(_ANSWERABLE, "reorg: its announcement dropped, our answer kept", "orphaned"),
     *_chain(("orphaned",), "InferenceRequested: the same request mined again", *_ANSWERABLE),
+    *_chain(("evicted",), "reorg: the commit that took a seat is gone", "committing"),
 )
 # fmt: on
 
@@ -176,7 +192,7 @@ def _move(step: Step, transition: Transition, verdict: Move) -> None:
             f"{transition.source} -> {verdict.to} is not in the table"
         )
     step.request.phase = verdict.to
-    if verdict.to == "skipped":
+    if verdict.to in ("skipped", "evicted"):
         step.request.skip_reason = verdict.reason
         logger.warning("not taking part", extra={**step.log, "reason": verdict.reason})
     else:

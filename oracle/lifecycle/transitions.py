@@ -16,17 +16,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from eth_utils.crypto import keccak
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from oracle.chain.commitment import commitment_hash, new_salt
-from oracle.consensus import compute_consensus, default_verify_tolerance_bits, dispute_excludes
-from oracle.consensus.verification import verify_embedding
+from oracle.consensus import (
+    ConsensusResult,
+    compute_consensus,
+    default_verify_tolerance_bits,
+    dispute_excludes,
+    length_fault,
+    verify_embedding,
+)
 from oracle.engine.llm import request_seed
 from oracle.lifecycle.admission import Admit, Offer, admit, inference_deadline
 from oracle.lifecycle.turn import DeadlineQuestion, Move, Step, Verdict, Wait
 from oracle.store.chain_state import disputes_against
-from oracle.store.models import Answer, Job, Request, Seat
+from oracle.store.models import Answer, Job, OutgoingTx, Request, Seat
 from oracle.store.outbox import enqueue_tx
 from oracle.store.queue import (
     PRIORITY_EMBEDDING,
@@ -42,6 +48,10 @@ FAILED_JOB_STATES = ("dead", "expired", "failed")
 COMMIT_LANDING_GRACE_S = 10.0
 RETRY_READ_S = 1.0
 """A chain read made before the lock no longer fits the seats: look again this soon."""
+
+ELIGIBLE_UNKNOWN = 2**16 - 1
+"""``eligibleCount`` when more nodes were active than it counts: commits then close only at
+the commit deadline."""
 
 NEWS = Wait()
 """Only news (a chain event for the request, one of its jobs ending) can change anything."""
@@ -123,7 +133,12 @@ def embed_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
         model=step.request.embedding_model,
         priority=PRIORITY_EMBEDDING,
         deadline=step.request.commit_deadline,
-        payload={"text": _answer_text(step, inference.result)},
+        # cut to what the embedder reads whole and to maxTokens of our model, so that no
+        # verifier can dispute it as too long (oracle.engine.worker: fit)
+        payload={
+            "text": _answer_text(step, inference.result),
+            "fit": {"max_tokens": step.request.max_tokens, "model": str(inference.model)},
+        },
     )
     return NEWS
 
@@ -141,8 +156,12 @@ def commit_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
         return Move("skipped", f"embedding {embedding.status}: {embedding.last_error}")
     if embedding.status != "done" or embedding.result is None:
         return _until_job_ends(embedding)
+    if step.request.request_hash is None:
+        return Move("skipped", "stored before protocol v2: no request hash to commit to")
     bits = bytes.fromhex(embedding.result["bits"])
-    _store_answer_and_commit(step, inference, _answer_text(step, inference.result), bits)
+    # the embedded text: the answer, cut where the embedder or maxTokens would stop reading
+    output = str(embedding.result.get("text", _answer_text(step, inference.result)))
+    _store_answer_and_commit(step, inference, output, bits)
     return NEWS
 
 
@@ -158,10 +177,12 @@ def _answer_text(step: Step, result: dict[str, Any]) -> str:
 def _store_answer_and_commit(step: Step, inference: Job, output: str, bits: bytes) -> None:
     bits = step.ctx.conduct.embedding_bits(step.request.id, bits)
     req = step.request
+    assert req.request_hash is not None  # commit_answer checked
     model_index = int(inference.payload["model_index"])
     salt = new_salt()
     commitment = commitment_hash(
         request_id=req.id,
+        request_hash=req.request_hash,
         oracle=step.ctx.address,
         output=output,
         model_index=model_index,
@@ -187,12 +208,14 @@ def _store_answer_and_commit(step: Step, inference: Job, output: str, bits: byte
 
 
 def reveal_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
-    """We hold a seat and commits have closed (every seat taken, or the commit deadline)."""
+    """We hold a seat and commits have closed (the commit deadline passed, or every node
+    that could commit has): no better ticket can take the seat any more."""
     answer = _answer(step)
-    if answer is None or not _holds_seat(step, seats):
+    mine = _my_commit(step)
+    if answer is None or mine is None or mine.evicted_block_number is not None:
         return NEWS
     req = step.request
-    if len(seats) < req.quorum and step.now <= req.commit_deadline:
+    if not commits_closed(step.session, req, step.now):
         return Wait(req.commit_deadline)
     call = step.chain.encode_reveal(
         req.id, answer.output, answer.model_index, answer.embedding_bits, answer.salt
@@ -201,24 +224,67 @@ def reveal_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
     return Move("revealing")
 
 
-def give_up_commit(step: Step, seats: Sequence[Seat]) -> Verdict:
-    """Our commit never made it on-chain (seats full, too late): stop waiting for it."""
-    if _answer(step) is None or _holds_seat(step, seats):
+def leave_if_evicted(step: Step, seats: Sequence[Seat]) -> Verdict:
+    """A commit with a better ticket took our seat: we do nothing more for this request."""
+    mine = _my_commit(step)
+    if mine is None or mine.evicted_block_number is None:
         return NEWS
+    return Move(
+        "evicted",
+        f"a better ticket took seat {mine.seat_no} in block {mine.evicted_block_number}",
+    )
+
+
+def give_up_commit(step: Step, seats: Sequence[Seat]) -> Verdict:
+    """Our commit was refused (a ticket too weak for the seats, commits closed) or never
+    made it on-chain: stop waiting for it, with the reason."""
+    if _answer(step) is None or _my_commit(step) is not None:
+        return NEWS
+    refused = _refused_commit(step)
+    if refused is not None:
+        return Move("skipped", refused)
     give_up_at = step.request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S)
     if step.now < give_up_at:
         return Wait(give_up_at)
     return Move("skipped", "our commit did not land before the commit deadline")
 
 
+def _refused_commit(step: Step) -> str | None:
+    """Why our commit transaction failed, in words; None while it has not."""
+    tx = step.session.scalars(
+        select(OutgoingTx).where(
+            OutgoingTx.kind == "commit",
+            OutgoingTx.request_id == step.request.id,
+            OutgoingTx.status == "failed",
+        )
+    ).first()
+    if tx is None:
+        return None
+    error = tx.last_error or "no reason given"
+    if error.startswith("TicketTooWeak"):
+        return f"our ticket is too weak for a seat: {error}"
+    return f"our commit was refused: {error}"
+
+
+def commits_closed(session: Session, request: Request, now: datetime) -> bool:
+    """Whether no commit can change the seats any more: the commit deadline passed, or
+    every node that could commit (``eligibleCount``) has."""
+    if now > request.commit_deadline:
+        return True
+    if request.eligible_count is None or request.eligible_count == ELIGIBLE_UNKNOWN:
+        return False
+    return commit_count(session, request.id) >= request.eligible_count
+
+
 # --- revealing and finalizing: verification and disputes ---------------------------
 
 
 def end_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
-    """Every seat revealed, or the reveal deadline passed: on to finalizing."""
+    """Every seat revealed (a reveal needs closed commits, so the seats are final), or the
+    reveal deadline passed: on to finalizing."""
     req = step.request
     revealed = sum(1 for s in seats if s.revealed_output is not None)
-    if (len(seats) >= req.quorum and revealed == len(seats)) or step.now > req.reveal_deadline:
+    if (seats and revealed == len(seats)) or step.now > req.reveal_deadline:
         return Move("finalizing")
     return Wait(req.reveal_deadline)
 
@@ -244,23 +310,47 @@ def verify_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
         elif job is None:
             _queue_verification(step, seat)
         elif job.status == "done" and job.result is not None:
-            _dispute_if_mismatched(step, seat, bytes.fromhex(job.result["bits"]))
+            _dispute_if_faulty(step, seat, job.result)
     return NEWS
 
 
 def _queue_verification(step: Step, seat: Seat) -> None:
+    """Re-embed the reveal, and count its tokens: the embedder's, and the named model's
+    when this node serves it (only a node that has a model can count its tokens)."""
+    req = step.request
+    named = None
+    if seat.model_index is not None and seat.model_index < len(req.accepted_models):
+        named = req.accepted_models[seat.model_index]
     enqueue_job(
         step.session.connection(),
         kind="verification",
-        request_id=step.request.id,
-        model=step.request.embedding_model,
+        request_id=req.id,
+        model=req.embedding_model,
         priority=PRIORITY_VERIFICATION,
-        deadline=step.request.reveal_deadline + timedelta(seconds=step.request.dispute_window_s),
-        payload={"text": seat.revealed_output, "seat": seat.seat_no, "oracle": seat.oracle},
+        deadline=req.reveal_deadline + timedelta(seconds=req.dispute_window_s),
+        payload={
+            "text": seat.revealed_output,
+            "seat": seat.seat_no,
+            "oracle": seat.oracle,
+            "count_model": named if named in step.ctx.models else None,
+        },
     )
 
 
-def _dispute_if_mismatched(step: Step, seat: Seat, recomputed: bytes) -> None:
+def _dispute_if_faulty(step: Step, seat: Seat, result: dict[str, Any]) -> None:
+    """Dispute a reveal too long to be checked whole, or whose bits do not match its text."""
+    if "embedder_tokens" in result:  # absent from results of jobs queued before it counted
+        model_tokens = result.get("model_tokens")
+        fault = length_fault(
+            embedder_tokens=int(result["embedder_tokens"]),
+            embedder_window=int(result["embedder_window"]),
+            model_tokens=None if model_tokens is None else int(model_tokens),
+            max_tokens=step.request.max_tokens,
+        )
+        if fault is not None:
+            _dispute(step, seat, fault)
+            return
+    recomputed = bytes.fromhex(result["bits"])
     revealed = seat.embedding_bits or b""
     tolerance = step.ctx.verify_tolerance_bits
     if tolerance is None:
@@ -287,19 +377,20 @@ def _dispute(step: Step, seat: Seat, why: str) -> None:
 
 
 def finalize_request(step: Step, seats: Sequence[Seat]) -> Verdict:
-    """Disputes have closed and it is this node's turn: decide the finalize."""
+    """Disputes have closed and it is this node's turn: decide the finalize, before the
+    request expires; after that, settle it with ``expire``."""
+    req = step.request
+    if req.request_hash is None or req.expires_at is None:
+        return NEWS  # stored before protocol v2: the coordinator it came from is not ours
     closes_at = _close_time(step, seats)
     if closes_at is None:
         return Wait(step.now + timedelta(seconds=RETRY_READ_S))
     if step.now <= closes_at:
         return Wait(closes_at)
-    reveals, hashes, bits = _consensus_inputs(step, seats)
-    result = compute_consensus(
-        reveals,
-        quorum=step.request.quorum,
-        sec_distance_bp=step.request.sec_distance_bp,
-        sec_percentage_bp=step.request.sec_percentage_bp,
-    )
+    result, hashes, bits = _consensus(step, seats)
+    delay = timedelta(seconds=_my_delay_s(step, seats, result.winner))
+    if step.now > req.expires_at:
+        return _expire(step, req.expires_at + delay)
     winner_output = ""
     if result.reached and result.winner is not None:
         winner = seats[result.winner]
@@ -310,45 +401,51 @@ def finalize_request(step: Step, seats: Sequence[Seat]) -> Verdict:
                 "the winning reveal is not usable text; not finalizing",
                 extra={**step.log, "seat": winner.seat_no, "defect": winner.reveal_defect},
             )
-            return NEWS
+            return Wait(req.expires_at + delay)
         winner_output = winner.revealed_output or ""
-    my_turn = closes_at + timedelta(seconds=_my_delay_s(step, seats, result.winner))
+    my_turn = closes_at + delay
     if step.now < my_turn:
         return Wait(my_turn)
-    call = step.chain.encode_finalize(step.request.id, bits, hashes, winner_output)
+    call = step.chain.encode_finalize(req.id, bits, hashes, winner_output)
     if _send(step, "finalize", call):
         logger.info(
             "finalize decided",
             extra={
                 **step.log,
                 "reached": result.reached,
+                "winner": result.winner,
                 "support": result.support,
                 "need": result.need,
             },
         )
+    # should the finalize not land in time (a slow chain, a crash), expire settles it
+    return Wait(req.expires_at + delay)
+
+
+def _expire(step: Step, my_turn: datetime) -> Verdict:
+    """Nobody finalized before ``expiresAt``: settle the request (fee back, faulty seats
+    slashed), staggered like finalize so that one node pays for it."""
+    if step.now < my_turn:
+        return Wait(my_turn)
+    if _send(step, "expire", step.chain.encode_expire(step.request.id)):
+        logger.warning("the request expired unsettled; expiring it", extra=step.log)
     return NEWS
 
 
-def dispute_deadline_question(
-    request: Request, seats: Sequence[Seat], now: datetime
-) -> DeadlineQuestion | None:
+def dispute_deadline_question(request: Request, seats: Sequence[Seat]) -> DeadlineQuestion | None:
     """What the chain must be asked for this request's dispute close time; None when that
     follows from the request alone (or is not needed in its state).
 
     With every seat revealed, the coordinator closes disputes a window after the last
-    reveal: fixed once these reveals are in when every seat is taken, on the chain's
-    clock when seats were left empty.
+    reveal; a reveal needs closed commits, so these seats are final and the answer holds
+    for these reveals.
     """
     if request.phase not in ("revealing", "finalizing", "skipped") or not seats:
         return None
     if any(s.revealed_output is None for s in seats):
         return None
     reveals = tuple((s.seat_no, s.reveal_block_number) for s in seats)
-    if len(seats) >= request.quorum:
-        return DeadlineQuestion(request_id=request.id, reveals=reveals, asked_at=None)
-    if now > request.commit_deadline:
-        return DeadlineQuestion(request_id=request.id, reveals=reveals, asked_at=now)
-    return None
+    return DeadlineQuestion(request_id=request.id, reveals=reveals, asked_at=None)
 
 
 def _close_time(step: Step, seats: Sequence[Seat]) -> datetime | None:
@@ -357,7 +454,7 @@ def _close_time(step: Step, seats: Sequence[Seat]) -> datetime | None:
     req = step.request
     if not seats:
         return req.commit_deadline
-    question = dispute_deadline_question(req, seats, step.now)
+    question = dispute_deadline_question(req, seats)
     if question is None:
         return req.reveal_deadline + timedelta(seconds=req.dispute_window_s)
     return step.reads.dispute_deadlines.get(question)
@@ -378,13 +475,13 @@ def _my_delay_s(step: Step, seats: Sequence[Seat], winner: int | None) -> float:
     return step.ctx.outsider_delay_s + tiebreak * step.ctx.finalize_stagger_s * 4
 
 
-def _consensus_inputs(
+def _consensus(
     step: Step, seats: Sequence[Seat]
-) -> tuple[list[tuple[bytes, bool]], list[bytes], list[bytes]]:
-    """Per seat, in seat order: (bits, excluded) for the clustering, then the output
-    hashes and bits that finalize takes."""
-    revealers = sum(1 for s in seats if s.revealed_output is not None)
-    disputes = disputes_against(step.session, step.request.id)
+) -> tuple[ConsensusResult, list[bytes], list[bytes]]:
+    """The contract's clustering of the seats (in seat order, with their tickets and the
+    exclusions disputes made), and the output hashes and bits that finalize takes."""
+    req = step.request
+    disputes = disputes_against(step.session, req.id)
     reveals: list[tuple[bytes, bool]] = []
     hashes: list[bytes] = []
     bits: list[bytes] = []
@@ -394,27 +491,46 @@ def _consensus_inputs(
             hashes.append(bytes(32))
             bits.append(b"")
             continue
-        excluded = dispute_excludes(len(disputes.get(seat.oracle, set())), revealers)
+        excluded = dispute_excludes(len(disputes.get(seat.oracle, set())), req.quorum)
         reveals.append((seat.embedding_bits, excluded))
         hashes.append(seat.output_hash or keccak(seat.revealed_output.encode("utf-8")))
         bits.append(seat.embedding_bits)
-    return reveals, hashes, bits
+    result = compute_consensus(
+        reveals,
+        quorum=req.quorum,
+        sec_distance_bp=req.sec_distance_bp,
+        sec_percentage_bp=req.sec_percentage_bp,
+        tickets=[seat.ticket or 0 for seat in seats],
+    )
+    return result, hashes, bits
 
 
 # --- helpers -----------------------------------------------------------------------
 
 
 def load_seats(session: Session, request_id: int) -> list[Seat]:
-    query = select(Seat).where(Seat.request_id == request_id).order_by(Seat.seat_no)
+    """The request's seats as they stand, in seat order (commits evicted left out)."""
+    query = (
+        select(Seat)
+        .where(Seat.request_id == request_id, Seat.evicted_block_number.is_(None))
+        .order_by(Seat.seat_no)
+    )
     return list(session.scalars(query))
+
+
+def commit_count(session: Session, request_id: int) -> int:
+    """Distinct committers, evicted ones included: the contract's ``commitCount``."""
+    query = select(func.count()).select_from(Seat).where(Seat.request_id == request_id)
+    return int(session.scalar(query) or 0)
 
 
 def _answer(step: Step) -> Answer | None:
     return step.session.get(Answer, step.request.id)
 
 
-def _holds_seat(step: Step, seats: Sequence[Seat]) -> bool:
-    return any(s.oracle == step.ctx.address for s in seats)
+def _my_commit(step: Step) -> Seat | None:
+    """This node's commit as the chain reported it (its seat, or the seat it lost)."""
+    return step.session.get(Seat, (step.request.id, step.ctx.address))
 
 
 def _latest_job(step: Step, kind: str) -> Job | None:

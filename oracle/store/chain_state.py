@@ -32,6 +32,7 @@ from oracle.domain.events import (
     FinalizedEvent,
     RequestedEvent,
     RevealedEvent,
+    SlashedEvent,
 )
 from oracle.domain.request import utc_from_unix
 from oracle.store.models import Answer, ChainBlock, ChainCheckpoint, Request, Seat
@@ -59,6 +60,7 @@ _FAILURE_TEXT: dict[FailureReason, str] = {
     "no_commits": "no commits",
     "no_reveals": "no reveals",
     "no_consensus": "no consensus",
+    "expired": "expired: nobody finalized before expiresAt",
 }
 # Fields of InferenceRequested that do not depend on the block it landed in: the same
 # request re-mined after a reorg agrees on these (its deadlines follow the new block).
@@ -76,6 +78,12 @@ _REQUEST_IDENTITY = (
     "callback",
     "callback_gas_limit",
     "fee_wei",
+    # covers the seed too: a request mined again in another block draws another seed,
+    # and commitments bound to the old hash can never be revealed there
+    "request_hash",
+    "seed",
+    "callback_gas_price",
+    "slash_bps",
 )
 
 
@@ -130,6 +138,8 @@ def _apply(session: Session, event: ChainEvent) -> None:
             )
         case DisputedEvent():
             pass  # the raw row is the record; see disputes_against
+        case SlashedEvent():
+            _note_slash(event)
 
 
 def disputes_against(session: Session, request_id: int) -> dict[str, set[str]]:
@@ -146,9 +156,7 @@ def disputes_against(session: Session, request_id: int) -> dict[str, set[str]]:
     return disputes
 
 
-def _record_raw(
-    session: Session, event: ChainEvent, payload: dict[str, Any] | None = None
-) -> bool:
+def _record_raw(session: Session, event: ChainEvent, payload: dict[str, Any] | None = None) -> bool:
     """Insert the raw log; False when ``(block_hash, log_index)`` was already there."""
     position = event.position
     statement = (
@@ -200,10 +208,8 @@ def _apply_requested(session: Session, event: RequestedEvent) -> None:
         insert(Request)
         .values(
             id=event.request_id,
-            commit_deadline=utc_from_unix(event.commit_deadline),
-            reveal_deadline=utc_from_unix(event.reveal_deadline),
-            dispute_window_s=event.dispute_window_s,
             block_number=event.position.block_number,
+            **_block_terms(event),
             **values,
         )
         .on_conflict_do_nothing(index_elements=["id"])
@@ -230,10 +236,20 @@ def _revive_if_orphaned(session: Session, event: RequestedEvent) -> None:
     known.phase_before_outcome = None
     known.outcome_reason = None
     known.block_number = event.position.block_number
-    known.commit_deadline = utc_from_unix(event.commit_deadline)
-    known.reveal_deadline = utc_from_unix(event.reveal_deadline)
-    known.dispute_window_s = event.dispute_window_s
+    for name, value in _block_terms(event).items():
+        setattr(known, name, value)
     logger.info("orphaned request re-mined after a reorg; following it again", extra=log)
+
+
+def _block_terms(event: RequestedEvent) -> dict[str, Any]:
+    """The fields that follow the block the request landed in (times, registered nodes)."""
+    return {
+        "commit_deadline": utc_from_unix(event.commit_deadline),
+        "reveal_deadline": utc_from_unix(event.reveal_deadline),
+        "dispute_window_s": event.dispute_window_s,
+        "expires_at": utc_from_unix(event.expires_at),
+        "eligible_count": event.eligible_count,
+    }
 
 
 def _same_request(row: Request, event: RequestedEvent) -> bool:
@@ -253,9 +269,23 @@ def _followed(session: Session, request_id: int) -> bool:
 
 
 def _apply_committed(session: Session, event: CommittedEvent) -> None:
+    """A commit takes its seat; one with a better ticket evicts the seat's holder first
+    (the evicted row stays, marked, so that a reorg can give the seat back)."""
     if not _followed(session, event.request_id):
         logger.debug("commit for a request not followed", extra={"request_id": event.request_id})
         return
+    if event.evicted is not None:
+        _run(
+            session,
+            update(Seat)
+            .where(
+                Seat.request_id == event.request_id,
+                Seat.oracle == event.evicted,
+                Seat.seat_no == event.seat,
+                Seat.evicted_block_number.is_(None),
+            )
+            .values(evicted_block_number=event.position.block_number),
+        )
     statement = (
         insert(Seat)
         .values(
@@ -263,11 +293,13 @@ def _apply_committed(session: Session, event: CommittedEvent) -> None:
             seat_no=event.seat,
             oracle=event.oracle,
             commitment=event.commitment,
+            ticket=event.ticket,
             commit_block_number=event.position.block_number,
         )
-        .on_conflict_do_nothing(index_elements=["request_id", "seat_no"])
+        .on_conflict_do_nothing(index_elements=["request_id", "oracle"])
     )
     session.execute(statement)
+    session.expire_all()
 
 
 def _apply_revealed(session: Session, event: RevealedEvent) -> None:
@@ -280,6 +312,7 @@ def _apply_revealed(session: Session, event: RevealedEvent) -> None:
             Seat.request_id == event.request_id,
             Seat.seat_no == event.seat,
             Seat.oracle == event.oracle,
+            Seat.evicted_block_number.is_(None),
         )
         .values(
             revealed_output=event.output,
@@ -289,6 +322,19 @@ def _apply_revealed(session: Session, event: RevealedEvent) -> None:
             embedding_bits=event.embedding_bits,
             reveal_block_number=event.position.block_number,
         )
+    )
+
+
+def _note_slash(event: SlashedEvent) -> None:
+    """The raw row is the record (the stake is burnt, no table derives from it)."""
+    logger.info(
+        "a seat's stake was slashed",
+        extra={
+            "request_id": event.request_id,
+            "oracle": event.oracle,
+            "amount_wei": event.amount_wei,
+            "reason": event.reason,
+        },
     )
 
 
@@ -334,6 +380,19 @@ def rollback_after(session: Session, block_number: int) -> None:
     events = _run(session, delete(ChainEventRow).where(ChainEventRow.block_number > after))
     _run(session, delete(ChainBlock).where(ChainBlock.number > after))
     seats = _run(session, delete(Seat).where(Seat.commit_block_number > after))
+    # A seat lost to a commit these blocks brought is held again: a node that stopped
+    # there (evicted) goes back to committing, where it finds out whether it was its seat.
+    regained = select(Seat.request_id).where(Seat.evicted_block_number > after)
+    _run(
+        session,
+        update(Request)
+        .where(Request.phase == "evicted", Request.id.in_(regained))
+        .values(phase="committing", skip_reason=None),
+    )
+    _run(
+        session,
+        update(Seat).where(Seat.evicted_block_number > after).values(evicted_block_number=None),
+    )
     _run(
         session,
         update(Seat)

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, aliased
 
 from oracle.store.models import OutgoingTx, Request, TxKind
+from oracle.store.wakes import wake_requests
 
 __all__ = [
     "defer_tx",
@@ -268,6 +269,14 @@ def mark_failed(
     if tx_hash is not None:
         values.update(tx_hash=tx_hash, receipt_block=receipt_block, confirmed_at=func.now())
     _update(session, tx_id, None, **values)
+    _wake_its_request(session, tx_id)
+
+
+def _wake_its_request(session: Session, tx_id: int) -> None:
+    """A failed transaction is news for its request (a commit refused for a weak ticket:
+    the lifecycle records why at once, instead of at the commit deadline)."""
+    request_id = session.scalar(select(OutgoingTx.request_id).where(OutgoingTx.id == tx_id))
+    wake_requests(session.connection(), [request_id], "tx failed")
 
 
 def mark_skipped(session: Session, tx_id: int, *, reason: str) -> None:

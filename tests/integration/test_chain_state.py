@@ -20,6 +20,7 @@ from oracle.domain.events import (
     FinalizedEvent,
     RequestedEvent,
     RevealedEvent,
+    SlashedEvent,
 )
 from oracle.domain.request import RequestId
 from oracle.store.chain_state import (
@@ -40,6 +41,7 @@ from oracle.store.models import ChainEvent as ChainEventRow
 ALICE = "0x" + "a1" * 20
 BOB = "0x" + "b2" * 20
 CAROL = "0x" + "c3" * 20
+DAVE = "0x" + "d4" * 20
 REQUESTER = "0x" + "99" * 20
 BITS = bytes(range(48))
 
@@ -58,7 +60,7 @@ def at(number: int, log_index: int = 0, fork: str = "a") -> EventPosition:
 
 
 def requested(
-    request_id: int, position: EventPosition, prompt: str = "Capital of France?"
+    request_id: int, position: EventPosition, prompt: str = "Capital of France?", seed: int = 7
 ) -> RequestedEvent:
     return RequestedEvent(
         position=position,
@@ -79,16 +81,32 @@ def requested(
         commit_deadline=1_800_000_000 + position.block_number,
         reveal_deadline=1_800_000_030 + position.block_number,
         dispute_window_s=10,
+        request_hash=hashlib.sha256(f"{request_id}:{prompt}:{seed}".encode()).digest(),
+        seed=seed,
+        expires_at=1_800_003_640 + position.block_number,
+        callback_gas_price=0,
+        eligible_count=4,
+        slash_bps=1000,
     )
 
 
-def committed(request_id: int, seat: int, oracle: str, position: EventPosition) -> CommittedEvent:
+def committed(
+    request_id: int,
+    seat: int,
+    oracle: str,
+    position: EventPosition,
+    *,
+    ticket: int = 1000,
+    evicted: str | None = None,
+) -> CommittedEvent:
     return CommittedEvent(
         position=position,
         request_id=RequestId(request_id),
         oracle=oracle,
         seat=seat,
-        commitment=hashlib.sha256(f"c:{request_id}:{seat}".encode()).digest(),
+        commitment=hashlib.sha256(f"c:{request_id}:{oracle}".encode()).digest(),
+        ticket=ticket + seat,
+        evicted=evicted,
     )
 
 
@@ -180,10 +198,13 @@ def test_a_round_fills_requests_and_seats(session: Session) -> None:
     assert request.commit_deadline == datetime.fromtimestamp(1_800_000_010, tz=UTC)
     assert request.dispute_window_s == 10
     assert request.callback is None
+    assert (request.seed, request.eligible_count, request.slash_bps) == (7, 4, 1000)
+    assert request.expires_at == datetime.fromtimestamp(1_800_003_650, tz=UTC)
+    assert request.request_hash is not None and len(request.request_hash) == 32
     seats = session.scalars(select(Seat).order_by(Seat.seat_no)).all()
-    assert [(s.oracle, s.commit_block_number, s.reveal_block_number) for s in seats] == [
-        (ALICE, 11, 12),
-        (BOB, 11, 13),
+    assert [(s.oracle, s.ticket, s.commit_block_number, s.reveal_block_number) for s in seats] == [
+        (ALICE, 1000, 11, 12),
+        (BOB, 1001, 11, 13),
     ]
     assert seats[1].revealed_output == "Paris (seat 1)"
     assert seats[1].embedding_bits == BITS
@@ -219,6 +240,76 @@ def test_outcomes_close_the_request_with_a_readable_reason(session: Session) -> 
         "finalized: seat 1 won with 2 in its cluster (SmolLM2-135M-Instruct-Q4_1)"
     )
     assert (second.phase, second.outcome_reason) == ("failed", "no consensus")
+    apply_all(
+        session,
+        [
+            requested(3, at(22)),
+            FailedEvent(position=at(40), request_id=RequestId(3), reason="expired"),
+        ],
+    )
+    third = session.get_one(Request, 3)
+    assert (third.phase, third.outcome_reason) == (
+        "failed",
+        "expired: nobody finalized before expiresAt",
+    )
+
+
+def a_full_round_with_an_eviction() -> list[ChainEvent]:
+    """Quorum 3: three seats taken, then Dave's better ticket takes Bob's seat (1)."""
+    return [
+        requested(1, at(10)),
+        committed(1, 0, ALICE, at(11)),
+        committed(1, 1, BOB, at(11, 1), ticket=5000),
+        committed(1, 2, CAROL, at(12)),
+        committed(1, 1, DAVE, at(13), ticket=10, evicted=BOB),
+    ]
+
+
+def held_seats(session: Session) -> list[tuple[int, str]]:
+    session.expire_all()
+    query = select(Seat.seat_no, Seat.oracle).where(Seat.evicted_block_number.is_(None))
+    return sorted((int(no), str(oracle)) for no, oracle in session.execute(query).all())
+
+
+def test_a_better_ticket_evicts_and_the_evicted_row_stays(session: Session) -> None:
+    apply_all(session, a_full_round_with_an_eviction())
+    assert held_seats(session) == [(0, ALICE), (1, DAVE), (2, CAROL)]
+    bob = session.get_one(Seat, (1, BOB))
+    assert (bob.seat_no, bob.evicted_block_number) == (1, 13)
+    assert session.scalar(select(func.count()).select_from(Seat)) == 4  # commitCount
+    # a reveal by the evicted node (which the contract refuses) would change nothing
+    apply_all(session, [revealed(1, 1, BOB, at(14))])
+    assert session.get_one(Seat, (1, BOB)).revealed_output is None
+
+
+def test_a_reorg_that_drops_the_evicting_commit_gives_the_seat_back(session: Session) -> None:
+    apply_all(session, a_full_round_with_an_eviction())
+    session.get_one(Request, 1).phase = "evicted"  # as Bob's node left it
+    session.commit()
+    rollback_after(session, 12)
+    session.commit()
+    assert held_seats(session) == [(0, ALICE), (1, BOB), (2, CAROL)]
+    assert session.get_one(Request, 1).phase == "committing"  # Bob's node looks again
+    assert session.get(Seat, (1, DAVE)) is None
+    # the new chain brings another eviction, of Carol this time
+    apply_all(session, [committed(1, 2, DAVE, at(13, fork="b"), ticket=1, evicted=CAROL)])
+    assert held_seats(session) == [(0, ALICE), (1, BOB), (2, DAVE)]
+
+
+def test_slashes_are_recorded_as_events(session: Session) -> None:
+    slash = SlashedEvent(
+        position=at(30), request_id=RequestId(1), oracle=BOB, amount_wei=10**15, reason="excluded"
+    )
+    apply_all(session, [*a_round(), slash])
+    payload = session.scalars(
+        select(ChainEventRow.payload).where(ChainEventRow.event == "Slashed")
+    ).one()
+    assert payload == {
+        "request_id": 1,
+        "oracle": BOB,
+        "amount_wei": 10**15,
+        "reason": "excluded",
+    }
 
 
 def test_disputes_are_read_back_from_the_raw_events(session: Session) -> None:
@@ -290,14 +381,21 @@ def test_an_answered_request_is_orphaned_not_deleted_and_revives_when_re_mined(
     assert session.scalar(select(func.count()).select_from(Seat)) == 1
 
 
-def test_an_orphaned_id_reused_for_another_request_keeps_the_old_answer(session: Session) -> None:
+@pytest.mark.parametrize(
+    "again", [{"prompt": "Something else entirely"}, {"seed": 8}], ids=["prompt", "seed"]
+)
+def test_an_orphaned_id_reused_for_another_request_keeps_the_old_answer(
+    session: Session, again: dict[str, object]
+) -> None:
+    """Another prompt, or the same one with another seed (so another request hash, which
+    the commitment holding our salt binds): not the request we answered."""
     apply_all(session, a_round())
     add_answer(session, 1)
     rollback_after(session, 9)
     session.commit()
-    apply_all(session, [requested(1, at(10, fork="b"), prompt="Something else entirely")])
+    apply_all(session, [requested(1, at(10, fork="b"), **again)])  # type: ignore[arg-type]
     request = session.get_one(Request, 1)
-    assert (request.phase, request.prompt) == ("orphaned", "Capital of France?")
+    assert (request.phase, request.prompt, request.seed) == ("orphaned", "Capital of France?", 7)
 
 
 def test_blocks_and_checkpoints(session: Session) -> None:

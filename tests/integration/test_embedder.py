@@ -79,3 +79,90 @@ def test_a_worker_keeps_torch_to_its_threads() -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["3", "1"]
+
+
+# --- what the embedder reads: its window, and an answer cut to fit it ---------------------
+
+
+def test_the_window_is_what_the_model_reads_and_a_tail_past_it_changes_nothing(
+    embedder: Embedder,
+) -> None:
+    """Why verifiers dispute a reveal longer than the window: its tail is never embedded."""
+    assert embedder.window == 256
+    honest = "The capital of France is Paris. " * 60
+    assert embedder.token_count(honest) > embedder.window
+    payload = honest + " Send all the funds to 0xdeadbeef."
+    (a, b) = embedder.embed([honest, payload])
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The capital of France is Paris. " * 60,
+        "naïve über-antidisestablishmentarianism 日本語 🙂 " * 40,
+        "pneumonoultramicroscopic " * 100,  # words of many word pieces, cut inside one
+    ],
+)
+def test_fit_cuts_on_a_character_boundary_to_what_is_read_whole(
+    embedder: Embedder, text: str
+) -> None:
+    cut = embedder.fit(text)
+    assert text.startswith(cut) and len(cut) < len(text)
+    assert embedder.window - 8 <= embedder.token_count(cut) <= embedder.window
+    assert embedder.fit(cut) == cut
+    assert embedder.embed([cut]) == embedder.embed([text])  # the same bits: nothing lost
+
+
+def test_fit_leaves_a_text_that_fits_alone(embedder: Embedder) -> None:
+    for text in TEXTS:
+        assert embedder.fit(text) == text
+        assert embedder.token_count(text) <= embedder.window
+
+
+def test_the_worker_cuts_its_own_answer_and_counts_the_others(embedder: Embedder) -> None:
+    """An ``embedding`` job that asks to fit comes back with the text it embedded, cut to
+    maxTokens of its model and to the window; a ``verification`` job comes back with the
+    counts verification compares."""
+    from datetime import UTC, datetime
+
+    from oracle.engine.token_count import ModelTokens
+    from oracle.engine.worker import EmbeddingJobRunner
+    from oracle.store.queue import ClaimedJob
+
+    long_answer = "The capital of France is Paris. " * 60
+
+    def job(job_id: int, kind: str, payload: dict[str, object]) -> ClaimedJob:
+        return ClaimedJob(
+            id=job_id,
+            kind=kind,  # type: ignore[arg-type]
+            request_id=1,
+            model="all-MiniLM-L6-v2",
+            priority=1,
+            deadline=datetime.now(UTC),
+            payload=payload,
+            attempts=0,
+            max_attempts=1,
+        )
+
+    runner = EmbeddingJobRunner("all-MiniLM-L6-v2", "cpu", 1)
+    smol = "SmolLM2-135M-Instruct-Q4_1"
+    own_short, own_long, other, unknown = runner.run(
+        [
+            job(1, "embedding", {"text": long_answer, "fit": {"max_tokens": 16, "model": smol}}),
+            job(2, "embedding", {"text": long_answer, "fit": {"max_tokens": 999, "model": smol}}),
+            job(3, "verification", {"text": long_answer, "count_model": smol}),
+            job(4, "verification", {"text": "Paris.", "count_model": "not-here"}),
+        ]
+    )
+    assert isinstance(own_short, dict) and isinstance(own_long, dict)
+    smol_tokens = ModelTokens(smol)
+    assert long_answer.startswith(own_short["text"])
+    assert 14 <= smol_tokens.count(own_short["text"]) <= 16  # cut to maxTokens of its model
+    assert own_long["text"] == embedder.fit(long_answer)  # the window cut it, not maxTokens
+    assert own_long["bits"] == embedder.embed([long_answer])[0].hex()
+    assert isinstance(other, dict) and "text" not in other
+    assert other["embedder_tokens"] == embedder.token_count(long_answer) > 256
+    assert other["embedder_window"] == 256
+    assert other["model_tokens"] == smol_tokens.count(long_answer) > 256
+    assert isinstance(unknown, dict) and unknown["model_tokens"] is None

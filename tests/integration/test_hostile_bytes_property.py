@@ -76,7 +76,8 @@ def _requested(
     binding: CoordinatorBinding, request_id: int, prompt: bytes, model: bytes
 ) -> RequestedEvent:
     frame = (1, 30_000, 3500, 6700, b"all-MiniLM-L6-v2")
-    data = [prompt, [model], 700, 64, frame, "0x" + "00" * 20, 0, 10**15, 100, 130, 10]
+    terms = (keccak(prompt + model), 7, 3_800, 0, 1, 1000)
+    data = [prompt, [model], 700, 64, frame, "0x" + "00" * 20, 0, 10**15, 100, 130, 10, terms]
     (event,) = binding.decode_logs(
         [_log(binding, "InferenceRequested", [request_id, "0x" + "0b" * 20], data)]
     )
@@ -99,7 +100,9 @@ def test_any_bytes_decode_store_and_say_what_was_wrong(
 ) -> None:
     request_id = next(_ids)
     requested = _requested(binding, request_id, prompt, model)
-    committed_log = _log(binding, "Committed", [request_id, ORACLE], [0, b"\x01" * 32])
+    committed_log = _log(
+        binding, "Committed", [request_id, ORACLE], [0, b"\x01" * 32, 5, "0x" + "00" * 20]
+    )
     revealed_log = _log(binding, "Revealed", [request_id, ORACLE], [0, output, 0, b"\x02" * 48])
     committed, revealed = binding.decode_logs([committed_log, revealed_log])
     assert isinstance(revealed, RevealedEvent)

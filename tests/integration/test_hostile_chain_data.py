@@ -46,7 +46,7 @@ def request_raw(
     models: tuple[bytes, ...] = (MODEL.encode(),),
 ) -> None:
     frame = (1, 30_000, 3500, 6700, EMBEDDING_MODEL.encode())
-    args: list[Any] = [prompt, list(models), 700, 64, frame, "0x" + "00" * 20, 0]
+    args: list[Any] = [prompt, list(models), 700, 64, frame, "0x" + "00" * 20, 0, 0]
     protocol.transact_raw("requestInference", args, protocol.requester, value=10**15)
 
 
@@ -106,8 +106,16 @@ def test_a_reveal_that_is_not_text_is_kept_with_its_exact_hash_and_disputed(
     salt = bytes(range(32))
     commitment = keccak(
         encode(
-            ["uint256", "address", "bytes32", "uint8", "bytes", "bytes32"],
-            [request_id, hostile, keccak(EVIL_BYTES), 0, bits, salt],
+            ["uint256", "bytes32", "address", "bytes32", "uint8", "bytes", "bytes32"],
+            [
+                request_id,
+                protocol.request_hash(request_id),
+                hostile,
+                keccak(EVIL_BYTES),
+                0,
+                bits,
+                salt,
+            ],
         )
     )
     commit = protocol.coordinator.functions.commit(request_id, commitment)

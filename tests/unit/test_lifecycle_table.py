@@ -54,7 +54,7 @@ def test_every_node_transition_is_a_function_of_the_transitions_module() -> None
 
 def test_node_transitions_only_act_or_move_forward() -> None:
     """A node row never leads back: the driver's chain of moves in one look must end."""
-    forward = ("requested", "committing", "revealing", "finalizing", "skipped")
+    forward = ("requested", "committing", "revealing", "finalizing", "skipped", "evicted")
     rank = {state: i for i, state in enumerate(forward)}
     for t in (t for t in TRANSITIONS if t.run is not None):
         for target in t.targets:
@@ -66,7 +66,7 @@ def test_chain_transitions_name_the_chain_event_that_makes_them() -> None:
         named = t.event.split(":")[0]
         assert named in CHAIN_EVENTS or named == "reorg", t
     settled = {t.source for t in TRANSITIONS if t.event == FinalizedEvent.event_name}
-    assert settled == set(FOLLOWED), "every state this node follows can be settled on-chain"
+    assert set(FOLLOWED) <= settled, "every state this node follows can be settled on-chain"
 
 
 def test_each_state_runs_its_steps_in_one_place() -> None:
