@@ -1,0 +1,249 @@
+"""How an answer becomes the sign bits a node reveals: the text embedded, and the bits.
+
+Two steps, both pure and identical on every node (docs/consensus.md, "The signal"):
+
+1. **The text embedded** (``embedding_text``): the delivered answer, never changed, is
+   read for embedding without verbatim copies of the request's prompt
+   (``strip_question_echo``: a base model that continues its prompt repeats the
+   question, and answers to other questions of the same template then read alike), and
+   normalised (``normalise_answer``: case, runs of whitespace, surrounding whitespace,
+   trailing periods).
+2. **The bits** (``signal_bits``): bit i = 1 when component i of the embedding is
+   greater than component i of the model's *centre*, the mean embedding over a fixed
+   reference corpus (sentence embeddings share a large common component, so raw sign
+   bits spend many bits on what every text has). Without a centre it is today's rule,
+   ``pack_sign_bits``: bit i = 1 when component i > 0.
+
+A centre is part of the embedding model's registration: a small file shipped in the
+package (``oracle/consensus/centres/<model>.f32``, float32 little-endian), its sha256
+fixed in ``SIGNALS`` and checked whenever it is read (``load_centre``). The contract
+only ever sees the bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import numpy.typing as npt
+
+from oracle.errors import InvalidEmbedding, OracleError
+
+__all__ = [
+    "RAW",
+    "SIGNALS",
+    "Centre",
+    "CentreMismatch",
+    "EmbeddingSignal",
+    "build_centre",
+    "centre_bytes",
+    "embedding_text",
+    "load_centre",
+    "normalise_answer",
+    "parse_centre",
+    "signal_bits",
+    "strip_question_echo",
+]
+
+_SPACES = re.compile(r"\s+")
+_TRAILING_PERIODS = re.compile(r"[\s.]+$")
+
+
+class CentreMismatch(OracleError):
+    """A centring vector is not the registered one."""
+
+    model: str
+    reason: str
+
+    def __init__(self, *, model: str, reason: str) -> None:
+        super().__init__(f"centre of {model}: {reason}")
+        self.model = model
+        self.reason = reason
+
+
+# --- the text embedded -------------------------------------------------------------------
+
+
+def strip_question_echo(question: str, answer: str) -> str:
+    """``answer`` with every verbatim copy of ``question`` (its surrounding whitespace
+    ignored) replaced by a space; ``answer`` itself when nothing but whitespace would
+    remain, or when the question is blank.
+
+    Only whole copies go, never part of a word (the prompt "Hi" leaves "Hiking" alone),
+    and an answer that quotes part of the question, or rewords it, keeps all of its
+    words: nothing a node adds escapes the embedding.
+    """
+    echo = question.strip()
+    if not echo:
+        return answer
+    pattern = re.escape(echo)
+    if echo[0].isalnum() or echo[0] == "_":
+        pattern = r"(?<!\w)" + pattern
+    if echo[-1].isalnum() or echo[-1] == "_":
+        pattern += r"(?!\w)"
+    rest = re.sub(pattern, " ", answer)
+    return rest if rest.strip() else answer
+
+
+def normalise_answer(text: str) -> str:
+    """Case folded, runs of whitespace made one space, surrounding whitespace and
+    trailing periods removed: ``" The capital is Paris.\\n"`` -> ``"the capital is paris"``.
+    """
+    return _TRAILING_PERIODS.sub("", _SPACES.sub(" ", text).strip()).casefold()
+
+
+def embedding_text(
+    question: str, answer: str, *, strip_echo: bool = False, normalise: bool = False
+) -> str:
+    """The text a node embeds for ``answer`` to ``question`` (the request's prompt as
+    the model read it). Both options off: the answer itself, as nodes embed it today.
+    The delivered answer is never this text; it stays as the model wrote it."""
+    text = strip_question_echo(question, answer) if strip_echo else answer
+    return normalise_answer(text) if normalise else text
+
+
+# --- the bits ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Centre:
+    """One embedding model's centring vector and the sha256 of its file."""
+
+    model: str
+    vector: npt.NDArray[np.float32]
+    sha256: str
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.vector.shape[0])
+
+
+def signal_bits(vector: npt.ArrayLike, centre: Centre | None = None) -> bytes:
+    """The packed bits of an embedding: bit i = 1 when component i > centre i
+    (strictly), most significant bit first, as ``pack_sign_bits`` packs them; without a
+    centre, when component i > 0 (``pack_sign_bits`` exactly).
+
+    The comparison is exact (float64, to which float32 converts without rounding), so
+    the bits do not depend on how a node subtracts; normalising the vector first
+    changes them, since the centre is not scaled with it: give the embedding as the
+    model returns it with ``normalize_embeddings=True``.
+    """
+    components = np.asarray(vector, dtype=np.float64)
+    if components.ndim != 1:
+        raise InvalidEmbedding(reason=f"expected one vector, got shape {components.shape}")
+    if components.size == 0 or components.size % 8 != 0:
+        raise InvalidEmbedding(
+            reason=f"{components.size} dimensions; sign bits need a positive multiple of 8"
+        )
+    if not np.isfinite(components).all():
+        raise InvalidEmbedding(reason="the vector holds NaN or infinite components")
+    if centre is None:
+        threshold: npt.NDArray[np.float64] = np.zeros_like(components)
+    elif centre.dimensions != components.size:
+        raise InvalidEmbedding(
+            reason=f"{components.size} dimensions against a centre of {centre.dimensions}"
+        )
+    else:
+        threshold = centre.vector.astype(np.float64)
+    return np.packbits(components > threshold).tobytes()
+
+
+def build_centre(vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """The mean of a corpus's embeddings (one a row), accumulated in float64 and
+    rounded once to float32: the vector a centre file holds."""
+    matrix = np.asarray(vectors, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] == 0:
+        raise InvalidEmbedding(reason=f"expected a non-empty matrix, got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise InvalidEmbedding(reason="the corpus holds NaN or infinite components")
+    return np.asarray(matrix.mean(axis=0), dtype=np.float32)
+
+
+def centre_bytes(vector: npt.ArrayLike) -> bytes:
+    """A centre file's contents: the components as float32, little-endian, in order."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def parse_centre(model: str, data: bytes, *, dimensions: int, sha256: str) -> Centre:
+    """A centre read from its file's bytes, refused (CentreMismatch) unless it hashes
+    to the registered ``sha256``, holds ``dimensions`` float32 components and they are
+    finite."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256.lower():
+        raise CentreMismatch(model=model, reason=f"sha256 {digest}, registered {sha256}")
+    if len(data) != 4 * dimensions:
+        raise CentreMismatch(
+            model=model, reason=f"{len(data)} bytes, {dimensions} float32 need {4 * dimensions}"
+        )
+    vector = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    if not np.isfinite(vector).all():
+        raise CentreMismatch(model=model, reason="NaN or infinite components")
+    vector.setflags(write=False)
+    return Centre(model=model, vector=vector, sha256=digest)
+
+
+# --- the registered signals --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddingSignal:
+    """How one registered embedding model turns answers into bits."""
+
+    name: str
+    """The name a request would use for it (securityFrame.embeddingModel)."""
+    model: str
+    """The embedding model (oracle.engine.embedding_models)."""
+    dimensions: int
+    strip_echo: bool = False
+    normalise: bool = False
+    centre_sha256: str | None = None
+    """sha256 of ``centres/<centre_file>``; None: raw sign bits."""
+    centre_file: str | None = None
+
+    def text(self, question: str, answer: str) -> str:
+        return embedding_text(
+            question, answer, strip_echo=self.strip_echo, normalise=self.normalise
+        )
+
+
+RAW = EmbeddingSignal(name="all-MiniLM-L6-v2", model="all-MiniLM-L6-v2", dimensions=384)
+"""Today's signal: the answer as delivered, raw sign bits."""
+
+SIGNALS: Mapping[str, EmbeddingSignal] = {
+    signal.name: signal
+    for signal in (
+        RAW,
+        EmbeddingSignal(
+            name="all-MiniLM-L6-v2/echo-norm-centred-1",
+            model="all-MiniLM-L6-v2",
+            dimensions=384,
+            strip_echo=True,
+            normalise=True,
+            centre_sha256="d7b956d139f5a02ae6fe8f86917d5b827b1a6d9b0b1db6771a8ac73e53233b6d",
+            centre_file="all-MiniLM-L6-v2.echo-norm.f32",
+        ),
+    )
+}
+"""The signals a node knows; the centred one is proposed (docs/consensus.md), not yet
+registered on chain."""
+
+
+def load_centre(signal: EmbeddingSignal) -> Centre | None:
+    """The signal's shipped centre, its sha256 checked (CentreMismatch); None for a
+    signal without one."""
+    if signal.centre_file is None or signal.centre_sha256 is None:
+        return None
+    path = resources.files("oracle.consensus").joinpath("centres", signal.centre_file)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CentreMismatch(
+            model=signal.name, reason=f"{signal.centre_file} is not in the package"
+        ) from exc
+    return parse_centre(
+        signal.name, data, dimensions=signal.dimensions, sha256=signal.centre_sha256
+    )
