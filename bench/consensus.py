@@ -22,24 +22,32 @@ nodes reveal them), at every secDistance from 0.10 to 0.50:
   within secDistance; reported, since agreement is not truth;
 - other-prompt acceptance: the share of (answer to another prompt, honest answer) pairs
   within secDistance: a node replaying an answer it did not compute for this prompt
-  (embedded as an answer to this prompt: with this prompt's question, where the signal
-  takes the question, as verifying nodes would embed it).
+  (embedded as an answer to this prompt, as verifying nodes would embed it: with this
+  prompt's echo stripped, or framed with this prompt, where the signal does that).
   Other prompts whose reference answer is the same (two reviews both "Positive") are
   left out: that answer is right for both.
 
-The operating point is ``DEFAULT_SEC_DISTANCE_BP`` (0.35). Then the same figures for the
-candidate signals (``--variants``): answers normalised before embedding (case,
-surrounding whitespace, a trailing period), the question embedded with the answer,
-sign bits taken after subtracting a mean vector (computed on the answers to the other
-half of the prompts, so never on the answers measured), their combinations, and
-all-mpnet-base-v2 when its packages are installed.
+Then the same figures for the candidate signals (``--variants``, the transforms of
+``oracle.consensus.signal``), side by side with today's: answers normalised before
+embedding (case, whitespace, trailing periods), the request's prompt echo stripped from
+the answer, ``"Q: <prompt>\nA: <answer>"`` embedded, bits taken against a centre (the
+mean embedding of a held-out corpus: the answers to the other half of the prompts, or
+that half's prompts and reference answers; or the shipped centre file, built from the
+reference split and measured on the test split), their combinations, and
+all-mpnet-base-v2 when it is unpacked (``--mpnet-dir``). For each: the summary at 0.35
+and over secDistance, and each task type at its own secDistance; for today's signal and
+the proposed one (``PROPOSED``, at ``PROPOSED_SEC_DISTANCE_BP``), the curves, the table
+per task type and model, and the frames per task type.
 
-Run: ``.venv/bin/python bench/consensus.py [--variants all] [--generate]``
-(``--smoke``: two prompts a task type). The last line reads
-``honest_short_min=<fraction> other_prompt_max=<fraction>``: today's signal at the
-operating point, the lowest honest agreement over the short-answer task types (factual,
-yes/no, classification, extraction) at temperature 0.2, over both models, and the
-highest other-prompt acceptance over every task type, model and temperature.
+Run: ``.venv/bin/python bench/consensus.py [--variants all] [--cache FILE] [--generate]``
+(``--smoke``: two prompts a task type; ``--cache``: keep the embeddings in an .npz file
+between runs; ``--build-centre``: write the proposed signal's centre file from the
+reference split). The line before last gives the proposed signal at its operating
+point; the last line reads ``honest_short_min=<fraction> other_prompt_max=<fraction>``:
+today's signal, the one nodes reveal, at ``DEFAULT_SEC_DISTANCE_BP`` (0.35): the lowest
+honest agreement over the short-answer task types (factual, yes/no, classification,
+extraction) at temperature 0.2, over both models, and the highest other-prompt
+acceptance over every task type, model and temperature.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ sys.path.pop(0)  # bench/ -> the repository root, so that bench._common imports
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -59,6 +68,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -66,6 +76,13 @@ import numpy.typing as npt
 
 from bench._common import MINILM, SMOLLM, add_smoke_flag, apply_smoke, print_machine
 from oracle.consensus import BASIS_POINTS, DEFAULT_SEC_DISTANCE_BP
+from oracle.consensus.signal import (
+    SIGNALS,
+    build_centre,
+    centre_bytes,
+    embedding_text,
+    load_centre,
+)
 
 if TYPE_CHECKING:
     from oracle.engine.llm import LlmRunner
@@ -98,6 +115,10 @@ OTHER_PROMPTS = 12
 """Answers to other prompts compared with each prompt's honest answers (half of them of
 the same task type)."""
 OTHER_PROMPT_GOAL = 0.05
+SIDE_BY_SIDE_BP = (3000, 3300, 3500, 3700, 4000)
+PROPOSED_SEC_DISTANCE_BP = 3_700
+"""The proposed signal's operating point, picked from its curves (docs/consensus.md):
+centring spreads the bits, so its scale is not today's."""
 MPNET = "all-mpnet-base-v2"
 
 # --- data -------------------------------------------------------------------------------
@@ -242,64 +263,118 @@ def as_record(row: AnswerSet) -> dict[str, object]:
 
 # --- signals: how an answer becomes sign bits -----------------------------------------------
 
-TRAILING = re.compile(r"[\s.!]+$")
-SPACES = re.compile(r"\s+")
-
-
-def normalise(text: str) -> str:
-    """Case, surrounding and repeated whitespace, trailing periods: never what is delivered."""
-    return TRAILING.sub("", SPACES.sub(" ", text.strip())).casefold()
+CENTRES = ("none", "held-out", "held-out-text", "shipped")
+"""Where a signal's centre comes from: none (raw sign bits); held-out: each half of the
+prompts is centred on the mean embedding of the answers to the other half (both models
+and temperatures); held-out-text: on the mean of the other half's prompts, reference and
+wrong answers (text no model wrote); shipped: the package's centre file
+(``oracle.consensus.signal``), built from the answers to the reference split (``--build-centre``)
+and so measured on the test split only."""
+REFERENCE_SPLIT, TEST_SPLIT = 0, 1
+"""Halves of the prompts (``_half``): even-numbered ones build the shipped centre; the
+odd-numbered ones are the test split it is measured on."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Signal:
     name: str
-    model: str
+    model: str = MINILM
+    strip_echo: bool = False
     normalised: bool = False
-    with_question: bool = False
-    centred: bool = False
+    question_frame: bool = False
+    """Embed ``"Q: <prompt>\nA: <answer>"``: a verifying node embeds a revealed output
+    with the request's own prompt."""
+    centre: str = "none"
+    test_split: bool = False
+    """Measure only the prompts of the test split."""
 
     def text(self, question: str, answer: str) -> str:
-        body = normalise(answer) if self.normalised else answer
-        if self.with_question:
-            question = normalise(question) if self.normalised else question
-            return f"{question}\n{body}"
-        return body
+        body = embedding_text(
+            question, answer, strip_echo=self.strip_echo, normalise=self.normalised
+        )
+        return f"Q: {question}\nA: {body}" if self.question_frame else body
 
 
-TODAY = Signal(name="today (answer, raw sign bits)", model=MINILM)
+TODAY = Signal(name="today: the answer, raw sign bits")
+PROPOSED = "echo+norm+centred"
+"""The variant docs/consensus.md recommends: ``SIGNALS[PROPOSED_SIGNAL]`` measured on
+every prompt, each half centred on the other."""
+PROPOSED_SIGNAL = "all-MiniLM-L6-v2/echo-norm-centred-1"
 VARIANTS = {
     "today": TODAY,
-    "normalised": Signal(name="normalised answer", model=MINILM, normalised=True),
-    "question": Signal(name="question + answer", model=MINILM, with_question=True),
-    "centred": Signal(name="centred", model=MINILM, centred=True),
-    "norm+question": Signal(
-        name="normalised question + answer", model=MINILM, normalised=True, with_question=True
+    "normalised": Signal(name="answer normalised", normalised=True),
+    "echo": Signal(name="prompt echo stripped", strip_echo=True),
+    "question": Signal(name='"Q: <prompt> A: <answer>"', question_frame=True),
+    "centred": Signal(name="centred (held-out answers)", centre="held-out"),
+    "centred-text": Signal(
+        name="centred (held-out prompts and references)", centre="held-out-text"
     ),
-    "norm+question+centred": Signal(
-        name="normalised question + answer, centred",
-        model=MINILM,
+    "echo+norm": Signal(name="echo stripped, normalised", strip_echo=True, normalised=True),
+    "echo+centred": Signal(name="echo stripped, centred", strip_echo=True, centre="held-out"),
+    PROPOSED: Signal(
+        name="echo stripped, normalised, centred (held-out answers)",
+        strip_echo=True,
         normalised=True,
-        with_question=True,
-        centred=True,
+        centre="held-out",
+    ),
+    "echo+norm+centred-text": Signal(
+        name="echo stripped, normalised, centred (held-out prompts and references)",
+        strip_echo=True,
+        normalised=True,
+        centre="held-out-text",
+    ),
+    "question+centred": Signal(
+        name='"Q: <prompt> A: <answer>", centred (held-out answers)',
+        question_frame=True,
+        centre="held-out",
+    ),
+    "today@test": Signal(name="today, test split only", test_split=True),
+    "shipped@test": Signal(
+        name="echo stripped, normalised, shipped centre, test split only",
+        strip_echo=True,
+        normalised=True,
+        centre="shipped",
+        test_split=True,
     ),
     "mpnet": Signal(name="all-mpnet-base-v2, answer", model=MPNET),
-    "mpnet+norm+question": Signal(
-        name="all-mpnet-base-v2, normalised question + answer",
+    "mpnet+echo+norm+centred": Signal(
+        name="all-mpnet-base-v2, echo stripped, normalised, centred (held-out answers)",
         model=MPNET,
+        strip_echo=True,
         normalised=True,
-        with_question=True,
+        centre="held-out",
     ),
 }
+SMOKE_VARIANTS = f"today,{PROPOSED}"
 
 
 @dataclass
 class Encoders:
-    """Normalised float32 embeddings, computed once per (model, text)."""
+    """Normalised float32 embeddings, computed once per (model, text), as the node's
+    ``Embedder`` computes them; kept in ``cache`` between runs when one is given."""
 
     threads: int
+    cache: Path | None = None
     vectors: dict[tuple[str, str], npt.NDArray[np.float32]] = field(default_factory=dict)
     loaded: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cache is not None and self.cache.is_file():
+            with np.load(self.cache, allow_pickle=False) as stored:
+                rows = zip(stored["models"], stored["texts"], stored["vectors"], strict=True)
+                self.vectors = {(str(m), str(t)): v for m, t, v in rows}
+
+    def save(self) -> None:
+        if self.cache is None or not self.vectors:
+            return
+        keys = list(self.vectors)
+        with self.cache.open("wb") as out:
+            np.savez(
+                out,
+                models=np.array([m for m, _t in keys]),
+                texts=np.array([t for _m, t in keys]),
+                vectors=np.stack([self.vectors[k] for k in keys]),
+            )
 
     def encode(self, model: str, texts: Sequence[str]) -> None:
         missing = sorted({t for t in texts if (model, t) not in self.vectors})
@@ -375,10 +450,19 @@ class Distances:
     cluster_shares: dict[Group, list[list[float]]] = field(default_factory=dict)
     correct: dict[Group, list[bool]] = field(default_factory=dict)
     same_verdict: dict[Group, list[bool]] = field(default_factory=dict)
+    same_verdict_pairs: dict[Group, list[float]] = field(default_factory=dict)
+    """Honest pairs that say the same thing (``_verdict``): a good signal merges them."""
+    other_verdict_pairs: dict[Group, list[float]] = field(default_factory=dict)
+    """Honest pairs that disagree in substance: a good signal keeps them apart."""
 
 
-def sign_bits(matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
-    return matrix > 0
+def sign_bits(
+    matrix: npt.NDArray[np.float32], centre: npt.NDArray[np.float32] | None = None
+) -> npt.NDArray[np.bool_]:
+    """Bits as ``oracle.consensus.signal.signal_bits`` takes them: component > centre."""
+    if centre is None:
+        return matrix > 0
+    return matrix.astype(np.float64) > centre.astype(np.float64)
 
 
 def hamming_matrix(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
@@ -416,6 +500,9 @@ def measure(
     encoders: Encoders,
 ) -> Distances:
     """Every distance the report needs, for one signal."""
+    if signal.test_split:
+        prompts = [p for p in prompts if _half(p.id) == TEST_SPLIT]
+        answers = {k: v for k, v in answers.items() if _half(k[0]) == TEST_SPLIT}
     by_id = {p.id: p for p in prompts}
     answered = {key[0] for key in answers}
     others = {  # among the prompts the same model answered
@@ -431,7 +518,7 @@ def measure(
         if prompt.wrong is not None and prompt.id in answered:
             wrong_texts[prompt.id] = signal.text(prompt.prompt, prompt.wrong)
     # Another prompt's answer revealed for this request is embedded as this request's
-    # answer: with this request's question, when the signal takes the question.
+    # answer: with this request's prompt (its echo stripped, or framed with it).
     other_texts: dict[tuple[str, str, int], list[str]] = {
         (prompt_id, model, temperature): [
             signal.text(by_id[prompt_id].prompt, answers[(other.id, model, temperature)].texts[0])
@@ -451,26 +538,28 @@ def measure(
     for (prompt_id, model, temperature), group_texts in texts.items():
         prompt = by_id[prompt_id]
         group = Group(prompt.task, model, temperature)
-        offset = centre[_half(prompts, prompt_id)]
-        honest = sign_bits(encoders.matrix(signal.model, group_texts) - offset)
+        offset = centre[_half(prompt_id)]
+        honest = sign_bits(encoders.matrix(signal.model, group_texts), offset)
         dim = honest.shape[1]
-        pairs = hamming_matrix(honest, honest)[np.triu_indices(len(group_texts), k=1)]
-        out.honest.setdefault(group, []).extend((pairs / dim).tolist())
+        pairs = hamming_matrix(honest, honest)[np.triu_indices(len(group_texts), k=1)] / dim
+        out.honest.setdefault(group, []).extend(pairs.tolist())
         out.cluster_shares.setdefault(group, []).append(_cluster_shares(honest))
         if prompt_id in wrong_texts:
-            wrong = sign_bits(encoders.matrix(signal.model, [wrong_texts[prompt_id]]) - offset)
+            wrong = sign_bits(encoders.matrix(signal.model, [wrong_texts[prompt_id]]), offset)
             out.wrong.setdefault(group, []).extend((hamming_matrix(wrong, honest) / dim).ravel())
         replayed = other_texts[(prompt_id, model, temperature)]
         if replayed:
-            other = sign_bits(encoders.matrix(signal.model, replayed) - offset)
+            other = sign_bits(encoders.matrix(signal.model, replayed), offset)
             out.other.setdefault(group, []).extend((hamming_matrix(other, honest) / dim).ravel())
         if prompt.key is not None:
             raw = answers[(prompt_id, model, temperature)].texts
             out.correct.setdefault(group, []).extend(_is_correct(prompt, a) for a in raw)
             verdicts = [_verdict(prompt, a) for a in raw]
-            out.same_verdict.setdefault(group, []).extend(
-                a == b for a, b in itertools.combinations(verdicts, 2)
-            )
+            same = [a == b for a, b in itertools.combinations(verdicts, 2)]
+            out.same_verdict.setdefault(group, []).extend(same)
+            for agree, distance in zip(same, pairs.tolist(), strict=True):
+                table = out.same_verdict_pairs if agree else out.other_verdict_pairs
+                table.setdefault(group, []).append(distance)
     return out
 
 
@@ -490,9 +579,10 @@ def _verdict(prompt: Prompt, answer: str) -> str:
     return "holds the answer" if _is_correct(prompt, answer) else "does not"
 
 
-def _half(prompts: Sequence[Prompt], prompt_id: str) -> int:
+def _half(prompt_id: str) -> int:
     """Which half a prompt is in: alternate prompts of the data file, so both halves hold
-    every task type."""
+    every task type. Even-numbered prompts are the reference split, odd ones the test
+    split."""
     return int(prompt_id.rsplit("-", 1)[1]) % 2
 
 
@@ -501,22 +591,61 @@ def _centres(
     prompts: Sequence[Prompt],
     texts: dict[tuple[str, str, int], list[str]],
     encoders: Encoders,
-) -> dict[int, npt.NDArray[np.float32]]:
-    """The vector subtracted before the sign: zero, or, for a centred signal and each half
-    of the prompts, the mean embedding of the answers to the other half."""
-    zero = np.zeros(encoders.matrix(signal.model, [next(iter(texts.values()))[0]]).shape[1])
-    if not signal.centred:
-        return {0: zero, 1: zero}
-    centres = {}
+) -> dict[int, npt.NDArray[np.float32] | None]:
+    """The centre each half of the prompts is measured against (``CENTRES``)."""
+    if signal.centre == "none":
+        return {0: None, 1: None}
+    if signal.centre == "shipped":
+        shipped = load_centre(SIGNALS[PROPOSED_SIGNAL])
+        assert shipped is not None and signal.model == MINILM
+        assert signal.strip_echo and signal.normalised and not signal.question_frame
+        return {0: shipped.vector, 1: shipped.vector}
+    centres: dict[int, npt.NDArray[np.float32] | None] = {}
     for half in (0, 1):
-        corpus = [
-            t
-            for (prompt_id, _m, _t), group in texts.items()
-            if _half(prompts, prompt_id) != half
-            for t in group
-        ]
-        centres[half] = encoders.matrix(signal.model, corpus).mean(axis=0)
+        if signal.centre == "held-out":
+            corpus = [
+                t
+                for (prompt_id, _m, _t), group in texts.items()
+                if _half(prompt_id) != half
+                for t in group
+            ]
+        else:  # held-out-text: text that no model wrote
+            corpus = [
+                signal.text(p.prompt, t)
+                for p in prompts
+                if _half(p.id) != half
+                for t in (p.prompt, p.reference, p.wrong)
+                if t is not None
+            ]
+            encoders.encode(signal.model, corpus)
+        centres[half] = build_centre(encoders.matrix(signal.model, corpus))
     return centres
+
+
+def build_shipped_centre(
+    prompts: Sequence[Prompt], answers: dict[tuple[str, str, int], AnswerSet], encoders: Encoders
+) -> None:
+    """Write the proposed signal's centre file: the mean embedding of every answer to the
+    reference split's prompts (both models and temperatures), as that signal embeds
+    them, and print its sha256 (the value ``SIGNALS`` registers)."""
+    signal = SIGNALS[PROPOSED_SIGNAL]
+    assert signal.centre_file is not None
+    by_id = {p.id: p for p in prompts}
+    corpus = [
+        signal.text(by_id[prompt_id].prompt, text)
+        for (prompt_id, _m, _t), answer_set in sorted(answers.items())
+        if _half(prompt_id) == REFERENCE_SPLIT
+        for text in answer_set.texts
+    ]
+    encoders.encode(signal.model, corpus)
+    data = centre_bytes(build_centre(encoders.matrix(signal.model, corpus)))
+    path = Path(str(resources.files("oracle.consensus").joinpath("centres", signal.centre_file)))
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    print(
+        f"wrote {path}: the mean of {len(corpus)} answers to the reference split, sha256 {digest}"
+    )
 
 
 def _cluster_shares(honest: npt.NDArray[np.bool_]) -> list[float]:
@@ -597,20 +726,21 @@ def best_point(d: Distances) -> tuple[int, Summary]:
     return best or (FINE_BP[0], summarise(d, FINE_BP[0]))
 
 
-def print_curves(d: Distances, models: Sequence[str]) -> None:
+def print_curves(d: Distances, models: Sequence[str], marked_bp: int) -> None:
     """Per task type: honest agreement per model and temperature, acceptance, per threshold."""
     columns = [(m, t) for m in models for t in TEMPERATURES_MILLI]
     names = {SMOLLM: "SmolLM2", GEMMA: "Gemma"}
+    thresholds = sorted({*CURVE_BP, marked_bp})
     for task in TASKS:
         print(f"\n### {task}")
         header = [f"honest {names.get(m, m)} {t / 1000}" for m, t in columns]
         print("| secDistance | " + " | ".join(header) + " | wrong answer | other prompt |")
         print("|---" * (len(header) + 3) + "|")
-        for bp in CURVE_BP:
+        for bp in thresholds:
             cells = [_pct(within(d.honest.get(Group(task, m, t), []), bp)) for m, t in columns]
             wrong = within(pooled(d.wrong, task=task), bp)
             other = within(pooled(d.other, task=task), bp)
-            mark = " **<- default**" if bp == DEFAULT_SEC_DISTANCE_BP else ""
+            mark = " **<- operating point**" if bp == marked_bp else ""
             print(
                 f"| {bp / BASIS_POINTS:.2f}{mark} | "
                 + " | ".join(cells)
@@ -619,11 +749,11 @@ def print_curves(d: Distances, models: Sequence[str]) -> None:
 
 
 def print_task_table(d: Distances, models: Sequence[str], bp: int) -> None:
-    """At one threshold: per task type and model, agreement, acceptance, quorum-5 outcomes."""
+    """At one threshold: per task type and model, agreement, acceptance, quorum-4 outcomes."""
     print(
-        f"\nat secDistance {bp / BASIS_POINTS:.2f}: honest agreement (0.2 / 0.7), wrong-answer and "
-        "other-prompt acceptance, share of prompts whose 4 answers, as one quorum-4 request, "
-        "reach consensus "
+        f"\nat secDistance {bp / BASIS_POINTS:.3f}: honest agreement (0.2 / 0.7), wrong-answer "
+        "and other-prompt acceptance, share of prompts whose 4 answers, as one quorum-4 "
+        "request, reach consensus "
         "(secPercentage 6000: 3 in one cluster) at 0.2 / 0.7, answers containing the known answer, "
         "honest pairs whose verdicts (yes/no, label, known answer present) agree"
     )
@@ -632,7 +762,6 @@ def print_task_table(d: Distances, models: Sequence[str], bp: int) -> None:
         "| consensus 0.7 | correct | same verdict 0.2 / 0.7 |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    index = FINE_BP.index(bp) if bp in FINE_BP else None
     for task in TASKS:
         for model in models:
             cold, hot = Group(task, model, 200), Group(task, model, 700)
@@ -642,10 +771,7 @@ def print_task_table(d: Distances, models: Sequence[str], bp: int) -> None:
                 _pct(within(pooled(d.wrong, task=task, model=model), bp)),
                 _pct(within(pooled(d.other, task=task, model=model), bp)),
             ]
-            for group in (cold, hot):
-                shares = d.cluster_shares.get(group, [])
-                reached = [s[index] >= 0.6 for s in shares] if index is not None else []
-                cells.append(_pct(float(np.mean(reached)) if reached else float("nan")))
+            cells += [_pct(consensus_rate(d, group, bp, 3)) for group in (cold, hot)]
             correct = pooled(d.correct, task=task, model=model)  # type: ignore[arg-type]
             cells.append(_pct(float(np.mean(correct))) if correct else "-")
             same = [d.same_verdict.get(g, []) for g in (cold, hot)]
@@ -653,8 +779,61 @@ def print_task_table(d: Distances, models: Sequence[str], bp: int) -> None:
             print(f"| {task} | {model.split('-')[0]} | " + " | ".join(cells) + " |")
 
 
+def consensus_rate(d: Distances, group: Group, bp: int, need: int) -> float:
+    """The share of the group's prompts whose answers, as one request with a quorum of
+    their number, put at least ``need`` of them in one cluster at ``bp``."""
+    shares = d.cluster_shares.get(group, [])
+    if not shares or bp not in FINE_BP:
+        return float("nan")
+    index = FINE_BP.index(bp)
+    return float(np.mean([round(s[index] * len(SEEDS)) >= need for s in shares]))
+
+
 def _pct(value: float) -> str:
     return "-" if value != value else f"{value * 100:.0f} %"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPoint:
+    """One task type at one threshold, its worst group for each figure."""
+
+    bp: int
+    honest_cold: float
+    honest_hot: float
+    other: float
+    wrong: float
+
+
+def task_point(d: Distances, task: str, bp: int) -> TaskPoint:
+    def worst(table: dict[Group, list[float]], temperature: int, pick: object) -> float:
+        values = [
+            within(v, bp)
+            for g, v in table.items()
+            if g.task == task and (temperature == 0 or g.temperature_milli == temperature)
+        ]
+        return pick(values, default=float("nan"))  # type: ignore[operator, no-any-return]
+
+    return TaskPoint(
+        bp=bp,
+        honest_cold=worst(d.honest, 200, min),
+        honest_hot=worst(d.honest, 700, min),
+        other=worst(d.other, 0, max),
+        wrong=worst(d.wrong, 0, max),
+    )
+
+
+def task_best(d: Distances, task: str) -> TaskPoint | None:
+    """The task type's own secDistance (0.005 steps): the highest honest agreement at 0.2
+    (its worst model) whose other-prompt acceptance stays within the goal for every model
+    and temperature; the lowest such distance on a tie. None when no threshold does."""
+    best: TaskPoint | None = None
+    for bp in FINE_BP:
+        point = task_point(d, task, bp)
+        if point.other > OTHER_PROMPT_GOAL:
+            break
+        if best is None or point.honest_cold > best.honest_cold:
+            best = point
+    return best
 
 
 def print_variants(results: dict[str, Distances]) -> None:
@@ -678,33 +857,77 @@ def print_variants(results: dict[str, Distances]) -> None:
             f"{_pct(best.honest_short_min_hot)} | {_pct(best.other_prompt_max)} | "
             f"{_pct(best.wrong_max)} |"
         )
+    print(
+        "\nOver secDistance: honest short min at 0.2 / 0.7, other-prompt max (o), "
+        "wrong-answer max (w)"
+    )
+    print("| signal | " + " | ".join(f"{bp / BASIS_POINTS:.2f}" for bp in SIDE_BY_SIDE_BP) + " |")
+    print("|---" * (len(SIDE_BY_SIDE_BP) + 1) + "|")
     for name, d in results.items():
-        bp, _ = best_point(d)
-        print(
-            f"\n### {VARIANTS[name].name}: per task at its best secDistance {bp / BASIS_POINTS:.3f}"
-        )
-        per_task(d, bp)
+        cells = []
+        for bp in SIDE_BY_SIDE_BP:
+            s = summarise(d, bp)
+            cells.append(
+                f"{s.honest_short_min * 100:.0f} / {s.honest_short_min_hot * 100:.0f}, "
+                f"o {s.other_prompt_max * 100:.0f}, w {s.wrong_max * 100:.0f}"
+            )
+        print(f"| {VARIANTS[name].name} | " + " | ".join(cells) + " |")
+    print(
+        "\nEach task type at its own secDistance (other-prompt acceptance within the goal for "
+        "every model and temperature): secDistance: honest agreement at 0.2 / 0.7, worst model"
+    )
+    print("| signal | " + " | ".join(TASKS) + " |")
+    print("|---" * (len(TASKS) + 1) + "|")
+    for name, d in results.items():
+        cells = []
+        for task in TASKS:
+            point = task_best(d, task)
+            cells.append(
+                "none"
+                if point is None
+                else f"{point.bp / BASIS_POINTS:.3f}: {point.honest_cold * 100:.0f} / "
+                f"{point.honest_hot * 100:.0f}"
+            )
+        print(f"| {VARIANTS[name].name} | " + " | ".join(cells) + " |")
 
 
-def per_task(d: Distances, bp: int) -> None:
-    print("| task | honest 0.2 (min over models) | honest 0.7 (min) | wrong | other |")
-    print("|---|---|---|---|---|")
+def print_frames(d: Distances, title: str) -> None:
+    """Per task type, the frame to ask for: its own secDistance (``task_best``) and what
+    it gives: agreement, acceptance, verdicts merged and kept apart, consensus of
+    quorum-4 requests needing 3 (secPercentage 6000-7500) or 4 (10000) answers."""
+    print(f"\n## Frames per task type: {title}")
+    print(
+        "| task | secDistance | honest 0.2 / 0.7 (worst model) | other (max) | wrong (max) "
+        "| same-verdict pairs within | different-verdict pairs within "
+        "| consensus 3 of 4 at 0.2 / 0.7 (worst model) | 4 of 4 at 0.2 / 0.7 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for task in TASKS:
-        cold = [
-            within(v, bp)
-            for g, v in d.honest.items()
-            if g.task == task and g.temperature_milli == 200
-        ]
-        hot = [
-            within(v, bp)
-            for g, v in d.honest.items()
-            if g.task == task and g.temperature_milli == 700
-        ]
+        point = task_best(d, task)
+        if point is None:
+            print(f"| {task} | none | | | | | | | |")
+            continue
+        bp = point.bp
+        rates = {
+            (need, t): min(
+                (
+                    consensus_rate(d, g, bp, need)
+                    for g in d.cluster_shares
+                    if g.task == task and g.temperature_milli == t
+                ),
+                default=float("nan"),
+            )
+            for need in (3, 4)
+            for t in TEMPERATURES_MILLI
+        }
+        same = within(pooled(d.same_verdict_pairs, task=task), bp)
+        apart = within(pooled(d.other_verdict_pairs, task=task), bp)
         print(
-            f"| {task} | {_pct(min(cold, default=float('nan')))} | "
-            f"{_pct(min(hot, default=float('nan')))} | "
-            f"{_pct(within(pooled(d.wrong, task=task), bp))} | "
-            f"{_pct(within(pooled(d.other, task=task), bp))} |"
+            f"| {task} | {bp / BASIS_POINTS:.3f} | {_pct(point.honest_cold)} / "
+            f"{_pct(point.honest_hot)} | {_pct(point.other)} | {_pct(point.wrong)} "
+            f"| {_pct(same)} | {_pct(apart)} "
+            f"| {_pct(rates[(3, 200)])} / {_pct(rates[(3, 700)])} "
+            f"| {_pct(rates[(4, 200)])} / {_pct(rates[(4, 700)])} |"
         )
 
 
@@ -762,7 +985,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--variants",
-        default="today",
+        default=f"today,{PROPOSED}",
         help=f"comma-separated signals to compare, or 'all' ({', '.join(VARIANTS)})",
     )
     parser.add_argument("--prompts-per-task", type=int, default=0, help="0: all of them")
@@ -785,10 +1008,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--gas", action="store_true", help="also the gas of 768-bit reveals (starts anvil)"
     )
-    add_smoke_flag(parser)
-    return apply_smoke(
-        parser.parse_args(), prompts_per_task=2, variants="today,norm+question+centred"
+    parser.add_argument(
+        "--cache", type=Path, help="an .npz file keeping the embeddings between runs"
     )
+    parser.add_argument(
+        "--build-centre",
+        action="store_true",
+        help=f"write the centre file of {PROPOSED_SIGNAL} from the reference split, and stop",
+    )
+    add_smoke_flag(parser)
+    return apply_smoke(parser.parse_args(), prompts_per_task=2, variants=SMOKE_VARIANTS)
 
 
 def select(prompts: Sequence[Prompt], per_task: int) -> list[Prompt]:
@@ -859,25 +1088,50 @@ def main() -> None:
         answered = [p for p in prompts if (p.id, model, 200) in answers]
         counts = task_counts(answered)
         print(f"  {model}: {len(answered)} of {len(prompts)} prompts answered ({counts})")
-    encoders = Encoders(threads=args.threads)
+    encoders = Encoders(threads=args.threads, cache=args.cache)
+    if args.build_centre:
+        build_shipped_centre(prompts, answers, encoders)
+        encoders.save()
+        return
     results: dict[str, Distances] = {}
     for name in variant_names(args.variants):
         started = time.perf_counter()
         results[name] = measure(VARIANTS[name], prompts, answers, encoders)
         print(f"measured {name}: {time.perf_counter() - started:.1f} s", flush=True)
+    encoders.save()
+    report(results, gas=args.gas)
+
+
+def report(results: dict[str, Distances], *, gas: bool) -> None:
     today = results["today"]
     print(f"\n## Today's signal: {MINILM} sign bits of the answer, as nodes reveal them")
-    print_curves(today, MODELS)
+    print_curves(today, MODELS, DEFAULT_SEC_DISTANCE_BP)
     print_task_table(today, MODELS, DEFAULT_SEC_DISTANCE_BP)
+    print_frames(today, "today's signal")
+    proposed = results.get(PROPOSED)
+    if proposed is not None:
+        print(f"\n## Proposed signal: {VARIANTS[PROPOSED].name}")
+        print_curves(proposed, MODELS, PROPOSED_SEC_DISTANCE_BP)
+        print_task_table(proposed, MODELS, PROPOSED_SEC_DISTANCE_BP)
+        print_frames(proposed, "proposed signal")
     if len(results) > 1:
         print_variants(results)
-    if args.gas:
+    if gas:
         print_gas(measure_gas())
+    if proposed is not None:
+        candidate = summarise(proposed, PROPOSED_SEC_DISTANCE_BP)
+        print(
+            f"\nproposed signal ({PROPOSED}) at its secDistance "
+            f"{PROPOSED_SEC_DISTANCE_BP / BASIS_POINTS:.2f}: "
+            f"honest_short_min={candidate.honest_short_min:.3f} "
+            f"honest_short_min_hot={candidate.honest_short_min_hot:.3f} "
+            f"other_prompt_max={candidate.other_prompt_max:.3f} wrong_max={candidate.wrong_max:.3f}"
+        )
     summary = summarise(today, DEFAULT_SEC_DISTANCE_BP)
     print(
-        f"\nat the default secDistance {DEFAULT_SEC_DISTANCE_BP / BASIS_POINTS:.2f}: honest "
-        f"agreement on short answers at 0.7 min {summary.honest_short_min_hot:.3f}, plausible "
-        f"wrong answers accepted up to {summary.wrong_max:.3f} (per task type and model)"
+        f"today's signal at the default secDistance {DEFAULT_SEC_DISTANCE_BP / BASIS_POINTS:.2f}: "
+        f"honest agreement on short answers at 0.7 min {summary.honest_short_min_hot:.3f}, "
+        f"plausible wrong answers accepted up to {summary.wrong_max:.3f} (per task type and model)"
     )
     print(
         f"honest_short_min={summary.honest_short_min:.3f} "
