@@ -29,10 +29,11 @@ writes its own chain.
 **Two contexts in turn (``contexts=2``, for GPUs).** ``llama_decode`` returns once the
 device has the work; the results are waited for when they are read. With the slots
 split over two llama.cpp contexts (the model's weights are shared; each context has its
-own KV cache, batch and output buffers), a step launches one context's decode and then
-samples the other's, so the CPU's part of a step (building the graph, sampling,
-bookkeeping) runs while the device computes the other half. On a CPU, decoding is
-itself CPU work and one context is right.
+own KV cache, batch and output buffers), a step launches one context's decode while a
+collector thread waits for the other's results and samples them: building one half's
+graph, sampling the other half and the device's work on both overlap. The calls on the
+two threads are on different contexts (and CUDA streams); the owner's bookkeeping runs
+after both. On a CPU, decoding is itself CPU work and one context is right.
 
 **Top-k on the device (``device_top_k``).** Each slot's context is created with a
 backend sampler (llama.cpp's experimental backend sampling) that keeps the 40 highest
@@ -172,6 +173,16 @@ class _Part:
     """Launched and not read yet: the sequences that will have logits, and their index."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A context's results, sampled: a token for each output, and the time it took."""
+
+    outputs: list[tuple[_Sequence, int]]
+    tokens: list[int]
+    wait_s: float
+    sample_s: float
+
+
 @dataclass(slots=True, eq=False)
 class _Sequence:
     """A request in a slot: what is still to be read, what was generated."""
@@ -227,6 +238,7 @@ class BatchedLlm:
         self._parts: list[_Part] = []
         self._by_key: dict[int, _Sequence] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._collector: ThreadPoolExecutor | None = None
         self._model: Any = None
         started = time.perf_counter()
         _quiet_llama_logs()
@@ -256,6 +268,11 @@ class BatchedLlm:
         self._end_of_generation: dict[int, bool] = {}
         self.times = StepTimes()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sampler")
+        self._collector = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector")
+            if len(self._parts) > 1
+            else None
+        )
         self._threads = threads
         self._rows_per_task = _ROWS_PER_TASK_TOP_K if device_top_k else _ROWS_PER_TASK
         self._formatter = self._chat_formatter() if spec.prompt_style == "chat" else None
@@ -356,9 +373,16 @@ class BatchedLlm:
         started = time.perf_counter()
         parts, index = self._parts, self._turn
         self._turn = (index + 1) % len(parts)
-        finished = self._launch(parts[index])
-        # the context launched a step before (with one context, the one just launched)
-        finished += self._collect(parts[index - 1])
+        if len(parts) == 1:
+            finished = self._launch(parts[0])
+            finished += self._advance_all(self._read(parts[0]))
+        else:
+            # the context launched a step before is read and sampled on the collector
+            # thread while this one builds and launches the next context's graph
+            assert self._collector is not None
+            reading = self._collector.submit(self._read, parts[index - 1])
+            finished = self._launch(parts[index])
+            finished += self._advance_all(reading.result())
         self.times.total_s += time.perf_counter() - started
         return finished
 
@@ -381,9 +405,10 @@ class BatchedLlm:
         """Free the model, the contexts and every chain now."""
         for key in list(self._by_key):
             self.cancel(key)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for executor in (self._collector, self._pool):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        self._pool = self._collector = None
         for part in self._parts:
             llama_cpp.llama_synchronize(part.ctx)
             llama_cpp.llama_batch_free(part.batch)
@@ -418,27 +443,33 @@ class BatchedLlm:
         part.in_flight = outputs
         return []
 
-    def _collect(self, part: _Part) -> list[Finished]:
-        """Wait for a launched context's results, sample them; the requests that ended."""
+    def _read(self, part: _Part) -> _Read | None:
+        """Wait for a launched context's results and sample them (no bookkeeping: this
+        may run on the collector thread, beside the owner's launch of another context)."""
         outputs = part.in_flight
         if outputs is None:
-            return []
+            return None
         part.in_flight = None
-        times = self.times
         waiting = time.perf_counter()
         llama_cpp.llama_get_logits(part.ctx)  # synchronise and reorder once, here
         sampling = time.perf_counter()
         sampled = self._sample(part.ctx, outputs)
-        sampled_at = time.perf_counter()
+        return _Read(outputs, sampled, sampling - waiting, time.perf_counter() - sampling)
+
+    def _advance_all(self, read: _Read | None) -> list[Finished]:
+        """Record a context's sampled tokens; the requests that ended with them."""
+        if read is None:
+            return []
         finished = []
-        for (sequence, _index), token in zip(outputs, sampled, strict=True):
+        for (sequence, _index), token in zip(read.outputs, read.tokens, strict=True):
             done = self._advance(sequence, token)
             if done is not None:
                 finished.append(done)
-        times.tokens += len(sampled)
-        times.decode_s += sampling - waiting
-        times.wait_s += sampling - waiting
-        times.sample_s += sampled_at - sampling
+        times = self.times
+        times.tokens += len(read.tokens)
+        times.decode_s += read.wait_s
+        times.wait_s += read.wait_s
+        times.sample_s += read.sample_s
         return finished
 
     def _fill_batch(self, part: _Part) -> list[tuple[_Sequence, int]]:
