@@ -92,6 +92,9 @@ class CoordinatorBinding:
             )
         (oracles,) = [f for f in abi if f.get("type") == "function" and f["name"] == "oracles"]
         self._oracle_fields = tuple(str(o["name"]) for o in oracles["outputs"])
+        (get_request,) = [f for f in abi if f.get("name") == "getRequest"]
+        fields = [c["name"] for c in get_request["outputs"][0]["components"]]
+        self._request_hash_index = fields.index("requestHash")
         self._dispute_deadlines: dict[tuple[int, Hashable], int] = {}
         self._address_bloom = _bloom_mask(bytes.fromhex(self.address[2:]))
         self._topic_blooms = [_bloom_mask(topic) for topic in self._events]
@@ -225,6 +228,13 @@ class CoordinatorBinding:
     def reveal_open(self, request_id: int) -> bool:
         with rpc_errors("eth_call"):
             return bool(self._contract.functions.revealOpen(request_id).call())
+
+    def request_hash(self, request_id: int) -> bytes:
+        """What commitments to the request bind, as the coordinator stored it (the node
+        takes it from the request's event; this reads it back)."""
+        with rpc_errors("eth_call"):
+            stored = self._contract.functions.getRequest(request_id).call()
+        return bytes(stored[self._request_hash_index])
 
     def min_stake(self) -> int:
         with rpc_errors("eth_call"):

@@ -94,7 +94,7 @@ ALREADY_DONE_ERRORS = frozenset(
     {"AlreadyCommitted", "AlreadyRevealed", "AlreadyDisputed", "RequestClosed", "AlreadyRegistered"}
 )
 """Reverts meaning someone (perhaps this node, before a crash) already did the work."""
-NOT_YET_ERRORS = frozenset({"RevealNotOpen", "FinalizeTooEarly"})
+NOT_YET_ERRORS = frozenset({"RevealNotOpen", "FinalizeTooEarly", "NotExpired"})
 """Reverts meaning the contract will accept the call later."""
 
 _V = TypeVar("_V")

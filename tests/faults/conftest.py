@@ -98,6 +98,7 @@ class Outbox:
         output, bits, salt = "Paris", random_bits(self.rng, DIM_BYTES), new_salt()
         commitment = commitment_hash(
             request_id=request_id,
+            request_hash=binding.request_hash(request_id),
             oracle=self.address,
             output=output,
             model_index=0,

@@ -94,7 +94,7 @@ def test_a_broadcast_whose_answer_is_lost_lands_once(
     assert statuses(sessions) == [("commit", "confirmed"), ("reveal", "confirmed")]
     assert nonce_of(chain, sender.address) == first_nonce + 2
     seat, _hash = protocol.coordinator.functions.getSeat(request_id, 0).call()
-    assert seat[2] is True  # revealed
+    assert seat[3] is True  # revealed
 
 
 def test_a_rate_limit_error_with_data_is_not_a_revert(
@@ -123,7 +123,7 @@ def test_a_rate_limit_error_with_data_is_not_a_revert(
         attempt(sender.sync_once)
     assert outbox.row("reveal", request_id).status == "confirmed"
     seat, _hash = protocol.coordinator.functions.getSeat(request_id, 0).call()
-    assert seat[2] is True
+    assert seat[3] is True  # revealed
 
 
 def test_retry_after_is_waited_out(

@@ -24,7 +24,7 @@ from oracle.chain.sender import TxSender
 from oracle.errors import SenderAlreadyRunning
 from oracle.store.models import OutgoingTx, TxKind
 from oracle.store.outbox import enqueue_tx, find_tx
-from tests.support.protocol import DIM_BYTES, Protocol, random_bits
+from tests.support.protocol import DIM_BYTES, STAKE, Protocol, random_bits
 
 ORACLE_KEY = 2  # anvil's third account: Protocol's first oracle
 
@@ -95,6 +95,7 @@ class Outbox:
         output, bits, salt = "Paris", random_bits(self.rng, DIM_BYTES), new_salt()
         commitment = commitment_hash(
             request_id=request_id,
+            request_hash=self.binding.request_hash(request_id),
             oracle=self.sender.address,
             output=output,
             model_index=0,
@@ -142,7 +143,7 @@ def test_register_commit_and_reveal_confirm_with_consecutive_nonces(
     chain: Anvil, protocol: Protocol, sender: TxSender, outbox: Outbox, binding: CoordinatorBinding
 ) -> None:
     first_nonce = nonce_of(chain, sender.address)
-    outbox.add("register", None, binding.encode_register())
+    outbox.add("register", None, binding.encode_register(), value_wei=STAKE)
     sync(sender, 1)
     assert binding.is_registered(sender.address)
 
@@ -167,7 +168,7 @@ def test_register_commit_and_reveal_confirm_with_consecutive_nonces(
         assert receipt["status"] == 1 and row.gas_limit is not None
         assert receipt["gasUsed"] < row.gas_limit  # estimate plus margin
     seat, _hash = protocol.coordinator.functions.getSeat(request_id, 0).call()
-    assert seat[0].lower() == sender.address and seat[2] is True  # revealed
+    assert seat[0].lower() == sender.address and seat[3] is True  # revealed
     assert nonce_of(chain, sender.address) == first_nonce + 3
 
 
@@ -176,7 +177,7 @@ def test_work_already_done_is_skipped_with_the_reason(
 ) -> None:
     protocol.register_oracles(1)  # registered behind the outbox's back
     before = nonce_of(chain, sender.address)
-    outbox.add("register", None, binding.encode_register())
+    outbox.add("register", None, binding.encode_register(), value_wei=STAKE)
     sync(sender)
 
     row = outbox.row("register", None)
@@ -189,8 +190,8 @@ def test_work_already_done_is_skipped_with_the_reason(
 def test_not_yet_waits_and_later_succeeds(
     chain: Anvil, protocol: Protocol, sender: TxSender, outbox: Outbox
 ) -> None:
-    protocol.register_oracles(1)
-    request_id = protocol.request(quorum=2)  # one seat of two: reveals open at the deadline
+    protocol.register_oracles(2)  # the second never commits: commits close at the deadline
+    request_id = protocol.request(quorum=2)
     outbox.commit_and_reveal(request_id)
     sync(sender)
 
@@ -273,7 +274,7 @@ def test_a_stuck_transaction_is_replaced_with_higher_fees(
 ) -> None:
     sender = make_sender(chain, sessions, bump_after_s=0.2, fee_bump_percent=15)
     outbox = Outbox(sessions, sender, binding)
-    outbox.add("register", None, binding.encode_register())
+    outbox.add("register", None, binding.encode_register(), value_wei=STAKE)
     sender.sync_once()
     stuck = outbox.row("register", None)
     assert stuck.status == "sent" and stuck.tx_hash is not None

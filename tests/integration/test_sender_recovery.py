@@ -30,7 +30,7 @@ from tests.integration.test_sender import (
     sessions,
     sync,
 )
-from tests.support.protocol import Protocol
+from tests.support.protocol import STAKE, Protocol
 
 __all__ = ["binding", "manual_mining", "protocol", "sessions"]  # fixtures shared with it
 
@@ -42,7 +42,7 @@ def test_a_transaction_a_reorg_took_off_the_chain_is_sent_again(
     outbox = Outbox(sessions, sender, binding)
     request_id = protocol.request(quorum=1)
     protocol_registered = chain.rpc("evm_snapshot")
-    outbox.add("register", None, binding.encode_register())
+    outbox.add("register", None, binding.encode_register(), value_wei=STAKE)
     sync(sender)
     assert outbox.row("register", None).status == "confirmed"
     mined_at = outbox.row("register", None).receipt_block
@@ -68,7 +68,7 @@ def test_rows_confirmed_long_ago_are_not_looked_up_again(
 ) -> None:
     sender = make_sender(chain, sessions, recheck_blocks=2)
     outbox = Outbox(sessions, sender, binding)
-    outbox.add("register", None, binding.encode_register())
+    outbox.add("register", None, binding.encode_register(), value_wei=STAKE)
     sync(sender)
     chain.rpc("anvil_mine", "0x5")
     snapshot = chain.rpc("evm_snapshot")
@@ -83,7 +83,7 @@ def test_a_nonce_hole_below_sent_transactions_is_filled(
 ) -> None:
     sender = make_sender(chain, sessions)
     outbox = Outbox(sessions, sender, binding)
-    outbox.add("register", None, binding.encode_register())
+    outbox.add("register", None, binding.encode_register(), value_wei=STAKE)
     before = nonce_of(chain, sender.address)
     sender._next_nonce = before + 1  # a nonce lost, as after a re-decided transaction
     sync(sender, times=3)
@@ -102,7 +102,7 @@ def test_fee_bumps_stop_at_the_ceiling_and_the_row_gives_up_with_its_reason(
 ) -> None:
     sender = make_sender(chain, sessions, bump_after_s=0, max_bumps=2, give_up_after_s=3600)
     outbox = Outbox(sessions, sender, binding)
-    outbox.add("register", None, binding.encode_register())
+    outbox.add("register", None, binding.encode_register(), value_wei=STAKE)
     for _ in range(5):  # one send, two bumps, then the ceiling
         sender.sync_once()
     row = outbox.row("register", None)
@@ -125,11 +125,12 @@ def test_a_key_without_funds_waits_with_a_clear_error_and_sends_once_funded(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     poor = Account.create()
+    chain.rpc("anvil_setBalance", poor.address, hex(STAKE))  # the stake, nothing for gas
     sender = TxSender(
         w3=chain.w3, session_factory=sessions, account=poor, chain_id=chain.chain_id, lost_after_s=0
     )
     outbox = Outbox(sessions, sender, binding)
-    outbox.add("register", None, binding.encode_register())
+    outbox.add("register", None, binding.encode_register(), value_wei=STAKE)
     with caplog.at_level(logging.ERROR, logger="oracle.chain.sender"):
         sync(sender, times=3)
     row = outbox.row("register", None)
@@ -237,10 +238,10 @@ def test_a_lost_reveal_is_decided_again_once_the_chain_lets_it_through(
 
     sender = make_sender(chain, sessions)
     outbox = Outbox(sessions, sender, binding)
-    outbox.add("register", None, binding.encode_register())
+    outbox.add("register", None, binding.encode_register(), value_wei=STAKE)
     sync(sender)
     other = protocol.oracles[1]
-    protocol.transact("register", protocol.coordinator.functions.register(), other)
+    protocol.transact("register", protocol.coordinator.functions.register(), other, value=STAKE)
     request_id = protocol.request(quorum=2)
     outbox.commit_and_reveal(request_id)
     sender.sync_once()  # the commit goes; the reveal waits for it
@@ -276,7 +277,7 @@ def test_a_nonce_a_dropped_transaction_held_is_not_given_to_a_filler(
     sender = make_sender(chain, sessions, recheck_interval_s=3600)  # only on cause
     outbox = Outbox(sessions, sender, binding)
     before = chain.rpc("evm_snapshot")
-    outbox.add("register", None, binding.encode_register())
+    outbox.add("register", None, binding.encode_register(), value_wei=STAKE)
     sync(sender)
     registered = outbox.row("register", None)
     assert registered.status == "confirmed" and registered.nonce is not None
@@ -292,6 +293,7 @@ def test_a_nonce_a_dropped_transaction_held_is_not_given_to_a_filler(
             from_address=sender.address,
             to_address=binding.address,
             data=binding.encode_register(),
+            value_wei=STAKE,
         )
     sync(sender, times=4)
     again = outbox.row("register", None)
