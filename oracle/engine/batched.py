@@ -373,9 +373,10 @@ class BatchedLlm:
         started = time.perf_counter()
         parts, index = self._parts, self._turn
         self._turn = (index + 1) % len(parts)
-        if len(parts) == 1:
-            finished = self._launch(parts[0])
-            finished += self._advance_all(self._read(parts[0]))
+        busy = [part for part in parts if part.sequences or part.in_flight is not None]
+        if len(busy) == 1:  # nothing to overlap: launch and read it in this step
+            finished = self._launch(busy[0])
+            finished += self._advance_all(self._read(busy[0]))
         else:
             # the context launched a step before is read and sampled on the collector
             # thread while this one builds and launches the next context's graph
