@@ -233,7 +233,12 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     "--poll-interval", "poll_interval_s", default=NODE_DEFAULTS["poll_interval_s"], type=float
 )
 @click.option(
-    "--stake-wei", default=NODE_DEFAULTS["stake_wei"], type=int, help="Stake sent when registering."
+    "--stake-wei",
+    default=NODE_DEFAULTS["stake_wei"],
+    type=click.IntRange(min=0),
+    help="Stake sent when registering; below the coordinator's minStake (0 by default), "
+    "minStake. It is locked while the node holds seats and slashed for a seat never "
+    "revealed or a reveal excluded by disputes.",
 )
 @click.option(
     "--price-per-token-wei",
@@ -581,16 +586,34 @@ def status(database_url: str, limit: int) -> None:
 @click.option("--max-time-ms", default=60_000, type=click.IntRange(min=1))
 @click.option("--sec-distance", default=0.35, type=click.FloatRange(0, 1))
 @click.option("--sec-percentage", default=0.67, type=click.FloatRange(0, 1, min_open=True))
-@click.option("--fee-wei", default=10**15, type=int)
+@click.option(
+    "--fee-wei",
+    default=10**15,
+    type=click.IntRange(min=1),
+    help="What the nodes share: fee/quorum to each member of the winning cluster, the rest "
+    "back to you; at least the coordinator's minFeePerSeat * quorum.",
+)
+@click.option("--callback", default="0x" + "00" * 20, help="A consumer contract to call back.")
+@click.option("--callback-gas-limit", default=0, type=click.IntRange(min=0))
+@click.option(
+    "--callback-gas-price",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Wei per gas of the callback, prepaid (gas limit * price) and paid to whoever "
+    "finalizes [default: twice the current base fee].",
+)
 @click.option("--wait/--no-wait", default=True, help="Wait for the outcome.")
 @click.option("--timeout", "timeout_s", default=300.0)
 def request(**options: Any) -> None:
     """Send an inference request and wait for the network's answer."""
-    from oracle.client import RequestOptions, send_request
+    from oracle.client import RequestOptions, RequestRejected, send_request
 
-    result = send_request(
-        RequestOptions(**options), on_event=lambda line: echo_untrusted(f"  {line}")
-    )
+    try:
+        result = send_request(
+            RequestOptions(**options), on_event=lambda line: echo_untrusted(f"  {line}")
+        )
+    except RequestRejected as exc:
+        raise PlainError(str(exc)) from exc
     echo_untrusted(result.summary())
     if result.failed:
         sys.exit(2)

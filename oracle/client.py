@@ -17,7 +17,9 @@ from oracle.chain.artifacts import decode_revert, load_artifact
 from oracle.errors import OracleError
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
-FAILURE_REASONS = ("no commits", "no reveals", "no consensus")
+FAILURE_REASONS = ("no commits", "no reveals", "no consensus", "expired")
+SLASH_REASONS = ("never revealed", "excluded by disputes")
+DEFAULT_FEE_WEI = 10**15
 
 
 class RequestRejected(OracleError):
@@ -42,9 +44,14 @@ class RequestOptions:
     sec_distance: float = 0.35
     sec_percentage: float = 0.67
     embedding_model: str = "all-MiniLM-L6-v2"
-    fee_wei: int = 10**15
+    fee_wei: int = DEFAULT_FEE_WEI
+    """What the nodes share (fee / quorum per member of the winning cluster, the rest back
+    to the requester); at least the coordinator's minFeePerSeat * quorum."""
     callback: str = ZERO_ADDRESS
     callback_gas_limit: int = 0
+    callback_gas_price: int | None = None
+    """Wei per gas of the callback, prepaid with the request and paid to the finalizer;
+    None: twice the current base fee (at least 1 gwei). Unused without a callback."""
     wait: bool = True
     timeout_s: float = 300.0
 
@@ -89,6 +96,15 @@ def send_request(
         round(options.sec_percentage * 10_000),
         options.embedding_model,
     )
+    min_fee = int(coordinator.functions.minFeePerSeat().call()) * options.quorum
+    if options.fee_wei < min_fee:
+        raise RequestRejected(
+            f"a fee of {options.fee_wei} wei is below the coordinator's minimum for quorum "
+            f"{options.quorum}: {min_fee} wei (minFeePerSeat * quorum)"
+        )
+    with_callback = int(options.callback, 16) != 0
+    gas_price = callback_gas_price(w3, options.callback_gas_price) if with_callback else 0
+    prepay = options.callback_gas_limit * gas_price if with_callback else 0
     call = coordinator.functions.requestInference(
         options.prompt,
         list(options.models),
@@ -97,8 +113,9 @@ def send_request(
         frame,
         Web3.to_checksum_address(options.callback),
         options.callback_gas_limit,
+        gas_price,
     )
-    receipt = _send(w3, account, call, options.fee_wei)
+    receipt = _send(w3, account, call, options.fee_wei + prepay)
     (event,) = coordinator.events.InferenceRequested().process_receipt(receipt, errors=DISCARD)
     result = RequestResult(
         request_id=int(event["args"]["requestId"]),
@@ -107,6 +124,15 @@ def send_request(
     if options.wait:
         follow_request(w3, coordinator, result, receipt["blockNumber"], options.timeout_s, on_event)
     return result
+
+
+def callback_gas_price(w3: Web3, wanted: int | None) -> int:
+    """The callback's gas price: ``wanted``, or twice the latest base fee (at least 1 gwei),
+    so that it is still above the base fee when the request is mined."""
+    if wanted is not None:
+        return wanted
+    base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas", 0))
+    return max(2 * base_fee, 10**9)
 
 
 def _send(w3: Web3, account: Any, call: Any, value: int) -> Any:
@@ -134,7 +160,7 @@ def follow_request(
     seen: set[tuple[str, int]] = set()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for name in ("Committed", "Revealed", "Disputed", "InferenceFinalized", "InferenceFailed"):
+        for name in _FOLLOWED_EVENTS:
             logs = getattr(coordinator.events, name)().get_logs(
                 from_block=from_block, argument_filters={"requestId": result.request_id}
             )
@@ -152,12 +178,27 @@ def follow_request(
     raise RequestTimedOut(f"request {result.request_id} after {timeout_s:.0f} s")
 
 
+_FOLLOWED_EVENTS = (
+    "Committed",
+    "Revealed",
+    "Disputed",
+    "Slashed",
+    "InferenceFinalized",
+    "InferenceFailed",
+)
+
+
 def _record(result: RequestResult, name: str, log: Any) -> str:
     args = log["args"]
     tx = log["transactionHash"].to_0x_hex()
     result.tx_hashes.setdefault(name, []).append(tx)
     if name == "Committed":
-        return f"commit   seat {args['seat']} by {args['oracle']} tx={tx}"
+        evicted = int(args["evicted"], 16)
+        taken = f", evicting {args['evicted']}" if evicted else ""
+        return f"commit   seat {args['seat']} by {args['oracle']}{taken} tx={tx}"
+    if name == "Slashed":
+        reason = SLASH_REASONS[int(args["reason"])]
+        return f"slashed  {args['oracle']} lost {args['amount']} wei ({reason}) tx={tx}"
     if name == "Revealed":
         return f"reveal   seat {args['seat']} by {args['oracle']}: {args['output']!r}"
     if name == "Disputed":

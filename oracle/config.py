@@ -61,6 +61,7 @@ class NodeSettings:
     start_block: int = 0
     poll_interval_s: float = 0.5
     stake_wei: int = 0
+    """Stake sent when registering; the coordinator's minStake when that is more."""
     http_port: int | None = None
     http_host: str = "127.0.0.1"
     """Where /healthz and /metrics listen: this machine only unless the operator widens it."""

@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 REVEAL_WINDOW_S = 20
 DISPUTE_WINDOW_S = 8
+EXPIRY_GRACE_S = 60
+"""A request nobody finalized can be expired a minute after its dispute window."""
+UNBONDING_PERIOD_S = 3600
+"""The contract's shortest: a dev node's stake comes back an hour after it deregisters."""
 REGISTRATION_TIMEOUT_S = 180
 
 
@@ -64,12 +68,14 @@ class DevNode:
 
 def deploy_local(anvil: Anvil) -> Deployment:
     """The contracts on a local anvil, deployed by its first account, with the short
-    reveal and dispute windows that suit 1 s blocks."""
+    reveal and dispute windows, expiry and unbonding that suit 1 s blocks."""
     return deploy_all(
         anvil.w3,
         sender=Web3.to_checksum_address(anvil.w3.eth.accounts[0]),
         reveal_window_s=REVEAL_WINDOW_S,
         dispute_window_s=DISPUTE_WINDOW_S,
+        expiry_grace_s=EXPIRY_GRACE_S,
+        unbonding_period_s=UNBONDING_PERIOD_S,
     )
 
 

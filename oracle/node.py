@@ -217,9 +217,13 @@ class Node:
             return missing_models(conn, wanted)
 
     async def _ensure_registered(self, stop: asyncio.Event) -> None:
+        """Register with the coordinator, staking --stake-wei or, if that is less (0 by
+        default), the coordinator's ``minStake``."""
         address = self.ctx.address
         if await asyncio.to_thread(self.binding.is_registered, address):
             return
+        min_stake = await asyncio.to_thread(self.binding.min_stake)
+        stake = max(self.settings.stake_wei, min_stake)
         with self.sessions.begin() as session:
             enqueue_tx(
                 session,
@@ -228,10 +232,11 @@ class Node:
                 from_address=address,
                 to_address=self.ctx.coordinator,
                 data=self.binding.encode_register(),
-                value_wei=self.settings.stake_wei,
+                value_wei=stake,
             )
         logger.info(
-            "registering with the coordinator", extra={"stake_wei": self.settings.stake_wei}
+            "registering with the coordinator",
+            extra={"stake_wei": stake, "min_stake_wei": min_stake},
         )
         while not stop.is_set() and not await asyncio.to_thread(
             self.binding.is_registered, address

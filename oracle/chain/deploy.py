@@ -37,9 +37,25 @@ def deploy_all(
     sender: ChecksumAddress,
     reveal_window_s: int = DEFAULT_REVEAL_WINDOW_S,
     dispute_window_s: int = DEFAULT_DISPUTE_WINDOW_S,
+    expiry_grace_s: int | None = None,
+    unbonding_period_s: int | None = None,
 ) -> Deployment:
+    """The coordinator and the example consumer; ``expiry_grace_s`` and
+    ``unbonding_period_s`` replace the contract's defaults (1 hour, 1 day) when given."""
     coordinator = deploy_contract(
         w3, "InferenceCoordinator", reveal_window_s, dispute_window_s, sender=sender
     )
+    contract = w3.eth.contract(address=coordinator, abi=load_artifact("InferenceCoordinator").abi)
+    if expiry_grace_s is not None:
+        _transact(w3, contract.functions.setExpiryGrace(expiry_grace_s), sender)
+    if unbonding_period_s is not None:
+        _transact(w3, contract.functions.setUnbondingPeriod(unbonding_period_s), sender)
     consumer = deploy_contract(w3, "ExampleConsumer", coordinator, sender=sender)
     return Deployment(coordinator=coordinator, consumer=consumer)
+
+
+def _transact(w3: Web3, call: Any, sender: ChecksumAddress) -> None:
+    tx_hash = call.transact({"from": sender})
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash)
+    if receipt["status"] != 1:
+        raise RuntimeError(f"{call.fn_name} failed in {tx_hash.hex()}")

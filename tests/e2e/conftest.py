@@ -90,6 +90,24 @@ class Network:
         before = self.w3.eth.get_balance(address, block_identifier=from_block - 1)
         return int(self.w3.eth.get_balance(address)) - int(before) + spent
 
+    def events(self, name: str, request_id: int) -> list[Any]:
+        """The coordinator's events of one kind for one request, in chain order."""
+        event = getattr(self.coordinator().events, name)()
+        return list(event.get_logs(from_block=0, argument_filters={"requestId": request_id}))
+
+    def request_block(self, request_id: int) -> int:
+        (log,) = self.events("InferenceRequested", request_id)
+        return int(log["blockNumber"])
+
+    def finalizer_pay(self, request_id: int) -> tuple[str, int]:
+        """Who sent the finalize, and the callback prepayment it earned for that."""
+        (requested,) = self.events("InferenceRequested", request_id)
+        (finalized,) = self.events("InferenceFinalized", request_id)
+        sender = self.w3.eth.get_transaction(finalized["transactionHash"])["from"]
+        terms = requested["args"]["terms"]
+        prepay = requested["args"]["callbackGasLimit"] * terms["callbackGasPrice"]
+        return str(sender), int(prepay)
+
     def txs_to_coordinator(self, address: str, from_block: int) -> list[str]:
         """Function names of the address's transactions to the coordinator since ``from_block``."""
         coordinator = self.coordinator()

@@ -39,15 +39,18 @@ def test_three_honest_nodes_agree_and_are_paid(network: Network) -> None:
     stored = network.consumer().functions.answers(result.request_id).call()
     assert stored == [result.output, SMOL, True]
     start = request_block(network, result.request_id)
+    finalizer, prepay = network.finalizer_pay(result.request_id)
+    assert prepay > 0  # the callback's gas, prepaid by the request
     for node in network.local.nodes.values():
-        assert network.net_received(node.address, start) == 10**15
+        earned = 10**15 + (prepay if node.address == finalizer else 0)
+        assert network.net_received(node.address, start) == earned
 
 
 def test_an_unrelated_answer_falls_outside_the_cluster(network: Network) -> None:
     network.start(3)
     network.start(1, "--test-fault", "unrelated-answer")
     network.local.wait_for_registration()
-    result = network.ask(PROMPT, quorum=4, fee_wei=3 * 10**15)
+    result = network.ask(PROMPT, quorum=4, fee_wei=4 * 10**15)
     assert result.finalized, result.phases
     assert result.output != UNRELATED_ANSWER
     liar = network.local.nodes[3].address
@@ -57,9 +60,12 @@ def test_an_unrelated_answer_falls_outside_the_cluster(network: Network) -> None
     assert seat_of[liar] not in result.cluster_seats
     assert len(result.cluster_seats) == 3
     start = request_block(network, result.request_id)
-    assert network.net_received(liar, start) == 0
+    finalizer, prepay = network.finalizer_pay(result.request_id)
+    assert network.net_received(liar, start) == (prepay if liar == finalizer else 0)
     for index in range(3):
-        assert network.net_received(network.local.nodes[index].address, start) == 10**15
+        honest = network.local.nodes[index].address
+        earned = 10**15 + (prepay if honest == finalizer else 0)  # fee / quorum each
+        assert network.net_received(honest, start) == earned
 
 
 def test_mismatched_embedding_is_disputed_and_excluded(network: Network) -> None:
@@ -76,6 +82,61 @@ def test_mismatched_embedding_is_disputed_and_excluded(network: Network) -> None
         log["args"]["oracle"]: log["args"]["seat"] for log in _events(network, "Committed", result)
     }
     assert seat_of[liar] not in result.cluster_seats
+
+
+def test_two_hostile_nodes_of_different_kinds_at_once_cannot_stop_the_honest_answer(
+    network: Network,
+) -> None:
+    """Five nodes at quorum 5: three honest, one answering something unrelated (honestly
+    embedded), one lying about its embedding. The honest answer is delivered and paid; the
+    lying embedding is disputed by a strict majority of the quorum, excluded and slashed;
+    the unrelated answer falls outside the cluster and earns nothing (its embedding is its
+    own, so nothing disputes it and its stake is kept)."""
+    network.start(3)
+    network.start(1, "--test-fault", "unrelated-answer")
+    network.start(1, "--test-fault", "wrong-embedding")
+    network.local.wait_for_registration()
+    unrelated, lying = (network.local.nodes[i].address for i in (3, 4))
+    honest = [network.local.nodes[i].address for i in range(3)]
+    stake = {a: network.coordinator().functions.oracles(a).call()[0] for a in [*honest, lying]}
+    requester = network.w3.eth.account.from_key(dev_private_key(0)).address
+    fee = 5 * 10**15
+    result = network.ask(
+        PROMPT, quorum=5, fee_wei=fee, sec_percentage=0.6, max_time_ms=120_000, timeout_s=400
+    )
+    assert result.finalized, result.phases
+    rid = result.request_id
+    seat_of = {c["args"]["oracle"]: c["args"]["seat"] for c in network.events("Committed", rid)}
+    assert set(seat_of) == {*honest, unrelated, lying}  # all five seated, none evicted
+
+    # the honest answer: the cluster is the three honest seats, its medoid delivered
+    assert sorted(result.cluster_seats) == sorted(seat_of[a] for a in honest)
+    assert result.output != UNRELATED_ANSWER
+    reveals = {r["args"]["oracle"]: r["args"]["output"] for r in network.events("Revealed", rid)}
+    assert result.output in {reveals[a] for a in honest}
+    assert network.consumer().functions.answers(rid).call() == [result.output, SMOL, True]
+
+    # the lying embedding: disputed by the other four, a strict majority of five
+    disputes = network.events("Disputed", rid)
+    assert {d["args"]["accused"] for d in disputes} == {lying}
+    assert {d["args"]["disputer"] for d in disputes} == {*honest, unrelated}
+    (slash,) = network.events("Slashed", rid)
+    assert (slash["args"]["oracle"], slash["args"]["reason"]) == (lying, 1)  # excluded
+    slash_bps = network.coordinator().functions.slashBps().call()  # unchanged since deployed
+    assert slash["args"]["amount"] == stake[lying] * slash_bps // 10_000 > 0
+    assert network.coordinator().functions.oracles(lying).call()[0] == (
+        stake[lying] - slash["args"]["amount"]
+    )
+
+    # the money, to the wei: fee / quorum to each honest node, the rest back to the requester
+    start = request_block(network, rid)
+    finalizer, prepay = network.finalizer_pay(rid)
+    for address in [*honest, unrelated, lying]:
+        paid = (10**15 if address in honest else 0) + (prepay if address == finalizer else 0)
+        assert network.net_received(address, start) == paid
+    for address in honest:
+        assert network.coordinator().functions.oracles(address).call()[0] == stake[address]
+    assert network.net_received(requester, start) == -(3 * 10**15 + prepay)
 
 
 def test_unreachable_quorum_fails_and_refunds(network: Network) -> None:
