@@ -445,7 +445,7 @@ def dispute_deadline_question(request: Request, seats: Sequence[Seat]) -> Deadli
     if any(s.revealed_output is None for s in seats):
         return None
     reveals = tuple((s.seat_no, s.reveal_block_number) for s in seats)
-    return DeadlineQuestion(request_id=request.id, reveals=reveals, asked_at=None)
+    return DeadlineQuestion(request_id=request.id, reveals=reveals)
 
 
 def _close_time(step: Step, seats: Sequence[Seat]) -> datetime | None:

@@ -19,16 +19,14 @@ class DeadlineQuestion:
 
     request_id: int
     reveals: tuple[tuple[int, int | None], ...]
-    """(seat, reveal block) of every seat the answer is read for."""
-    asked_at: datetime | None
-    """None: every seat is taken, so the answer holds for these reveals (and is
-    remembered); else seats are left empty, the answer turns on the chain's clock and
-    holds for this look only."""
+    """(seat, reveal block) of every seat the answer is read for. Every seat has revealed
+    (a reveal needs closed commits, so the seats are final): the answer holds for these
+    reveals, and is remembered for them."""
 
     @property
     def as_of(self) -> Hashable:
         """``CoordinatorBinding.dispute_deadline``'s ``as_of``: what makes it remember."""
-        return self.reveals if self.asked_at is None else None
+        return self.reveals
 
 
 @dataclass(frozen=True, slots=True)
