@@ -324,7 +324,7 @@ class OneNodeNetwork:
         signed = []
         for prompt in prompts:  # signed first, so that sending them takes milliseconds
             call = coordinator.functions.requestInference(
-                prompt, [SMOLLM], temperature_milli, max_tokens, frame, zero, 0
+                prompt, [SMOLLM], temperature_milli, max_tokens, frame, zero, 0, 0
             )
             tx = call.build_transaction({"from": account.address, "value": 10**15, "nonce": nonce})
             nonce += 1
