@@ -25,9 +25,14 @@ pass (default 256) and the worker claims ``--embed-claim`` texts at once (defaul
 the jobs are enqueued in one transaction before the clock starts, at its commit (the
 queue's enqueueing is the requesters' work, and on a GPU it would be most of the time).
 
+The worker runs ``--embed-lanes`` claim-run-record loops (default: the worker's, 1 on the
+CPU and 3 on a GPU): one batch is encoded at a time while other lanes claim and record.
+``--variants 1:1024,3:1024,3:2048`` runs the engine once for each LANES:CLAIM pair
+against the same baselines (a per-claim baseline for each claim size).
+
 Run: ``.venv/bin/python bench/embed.py [--texts 512] [--threads 2]`` (``--smoke``: 64
 texts); on a GPU ``bench/embed.py --device cuda --texts 16384``. The last line reads
-``ratio=<engine/baseline embeddings per second>``.
+``ratio=<engine/baseline embeddings per second>`` (the first variant's).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -64,7 +70,7 @@ from oracle.consensus import pack_sign_bits
 from oracle.engine.embedder import DEFAULT_BATCH_SIZE
 from oracle.engine.embedding_models import resolve_embedding_model
 from oracle.engine.supervisor import WorkerSpec
-from oracle.engine.worker import EMBED_BATCH
+from oracle.engine.worker import EMBED_BATCH, WorkerConfig
 from oracle.store import make_engine
 from oracle.store.queue import PRIORITY_EMBEDDING, NewJob, enqueue_job, enqueue_jobs
 
@@ -145,13 +151,30 @@ def short_answers(count: int) -> list[str]:
     return texts
 
 
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """How the worker runs: claim-run-record loops and texts claimed at once."""
+
+    lanes: int
+    claim: int
+
+    @classmethod
+    def parse(cls, text_: str) -> Variant:
+        lanes, claim = text_.split(":")
+        return cls(int(lanes), int(claim))
+
+    def __str__(self) -> str:
+        return f"{self.lanes} lane(s), claims of {self.claim}"
+
+
 # --- baseline -----------------------------------------------------------------------------
 
 
 def encode_directly(
-    texts: Sequence[str], threads: int, device: str, forward: int, claim: int
-) -> tuple[float, float, list[bytes]]:
-    """Seconds for one encode call, for one call per claim's worth of texts, and the bits."""
+    texts: Sequence[str], threads: int, device: str, forward: int, claims: Sequence[int]
+) -> tuple[float, dict[int, float], list[bytes]]:
+    """Seconds for one encode call, for one call per claim's worth of texts (by claim
+    size), and the bits."""
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
@@ -162,14 +185,16 @@ def encode_directly(
     model = SentenceTransformer(
         str(resolve_embedding_model(MINILM)), device=device, local_files_only=True
     )
-    model.encode(list(texts[:claim]), batch_size=forward)  # warm-up
+    model.encode(list(texts[: max(claims)]), batch_size=forward)  # warm-up
     started = time.perf_counter()
     vectors = model.encode(list(texts), batch_size=forward)
     one_call_s = time.perf_counter() - started
-    started = time.perf_counter()
-    for start in range(0, len(texts), claim):
-        model.encode(list(texts[start : start + claim]), batch_size=forward)
-    chunked_s = time.perf_counter() - started
+    chunked_s = {}
+    for claim in sorted(set(claims)):
+        started = time.perf_counter()
+        for start in range(0, len(texts), claim):
+            model.encode(list(texts[start : start + claim]), batch_size=forward)
+        chunked_s[claim] = time.perf_counter() - started
     normalised = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     return one_call_s, chunked_s, [pack_sign_bits(row) for row in normalised]
 
@@ -178,15 +203,18 @@ def encode_directly(
 
 
 @contextmanager
-def embedding_worker(url: URL, args: argparse.Namespace) -> Iterator[subprocess.Popen[bytes]]:
+def embedding_worker(
+    url: URL, args: argparse.Namespace, variant: Variant
+) -> Iterator[subprocess.Popen[bytes]]:
     """``oracle worker --role embedding`` on the scratch database, stopped on exit."""
     command = WorkerSpec(
         role="embedding",
         model=MINILM,
         threads=args.threads,
         device=args.device,
-        embed_claim=args.embed_claim,
+        embed_claim=variant.claim,
         embed_batch=args.embed_batch,
+        embed_lanes=variant.lanes,
     ).command()
     env = {**os.environ, "ORACLE_DATABASE_URL": url.render_as_string(hide_password=False)}
     process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
@@ -254,12 +282,12 @@ def wait_for_completions(engine: Engine, ids: list[int], timeout_s: float) -> fl
 
 
 def embed_through_engine(
-    url: URL, texts: Sequence[str], args: argparse.Namespace
+    url: URL, texts: Sequence[str], args: argparse.Namespace, variant: Variant
 ) -> tuple[float, float, list[bytes], str]:
     """Seconds to enqueue, seconds until the last completion, the bits, the claim sizes."""
     engine = make_engine(url)
-    with embedding_worker(url, args) as worker:
-        warm_up = enqueue(engine, texts[: args.embed_claim], args.embed_claim)  # loads the model
+    with embedding_worker(url, args, variant) as worker:
+        warm_up = enqueue(engine, texts[: variant.claim], variant.claim)  # loads the model
         wait_for_completions(engine, warm_up, timeout_s=180)
         if worker.poll() is not None:
             raise RuntimeError(f"the embedding worker exited with {worker.returncode}")
@@ -293,11 +321,18 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--embed-batch", type=int, default=None, help="texts a forward pass")
     parser.add_argument("--embed-claim", type=int, default=None, help="texts a claim")
+    parser.add_argument("--embed-lanes", type=int, default=None, help="the worker's lanes")
+    parser.add_argument(
+        "--variants", default=None, help="LANES:CLAIM,... engine runs against the same baselines"
+    )
     add_smoke_flag(parser)
     args = apply_smoke(parser.parse_args(), texts=64)
     gpu = args.device == "cuda"
     args.embed_batch = args.embed_batch or (GPU_FORWARD_BATCH if gpu else FORWARD_BATCH)
     args.embed_claim = args.embed_claim or (GPU_CLAIM if gpu else EMBED_BATCH)
+    lanes = WorkerConfig(database_url="", role="embedding", model=MINILM, device=args.device).lanes
+    default = Variant(args.embed_lanes or lanes, args.embed_claim)
+    variants = [Variant.parse(v) for v in args.variants.split(",")] if args.variants else [default]
     args.at_once = gpu
     texts = short_answers(args.texts)
 
@@ -307,29 +342,38 @@ def main() -> None:
         words = [len(t.split()) for t in texts]
         print(
             f"{len(texts)} short answers, {min(words)}-{max(words)} words, {MINILM} on "
-            f"{args.device}, {args.threads} torch threads both ways"
+            f"{args.device}, {args.threads} torch threads both ways, forward passes of "
+            f"{args.embed_batch} texts both ways",
+            flush=True,
         )
-        forward, claim = args.embed_batch, args.embed_claim
+        forward = args.embed_batch
         one_call_s, chunked_s, direct_bits = encode_directly(
-            texts, args.threads, args.device, forward, claim
+            texts, args.threads, args.device, forward, [v.claim for v in variants]
         )
-        enqueue_s, engine_s, engine_bits, batches = embed_through_engine(url, texts, args)
-
-    n = len(texts)
-    baseline = n / one_call_s
-    engine_rate = n / engine_s
-    same = sum(a == b for a, b in zip(direct_bits, engine_bits, strict=True))
-    print(f"baseline, encode(all, batch_size={forward}): {baseline:6.1f} embeddings/s")
-    print(f"baseline, encode per {claim} in queue order: {n / chunked_s:6.1f} embeddings/s")
-    overlap = "before the clock" if args.at_once else "overlapped"
-    print(
-        f"engine (enqueue -> worker -> done): {engine_rate:7.1f} embeddings/s ({engine_s:.2f} s; "
-        f"enqueueing {enqueue_s:.2f} s, {overlap}); claims: {batches}"
-    )
-    print(f"forward passes of {forward} texts both ways; engine claims up to {claim}")
-    print(f"sign bits identical for {same} of {n} texts")
-    print(f"engine/per-{claim} baseline {ratio(engine_rate, n / chunked_s):.3f}")
-    print(f"ratio={ratio(engine_rate, baseline):.3f}")
+        n = len(texts)
+        baseline = n / one_call_s
+        print(f"baseline, encode(all, batch_size={forward}): {baseline:6.1f} embeddings/s")
+        for claim, seconds in chunked_s.items():
+            print(f"baseline, encode per {claim} in queue order: {n / seconds:6.1f} embeddings/s")
+        ratios = []
+        for variant in variants:
+            enqueue_s, engine_s, engine_bits, batches = embed_through_engine(
+                url, texts, args, variant
+            )
+            engine_rate = n / engine_s
+            same = sum(a == b for a, b in zip(direct_bits, engine_bits, strict=True))
+            overlap = "before the clock" if args.at_once else "overlapped"
+            print(
+                f"engine, {variant}: {engine_rate:7.1f} embeddings/s ({engine_s:.2f} s; "
+                f"enqueueing {enqueue_s:.2f} s, {overlap}); claims: {batches}; "
+                f"sign bits identical for {same} of {n}; "
+                f"engine/per-{variant.claim} baseline "
+                f"{ratio(engine_rate, n / chunked_s[variant.claim]):.3f}; "
+                f"engine/one call {ratio(engine_rate, baseline):.3f}",
+                flush=True,
+            )
+            ratios.append(ratio(engine_rate, baseline))
+    print(f"ratio={ratios[0]:.3f}")
 
 
 if __name__ == "__main__":

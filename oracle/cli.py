@@ -429,6 +429,13 @@ def _serve(make: Any) -> None:
     help="Embedding: texts a forward pass [default: 32; on a GPU, 256].",
 )
 @click.option(
+    "--embed-lanes",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Embedding: claim-run-record loops sharing the model; one claims and another "
+    "records while a batch runs [default: 1; on a GPU, 3].",
+)
+@click.option(
     "--contexts",
     default=None,
     type=click.IntRange(min=1),
@@ -454,6 +461,7 @@ def worker(
     slot_tokens: int | None,
     embed_claim: int | None,
     embed_batch: int | None,
+    embed_lanes: int | None,
     contexts: int | None,
     device_top_k: bool,
 ) -> None:
@@ -484,6 +492,7 @@ def worker(
             llm=llm,
             embed_claim=embed_claim or EMBED_BATCH,
             embed_batch=embed_batch,
+            embed_lanes=embed_lanes,
         )
         for name in names
     ]
@@ -507,6 +516,7 @@ def _run_one_worker(database_url: str, spec: WorkerSpec) -> None:
         llm=spec.llm,
         embed_claim=spec.embed_claim,
         embed_batch=spec.embed_batch,
+        embed_lanes=spec.embed_lanes,
     )
     try:
         run_worker(config)

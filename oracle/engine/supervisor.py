@@ -127,6 +127,8 @@ class WorkerSpec:
     """An embedding worker's texts claimed at once (ignored for LLM workers)."""
     embed_batch: int | None = None
     """An embedding worker's texts a forward pass; None: the Embedder's."""
+    embed_lanes: int | None = None
+    """An embedding worker's claim-run-record loops; None: by device (worker.py)."""
 
     @property
     def key(self) -> ModelKey:
@@ -157,6 +159,8 @@ class WorkerSpec:
         args = ["--embed-claim", str(self.embed_claim)]
         if self.embed_batch is not None:
             args += ["--embed-batch", str(self.embed_batch)]
+        if self.embed_lanes is not None:
+            args += ["--embed-lanes", str(self.embed_lanes)]
         return args
 
 

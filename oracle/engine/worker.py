@@ -20,10 +20,19 @@ What keeps a worker from hanging or poisoning its jobs:
   tells a wedged worker from a busy one (supervisor.py kills and restarts it).
 - **A bad item fails alone.** When a batch crashes, its jobs are run again one at a time:
   the one that crashes again fails with its reason (not retried), the others complete.
+
+**Lanes** (embedding workers on a GPU): a worker may run several claim-run-record loops
+over its one model. Only one batch runs at a time, and waiting batches run in claim order
+(a batch holding verification jobs before one of embeddings), but one lane's claim and
+another's recording go on while the model runs: on a GPU, the queue's statements took
+twice as long as encoding a claim, one after the other (README, GPU section). Each lane
+holds at most one claim; the heartbeat renews every lane's jobs, waiting ones included.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import signal
@@ -69,6 +78,9 @@ worker counts as stuck."""
 EMBED_BATCH = 128
 """Texts an embedding worker claims at once: one encode call sorts them by length, so a
 larger claim pads less (bench/embed.py: 128 gives about 1.3x the throughput of 32)."""
+GPU_EMBED_LANES = 3
+"""Lanes of an embedding worker on a GPU unless told otherwise: while one claim is
+encoded, one lane records its results and another claims the next batch."""
 
 DATABASE_DOWN = (OperationalError, InterfaceError)
 """What a lost or refused database connection raises: the work waits and tries again."""
@@ -116,6 +128,19 @@ class WorkerConfig:
     embed_batch: int | None = None
     """Texts an embedding worker encodes in one forward pass; None: the Embedder's (32).
     On a GPU, larger passes pay (README, GPU section)."""
+    embed_lanes: int | None = None
+    """Claim-run-record loops of an embedding worker (the module docstring); None: 1 on
+    the CPU (its cores encode, there is nothing to overlap), :data:`GPU_EMBED_LANES` on a
+    GPU."""
+
+    @property
+    def lanes(self) -> int:
+        """Claim-run-record loops this worker runs: more than one only for embeddings."""
+        if self.role != "embedding":
+            return 1
+        if self.embed_lanes is not None:
+            return max(1, self.embed_lanes)
+        return 1 if self.device == "cpu" else GPU_EMBED_LANES
 
 
 class LlmJobRunner:
@@ -284,19 +309,43 @@ class Worker:
         self.worker_id = make_worker_id(config.model)
         self.stopping = threading.Event()
         self._heartbeat = _Heartbeat(self)
+        self._turns = Turnstile()
 
     def run(self, wait_for_work: Callable[[float], object]) -> None:
+        """Serve until ``stopping``: ``config.lanes`` loops, this thread one of them (the
+        one that waits on ``wait_for_work``; the others wait for it)."""
         self._announce()
-        logger.info("worker ready", extra={"worker_id": self.worker_id, "role": self.config.role})
+        lanes = self.config.lanes
+        logger.info(
+            "worker ready",
+            extra={"worker_id": self.worker_id, "role": self.config.role, "lanes": lanes},
+        )
         self._heartbeat.start()
+        wakes = _Wakes(wait_for_work)
+        others = [
+            threading.Thread(target=self._lane, args=(wakes.follow, wakes), name=f"lane-{n}")
+            for n in range(1, lanes)
+        ]
         try:
-            while not self.stopping.is_set():
-                if not self.run_once():
-                    wait_for_work(self.config.poll_interval_s)
+            for thread in others:
+                thread.start()
+            self._lane(wakes.lead, wakes)
         finally:
+            self.stopping.set()  # also when this lane failed: the others end too
+            wakes.release()
+            for thread in others:
+                thread.join()
             self._heartbeat.stop()
             self._retire()
         logger.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    def _lane(self, wait: Callable[[float], object], wakes: _Wakes) -> None:
+        while not self.stopping.is_set():
+            claimed = self._claim_and_run()
+            if claimed >= self.runner.batch_size:
+                wakes.release()  # a full claim may have left more: idle lanes look too
+            elif not claimed:
+                wait(self.config.poll_interval_s)
 
     def _announce(self) -> None:
         with self.engine.begin() as conn:
@@ -321,6 +370,10 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and run one batch; False when there was nothing to do (or no database)."""
+        return self._claim_and_run() > 0
+
+    def _claim_and_run(self) -> int:
+        """Claim, run and record one batch; the jobs claimed (0: nothing to do)."""
         try:
             with self.engine.begin() as conn:
                 jobs = claim_jobs(
@@ -336,13 +389,13 @@ class Worker:
                 "claim failed: database error",
                 extra={"worker_id": self.worker_id, "error": str(exc)},
             )
-            return False
+            return 0
         if not jobs:
-            return False
-        with self._heartbeat.covering(jobs):
+            return 0
+        with self._heartbeat.covering(jobs), self._turns.turn(jobs[0].claim_order):
             outcomes = self._run_batch(jobs)
         self._database_retrying(lambda: self._finish_batch(jobs, outcomes), "record results")
-        return True
+        return len(jobs)
 
     def _run_batch(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
         """The runner's outcome for each job; jobs already past their deadline are not run,
@@ -489,7 +542,9 @@ class _Heartbeat:
         self._worker = worker
         self.interval_s = min(HEARTBEAT_S, worker.config.lease_s / 3)
         self._grace = timedelta(seconds=worker.config.lease_s * LIMIT_GRACE_LEASES)
-        self._jobs: list[ClaimedJob] = []
+        self._batches: dict[int, list[ClaimedJob]] = {}
+        """The batches of every lane, from their claim until their results are recorded."""
+        self._tokens = itertools.count()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._stuck_logged = False
@@ -505,13 +560,14 @@ class _Heartbeat:
 
     @contextmanager
     def covering(self, jobs: Sequence[ClaimedJob]) -> Iterator[None]:
+        token = next(self._tokens)
         with self._lock:
-            self._jobs = list(jobs)
+            self._batches[token] = list(jobs)
         try:
             yield
         finally:
             with self._lock:
-                self._jobs = []
+                del self._batches[token]
 
     def _run(self) -> None:
         # a daemon thread: a batch still running after SIGTERM keeps its leases until done
@@ -544,7 +600,7 @@ class _Heartbeat:
     def beat(self) -> BeatPlan:
         """One beat: presence (unless stuck) and leases, in one transaction."""
         with self._lock:
-            jobs = list(self._jobs)
+            jobs = [job for batch in self._batches.values() for job in batch]
         plan = plan_beat(jobs, now=datetime.now(UTC), grace=self._grace)
         self._note_stuck(plan)
         worker = self._worker
@@ -567,6 +623,63 @@ class _Heartbeat:
         self._stuck_logged = plan.stuck
 
 
+class Turnstile:
+    """One batch runs at a time; the waiting ones run in claim order (their first job's
+    ``claim_order``, then arrival), so verification jobs claimed by any lane go first."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._waiting: list[tuple[tuple[int, float, datetime, int], int]] = []
+        self._arrivals = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        """Batches waiting for their turn."""
+        with self._cond:
+            return len(self._waiting)
+
+    @contextmanager
+    def turn(self, order: tuple[int, float, datetime, int]) -> Iterator[None]:
+        entry = (order, next(self._arrivals))
+        with self._cond:
+            heapq.heappush(self._waiting, entry)
+            self._cond.wait_for(lambda: not self._busy and self._waiting[0] == entry)
+            heapq.heappop(self._waiting)
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+class _Wakes:
+    """Wake-ups shared by the lanes: the lead lane waits on the jobs channel, the others
+    until the lead was woken (or their own poll interval passed)."""
+
+    def __init__(self, wait_for_work: Callable[[float], object]) -> None:
+        self._wait_for_work = wait_for_work
+        self._cond = threading.Condition()
+        self._wakes = 0
+
+    def lead(self, timeout_s: float) -> None:
+        woken = self._wait_for_work(timeout_s)
+        if woken:
+            self.release()
+
+    def follow(self, timeout_s: float) -> None:
+        with self._cond:
+            seen = self._wakes
+            self._cond.wait_for(lambda: self._wakes != seen, timeout_s)
+
+    def release(self) -> None:
+        with self._cond:
+            self._wakes += 1
+            self._cond.notify_all()
+
+
 def run_worker(config: WorkerConfig) -> None:
     """The body of ``oracle worker``: load, serve until SIGTERM/SIGINT, finish the batch, exit."""
     if config.role == "llm" and config.llm.engine == "batched":
@@ -578,7 +691,7 @@ def run_worker(config: WorkerConfig) -> None:
     serve_until_signalled(
         config,
         lambda engine: Worker(config, runner, engine),
-        pool_size=2,
+        pool_size=config.lanes + 1,
         on_signal="stopping after the current batch",
     )
 

@@ -31,7 +31,7 @@ from oracle.store.wakes import wake_requests
 JOBS_CHANNEL = "oracle_jobs"
 """NOTIFY channel: a job was queued (payload: its kind)."""
 JOBS_DONE_CHANNEL = "oracle_jobs_done"
-"""NOTIFY channel: a job finished (payload: its request id or empty)."""
+"""NOTIFY channel: jobs finished (payload: their request id, or empty for none or several)."""
 
 PRIORITY_VERIFICATION = 0
 PRIORITY_EMBEDDING = 1
@@ -226,8 +226,8 @@ def complete_jobs(
             "rows": json.dumps([{"id": i, "result": dict(r)} for i, r in results.items()]),
         },
     ).all()
-    for request_id in {row.request_id for row in rows}:
-        _notify_done(conn, request_id)
+    if rows:
+        _notify_done(conn, *{row.request_id for row in rows})
     done = {int(row.id) for row in rows}
     return [i for i in results if i not in done]
 
@@ -327,9 +327,9 @@ def reclaim_expired_leases(conn: Connection) -> int:
     ).all()
     if any(r.status == "queued" for r in rows):
         notify(conn, JOBS_CHANNEL, "reclaimed")
-    for row in rows:
-        if row.status == "dead":
-            _notify_done(conn, row.request_id)
+    dead = {row.request_id for row in rows if row.status == "dead"}
+    if dead:
+        _notify_done(conn, *dead)
     return len(rows)
 
 
@@ -345,8 +345,8 @@ def expire_overdue_jobs(conn: Connection) -> int:
             """
         )
     ).all()
-    for row in rows:
-        _notify_done(conn, row.request_id)
+    if rows:
+        _notify_done(conn, *{row.request_id for row in rows})
     return len(rows)
 
 
@@ -364,7 +364,10 @@ def prune_finished_jobs(conn: Connection, *, older_than: timedelta) -> int:
     ).rowcount
 
 
-def _notify_done(conn: Connection, request_id: int | None) -> None:
-    """A job ended: its request has news (kept until the lifecycle looks), and it is told."""
-    wake_requests(conn, [request_id], "job")
-    notify(conn, JOBS_DONE_CHANNEL, "" if request_id is None else str(request_id))
+def _notify_done(conn: Connection, *request_ids: int | None) -> None:
+    """Jobs ended: their requests have news (kept until the lifecycle looks), and the node
+    is told, in two statements however many requests (a claim of embeddings spans many)."""
+    wake_requests(conn, request_ids, "job")
+    distinct = set(request_ids)
+    only = next(iter(distinct)) if len(distinct) == 1 else None
+    notify(conn, JOBS_DONE_CHANNEL, "" if only is None else str(only))

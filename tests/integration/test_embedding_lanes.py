@@ -1,0 +1,202 @@
+"""An embedding worker with several lanes (claim-run-record loops over one model): every
+job embedded once with the bits a lone encoder gives, verifications still first, and a
+killed worker's claims, one per lane, back in the queue for another worker.
+
+Real ``oracle worker`` processes on the CPU, a real database and a real model.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from oracle.store.maintenance import maintain_queue
+from oracle.store.queue import PRIORITY_EMBEDDING, PRIORITY_VERIFICATION, NewJob, enqueue_jobs
+from oracle.store.workers import ready_models
+
+pytestmark = pytest.mark.slow
+
+MINILM = "all-MiniLM-L6-v2"
+LANES = 3
+CLAIM = 8
+LEASE_S = 3.0
+TIMEOUT_S = 240.0
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    give_up = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < give_up, f"gave up waiting: {what}"
+        time.sleep(0.05)
+
+
+class _Worker:
+    def __init__(self, database_url: str, log: Path) -> None:
+        command = [
+            sys.executable, "-m", "oracle.cli", "worker", "--role", "embedding",
+            "--model", MINILM, "--threads", "1", "--lease-s", str(LEASE_S),
+            "--embed-lanes", str(LANES), "--embed-claim", str(CLAIM), "--embed-batch", "4",
+        ]  # fmt: skip
+        self.log_path = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "ORACLE_DATABASE_URL": database_url},
+            )
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def start_worker(
+    database_url: str, db_engine: Engine, tmp_path: Path
+) -> Iterator[Callable[[], _Worker]]:
+    started: list[_Worker] = []
+
+    def start() -> _Worker:
+        worker = _Worker(database_url, tmp_path / f"worker{len(started)}.log")
+        started.append(worker)
+
+        def ready() -> bool:
+            assert worker.process.poll() is None, worker.log_path.read_text()
+            with db_engine.connect() as conn:
+                return ready_models(conn).get(MINILM, 0) > 0
+
+        _wait_for(ready, "the embedding worker to load")
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.kill()
+
+
+def _enqueue(engine: Engine, texts: list[str]) -> list[int]:
+    deadline = datetime.now(UTC) + timedelta(minutes=10)
+    jobs = [
+        NewJob(
+            kind="embedding",
+            model=MINILM,
+            priority=PRIORITY_EMBEDDING,
+            deadline=deadline,
+            payload={"text": t},
+        )
+        for t in texts
+    ]
+    with engine.begin() as conn:
+        return enqueue_jobs(conn, jobs)
+
+
+def _jobs(engine: Engine, ids: list[int]) -> dict[int, Any]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, status, attempts, result, finished_at FROM jobs WHERE id = ANY(:ids)"),
+            {"ids": ids},
+        ).all()
+    return {int(row.id): row for row in rows}
+
+
+def _count(engine: Engine, status: str) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM jobs WHERE status = :status"), {"status": status}
+            ).scalar_one()
+        )
+
+
+def test_lanes_embed_each_job_once_as_a_lone_encoder_would_and_verifications_go_first(
+    db_engine: Engine, start_worker: Callable[[], _Worker]
+) -> None:
+    from oracle.engine.embedder import Embedder
+
+    start_worker()
+    texts = [f"The capital of country number {i} is city number {i * 7}." for i in range(300)]
+    embedding_ids = _enqueue(db_engine, texts)
+    _wait_for(lambda: _count(db_engine, "done") >= CLAIM, "the first batch")
+    # the verifications arrive while the embeddings not yet claimed are held back (FOR
+    # UPDATE: no lane can take them meanwhile): the next claim must take them first
+    with db_engine.begin() as conn:
+        waiting = [
+            int(i)
+            for i in conn.execute(
+                text("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id FOR UPDATE")
+            ).scalars()
+        ]
+        verification_ids = enqueue_jobs(
+            conn,
+            [
+                NewJob(
+                    kind="verification",
+                    model=MINILM,
+                    priority=PRIORITY_VERIFICATION,
+                    deadline=datetime.now(UTC) + timedelta(minutes=10),
+                    payload={"text": f"A revealed answer, number {i}."},
+                )
+                for i in range(3)
+            ],
+        )
+    assert len(waiting) > LANES * CLAIM  # enough left for the order to show
+    ids = embedding_ids + verification_ids
+    _wait_for(lambda: _count(db_engine, "done") == len(ids), "every job")
+
+    jobs = _jobs(db_engine, ids)
+    assert {(j.status, j.attempts) for j in jobs.values()} == {("done", 1)}
+    assert {j.result["batch"] for j in jobs.values()} <= set(range(1, CLAIM + 1))
+    assert all("embedder_tokens" in jobs[i].result for i in verification_ids)
+    lone = Embedder(MINILM, threads=1, batch_size=4)
+    verification_texts = [f"A revealed answer, number {i}." for i in range(3)]
+    expected = lone.embed(texts + verification_texts)
+    # each job has its own text's bits (another text's differ in a hundred or more; forward
+    # passes grouped otherwise may flip a component within rounding of zero)
+    distances = [_bits_apart(jobs[i].result["bits"], b) for i, b in zip(ids, expected, strict=True)]
+    assert max(distances) <= 2, distances
+    # only batches other lanes claimed alongside the verifications' can run before them
+    verified_at = max(jobs[i].finished_at for i in verification_ids)
+    overtaking = [i for i in waiting if jobs[i].finished_at < verified_at]
+    assert len(overtaking) <= (LANES - 1) * CLAIM
+
+
+def _bits_apart(hex_bits: str, expected: bytes) -> int:
+    return sum(
+        bin(a ^ b).count("1") for a, b in zip(bytes.fromhex(hex_bits), expected, strict=True)
+    )
+
+
+def test_a_killed_worker_s_claims_go_back_to_the_queue_and_another_worker_ends_them(
+    db_engine: Engine, start_worker: Callable[[], _Worker]
+) -> None:
+    first = start_worker()
+    texts = [f"An answer that needs embedding, number {i}." for i in range(400)]
+    ids = _enqueue(db_engine, texts)
+    # a batch runs while the other lanes hold their claims, waiting for their turn
+    _wait_for(lambda: _count(db_engine, "running") > CLAIM, "several lanes holding claims")
+    first.kill()
+    held = [i for i, j in _jobs(db_engine, ids).items() if j.status == "running"]
+    assert len(held) > CLAIM
+
+    def reclaimed() -> bool:
+        maintain_queue(db_engine)
+        return _count(db_engine, "running") == 0
+
+    _wait_for(reclaimed, "the killed worker's leases to lapse")
+    start_worker()
+    _wait_for(lambda: _count(db_engine, "done") == len(ids), "every job")
+    jobs = _jobs(db_engine, ids)
+    assert {jobs[i].attempts for i in held} == {2}  # claimed again, once
+    assert {j.status for j in jobs.values()} == {"done"}
