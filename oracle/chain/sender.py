@@ -187,6 +187,8 @@ class TxSender:
         """Rows whose fee bump the node refused for good: their current version stands."""
         self._bump_now: set[int] = set()
         """Rows whose broadcast was refused as underpriced: replaced on the next check."""
+        self._hole_seen: tuple[int, float] | None = None
+        """A nonce no row holds below the sent ones, and when it was first seen."""
         self._rebroadcast_after: dict[int, tuple[float, int]] = {}
         """Rows refused for lack of funds: (monotonic time of the next try, refusals)."""
 
@@ -397,9 +399,14 @@ class TxSender:
         a nonce hole below them is filled."""
         with self._sessions() as session:
             sent = in_flight_txs(session, self.address)
+        if sent:  # first: a hole stalls every row above it, whatever their checks meet
+            try:
+                self._fill_nonce_hole(min(_stored(tx.nonce) for tx in sent))
+            except RpcRateLimited:
+                raise
+            except RpcUnavailable as exc:
+                logger.info("looking for a nonce hole failed", extra={"error": str(exc)})
         _each_transaction(sent, self._check_one, "checking")
-        if sent:
-            self._fill_nonce_hole(min(_stored(tx.nonce) for tx in sent))
 
     def _check_one(self, tx: OutgoingTx) -> None:
         receipt = self._receipt(tx)
@@ -463,18 +470,31 @@ class TxSender:
 
     def _fill_nonce_hole(self, lowest_sent: int) -> None:
         """A nonce below every sent row that nothing will ever use stalls them all: send a
-        zero-value transfer to self with it. (A hole appears when a reorg drops a
-        transaction whose row is re-decided, or a node forgets a transaction.)"""
+        zero-value transfer to self with it. (A hole appears when the row that held it is
+        released: its lost transaction was done by someone else meanwhile, or a reorg took
+        it and it is decided again.)
+
+        The node's pool cannot be asked whether it holds that nonce (a ``pending`` count
+        may include the stalled transactions above the hole), so the hole must stay the
+        same for ``lost_after_s`` first. A filler that meets a transaction in the pool is
+        refused or replaces one whose row was released: either way the nonce is used.
+        """
         with rpc_errors("eth_getTransactionCount"):
             mined = self._w3.eth.get_transaction_count(self._account.address, "latest")
-            pending = self._w3.eth.get_transaction_count(self._account.address, "pending")
-        if lowest_sent <= mined or pending > mined:
-            return  # no hole, or the node's pool holds a transaction for it
+        if lowest_sent <= mined:
+            self._hole_seen = None
+            return
         with self._sessions() as session:
             held = nonce_held(session, self.address, mined)
         if held:  # a row still counts on it: a reorg dropped it, and check_mined will see
             self.recheck_soon()
             return
+        now = time.monotonic()
+        if self._hole_seen is None or self._hole_seen[0] != mined:
+            self._hole_seen = (mined, now)
+        if now - self._hole_seen[1] < self._lost_after_s:
+            return
+        self._hole_seen = None
         fees = self._fees()
         signed = self._account.sign_transaction(
             {

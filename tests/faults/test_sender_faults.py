@@ -17,6 +17,7 @@ from web3 import Web3
 from oracle.chain.anvil import Anvil
 from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.sender import TxSender
+from oracle.errors import RpcRateLimited
 from oracle.store.models import OutgoingTx
 from tests.faults.conftest import Outbox, attempt, make_sender, node_web3, run_until
 from tests.support.protocol import Protocol
@@ -184,3 +185,28 @@ def test_a_receipt_hidden_by_a_lagging_backend_does_not_unsettle_a_mined_transac
     run_sender(sender, sessions)
     assert statuses(sessions) == [("commit", "confirmed"), ("reveal", "confirmed")]
     assert nonce_of(chain, sender.address) == first_nonce + 2
+
+
+def test_a_nonce_hole_is_filled_while_every_sync_meets_a_rate_limit(
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """A nonce released under transactions already sent stalls them all. The filler goes
+    before the rows' own checks, so an endpoint that rate-limits those checks on every
+    sync cannot starve it (it once held a soak's reveals back past their deadline)."""
+    sender = make_sender(node_web3(proxy.url), chain, sessions, lost_after_s=0)
+    before = nonce_of(chain, sender.address)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    request_id = protocol.request(quorum=1)
+    outbox.commit_and_reveal(binding, request_id)
+    sender._next_nonce = before + 1  # the nonce below went to a row that was released
+    proxy.inject("rate_limit", methods=["eth_getTransactionReceipt"], retry_after_s=0.1)
+
+    with pytest.raises(RpcRateLimited):
+        sender.sync_once()
+
+    assert nonce_of(chain, sender.address) == before + 2  # the filler, then the commit
+    assert proxy.injected["rate_limit"] >= 1
