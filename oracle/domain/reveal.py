@@ -13,12 +13,12 @@ __all__ = ["Reveal"]
 class Reveal:
     """One node's revealed answer to a request.
 
-    Reveals of a request are handled in seat order (the order of their commits on
-    chain), so every node and the contract see the same sequence.
+    Reveals of a request are handled in seat order (the seat index each ``Committed``
+    event names), so every node and the contract see the same sequence.
     """
 
     seat: int
-    """Index of the node's commit among the request's seats, from 0."""
+    """The seat the node holds, from 0 (an evicting commit takes the evicted seat's)."""
     oracle: str
     """Address of the node that committed and revealed."""
     output: str
@@ -27,7 +27,7 @@ class Reveal:
     embedding_bits: bytes
     """Sign bits of the output's embedding, packed most significant bit first."""
     excluded: bool = False
-    """True once a majority of the other revealers disputed this reveal."""
+    """True once a strict majority of the quorum disputed this reveal."""
 
     def __post_init__(self) -> None:
         if self.seat < 0:
