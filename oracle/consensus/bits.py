@@ -7,7 +7,7 @@ import numpy.typing as npt
 
 from oracle.errors import EmbeddingLengthMismatch, InvalidEmbedding
 
-__all__ = ["BASIS_POINTS", "are_neighbours", "hamming", "pack_sign_bits"]
+__all__ = ["BASIS_POINTS", "are_neighbours", "embedding_components", "hamming", "pack_sign_bits"]
 
 BASIS_POINTS = 10_000
 """Basis points in a whole: secDistance and secPercentage are given in these."""
@@ -20,6 +20,12 @@ def pack_sign_bits(vector: npt.ArrayLike) -> bytes:
     384 dimensions give 48 bytes; the first component is the top bit of byte 0
     (numpy.packbits order). Normalising the vector first changes nothing.
     """
+    return np.packbits(embedding_components(vector) > 0).tobytes()
+
+
+def embedding_components(vector: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The vector as float64 components that can become sign bits: one dimension, a
+    positive multiple of 8 of them, all finite (InvalidEmbedding otherwise)."""
     components = np.asarray(vector, dtype=np.float64)
     if components.ndim != 1:
         raise InvalidEmbedding(reason=f"expected one vector, got shape {components.shape}")
@@ -29,7 +35,7 @@ def pack_sign_bits(vector: npt.ArrayLike) -> bytes:
         )
     if not np.isfinite(components).all():
         raise InvalidEmbedding(reason="the vector holds NaN or infinite components")
-    return np.packbits(components > 0).tobytes()
+    return components
 
 
 def hamming(a: bytes, b: bytes) -> int:

@@ -31,6 +31,7 @@ from importlib import resources
 import numpy as np
 import numpy.typing as npt
 
+from oracle.consensus.bits import embedding_components
 from oracle.errors import InvalidEmbedding, OracleError
 
 __all__ = [
@@ -132,15 +133,7 @@ def signal_bits(vector: npt.ArrayLike, centre: Centre | None = None) -> bytes:
     changes them, since the centre is not scaled with it: give the embedding as the
     model returns it with ``normalize_embeddings=True``.
     """
-    components = np.asarray(vector, dtype=np.float64)
-    if components.ndim != 1:
-        raise InvalidEmbedding(reason=f"expected one vector, got shape {components.shape}")
-    if components.size == 0 or components.size % 8 != 0:
-        raise InvalidEmbedding(
-            reason=f"{components.size} dimensions; sign bits need a positive multiple of 8"
-        )
-    if not np.isfinite(components).all():
-        raise InvalidEmbedding(reason="the vector holds NaN or infinite components")
+    components = embedding_components(vector)
     if centre is None:
         threshold: npt.NDArray[np.float64] = np.zeros_like(components)
     elif centre.dimensions != components.size:
