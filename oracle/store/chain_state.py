@@ -379,9 +379,10 @@ def rollback_after(session: Session, block_number: int) -> None:
     after = block_number
     events = _run(session, delete(ChainEventRow).where(ChainEventRow.block_number > after))
     _run(session, delete(ChainBlock).where(ChainBlock.number > after))
-    seats = _run(session, delete(Seat).where(Seat.commit_block_number > after))
     # A seat lost to a commit these blocks brought is held again: a node that stopped
     # there (evicted) goes back to committing, where it finds out whether it was its seat.
+    # Asked before the seats go: when the evicted commit was in these blocks too, it is
+    # sent again and may land, and only a committing node reveals it.
     regained = select(Seat.request_id).where(Seat.evicted_block_number > after)
     _run(
         session,
@@ -389,6 +390,7 @@ def rollback_after(session: Session, block_number: int) -> None:
         .where(Request.phase == "evicted", Request.id.in_(regained))
         .values(phase="committing", skip_reason=None),
     )
+    seats = _run(session, delete(Seat).where(Seat.commit_block_number > after))
     _run(
         session,
         update(Seat).where(Seat.evicted_block_number > after).values(evicted_block_number=None),

@@ -296,6 +296,19 @@ def test_a_reorg_that_drops_the_evicting_commit_gives_the_seat_back(session: Ses
     assert held_seats(session) == [(0, ALICE), (1, BOB), (2, DAVE)]
 
 
+def test_a_reorg_that_drops_the_evicted_commit_too_rewinds_the_evicted_node(
+    session: Session,
+) -> None:
+    apply_all(session, a_full_round_with_an_eviction())
+    session.get_one(Request, 1).phase = "evicted"  # as Bob's node left it
+    session.commit()
+    rollback_after(session, 10)  # Bob's commit (11) goes with Dave's (13)
+    session.commit()
+    assert held_seats(session) == []
+    # Bob's commit is sent again and may land: his node must be committing to reveal it
+    assert session.get_one(Request, 1).phase == "committing"
+
+
 def test_slashes_are_recorded_as_events(session: Session) -> None:
     slash = SlashedEvent(
         position=at(30), request_id=RequestId(1), oracle=BOB, amount_wei=10**15, reason="excluded"
