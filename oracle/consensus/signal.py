@@ -61,7 +61,7 @@ class CentreMismatch(OracleError):
     reason: str
 
     def __init__(self, *, model: str, reason: str) -> None:
-        super().__init__(f"centre of {model}: {reason}")
+        super().__init__(f"{model}'s {reason}")
         self.model = model
         self.reason = reason
 
@@ -167,14 +167,15 @@ def parse_centre(model: str, data: bytes, *, dimensions: int, sha256: str) -> Ce
     finite."""
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256.lower():
-        raise CentreMismatch(model=model, reason=f"sha256 {digest}, registered {sha256}")
+        raise CentreMismatch(model=model, reason=f"sha256 is {digest}, not the registered {sha256}")
     if len(data) != 4 * dimensions:
         raise CentreMismatch(
-            model=model, reason=f"{len(data)} bytes, {dimensions} float32 need {4 * dimensions}"
+            model=model,
+            reason=f"file holds {len(data)} bytes, not {4 * dimensions} ({dimensions} float32)",
         )
     vector = np.frombuffer(data, dtype="<f4").astype(np.float32)
     if not np.isfinite(vector).all():
-        raise CentreMismatch(model=model, reason="NaN or infinite components")
+        raise CentreMismatch(model=model, reason="file holds NaN or infinite components")
     vector.setflags(write=False)
     return Centre(model=model, vector=vector, sha256=digest)
 
@@ -235,7 +236,7 @@ def load_centre(signal: EmbeddingSignal) -> Centre | None:
         data = path.read_bytes()
     except FileNotFoundError as exc:
         raise CentreMismatch(
-            model=signal.name, reason=f"{signal.centre_file} is not in the package"
+            model=signal.name, reason=f"file {signal.centre_file} is not in the package"
         ) from exc
     return parse_centre(
         signal.name, data, dimensions=signal.dimensions, sha256=signal.centre_sha256
