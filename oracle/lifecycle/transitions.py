@@ -297,14 +297,15 @@ def verify_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
         if closes_at is not None and step.now > closes_at:
             return NEWS
     others = [s for s in seats if s.revealed_output is not None and s.oracle != step.ctx.address]
+    # a job checks one reveal: a reorg may put another node, or other text, in its seat
     jobs = {
-        int(j.payload["seat"]): j
+        (int(j.payload["seat"]), str(j.payload.get("oracle")), j.payload.get("text")): j
         for j in step.session.scalars(
             select(Job).where(Job.request_id == step.request.id, Job.kind == "verification")
         )
     }
     for seat in others:
-        job = jobs.get(seat.seat_no)
+        job = jobs.get((seat.seat_no, seat.oracle, seat.revealed_output))
         if seat.reveal_defect is not None:  # no text to embed: its bits cannot be checked
             _dispute(step, seat, f"revealed output {seat.reveal_defect}")
         elif job is None:

@@ -23,13 +23,14 @@ from oracle.domain.request import RequestId
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
 from oracle.store import make_session_factory
-from oracle.store.chain_state import apply_event
+from oracle.store.chain_state import apply_event, rollback_after
 from oracle.store.models import Answer, Job, OutgoingTx, Request
 from oracle.store.outbox import mark_failed
 from oracle.store.queue import claim_jobs, complete_job
 from oracle.store.wakes import wake_requests
 from tests.integration.test_chain_state import (
     ALICE,
+    BITS,
     BOB,
     CAROL,
     DAVE,
@@ -270,6 +271,35 @@ def test_reveals_longer_than_can_be_checked_are_disputed(
     advance_requests(sessions, CTX, stub)
     accused = sorted(t.dedupe_key for t in txs(sessions, "dispute"))
     assert accused == ([BOB, CAROL] if disputed else [])
+
+
+def test_a_verification_is_of_the_reveal_now_in_the_seat_not_of_one_a_reorg_dropped(
+    db_engine: Engine, sessions: sessionmaker[Session], stub: StubChain
+) -> None:
+    revealing_round(sessions, requested(1, at(10)))
+    advance_requests(sessions, CTX, stub)
+    for _ in range(2):  # Bob's and Carol's reveals verify
+        finish_job(db_engine, "verification", {"bits": BITS.hex()})
+    # a reorg drops the seats; on the new chain Dave holds seat 1 and reveals other text
+    with sessions.begin() as session:
+        rollback_after(session, 10)
+    seats = [(0, ALICE), (1, DAVE), (2, CAROL)]
+    news(sessions, *(committed(1, s, o, at(11, s, fork="b")) for s, o in seats))
+    lyon = dataclasses.replace(
+        revealed(1, 1, DAVE, at(12, 1, fork="b")),
+        output="Lyon",
+        output_hash=_hash("Lyon"),
+        embedding_bits=flip(BITS, range(100)),
+    )
+    news(sessions, revealed(1, 0, ALICE, at(12, fork="b")), lyon)
+    news(sessions, revealed(1, 2, CAROL, at(12, 2, fork="b")))
+    advance_requests(sessions, CTX, stub)
+    assert txs(sessions, "dispute") == []  # Bob's verification says nothing about Dave
+    with sessions() as session:
+        jobs = session.scalars(
+            select(Job).where(Job.kind == "verification", Job.status == "queued")
+        ).all()
+        assert [(j.payload["oracle"], j.payload["text"]) for j in jobs] == [(DAVE, "Lyon")]
 
 
 # --- finalize and expire ---------------------------------------------------------------------
