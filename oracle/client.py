@@ -14,11 +14,14 @@ from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
 from oracle.chain.artifacts import decode_revert, load_artifact
+from oracle.domain.events import FAILURE_REASONS, SLASH_REASONS, SlashReason
 from oracle.errors import OracleError
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
-FAILURE_REASONS = ("no commits", "no reveals", "no consensus", "expired")
-SLASH_REASONS = ("never revealed", "excluded by disputes")
+_SLASH_TEXT: dict[SlashReason, str] = {
+    "never_revealed": "never revealed",
+    "excluded": "excluded by disputes",
+}
 DEFAULT_FEE_WEI = 10**15
 
 
@@ -197,7 +200,7 @@ def _record(result: RequestResult, name: str, log: Any) -> str:
         taken = f", evicting {args['evicted']}" if evicted else ""
         return f"commit   seat {args['seat']} by {args['oracle']}{taken} tx={tx}"
     if name == "Slashed":
-        reason = SLASH_REASONS[int(args["reason"])]
+        reason = _SLASH_TEXT[SLASH_REASONS[int(args["reason"])]]
         return f"slashed  {args['oracle']} lost {args['amount']} wei ({reason}) tx={tx}"
     if name == "Revealed":
         return f"reveal   seat {args['seat']} by {args['oracle']}: {args['output']!r}"
@@ -215,5 +218,5 @@ def _record(result: RequestResult, name: str, log: Any) -> str:
             f"{args['rewardPerOracle']} wei each, callback ok={args['callbackSucceeded']} tx={tx}"
         )
     result.failed = True
-    result.reason = FAILURE_REASONS[int(args["reason"])]
+    result.reason = FAILURE_REASONS[int(args["reason"])].replace("_", " ")
     return f"failed   {result.reason} tx={tx}"
