@@ -221,9 +221,21 @@ def test_replaying_the_same_events_changes_nothing(session: Session) -> None:
 def test_events_of_unknown_requests_are_recorded_without_derived_rows(session: Session) -> None:
     apply_all(
         session,
-        [committed(7, 0, ALICE, at(3)), revealed(7, 0, ALICE, at(4)), finalized(7, at(5))],
+        [
+            committed(7, 0, ALICE, at(3)),
+            committed(7, 0, BOB, at(3, 1), ticket=1, evicted=ALICE),
+            revealed(7, 0, BOB, at(4)),
+            finalized(7, at(5)),
+            SlashedEvent(
+                position=at(5, 1),
+                request_id=RequestId(7),
+                oracle=DAVE,
+                amount_wei=10**15,
+                reason="never_revealed",
+            ),
+        ],
     )
-    assert session.scalar(select(func.count()).select_from(ChainEventRow)) == 3
+    assert session.scalar(select(func.count()).select_from(ChainEventRow)) == 5
     assert session.scalar(select(func.count()).select_from(Seat)) == 0
     assert session.get(Request, 7) is None
 
@@ -307,6 +319,19 @@ def test_a_reorg_that_drops_the_evicted_commit_too_rewinds_the_evicted_node(
     assert held_seats(session) == []
     # Bob's commit is sent again and may land: his node must be committing to reveal it
     assert session.get_one(Request, 1).phase == "committing"
+
+
+def test_an_eviction_of_a_seat_this_node_never_saw_is_recorded_without_effects(
+    session: Session,
+) -> None:
+    apply_all(session, [requested(1, at(10)), committed(1, 0, ALICE, at(11))])
+    # Bob's commit to seat 0 is not on record here: the database refuses the evictor's row
+    apply_all(session, [committed(1, 0, DAVE, at(12), ticket=1, evicted=BOB)])
+    assert held_seats(session) == [(0, ALICE)]
+    payload = session.scalars(
+        select(ChainEventRow.payload).where(ChainEventRow.block_number == 12)
+    ).one()
+    assert "refused" in payload
 
 
 def test_slashes_are_recorded_as_events(session: Session) -> None:
