@@ -199,9 +199,6 @@ class CoordinatorBinding:
         """Registered, unbonding or not (a node that started unbonding commits no more)."""
         return bool(self._oracle(address)["registered"])
 
-    def stake_of(self, address: str) -> int:
-        return int(self._oracle(address)["stake"])
-
     def _oracle(self, address: str) -> dict[str, Any]:
         """The coordinator's record of a node, by field name."""
         with rpc_errors("eth_call"):
