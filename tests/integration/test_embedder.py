@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from oracle.consensus import default_verify_tolerance_bits, hamming
+from oracle.consensus import default_verify_tolerance_bits, hamming, pack_sign_bits
 from oracle.engine.embedder import Embedder
 from oracle.errors import UnknownEmbeddingModel
 
@@ -53,6 +53,12 @@ def test_order_is_kept_and_the_same_text_gets_the_same_bits(embedder: Embedder) 
 def test_paraphrases_are_closer_than_other_answers(embedder: Embedder) -> None:
     paris, paraphrase, photosynthesis = embedder.embed(TEXTS[:3])
     assert hamming(paris, paraphrase) < hamming(paris, photosynthesis)
+
+
+def test_the_bits_are_pack_sign_bits_of_each_normalised_vector(embedder: Embedder) -> None:
+    texts = ["Paris.", "The capital of France is Paris.", "Water boils at 100 degrees."]
+    vectors = embedder._encoder.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+    assert embedder.embed(texts) == [pack_sign_bits(v) for v in vectors]
 
 
 def test_no_texts_give_no_bits(embedder: Embedder) -> None:
