@@ -50,7 +50,6 @@ FRACTION_BITS = 64
 MAX_VARIATE = 1 << 64
 """The largest variate ``x``; ``x / MAX_VARIATE`` is the uniform draw ``u`` in (0, 1]."""
 
-_ONE = 1 << FRACTION_BITS
 _TWO = 2 << FRACTION_BITS
 _WORD = 1 << 256
 
