@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -217,17 +218,23 @@ def embedding_worker(
         embed_lanes=variant.lanes,
     ).command()
     env = {**os.environ, "ORACLE_DATABASE_URL": url.render_as_string(hide_password=False)}
-    process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-    try:
-        yield process
-    finally:
-        process.terminate()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # measured already; a slow stop is not this figure
-            print("  note: the worker had not stopped 30 s after SIGTERM; killed", flush=True)
-            process.kill()
-            process.wait()
+            yield process
+        except Exception:
+            log.seek(0)
+            tail = log.read().decode(errors="replace").splitlines()[-20:]
+            print("  the worker's last lines:", *tail, sep="\n    ", flush=True)
+            raise
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # measured already; a slow stop is not this figure
+                print("  note: the worker had not stopped 30 s after SIGTERM; killed", flush=True)
+                process.kill()
+                process.wait()
 
 
 def enqueue(engine: Engine, texts: Sequence[str], per_transaction: int) -> list[int]:
@@ -357,9 +364,14 @@ def main() -> None:
             print(f"baseline, encode per {claim} in queue order: {n / seconds:6.1f} embeddings/s")
         ratios = []
         for variant in variants:
-            enqueue_s, engine_s, engine_bits, batches = embed_through_engine(
-                url, texts, args, variant
-            )
+            try:
+                enqueue_s, engine_s, engine_bits, batches = embed_through_engine(
+                    url, texts, args, variant
+                )
+            except Exception as exc:  # one variant failing leaves the others' figures
+                print(f"engine, {variant}: failed: {type(exc).__name__}: {exc}", flush=True)
+                ratios.append(float("nan"))
+                continue
             engine_rate = n / engine_s
             same = sum(a == b for a, b in zip(direct_bits, engine_bits, strict=True))
             overlap = "before the clock" if args.at_once else "overlapped"
