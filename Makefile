@@ -55,7 +55,7 @@ test: setup $(VENV)/.stamp-bench-deps lint
 
 # three nodes, twenty requests, every fault at random: a few minutes
 soak: setup
-	ORACLE_SOAK=1 $(VENV)/bin/pytest -s tests/faults/test_soak.py
+	$(VENV)/bin/pytest -s tests/faults/test_soak.py
 
 dev: setup
 	$(VENV)/bin/oracle dev

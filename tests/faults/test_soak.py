@@ -42,8 +42,6 @@ from tests.support.rpc_proxy import RpcProxy
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(900),
-    # Not yet steady enough to gate every run (see the README's "Tests"): `make soak`.
-    pytest.mark.skipif(not os.environ.get("ORACLE_SOAK"), reason="set ORACLE_SOAK=1 (make soak)"),
 ]
 
 SEED = 20_241_130
