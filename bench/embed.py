@@ -16,6 +16,8 @@ The same ``--texts`` short answers (all-MiniLM-L6-v2, CPU) go both ways:
 A second baseline encodes the texts one claim's worth (``EMBED_BATCH``) at a time in
 queue order: ``encode`` sorts texts by length inside one call, so the one-call baseline
 pads less than any smaller call. Both ways must give the same sign bits for every text.
+A third line times the worker's own path without the queue (``Embedder.embed`` a claim
+at a time, which on a GPU runs encode's batches itself: ``oracle.engine.embedder``).
 
 Both ways use ``--threads`` torch threads (default 2; the node gives its embedding
 workers 1, beside the LLM workers).
@@ -200,6 +202,23 @@ def encode_directly(
     return one_call_s, chunked_s, [pack_sign_bits(row) for row in normalised]
 
 
+def embed_per_claim(
+    texts: Sequence[str], args: argparse.Namespace, claim: int, expected: Sequence[bytes]
+) -> tuple[float, int]:
+    """Seconds for the worker's own path (``Embedder.embed``, which on a GPU runs encode's
+    batches itself) a claim at a time, in this process; texts whose bits match."""
+    from oracle.engine.embedder import Embedder
+
+    embedder = Embedder(MINILM, device=args.device, batch_size=args.embed_batch)
+    embedder.embed(list(texts[:claim]))  # warm-up
+    bits: list[bytes] = []
+    started = time.perf_counter()
+    for start in range(0, len(texts), claim):
+        bits += embedder.embed(list(texts[start : start + claim]))
+    seconds = time.perf_counter() - started
+    return seconds, sum(a == b for a, b in zip(bits, expected, strict=True))
+
+
 # --- engine -------------------------------------------------------------------------------
 
 
@@ -362,6 +381,14 @@ def main() -> None:
         print(f"baseline, encode(all, batch_size={forward}): {baseline:6.1f} embeddings/s")
         for claim, seconds in chunked_s.items():
             print(f"baseline, encode per {claim} in queue order: {n / seconds:6.1f} embeddings/s")
+        claim = variants[0].claim
+        embed_s, same = embed_per_claim(texts, args, claim, direct_bits)
+        print(
+            f"the worker's Embedder.embed per {claim}, no queue: {n / embed_s:6.1f} "
+            f"embeddings/s ({ratio(n / embed_s, baseline):.3f} of one encode call; "
+            f"sign bits identical for {same} of {n})",
+            flush=True,
+        )
         ratios = []
         for variant in variants:
             try:

@@ -3,6 +3,12 @@
 The model is loaded once from its local package (nothing is fetched from a model hub)
 and runs in float32: reduced precisions flip a few sign bits (docs/consensus.md), which
 eats into the verification tolerance for nothing.
+
+On a GPU, :meth:`Embedder.embed` runs ``encode``'s forward passes itself (the same
+batches of the same texts in the same order, so the same arithmetic), but leaves each
+batch's vectors on the device and copies them back once per call: ``encode`` waits for
+every batch to come back before it tokenizes the next, so the device and the host took
+turns.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import batch_to_device
 
 from oracle.consensus import pack_sign_bits
 from oracle.engine.embedding_models import lookup_embedding_model, resolve_embedding_model
@@ -130,15 +137,40 @@ class Embedder:
             raise TypeError("embed() takes a sequence of texts, not one string")
         if not texts:
             return []
-        vectors = self._encoder.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        if self._encoder.device.type == "cpu":
+            vectors = self._encoder.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        else:
+            vectors = self._encode_on_device(list(texts))
         matrix = np.asarray(vectors, dtype=np.float32)
         if matrix.ndim != 2 or matrix.shape[1] != self._dim_bits or not np.isfinite(matrix).all():
             return [pack_sign_bits(row) for row in matrix]  # raises, saying what is wrong
         # pack_sign_bits of each row, in one call (a call per row held a GPU worker's lanes)
         return [row.tobytes() for row in np.packbits(matrix > 0, axis=1)]
+
+    @torch.inference_mode()
+    def _encode_on_device(self, texts: list[str]) -> Any:
+        """``encode(texts, normalize_embeddings=True)`` as a numpy matrix: its batches
+        (texts sorted by length as it sorts them) through the same modules, the vectors
+        kept on the device until the last batch is launched."""
+        encoder = self._encoder
+        order = np.argsort([-len(text) for text in texts])  # encode's order (_input_length)
+        if encoder._can_flatten_inputs():  # and its mixing, where inputs are not padded
+            order = encoder._interleave_sorted_indices(order)
+        device = encoder.device
+        batches = []
+        for start in range(0, len(texts), self.batch_size):
+            features = encoder.preprocess(
+                [texts[i] for i in order[start : start + self.batch_size]]
+            )
+            vectors = encoder(batch_to_device(features, device))["sentence_embedding"]
+            batches.append(torch.nn.functional.normalize(vectors, p=2, dim=1))
+        host = torch.cat(batches).cpu().numpy()
+        matrix = np.empty_like(host)
+        matrix[order] = host
+        return matrix

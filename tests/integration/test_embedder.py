@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from oracle.consensus import default_verify_tolerance_bits, hamming, pack_sign_bits
@@ -59,6 +60,15 @@ def test_the_bits_are_pack_sign_bits_of_each_normalised_vector(embedder: Embedde
     texts = ["Paris.", "The capital of France is Paris.", "Water boils at 100 degrees."]
     vectors = embedder._encoder.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
     assert embedder.embed(texts) == [pack_sign_bits(v) for v in vectors]
+
+
+def test_the_device_path_runs_encode_s_batches_to_the_same_vectors() -> None:
+    """What a GPU worker runs instead of ``encode`` (its vectors left on the device until
+    the last batch): the same batches, so the same arithmetic, here on the CPU."""
+    small_batches = Embedder("all-MiniLM-L6-v2", batch_size=4, threads=1)
+    texts = [f"Answer {i}: " + "the capital of France is Paris. " * (i % 5) for i in range(11)]
+    encoded = small_batches._encoder.encode(texts, batch_size=4, normalize_embeddings=True)
+    assert np.array_equal(small_batches._encode_on_device(texts), encoded)
 
 
 def test_no_texts_give_no_bits(embedder: Embedder) -> None:
