@@ -23,9 +23,10 @@ Both ways use ``--threads`` torch threads (default 2; the node gives its embeddi
 workers 1, beside the LLM workers).
 
 On a GPU (``--device cuda``), both ways run there with ``--embed-batch`` texts a forward
-pass (default 256) and the worker claims ``--embed-claim`` texts at once (default 1024);
-the jobs are enqueued in one transaction before the clock starts, at its commit (the
-queue's enqueueing is the requesters' work, and on a GPU it would be most of the time).
+pass and the worker claims ``--embed-claim`` texts at once (defaults: the worker's on a
+GPU, 256 and 2048); the jobs are enqueued in one transaction before the clock starts, at
+its commit (the queue's enqueueing is the requesters' work, and on a GPU it would be most
+of the time).
 
 The worker runs ``--embed-lanes`` claim-run-record loops (default: the worker's, 1 on the
 CPU and 3 on a GPU): one batch is encoded at a time while other lanes claim and record.
@@ -73,7 +74,7 @@ from oracle.consensus import pack_sign_bits
 from oracle.engine.embedder import DEFAULT_BATCH_SIZE
 from oracle.engine.embedding_models import resolve_embedding_model
 from oracle.engine.supervisor import WorkerSpec
-from oracle.engine.worker import EMBED_BATCH, WorkerConfig
+from oracle.engine.worker import WorkerConfig
 from oracle.store import make_engine
 from oracle.store.queue import PRIORITY_EMBEDDING, NewJob, enqueue_job, enqueue_jobs
 
@@ -83,8 +84,6 @@ FORWARD_BATCH = DEFAULT_BATCH_SIZE
 """Texts per forward pass, both ways (32)."""
 ARRIVAL = 32
 """Jobs per enqueue transaction."""
-GPU_FORWARD_BATCH = 256
-GPU_CLAIM = 1024
 
 _SUBJECTS = (
     ("Paris", "France"),
@@ -354,10 +353,10 @@ def main() -> None:
     add_smoke_flag(parser)
     args = apply_smoke(parser.parse_args(), texts=64)
     gpu = args.device == "cuda"
-    args.embed_batch = args.embed_batch or (GPU_FORWARD_BATCH if gpu else FORWARD_BATCH)
-    args.embed_claim = args.embed_claim or (GPU_CLAIM if gpu else EMBED_BATCH)
-    lanes = WorkerConfig(database_url="", role="embedding", model=MINILM, device=args.device).lanes
-    default = Variant(args.embed_lanes or lanes, args.embed_claim)
+    worker = WorkerConfig(database_url="", role="embedding", model=MINILM, device=args.device)
+    args.embed_batch = args.embed_batch or worker.forward_batch or FORWARD_BATCH
+    args.embed_claim = args.embed_claim or worker.claim
+    default = Variant(args.embed_lanes or worker.lanes, args.embed_claim)
     variants = [Variant.parse(v) for v in args.variants.split(",")] if args.variants else [default]
     args.at_once = gpu
     texts = short_answers(args.texts)

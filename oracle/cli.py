@@ -420,7 +420,7 @@ def _serve(make: Any) -> None:
     "--embed-claim",
     default=None,
     type=click.IntRange(min=1),
-    help="Embedding: texts claimed at once [default: 128].",
+    help="Embedding: texts claimed at once [default: 128; on a GPU, 2048].",
 )
 @click.option(
     "--embed-batch",
@@ -468,7 +468,6 @@ def worker(
     """Run workers (one process per model); they share only the database with the node."""
     from oracle.engine.llm_options import LlmEngineOptions
     from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, role_of
-    from oracle.engine.worker import EMBED_BATCH
 
     llm = LlmEngineOptions(
         engine="batched" if engine == "batched" else "sequential",
@@ -490,7 +489,7 @@ def worker(
             device=device,
             lease_s=lease_s,
             llm=llm,
-            embed_claim=embed_claim or EMBED_BATCH,
+            embed_claim=embed_claim,
             embed_batch=embed_batch,
             embed_lanes=embed_lanes,
         )

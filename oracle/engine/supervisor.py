@@ -59,7 +59,6 @@ from oracle.engine.autoscale import (
 )
 from oracle.engine.llm_options import DEFAULT_LLM_ENGINE, LlmEngineOptions
 from oracle.engine.worker import (
-    EMBED_BATCH,
     LEASE_S,
     EmbeddingJobRunner,
     LlmJobRunner,
@@ -123,8 +122,9 @@ class WorkerSpec:
     lease_s: float = LEASE_S
     llm: LlmEngineOptions = DEFAULT_LLM_ENGINE
     """An LLM worker's engine settings (ignored for embedding workers)."""
-    embed_claim: int = EMBED_BATCH
-    """An embedding worker's texts claimed at once (ignored for LLM workers)."""
+    embed_claim: int | None = None
+    """An embedding worker's texts claimed at once (ignored for LLM workers); None: by
+    device (worker.py)."""
     embed_batch: int | None = None
     """An embedding worker's texts a forward pass; None: the Embedder's."""
     embed_lanes: int | None = None
@@ -156,7 +156,9 @@ class WorkerSpec:
         ]
 
     def _embedding_args(self) -> list[str]:
-        args = ["--embed-claim", str(self.embed_claim)]
+        args = []
+        if self.embed_claim is not None:
+            args += ["--embed-claim", str(self.embed_claim)]
         if self.embed_batch is not None:
             args += ["--embed-batch", str(self.embed_batch)]
         if self.embed_lanes is not None:

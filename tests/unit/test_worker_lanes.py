@@ -101,3 +101,20 @@ def test_a_batch_that_fails_hands_its_turn_on() -> None:
     thread.start()
     assert done.wait(WAIT_S)
     thread.join(WAIT_S)
+
+
+def test_claims_and_forward_passes_by_device_unless_set() -> None:
+    from oracle.engine.worker import EMBED_BATCH, GPU_EMBED_BATCH, GPU_EMBED_CLAIM
+
+    cpu, gpu = _config("embedding", "cpu"), _config("embedding", "cuda")
+    assert (cpu.claim, cpu.forward_batch) == (EMBED_BATCH, None)  # None: the Embedder's
+    assert (gpu.claim, gpu.forward_batch) == (GPU_EMBED_CLAIM, GPU_EMBED_BATCH)
+    chosen = WorkerConfig(
+        database_url="postgresql://unused",
+        role="embedding",
+        model="m",
+        device="cuda",
+        embed_claim=100,
+        embed_batch=10,
+    )
+    assert (chosen.claim, chosen.forward_batch) == (100, 10)
