@@ -19,6 +19,13 @@ The rules, in the order a tick applies them:
    on other machines count) gets more workers, most urgent first, at most once per
    ``scale_up_cooldown_s``.
 
+**GPUs.** With ``Budget.gpus`` (each GPU's memory for workers), a worker of a model
+that runs on a GPU (``Budget.gpu_memory_mib``) starts only on a GPU with that much memory
+left, counting every worker placed there, those still stopping included; the start says
+which GPU (:func:`oracle.engine.gpus.pick_gpu`), and a worker that fits on none is held
+with each GPU's free memory in the reason. Idle workers are stopped to make room for a
+first worker on a GPU as they are for the other limits.
+
 Hysteresis comes from the asymmetry: demand starts workers at once, but only a long idle
 spell without demand stops them, so demand that comes and goes keeps its workers. Every
 start respects every limit of the :class:`Budget`; what a limit or a cooldown holds back
@@ -31,6 +38,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, TypeAlias
+
+from oracle.engine.gpus import describe_free, pick_gpu
 
 if TYPE_CHECKING:
     from oracle.engine.worker import Role
@@ -95,6 +104,8 @@ class WorkerView:
     started_at: float
     stopping: bool = False
     """Told to stop and not gone yet: it still uses its share of the budget."""
+    gpu: int | None = None
+    """The GPU it was started on (None: the CPU)."""
 
     @property
     def model_key(self) -> ModelKey:
@@ -143,6 +154,17 @@ class Budget:
     gpu_slots: int = 0
     gpu_need: Mapping[str, int] = field(default_factory=dict)
     """GPU slots one worker of the model takes (0 when absent: it runs on the CPU)."""
+    gpus: Mapping[int, float] = field(default_factory=dict)
+    """Memory for workers on each GPU, in MiB, by GPU index; empty: GPUs are counted in
+    ``gpu_slots`` alone, not placed."""
+    gpu_memory_mib: Mapping[str, float] = field(default_factory=dict)
+    """GPU memory one worker of the model holds (absent: it runs on the CPU)."""
+
+    def gpu_mib(self, model: str) -> float | None:
+        """What a worker of ``model`` needs of one GPU; None when it is not placed on one."""
+        if not self.gpus:
+            return None
+        return self.gpu_memory_mib.get(model)
 
     def cost(self, role: Role, model: str) -> Usage:
         return Usage(
@@ -207,6 +229,8 @@ class ScaleDecision:
     """The worker to stop; None for start and hold."""
     cause: Cause
     reason: str
+    gpu: int | None = None
+    """For a start: the GPU the worker goes on (None: the CPU)."""
 
     @property
     def model_key(self) -> ModelKey:
@@ -263,11 +287,17 @@ class _Tick:
         self.count: dict[ModelKey, int] = {key: 0 for key in settings.min_workers}
         self.used = Usage()
         self.leaving = Usage()
+        self.gpu_free: dict[int, float] = dict(budget.gpus)
+        """Memory left on each GPU once every worker placed there is counted."""
+        self.gpu_leaving: dict[int, float] = dict.fromkeys(budget.gpus, 0.0)
+        """Memory on each GPU held by workers told to stop."""
         for view in workers:
             cost = budget.cost(view.role, view.model)
             self.used += cost
+            self._hold_gpu(view, 1.0)
             if view.stopping:
                 self.leaving += cost
+                self._free_gpu(view)
             else:
                 self.count[view.model_key] = self.count.get(view.model_key, 0) + 1
         self.stopped: set[str] = set()
@@ -287,15 +317,19 @@ class _Tick:
         waiting = [d for d in self.demand.values() if d.queued_jobs > 0 and self.served(d.key)]
         return sorted(waiting, key=_urgency)
 
-    def start(self, key: ModelKey, cause: Cause, reason: str) -> None:
+    def start(self, key: ModelKey, cause: Cause, reason: str, gpu: int | None = None) -> None:
         self.used += self.budget.cost(*key)
         self.count[key] = self.count.get(key, 0) + 1
         self.history[key] = self.history.get(key, ScaleHistory()).after("start", self.now)
-        self._decide("start", key, None, cause, reason)
+        need = self.budget.gpu_mib(key[1])
+        if gpu is not None and need is not None:
+            self.gpu_free[gpu] -= need
+        self._decide("start", key, None, cause, reason, gpu)
 
     def stop(self, view: WorkerView, cause: Cause, reason: str) -> None:
         key = view.model_key
         self.leaving += self.budget.cost(*key)
+        self._free_gpu(view)
         self.count[key] -= 1
         self.stopped.add(view.key)
         self.history[key] = self.history.get(key, ScaleHistory()).after("stop", self.now)
@@ -305,7 +339,13 @@ class _Tick:
         self._decide("hold", key, None, cause, reason)
 
     def _decide(
-        self, action: Action, key: ModelKey, worker_key: str | None, cause: Cause, reason: str
+        self,
+        action: Action,
+        key: ModelKey,
+        worker_key: str | None,
+        cause: Cause,
+        reason: str,
+        gpu: int | None = None,
     ) -> None:
         self.decisions.append(
             ScaleDecision(
@@ -315,16 +355,49 @@ class _Tick:
                 worker_key=worker_key,
                 cause=cause,
                 reason=reason,
+                gpu=gpu,
             )
         )
 
+    def _hold_gpu(self, view: WorkerView, sign: float) -> None:
+        need = self.budget.gpu_mib(view.model)
+        if view.gpu is not None and need is not None and view.gpu in self.gpu_free:
+            self.gpu_free[view.gpu] -= sign * need
+
+    def _free_gpu(self, view: WorkerView) -> None:
+        """Count ``view``'s GPU memory as leaving (it is held until the worker exits)."""
+        need = self.budget.gpu_mib(view.model)
+        if view.gpu is not None and need is not None and view.gpu in self.gpu_leaving:
+            self.gpu_leaving[view.gpu] += need
+
+    def fits(
+        self,
+        key: ModelKey,
+        *,
+        freed: Usage | None = None,
+        freed_gpu: Mapping[int, float] | None = None,
+    ) -> tuple[str | None, int | None]:
+        """Whether one more worker of ``key`` fits, once ``freed`` (and ``freed_gpu`` on each
+        GPU) is given back: the limit it breaks, in words (None: it fits), and its GPU."""
+        limit = self.budget.exceeded(self.used - (freed or Usage()) + self.budget.cost(*key))
+        if limit is not None:
+            return limit, None
+        need = self.budget.gpu_mib(key[1])
+        if need is None:
+            return None, None
+        free = {i: left + (freed_gpu or {}).get(i, 0.0) for i, left in self.gpu_free.items()}
+        gpu = pick_gpu(free, need)
+        if gpu is None:
+            return f"no GPU has {need:.0f} MiB free ({describe_free(free)})", None
+        return None, gpu
+
     def try_start(self, key: ModelKey, cause: Cause, reason: str) -> bool:
         """Start a worker if the budget allows it, else hold and say which limit stops it."""
-        limit = self.budget.exceeded(self.used + self.budget.cost(*key))
+        limit, gpu = self.fits(key)
         if limit is not None:
             self.hold(key, "budget", f"wanted ({reason}), but the budget is full: {limit}")
             return False
-        self.start(key, cause, reason)
+        self.start(key, cause, reason, gpu)
         return True
 
     def idle_for(self, view: WorkerView) -> float:
@@ -395,30 +468,52 @@ def _first_workers(tick: _Tick) -> None:
         if tick.count.get(demand.key, 0) + demand.other_workers > 0:
             continue
         reason = f"{_describe(demand)} and no worker of this model"
-        cost = tick.budget.cost(demand.role, demand.model)
-        if tick.budget.exceeded(tick.used + cost) is None:
-            tick.start(demand.key, "waiting", reason)
-        elif tick.budget.exceeded(tick.used - tick.leaving + cost) is None:
+        limit, gpu = tick.fits(demand.key)
+        if limit is None:
+            tick.start(demand.key, "waiting", reason, gpu)
+        elif tick.fits(demand.key, freed=tick.leaving, freed_gpu=tick.gpu_leaving)[0] is None:
             tick.hold(demand.key, "budget", f"{reason}: waiting for stopping workers to exit")
         else:
-            _make_room(tick, demand, cost)
+            _make_room(tick, demand)
 
 
-def _make_room(tick: _Tick, demand: Demand, cost: Usage) -> None:
-    """Stop idle workers of models without demand until ``demand`` fits, or stop none."""
+def _make_room(tick: _Tick, demand: Demand) -> None:
+    """Stop idle workers of models without demand until ``demand`` fits, or stop none.
+
+    One worker whose going makes room is enough (on GPUs, the one on the right GPU);
+    else the longest idle go, one after another, until there is room.
+    """
     victims: list[WorkerView] = []
     counts = dict(tick.count)
-    freed = Usage()
-    for view in tick.candidates():
+    freed = tick.leaving
+    freed_gpu = dict(tick.gpu_leaving)
+    eligible = [
+        view
+        for view in tick.candidates()
+        if not tick.demand_of(view.model_key).in_demand
+        and counts.get(view.model_key, 0) > tick.floor(view.model_key)
+    ]
+    for view in eligible:
+        alone_gpu = _freeing(tick, view, freed_gpu)
+        if (
+            tick.fits(
+                demand.key, freed=freed + tick.budget.cost(*view.model_key), freed_gpu=alone_gpu
+            )[0]
+            is None
+        ):
+            eligible = [view]
+            break
+    for view in eligible:
         key = view.model_key
-        if tick.demand_of(key).in_demand or counts.get(key, 0) <= tick.floor(key):
+        if counts.get(key, 0) <= tick.floor(key):
             continue
         victims.append(view)
         counts[key] -= 1
         freed += tick.budget.cost(*key)
-        if tick.budget.exceeded(tick.used - tick.leaving - freed + cost) is None:
+        freed_gpu = _freeing(tick, view, freed_gpu)
+        if tick.fits(demand.key, freed=freed, freed_gpu=freed_gpu)[0] is None:
             break
-    limit = tick.budget.exceeded(tick.used - tick.leaving - freed + cost)
+    limit = tick.fits(demand.key, freed=freed, freed_gpu=freed_gpu)[0]
     if limit is not None:
         tick.hold(
             demand.key,
@@ -434,6 +529,15 @@ def _make_room(tick: _Tick, demand: Demand, cost: Usage) -> None:
             f"idle for {tick.idle_for(view):.0f} s with no demand for its model; makes room "
             f"for {demand.model} ({_describe(demand)})",
         )
+
+
+def _freeing(tick: _Tick, view: WorkerView, freed_gpu: Mapping[int, float]) -> dict[int, float]:
+    """``freed_gpu`` plus the GPU memory ``view`` holds."""
+    freed = dict(freed_gpu)
+    need = tick.budget.gpu_mib(view.model)
+    if view.gpu is not None and need is not None:
+        freed[view.gpu] = freed.get(view.gpu, 0.0) + need
+    return freed
 
 
 def _meet_deadlines(tick: _Tick) -> None:

@@ -12,6 +12,12 @@ answering the supervisor for at least ``settled_s`` (so that a database outage, 
 silences every worker, is not taken for a wedge), is killed with SIGKILL (a process
 stuck in C code may never run a SIGTERM handler) and restarted like a crashed one.
 
+**GPUs.** Given the GPUs' memory, the supervisor places each worker that runs on a GPU
+(an LLM worker with ``--gpu-layers``, an embedding worker on ``cuda``) on one of them by
+its estimated need (:mod:`oracle.engine.gpus`): a fixed pool all at once, an autoscaled
+one start by start (the planner picks the GPU). The worker starts with
+``CUDA_VISIBLE_DEVICES`` set to that GPU alone.
+
 **Secrets stay here.** Workers get the node's environment without its secrets (the key,
 the keystore and its password, and anything named like a credential): they need only the
 database URL, which they get as ``ORACLE_DATABASE_URL``.
@@ -57,6 +63,7 @@ from oracle.engine.autoscale import (
     plan,
     wanted_workers,
 )
+from oracle.engine.gpus import embedding_gpu_mib, llm_gpu_mib, place_all
 from oracle.engine.llm_options import DEFAULT_LLM_ENGINE, LlmEngineOptions
 from oracle.engine.worker import (
     LEASE_S,
@@ -65,6 +72,7 @@ from oracle.engine.worker import (
     Role,
     make_worker_id,
 )
+from oracle.errors import OracleError
 from oracle.store import make_engine
 from oracle.store.models import JobKind
 from oracle.store.queue_stats import WorkerActivity, model_demand, worker_activity
@@ -134,6 +142,22 @@ class WorkerSpec:
     def key(self) -> ModelKey:
         return (self.role, self.model)
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the worker runs on a GPU: an LLM worker with layers there, an embedding
+        worker on a device other than the CPU."""
+        if self.role == "llm":
+            return self.llm.gpu_layers != 0
+        return self.device != "cpu"
+
+    def gpu_mib(self) -> float:
+        """The GPU memory one such worker holds, estimated (0 on the CPU)."""
+        if not self.on_gpu:
+            return 0.0
+        if self.role == "embedding":
+            return embedding_gpu_mib(self.model)
+        return llm_gpu_mib(self.model, self.llm, _context_tokens(self.model))
+
     def command(self) -> list[str]:
         """The ``oracle worker`` command line (the database URL travels in the environment,
         where ``ps`` does not show its password)."""
@@ -185,18 +209,26 @@ def autoscaling_for(
     max_memory_mib: float | None = None,
     max_threads: int | None = None,
     gpu_slots: int = 0,
+    gpus: Mapping[int, float] | None = None,
     idle_unload_s: float = 300.0,
 ) -> Autoscaling:
-    """Autoscaling over one spec per model, with the measured memory of known models."""
+    """Autoscaling over one spec per model, with the measured memory of known models.
+
+    ``gpus``: memory for workers on each GPU (MiB by index), where the workers that run
+    on a GPU are placed; without it, ``gpu_slots`` only counts them.
+    """
     llm_threads = max((s.threads for s in specs if s.role == "llm"), default=1)
+    on_gpu = [s for s in specs if s.on_gpu]
     budget = Budget(
         max_workers=max_workers,
         max_memory_mib=max_memory_mib,
         memory_mib={s.model: estimate_memory_mib(s.role, s.model) for s in specs},
         max_threads=max_threads,
         llm_threads=llm_threads,
-        gpu_slots=gpu_slots,
-        gpu_need={s.model: 0 if s.device == "cpu" else 1 for s in specs},
+        gpu_slots=gpu_slots if not gpus else max(gpu_slots, max_workers),
+        gpu_need={s.model: 1 for s in on_gpu},
+        gpus=dict(gpus or {}),
+        gpu_memory_mib={s.model: s.gpu_mib() for s in on_gpu},
     )
     settings = AutoscaleSettings(
         min_workers={s.key: min_workers.get(s.key, 0) for s in specs},
@@ -207,6 +239,15 @@ def autoscaling_for(
 
 def estimate_memory_mib(role: Role, model: str) -> float:
     return MEMORY_ESTIMATE_MIB.get(model, DEFAULT_MEMORY_MIB[role])
+
+
+def _context_tokens(model: str) -> int:
+    from oracle.engine.models import DEFAULT_CONTEXT_TOKENS, lookup_llm
+
+    try:
+        return lookup_llm(model).context_tokens
+    except OracleError:  # an operator's model: the default context
+        return DEFAULT_CONTEXT_TOKENS
 
 
 def role_of(model: str) -> Role:
@@ -220,6 +261,8 @@ def role_of(model: str) -> Role:
 class _Slot:
     key: str
     spec: WorkerSpec
+    gpu: int | None = None
+    """The GPU it runs on (``CUDA_VISIBLE_DEVICES``); None: as the node's environment says."""
     process: subprocess.Popen[bytes] | None = None
     crashes: int = 0
     restart_at: float = 0.0
@@ -261,9 +304,13 @@ class WorkerSupervisor:
         specs: Sequence[WorkerSpec] = (),
         *,
         autoscaling: Autoscaling | None = None,
+        gpus: Mapping[int, float] | None = None,
         wedged_after_s: float = WEDGED_AFTER_S,
         settled_s: float = DATABASE_SETTLED_S,
     ) -> None:
+        """``specs``: a fixed pool; with ``gpus`` (memory for workers on each GPU), those
+        of them that run on a GPU are placed there at once (GpuPlacementError when they do
+        not fit). ``autoscaling`` places its own (its budget holds the GPUs)."""
         self._database_url = database_url
         self._autoscaling = autoscaling
         self._wedged_after_s = wedged_after_s
@@ -274,8 +321,9 @@ class WorkerSupervisor:
         self._wedged_kills = 0
         self._serial = itertools.count(1)
         self._slots: dict[str, _Slot] = {}
-        for spec in specs:
-            self._add_slot(spec)
+        placed = _place(specs, gpus)
+        for spec, gpu in zip(specs, placed, strict=True):
+            self._add_slot(spec, gpu)
         self._hostname = socket.gethostname()
         self._history: dict[ModelKey, ScaleHistory] = {}
         self._held: dict[ModelKey, str] = {}
@@ -475,6 +523,7 @@ class WorkerSupervisor:
             idle_since=idle_since,
             started_at=slot.started_at,
             stopping=slot.stopping,
+            gpu=slot.gpu,
         )
 
     def _apply(self, decision: ScaleDecision, now: float) -> None:
@@ -487,9 +536,11 @@ class WorkerSupervisor:
             "reason": decision.reason,
         }
         if decision.action == "start":
-            slot = self._add_slot(scaling.specs[decision.model_key])
+            slot = self._add_slot(scaling.specs[decision.model_key], decision.gpu)
             self._spawn(slot)
-            logger.info("scaling: worker started", extra={**fields, "worker": slot.key})
+            logger.info(
+                "scaling: worker started", extra={**fields, "worker": slot.key, "gpu": slot.gpu}
+            )
         elif decision.action == "stop" and decision.worker_key in self._slots:
             self._ask_to_stop(self._slots[decision.worker_key])
             logger.info("scaling: worker stopping", extra={**fields, "worker": decision.worker_key})
@@ -507,8 +558,8 @@ class WorkerSupervisor:
                 logger.info("scaling: held back", extra={**fields, "reason": decision.reason})
         self._held = {key: d.cause for key, d in held.items()}
 
-    def _add_slot(self, spec: WorkerSpec) -> _Slot:
-        slot = _Slot(key=f"{spec.role}:{spec.model}#{next(self._serial)}", spec=spec)
+    def _add_slot(self, spec: WorkerSpec, gpu: int | None = None) -> _Slot:
+        slot = _Slot(key=f"{spec.role}:{spec.model}#{next(self._serial)}", spec=spec, gpu=gpu)
         self._slots[slot.key] = slot
         return slot
 
@@ -548,6 +599,8 @@ class WorkerSupervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         env = worker_environment(os.environ, self._database_url)
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)  # the worker sees it as device 0
         slot.process = subprocess.Popen(slot.spec.command(), env=env)
         slot.started_at = time.monotonic()
         logger.info(
@@ -557,6 +610,7 @@ class WorkerSupervisor:
                 "model": slot.spec.model,
                 "role": slot.spec.role,
                 "pid": slot.process.pid,
+                "gpu": slot.gpu,
             },
         )
 
@@ -566,6 +620,17 @@ class WorkerSupervisor:
         with self._lock:
             counts, wanted = self.counts(), dict(self._wanted)
             return counts, wanted, dict(self._decision_counts), self._wedged_kills
+
+
+def _place(specs: Sequence[WorkerSpec], gpus: Mapping[int, float] | None) -> list[int | None]:
+    """The GPU of each of a fixed pool's workers: those on a GPU placed by their need."""
+    placed: list[int | None] = [None] * len(specs)
+    if not gpus:
+        return placed
+    on_gpu = [i for i, spec in enumerate(specs) if spec.on_gpu]
+    for i, gpu in zip(on_gpu, place_all([specs[i].gpu_mib() for i in on_gpu], gpus), strict=True):
+        placed[i] = gpu
+    return placed
 
 
 def _read_demand(conn: Connection, scaling: Autoscaling, ours: Collection[str]) -> list[Demand]:

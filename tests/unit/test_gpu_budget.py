@@ -1,0 +1,160 @@
+"""GPUs as a budget: a worker's estimated GPU memory, which GPU it goes on, and the
+autoscaler starting, holding and making room on GPUs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from oracle.engine.autoscale import ModelKey, WorkerView
+from oracle.engine.gpus import (
+    CUDA_OVERHEAD_MIB,
+    GpuPlacementError,
+    llm_gpu_mib,
+    parse_gpu_list,
+    pick_gpu,
+    place_all,
+)
+from oracle.engine.llm_options import KvBudgetTooSmall, LlmEngineOptions
+from oracle.engine.supervisor import WorkerSpec, autoscaling_for
+from tests.unit.test_autoscale import (
+    GEMMA,
+    MINILM,
+    SMOL,
+    budget,
+    decide,
+    demand,
+    holds,
+    settings,
+    taken,
+    worker,
+)
+
+SMOLLM2 = "SmolLM2-135M-Instruct-Q4_1"
+KV_SMOLLM2 = 22.5 / 1024  # MiB a token
+BATCHED_GPU = LlmEngineOptions(engine="batched", parallel=256, gpu_layers=-1, slot_tokens=512)
+
+
+# --- a worker's need ------------------------------------------------------------------------
+
+
+def test_a_batched_worker_needs_weights_its_slots_kv_cache_and_the_cuda_overhead() -> None:
+    need = llm_gpu_mib(SMOLLM2, BATCHED_GPU, context_tokens=4096)
+    assert need == pytest.approx(100 + 256 * 512 * KV_SMOLLM2 + CUDA_OVERHEAD_MIB)  # 2.8 GiB KV
+
+
+def test_slot_tokens_default_to_the_context_and_a_kv_budget_caps_the_slots() -> None:
+    whole_context = replace(BATCHED_GPU, slot_tokens=None, parallel=8)
+    assert llm_gpu_mib(SMOLLM2, whole_context, context_tokens=4096) == pytest.approx(
+        100 + 8 * 4096 * KV_SMOLLM2 + CUDA_OVERHEAD_MIB
+    )
+    capped = replace(BATCHED_GPU, kv_budget_mib=1000)  # holds 88 slots of 512 tokens
+    assert llm_gpu_mib(SMOLLM2, capped, context_tokens=4096) == pytest.approx(
+        100 + 88 * 512 * KV_SMOLLM2 + CUDA_OVERHEAD_MIB
+    )
+    with pytest.raises(KvBudgetTooSmall):
+        llm_gpu_mib(SMOLLM2, replace(BATCHED_GPU, kv_budget_mib=1), context_tokens=4096)
+
+
+def test_a_worker_on_the_cpu_needs_no_gpu() -> None:
+    on_cpu = replace(BATCHED_GPU, gpu_layers=0)
+    assert llm_gpu_mib(SMOLLM2, on_cpu, context_tokens=4096) == 0.0
+    assert not WorkerSpec(role="llm", model=SMOLLM2, llm=on_cpu).on_gpu
+    assert WorkerSpec(role="llm", model=SMOLLM2, llm=BATCHED_GPU).on_gpu
+    assert WorkerSpec(role="embedding", model="all-MiniLM-L6-v2", device="cuda").on_gpu
+    assert not WorkerSpec(role="embedding", model="all-MiniLM-L6-v2").on_gpu
+
+
+def test_nvidia_smi_lines_are_read_and_junk_is_skipped() -> None:
+    text = "0, 143771\n1, 81559\nNo devices were found\n2, [N/A]\n"
+    assert parse_gpu_list(text) == {0: 143771.0, 1: 81559.0}
+
+
+# --- placement --------------------------------------------------------------------------------
+
+
+def test_a_worker_goes_on_the_gpu_it_fills_best() -> None:
+    assert pick_gpu({0: 5000, 1: 3000, 2: 900}, 1000) == 1  # the large hole stays
+    assert pick_gpu({0: 3000, 1: 3000}, 1000) == 0  # a tie: the lower index
+    assert pick_gpu({0: 999, 1: 500}, 1000) is None
+
+
+def test_a_fixed_pool_is_placed_largest_first_or_refused_with_the_numbers() -> None:
+    assert place_all([1000, 6000, 3000, 2000], {0: 8000, 1: 4000}) == [1, 0, 1, 0]
+    with pytest.raises(GpuPlacementError, match=r"6000 MiB for one.*GPU 0: 5000 MiB"):
+        place_all([6000, 1000], {0: 5000, 1: 5000})
+
+
+# --- the autoscaler on GPUs -----------------------------------------------------------------
+
+
+def _on(
+    key: str, model: ModelKey, gpu: int, *, idle_s: float = 0.0, stopping: bool = False
+) -> WorkerView:
+    return replace(worker(key, model, idle_s=idle_s, stopping=stopping), gpu=gpu)
+
+
+GPU_BUDGET = budget(
+    gpu_slots=8,
+    gpu_need={"smol": 1, "gemma": 1, "minilm": 1},
+    gpus={0: 10_000, 1: 4_000},
+    gpu_memory_mib={"smol": 3_000, "gemma": 6_000, "minilm": 1_000},
+)
+
+
+def test_starts_say_which_gpu_and_count_what_is_placed_there() -> None:
+    decisions = decide(
+        [demand(SMOL, jobs=100, work=10_000, deadline_s=10)],
+        [_on("s1", SMOL, 0), _on("g1", GEMMA, 0)],  # 9,000 of GPU 0's 10,000 taken
+        the_budget=GPU_BUDGET,
+    )
+    starts = [d for d in decisions if d.action == "start"]
+    assert [d.gpu for d in starts] == [1]  # only GPU 1 holds another 3,000
+    (held,) = holds(decisions)
+    assert "no GPU has 3000 MiB free (GPU 0: 1000 MiB, GPU 1: 1000 MiB)" in held.reason
+
+
+def test_a_stopping_worker_holds_its_gpu_memory_until_it_is_gone() -> None:
+    decisions = decide(
+        [demand(GEMMA, jobs=1)],
+        [_on("g1", GEMMA, 0, stopping=True), _on("m1", MINILM, 1)],
+        the_budget=replace(GPU_BUDGET, gpus={0: 10_000, 1: 1_000}),
+    )
+    assert taken(decisions) == []
+    assert "waiting for stopping workers to exit" in holds(decisions)[0].reason
+
+
+def test_an_idle_worker_on_the_crowded_gpu_makes_room_for_a_first_worker() -> None:
+    decisions = decide(
+        [demand(GEMMA, jobs=1)],
+        [_on("s1", SMOL, 0, idle_s=30), _on("m1", MINILM, 1, idle_s=30)],
+        the_budget=replace(GPU_BUDGET, gpus={0: 8_000, 1: 4_000}),
+        the_settings=settings(min_workers={SMOL: 0, GEMMA: 0, MINILM: 0}),
+    )
+    # gemma needs 6,000: GPU 0 has 5,000 free, GPU 1 3,000; stopping minilm on GPU 1 gives
+    # 4,000, not enough; stopping smol on GPU 0 gives 8,000
+    assert taken(decisions) == [("stop", "smol", "s1", "preempt")]
+
+
+def test_without_gpus_given_workers_on_a_gpu_are_only_counted() -> None:
+    counted = replace(GPU_BUDGET, gpus={})
+    decisions = decide([demand(GEMMA, jobs=100, work=10_000, deadline_s=1)], the_budget=counted)
+    assert {d.gpu for d in decisions} == {None}
+    assert len(taken(decisions)) == 8  # the worker limit, not memory
+
+
+def test_the_supervisor_budget_holds_each_gpu_model_s_estimate() -> None:
+    specs = [
+        WorkerSpec(role="llm", model=SMOLLM2, llm=BATCHED_GPU),
+        WorkerSpec(role="llm", model="gemma-3-270m-Q4_K_M"),  # on the CPU
+        WorkerSpec(role="embedding", model="all-MiniLM-L6-v2", device="cuda"),
+    ]
+    scaling = autoscaling_for(
+        specs, min_workers={}, max_workers=4, gpus={0: 143_771.0}, idle_unload_s=60
+    )
+    assert scaling.budget.gpu_memory_mib == {
+        SMOLLM2: pytest.approx(100 + 256 * 512 * KV_SMOLLM2 + CUDA_OVERHEAD_MIB),
+        "all-MiniLM-L6-v2": 1024.0,
+    }
+    assert scaling.budget.gpu_need == {SMOLLM2: 1, "all-MiniLM-L6-v2": 1}
