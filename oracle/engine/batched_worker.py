@@ -84,6 +84,11 @@ class BatchedWorker:
         self._claim_due = True
         self._last_claim = 0.0
         self._last_listen = 0.0
+        self._steps = 0
+        self._sequence_steps = 0
+        """Decode steps so far, and the jobs in the batch summed over them."""
+        self._joined: dict[int, tuple[int, int]] = {}
+        """Each job's (steps, sequence steps) when it joined: what it shared the worker with."""
         self._beat = _LeaseKeeper(self)
 
     def run(self, wait_for_work: Callable[[float], bool]) -> None:
@@ -118,6 +123,8 @@ class BatchedWorker:
                 self._claim()
         if not self._jobs:
             return False
+        self._steps += 1
+        self._sequence_steps += len(self._jobs)
         finished = self._step()
         ended = {done.key for done in finished}
         finished += self._cut_at_deadlines(ended)
@@ -179,6 +186,7 @@ class BatchedWorker:
             return exc
         self._jobs[job.id] = job
         self._deadlines[job.id] = job.deadline.timestamp()
+        self._joined[job.id] = (self._steps, self._sequence_steps)
         return None
 
     # --- retire -----------------------------------------------------------------------
@@ -201,8 +209,9 @@ class BatchedWorker:
         for done in finished:
             job = self._jobs.pop(done.key)
             del self._deadlines[done.key]
+            shared = self._shared_with(done.key)
             if isinstance(done.outcome, Generation):
-                results[job.id] = _result(done.outcome, done.elapsed_s)
+                results[job.id] = _result(done.outcome, done.elapsed_s, shared)
             else:
                 failures.append((job, done.outcome))
         self._beat.track(self._jobs.values())
@@ -215,6 +224,13 @@ class BatchedWorker:
             )
         for job, error in failures:
             self._fail(job, error)
+
+    def _shared_with(self, job_id: int) -> float:
+        """The jobs decoded together, on average over the steps of this one's life."""
+        steps, sequence_steps = self._joined.pop(job_id, (self._steps, self._sequence_steps))
+        if self._steps == steps:
+            return 1.0
+        return (self._sequence_steps - sequence_steps) / (self._steps - steps)
 
     def _complete(self, results: Mapping[int, Mapping[str, Any]]) -> list[int]:
         give_up = time.monotonic() + self.config.lease_s
@@ -260,6 +276,7 @@ class BatchedWorker:
             if job_id in self._jobs and self.llm.cancel(job_id):
                 del self._jobs[job_id]
                 del self._deadlines[job_id]
+                self._joined.pop(job_id, None)
                 self._claim_due = True
                 logger.warning(
                     "lease lost: job dropped from the batch",
@@ -279,6 +296,7 @@ class BatchedWorker:
                 pid=os.getpid(),
                 role="llm",
                 model=self.config.model,
+                slots=self.llm.slots,
             )
 
     def _retire_worker(self) -> None:
@@ -368,9 +386,12 @@ def _request_of(job: ClaimedJob) -> GenerationRequest:
         ) from exc
 
 
-def _result(generation: Generation, elapsed_s: float) -> dict[str, Any]:
-    """The same fields as the sequential runner's results."""
+def _result(generation: Generation, elapsed_s: float, batch: float) -> dict[str, Any]:
+    """The sequential runner's fields, and ``batch``: the jobs decoded together on average
+    while this one ran, so that its ``elapsed_s / batch`` is its share of the worker's time
+    (``oracle.store.queue_stats`` measures a worker's throughput by it)."""
     return {
+        "batch": round(batch, 2),
         "text": generation.text,
         "completion_tokens": generation.completion_tokens,
         "prompt_tokens": generation.prompt_tokens,

@@ -15,7 +15,11 @@ reads in ``oracle status``:
    maxTokens, all at the model's measured speed, must end before the commit deadline
    less the embedding and the commit. Cheaper work queued earlier does not count: the
    claim order runs the new request before it, so a flood of cheap requests delays
-   nobody who pays more.
+   nobody who pays more. Workers that decode many jobs together (batched: more slots
+   than workers) are measured two ways: a worker's throughput, all its jobs together,
+   drains the work ahead, and only for the part of it that must end before a slot frees
+   (none while a slot is free); a job's own speed, which is lower when it shares the
+   worker, times its own maxTokens.
 
 Pure: the caller reads the loads (``oracle.store.queue_stats.inference_loads``).
 """
@@ -184,10 +188,48 @@ class _Option:
         ahead_tokens = load.ahead_tokens if load else 0
         ahead_jobs = load.ahead_jobs if load else 0
         workers = load.workers if load and load.workers is not None else profile.workers
+        slots = load.slots if load and load.slots else max(workers, 1) * profile.slots
         speed = (load.tokens_per_s if load else None) or profile.prior_tokens_per_s
-        # until the answer is ready: the work run before it, shared by the workers, then its own
-        estimate_s = (ahead_tokens / max(workers, 1) + max_tokens) / speed
-        return cls(index, profile, estimate_s, jobs < workers, ahead_tokens, ahead_jobs, speed)
+        if slots <= max(workers, 1):
+            # until the answer is ready: the work run before it, shared by the workers, then
+            # its own
+            estimate_s = (ahead_tokens / max(workers, 1) + max_tokens) / speed
+            return cls(index, profile, estimate_s, jobs < workers, ahead_tokens, ahead_jobs, speed)
+        estimate_s = _batched_estimate_s(
+            ahead_tokens=ahead_tokens,
+            ahead_jobs=ahead_jobs,
+            slots=slots,
+            workers=max(workers, 1),
+            worker_tokens_per_s=speed,
+            job_tokens_per_s=load.sequence_tokens_per_s if load else None,
+            max_tokens=max_tokens,
+        )
+        return cls(index, profile, estimate_s, jobs < slots, ahead_tokens, ahead_jobs, speed)
 
     def rank(self) -> tuple[bool, float, int, int]:
         return (not self.free, self.estimate_s, self.ahead_tokens, self.index)
+
+
+def _batched_estimate_s(
+    *,
+    ahead_tokens: int,
+    ahead_jobs: int,
+    slots: int,
+    workers: int,
+    worker_tokens_per_s: float,
+    job_tokens_per_s: float | None,
+    max_tokens: int,
+) -> float:
+    """Seconds until a job's answer is ready on workers that decode ``slots`` jobs
+    together: the wait for a slot, then its own tokens at one job's speed.
+
+    The wait: none while fewer jobs than slots run before it; else the work of the jobs
+    that must end before a slot frees (their share of the work ahead), drained at the
+    workers' throughput. A job's own speed, unmeasured, is a full worker's share per slot.
+    """
+    must_end = ahead_jobs - slots + 1
+    wait_s = 0.0
+    if must_end > 0:
+        wait_s = ahead_tokens * must_end / ahead_jobs / (workers * worker_tokens_per_s)
+    own_speed = job_tokens_per_s or worker_tokens_per_s * workers / slots
+    return wait_s + max_tokens / own_speed

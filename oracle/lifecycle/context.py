@@ -46,6 +46,10 @@ class ModelProfile:
     context_tokens: int
     workers: int = 1
     prior_tokens_per_s: float = 30.0
+    """Tokens per second of one worker, all its jobs together, until measured."""
+    slots: int = 1
+    """Jobs one worker runs at once (a batched worker's ``--parallel``), until its workers
+    announce theirs."""
     price_per_token_wei: int = 0
     """The operator's price per output token of this model; admission declines a request
     whose fee per seat is below it times maxTokens (``oracle.config``: the node's prices)."""

@@ -5,6 +5,10 @@ Work is counted in one unit per kind of job: an inference's ``max_tokens`` (an u
 bound of what it generates), one unit for an embedding or verification job. Throughput
 is measured from the results of recent done jobs in the same unit: completion tokens
 over ``elapsed_s`` for inference, jobs over the batch's ``elapsed_s`` for embeddings.
+A job run alongside others (``batch`` in its result: an embedding claim's size, or the
+sequences a batched LLM worker decoded together on average while it ran) counts for
+``elapsed_s / batch`` of its worker's time, so the speed is a worker's throughput; a
+batched job's own speed (tokens over its ``elapsed_s``) is measured apart.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from datetime import datetime
 from sqlalchemy import Connection, text
 
 from oracle.store.models import JobKind
-from oracle.store.workers import ready_models
+from oracle.store.workers import ready_models, ready_slots
 
 RECENT_JOBS = 50
 """Done jobs per model that the throughput is measured over..."""
@@ -56,13 +60,16 @@ THROUGHPUT_SQL = text(
                COALESCE((result->>'completion_tokens')::float, 1.0) AS work,
                (result->>'elapsed_s')::float
                    / GREATEST(COALESCE((result->>'batch')::float, 1.0), 1.0) AS seconds,
+               (result->>'elapsed_s')::float AS own_seconds,
                row_number() OVER (PARTITION BY model ORDER BY finished_at DESC) AS age
         FROM jobs
         WHERE status = 'done' AND kind = ANY(:kinds) AND model IS NOT NULL
           AND result ? 'elapsed_s'
           AND finished_at > now() - make_interval(secs => :window_s)
     )
-    SELECT model, sum(work) / NULLIF(sum(seconds), 0) AS work_per_s
+    SELECT model,
+           sum(work) / NULLIF(sum(seconds), 0) AS work_per_s,
+           sum(work) / NULLIF(sum(own_seconds), 0) AS job_work_per_s
     FROM recent
     WHERE age <= :recent
     GROUP BY model
@@ -123,7 +130,11 @@ class ModelLoad:
     work the claim order runs before it."""
 
     tokens_per_s: float | None
-    """Measured tokens per second of one worker (``THROUGHPUT_SQL``); None: not measured."""
+    """Measured tokens per second of one worker, all its sequences together
+    (``THROUGHPUT_SQL``); None: not measured."""
+    sequence_tokens_per_s: float | None = None
+    """Measured tokens per second of one job while it runs (below ``tokens_per_s`` when
+    a worker decodes several together); None: not measured."""
     ahead_tokens: int = 0
     """max_tokens of the inferences that run before the new one: the running ones and the
     queued ones that pay more per token (or as much and are due no later)."""
@@ -132,6 +143,8 @@ class ModelLoad:
     """Queued and running inferences of this model, whatever they pay."""
     workers: int | None = None
     """Live workers holding the model (autoscaled, or on other machines); None: unknown."""
+    slots: int | None = None
+    """Jobs those workers run at once, together (``workers.slots``); None: unknown."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,26 +191,27 @@ def inference_loads(
 ) -> dict[str, ModelLoad]:
     """The load of each of ``models`` as a new inference paying ``pay_per_token_wei`` per
     output token, due at ``deadline``, would meet it."""
-    speeds = {
-        str(row.model): float(row.work_per_s)
-        for row in conn.execute(
-            THROUGHPUT_SQL,
-            {"kinds": ["inference"], "recent": RECENT_JOBS, "window_s": RECENT_WINDOW_S},
-        )
-        if row.work_per_s is not None
-    }
+    rows = conn.execute(
+        THROUGHPUT_SQL,
+        {"kinds": ["inference"], "recent": RECENT_JOBS, "window_s": RECENT_WINDOW_S},
+    ).all()
+    speeds = {str(r.model): float(r.work_per_s) for r in rows if r.work_per_s is not None}
+    own = {str(r.model): float(r.job_work_per_s) for r in rows if r.job_work_per_s is not None}
     params = {"models": list(models), "pay": pay_per_token_wei, "deadline": deadline}
     open_work = {str(row.model): row for row in conn.execute(AHEAD_SQL, params)}
     workers = ready_models(conn)
+    slots = ready_slots(conn)
     loads = {}
     for model in models:
         row = open_work.get(model)
         loads[model] = ModelLoad(
             tokens_per_s=speeds.get(model),
+            sequence_tokens_per_s=own.get(model),
             ahead_tokens=int(row.ahead_tokens) if row else 0,
             ahead_jobs=int(row.ahead_jobs) if row else 0,
             jobs=int(row.jobs) if row else 0,
             workers=workers.get(model),
+            slots=slots.get(model),
         )
     return loads
 

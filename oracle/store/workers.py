@@ -16,7 +16,7 @@ ALIVE_WITHIN_S = 30.0
 
 _LIVE_WORKERS_SQL = text(
     """
-    SELECT role, model, worker_id FROM workers
+    SELECT role, model, worker_id, slots FROM workers
     WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => :alive_within_s)
     """
 )
@@ -47,19 +47,34 @@ class Presence:
 
 
 def announce_worker(
-    conn: Connection, *, worker_id: str, host: str, pid: int, role: str, model: str
+    conn: Connection,
+    *,
+    worker_id: str,
+    host: str,
+    pid: int,
+    role: str,
+    model: str,
+    slots: int = 1,
 ) -> None:
-    """Record a worker whose model is loaded and which takes jobs from now on."""
+    """Record a worker whose model is loaded and which takes jobs from now on, ``slots``
+    of them at once (a batched LLM worker's sequences)."""
     conn.execute(
         text(
             """
-            INSERT INTO workers (worker_id, host, pid, role, model)
-            VALUES (:worker_id, :host, :pid, :role, :model)
+            INSERT INTO workers (worker_id, host, pid, role, model, slots)
+            VALUES (:worker_id, :host, :pid, :role, :model, :slots)
             ON CONFLICT (worker_id) DO UPDATE
-            SET ready_at = now(), heartbeat_at = now(), stopped_at = NULL
+            SET ready_at = now(), heartbeat_at = now(), stopped_at = NULL, slots = :slots
             """
         ),
-        {"worker_id": worker_id, "host": host, "pid": pid, "role": role, "model": model},
+        {
+            "worker_id": worker_id,
+            "host": host,
+            "pid": pid,
+            "role": role,
+            "model": model,
+            "slots": slots,
+        },
     )
 
 
@@ -117,6 +132,14 @@ def ready_models(conn: Connection, alive_within_s: float = ALIVE_WITHIN_S) -> di
     for (_role, model), worker_ids in live_workers(conn, alive_within_s).items():
         ready[model] = ready.get(model, 0) + len(worker_ids)
     return ready
+
+
+def ready_slots(conn: Connection, alive_within_s: float = ALIVE_WITHIN_S) -> dict[str, int]:
+    """Model name -> jobs the live workers holding it run at once, together."""
+    slots: dict[str, int] = {}
+    for row in conn.execute(_LIVE_WORKERS_SQL, {"alive_within_s": alive_within_s}):
+        slots[str(row.model)] = slots.get(str(row.model), 0) + int(row.slots)
+    return slots
 
 
 def missing_models(conn: Connection, wanted: Iterable[str]) -> list[str]:

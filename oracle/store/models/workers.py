@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Integer, Text, func
+from sqlalchemy import CheckConstraint, Integer, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from oracle.store.models.base import Base
@@ -21,7 +21,10 @@ class WorkerRecord(Base):
     """
 
     __tablename__ = "workers"
-    __table_args__ = (CheckConstraint(one_of("role", WORKER_ROLES), name="role"),)
+    __table_args__ = (
+        CheckConstraint(one_of("role", WORKER_ROLES), name="role"),
+        CheckConstraint("slots >= 1", name="slots"),
+    )
 
     worker_id: Mapped[str] = mapped_column(primary_key=True)
     host: Mapped[str]
@@ -31,3 +34,8 @@ class WorkerRecord(Base):
     ready_at: Mapped[datetime] = mapped_column(server_default=func.now())
     heartbeat_at: Mapped[datetime] = mapped_column(server_default=func.now())
     stopped_at: Mapped[datetime | None]
+    slots: Mapped[int] = mapped_column(
+        Integer,
+        server_default=text("1"),
+        comment="jobs the worker runs at once (a batched LLM worker's sequences)",
+    )
