@@ -212,6 +212,49 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     help="GPU workers at once.",
 )
 @click.option(
+    "--engine",
+    "llm_engine",
+    type=click.Choice(["batched", "sequential"]),
+    default=NODE_DEFAULTS["llm_engine"],
+    help="LLM engine: batched decodes many jobs together (a GPU's way); sequential one at a time.",
+)
+@click.option(
+    "--parallel",
+    default=NODE_DEFAULTS["parallel"],
+    type=click.IntRange(min=1),
+    help="Batched: jobs one LLM worker decodes together (on a GPU, 64 to 256).",
+)
+@click.option(
+    "--gpu-layers",
+    default=NODE_DEFAULTS["gpu_layers"],
+    type=click.IntRange(min=-1),
+    help="LLM layers on a GPU (-1: all); needs llama-cpp-python built with CUDA.",
+)
+@click.option(
+    "--slot-tokens",
+    default=None,
+    type=click.IntRange(min=16),
+    help="Batched: context of one job (prompt + maxTokens) [default: the model's].",
+)
+@click.option(
+    "--embedding-device",
+    default=NODE_DEFAULTS["embedding_device"],
+    help="Where embedding workers run: cpu or cuda.",
+)
+@click.option(
+    "--gpu",
+    "gpus",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="A GPU the workers may use, by index (repeat for several) [default: all].",
+)
+@click.option(
+    "--gpu-memory-mib",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Memory of each GPU the workers may take [default: its total, from nvidia-smi].",
+)
+@click.option(
     "--idle-unload-s",
     default=NODE_DEFAULTS["idle_unload_s"],
     type=click.FloatRange(min=0),
@@ -307,6 +350,7 @@ def _settings(**options: Any) -> NodeSettings:
     options["models"] = tuple(options["models"])
     options["rpc_urls"] = tuple(options["rpc_urls"])
     options["embedding_models"] = tuple(options["embedding_models"])
+    options["gpus"] = tuple(options["gpus"])
     options["data_dir"] = Path(options["data_dir"])
     try:
         options["model_prices"] = parse_model_prices(options["model_prices"])

@@ -56,6 +56,20 @@ class NodeSettings:
     max_memory_mib: int | None = None
     max_threads: int | None = None
     gpu_slots: int = 0
+    llm_engine: Literal["batched", "sequential"] = "sequential"
+    """batched: each LLM worker decodes up to ``parallel`` jobs together."""
+    parallel: int = 8
+    """Jobs a batched LLM worker decodes together."""
+    gpu_layers: int = 0
+    """Layers of each LLM on a GPU (-1: all); 0: the LLM workers run on the CPU."""
+    slot_tokens: int | None = None
+    """Context of one job of a batched worker (prompt plus maxTokens); None: the model's."""
+    embedding_device: str = "cpu"
+    """Where embedding workers run: cpu or cuda."""
+    gpus: tuple[int, ...] = ()
+    """GPUs the workers may use, by index; empty: every GPU nvidia-smi lists."""
+    gpu_memory_mib: float | None = None
+    """Memory of each GPU the workers may take; None: the GPU's total (nvidia-smi)."""
     idle_unload_s: float = 300.0
     confirmations: int = 0
     start_block: int = 0
@@ -101,9 +115,19 @@ class NodeSettings:
             )
 
     def _check_ranges(self) -> None:
-        for name, value in (("llm_workers", self.llm_workers), ("llm_threads", self.llm_threads)):
+        for name, value in (
+            ("llm_workers", self.llm_workers),
+            ("llm_threads", self.llm_threads),
+            ("parallel", self.parallel),
+        ):
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
+        if self.gpu_layers < -1:
+            raise ConfigError(f"gpu_layers must be -1 (all) or more, not {self.gpu_layers}")
+        if self.gpu_memory_mib is not None and self.gpu_memory_mib <= 0:
+            raise ConfigError(f"gpu_memory_mib must be positive, not {self.gpu_memory_mib}")
+        if self.llm_engine not in ("batched", "sequential"):
+            raise ConfigError(f"llm_engine must be batched or sequential, not {self.llm_engine!r}")
         for name, number in (
             ("rpc_wait_s", self.rpc_wait_s),
             ("retention_days", self.retention_days),
@@ -128,6 +152,11 @@ class NodeSettings:
             if price < 0:
                 raise ConfigError(f"--model-price {model}: must not be negative, not {price}")
             priced.add(model)
+
+    @property
+    def workers_on_gpu(self) -> bool:
+        """Whether some worker runs on a GPU (LLM layers there, or embeddings on cuda)."""
+        return self.gpu_layers != 0 or self.embedding_device != "cpu"
 
     def price_of(self, model: str) -> int:
         """Wei per output token this node asks for ``model``."""

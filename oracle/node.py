@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,7 +22,9 @@ from oracle.chain.endpoints import FailoverProvider
 from oracle.chain.listener import Listener
 from oracle.chain.polling import backoff_delay, sleep_unless_stopped
 from oracle.chain.sender import TxSender
-from oracle.config import NodeSettings
+from oracle.config import ConfigError, NodeSettings
+from oracle.engine.gpus import detect_gpus
+from oracle.engine.llm_options import LlmEngineOptions
 from oracle.engine.models import DEFAULT_LLMS, lookup_llm
 from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, autoscaling_for
 from oracle.errors import OracleError, SenderAlreadyRunning
@@ -347,13 +349,14 @@ def build_node(
 
 
 def worker_supervisor(settings: NodeSettings, database_url: str) -> WorkerSupervisor:
-    """Workers scaled with demand inside the operator's budget, or a fixed pool per model."""
-    threads = settings.llm_threads
-    models = [WorkerSpec(role="llm", model=m, threads=threads) for m in settings.models]
-    models += [WorkerSpec(role="embedding", model=m) for m in settings.embedding_models]
+    """Workers scaled with demand inside the operator's budget, or a fixed pool per model;
+    those on a GPU placed on the GPUs by their memory (``gpu_budget``)."""
+    models = worker_specs(settings)
+    gpus = gpu_budget(settings)
     if not settings.autoscale:
         pools = {"llm": settings.llm_workers, "embedding": settings.embedding_workers}
-        return WorkerSupervisor(database_url, [s for s in models for _ in range(pools[s.role])])
+        fixed = [s for s in models for _ in range(pools[s.role])]
+        return WorkerSupervisor(database_url, fixed, gpus=gpus)
     scaling = autoscaling_for(
         models,
         min_workers=settings.min_workers_per_model,
@@ -361,18 +364,67 @@ def worker_supervisor(settings: NodeSettings, database_url: str) -> WorkerSuperv
         max_memory_mib=settings.max_memory_mib,
         max_threads=settings.max_threads,
         gpu_slots=settings.gpu_slots,
+        gpus=gpus,
         idle_unload_s=settings.idle_unload_s,
     )
     return WorkerSupervisor(database_url, autoscaling=scaling)
 
 
+def worker_specs(settings: NodeSettings) -> list[WorkerSpec]:
+    """How to start a worker of each served model."""
+    llm = LlmEngineOptions(
+        engine=settings.llm_engine,
+        parallel=settings.parallel,
+        gpu_layers=settings.gpu_layers,
+        slot_tokens=settings.slot_tokens,
+    )
+    threads = settings.llm_threads
+    models = [WorkerSpec(role="llm", model=m, threads=threads, llm=llm) for m in settings.models]
+    models += [
+        WorkerSpec(role="embedding", model=m, device=settings.embedding_device)
+        for m in settings.embedding_models
+    ]
+    return models
+
+
+def gpu_budget(
+    settings: NodeSettings, detected: Mapping[int, float] | None = None
+) -> dict[int, float]:
+    """Memory for workers on each GPU they may use (empty when no worker runs on a GPU):
+    the GPUs named, else every one nvidia-smi lists (``detected`` stands in for it), each
+    with ``gpu_memory_mib``, else its total."""
+    if not settings.workers_on_gpu:
+        return {}
+    found = detect_gpus() if detected is None else dict(detected)
+    indices = settings.gpus or tuple(sorted(found))
+    if not indices:
+        if settings.gpu_slots:
+            return {}  # counted in --gpu-slots, not placed
+        raise ConfigError(
+            "workers on a GPU (--gpu-layers, --embedding-device) but nvidia-smi lists none: "
+            "name them with --gpu and --gpu-memory-mib, or count them with --gpu-slots"
+        )
+    budget = {}
+    for index in indices:
+        memory = settings.gpu_memory_mib or found.get(index)
+        if memory is None:
+            raise ConfigError(
+                f"GPU {index} is not among those nvidia-smi lists ({sorted(found)}); "
+                "give its memory with --gpu-memory-mib"
+            )
+        budget[index] = memory
+    return budget
+
+
 def _profile(model: str, settings: NodeSettings) -> ModelProfile:
     spec = lookup_llm(model, DEFAULT_LLMS)
+    batched = settings.llm_engine == "batched"
     return ModelProfile(
         name=model,
         context_tokens=spec.context_tokens,
         workers=settings.llm_workers,
         price_per_token_wei=settings.price_of(model),
+        slots=settings.parallel if batched else 1,
     )
 
 

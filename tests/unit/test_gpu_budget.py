@@ -158,3 +158,28 @@ def test_the_supervisor_budget_holds_each_gpu_model_s_estimate() -> None:
         "all-MiniLM-L6-v2": 1024.0,
     }
     assert scaling.budget.gpu_need == {SMOLLM2: 1, "all-MiniLM-L6-v2": 1}
+
+
+# --- a node's GPUs ------------------------------------------------------------------------------
+
+
+def test_a_node_s_gpus_are_those_named_or_found_with_their_memory() -> None:
+    from oracle.config import ConfigError, NodeSettings
+    from oracle.node import gpu_budget
+
+    node = NodeSettings(
+        rpc_urls=("http://x",), contract="0x" + "11" * 20, private_key="0x" + "22" * 32
+    )
+    found = {0: 143_771.0, 1: 81_559.0}
+    assert gpu_budget(node, found) == {}  # nothing runs on a GPU
+    on_gpu = replace(node, gpu_layers=-1)
+    assert gpu_budget(on_gpu, found) == found
+    assert gpu_budget(replace(on_gpu, gpus=(1,)), found) == {1: 81_559.0}
+    assert gpu_budget(replace(on_gpu, gpu_memory_mib=40_000), found) == {0: 40_000, 1: 40_000}
+    embeddings = replace(node, embedding_device="cuda", gpus=(3,), gpu_memory_mib=2_000)
+    assert gpu_budget(embeddings, {}) == {3: 2_000}
+    assert gpu_budget(replace(on_gpu, gpu_slots=1), {}) == {}  # counted, not placed
+    with pytest.raises(ConfigError, match="nvidia-smi lists none"):
+        gpu_budget(on_gpu, {})
+    with pytest.raises(ConfigError, match="GPU 3 is not among"):
+        gpu_budget(replace(on_gpu, gpus=(3,)), found)
