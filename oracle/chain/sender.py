@@ -370,6 +370,7 @@ class TxSender:
                 return
             with self._sessions() as session, session.begin():
                 mark_refused(session, prepared.tx_id, reason=f"broadcast refused: {exc.reason}")
+            self._forget(prepared.tx_id)
             self._next_nonce = None  # its nonce was never used
             logger.error("broadcast refused for good; the transaction failed", extra=log)
             return
@@ -459,6 +460,7 @@ class TxSender:
             if not self._missing_for_long(tx.id):
                 self._next_recheck = min(self._next_recheck, time.monotonic() + 1.0)
                 continue
+            # (its missing-since time stays: back in ``sent``, it is sent again at once)
             reason = f"mined in block {tx.receipt_block}, which left the chain"
             with self._sessions() as session, session.begin():
                 mark_unmined(session, tx.id, reason=reason)
