@@ -10,14 +10,24 @@ Data (in the repository, ``bench/data/``):
 - ``consensus_answers.jsonl``: the answers of the shipped models, SmolLM2-135M-Instruct
   (chat) and gemma-3-270m (a base model: its prompt is the task followed by
   ``"\\nAnswer:"``), at temperatures 0.2 and 0.7, four seeds each, generated with the
-  node's own ``LlmRunner``. The benchmark reads them from this file; it generates them
-  again only when asked (``--generate``, about an hour on two cores).
+  node's own ``LlmRunner`` (before coupled sampling: llama.cpp's ``dist`` draw). The
+  benchmark reads them from this file; it generates them again only when asked
+  (``--generate``, about an hour on two cores). Answers of different seeds are
+  independent samples: what honest nodes gave when each drew its own seed.
+- ``consensus_answers.<engine>.jsonl``: the same answer sets (prompt, model,
+  temperature, seeds) answered again on another engine with coupled sampling
+  (``--generate-on LABEL``, the batched engine; ``--gpu-layers`` puts it on a GPU):
+  SmolLM2 on this 2-core machine's CPU (``cpu-batched``), and on the H200 machine's
+  GPU (``h200-cuda``) and 16-core CPU (``h200-cpu``). Pairs of engines, seed by seed,
+  are two honest nodes answering one request as the protocol has them now: the
+  request's seed, the same rules, other arithmetic.
 
 Measured, per task type, on the sign bits of the embedding model (all-MiniLM-L6-v2, as
 nodes reveal them), at every secDistance from 0.10 to 0.50:
 
-- honest agreement: the share of pairs of one prompt's answers (same model and
-  temperature, different seeds) within secDistance: what honest nodes need;
+- honest agreement under the shared seed: the share of pairs of one request's answers
+  on two engines (same model, temperature and seed) within secDistance: what honest
+  nodes need; and, for comparison, of pairs of different seeds (nodes drawing apart);
 - wrong-answer acceptance: the share of (plausible wrong answer, honest answer) pairs
   within secDistance; reported, since agreement is not truth;
 - other-prompt acceptance: the share of (answer to another prompt, honest answer) pairs
@@ -45,9 +55,11 @@ between runs; ``--build-centre``: write the proposed signal's centre file from t
 reference split). The line before last gives the proposed signal at its operating
 point; the last line reads ``honest_short_min=<fraction> other_prompt_max=<fraction>``:
 today's signal, the one nodes reveal, at ``DEFAULT_SEC_DISTANCE_BP`` (0.35): the lowest
-honest agreement over the short-answer task types (factual, yes/no, classification,
-extraction) at temperature 0.2, over both models, and the highest other-prompt
-acceptance over every task type, model and temperature.
+honest agreement under the shared seed over the short-answer task types (factual,
+yes/no, classification, extraction) at temperature 0.2, over the models answered on two
+engines (of independent seeds when no second engine's answers are there, and it says
+so), and the highest other-prompt acceptance over every task type, model and
+temperature.
 """
 
 from __future__ import annotations
@@ -91,6 +103,20 @@ PACKAGES = ("llama-cpp-python", "sentence-transformers", "torch", "transformers"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PROMPTS_FILE = DATA_DIR / "consensus_prompts.jsonl"
 ANSWERS_FILE = DATA_DIR / "consensus_answers.jsonl"
+REFERENCE_ENGINE = "cpu-sequential"
+"""The engine of ``ANSWERS_FILE``: ``LlmRunner`` on the project's 2-core machine."""
+
+
+def engine_file(label: str) -> Path:
+    """Where the answers of another engine (``generate_on_engine``) are kept."""
+    return DATA_DIR / f"consensus_answers.{label}.jsonl"
+
+
+def engine_files() -> dict[str, Path]:
+    return {
+        path.name.split(".")[1]: path for path in sorted(DATA_DIR.glob("consensus_answers.*.jsonl"))
+    }
+
 
 GEMMA = "gemma-3-270m-Q4_K_M"
 MODELS = (SMOLLM, GEMMA)
@@ -214,6 +240,91 @@ def generate_answers(
     print(f"generated {done} answer sets in {time.perf_counter() - started:.0f} s", flush=True)
 
 
+def generate_on_engine(
+    prompts: Sequence[Prompt],
+    models: Sequence[str],
+    reference: dict[tuple[str, str, int], AnswerSet],
+    path: Path,
+    *,
+    label: str,
+    parallel: int,
+    threads: int,
+    gpu_layers: int,
+) -> None:
+    """Answer the answer sets of ``reference`` again, with the same seeds, on the batched
+    engine (``gpu_layers`` on a GPU), appending what ``path`` lacks.
+
+    Two nodes answer one request with the request's seed; this is the second node: the
+    same model, prompt and seed on other arithmetic (another engine, batch or device).
+    Each request is decoded beside others: the sets go in groups of 16, their seeds
+    interleaved, so one seed of a prompt runs in another batch than the next seed.
+    """
+    from oracle.engine.batched import BatchedLlm, GenerationRequest
+    from oracle.engine.llm import Generation
+    from oracle.engine.models import lookup_llm
+
+    have = load_answers(path)
+    if not path.is_file():
+        write_engine_meta(path, label, parallel=parallel, threads=threads, gpu_layers=gpu_layers)
+    by_id = {p.id: p for p in prompts}
+    started, done = time.perf_counter(), 0
+    with path.open("a", encoding="utf-8") as out:
+        for model in models:
+            todo = [
+                row
+                for prompt in round_robin(prompts)
+                for temperature in TEMPERATURES_MILLI
+                if (row := reference.get((prompt.id, model, temperature))) is not None
+                and row.key not in have
+            ]
+            if not todo:
+                continue
+            spec = lookup_llm(model)
+            llm = BatchedLlm(spec, parallel=parallel, threads=threads, gpu_layers=gpu_layers)
+            try:
+                for first in range(0, len(todo), 16):
+                    group = todo[first : first + 16]
+                    requests = [
+                        GenerationRequest(
+                            key=index * len(SEEDS) + s,
+                            prompt=model_prompt(by_id[row.prompt_id], spec.prompt_style),
+                            temperature_milli=row.temperature_milli,
+                            max_tokens=row.max_tokens,
+                            seed=seed,
+                        )
+                        for s, seed in enumerate(SEEDS)
+                        for index, row in enumerate(group)
+                    ]
+                    outcomes = dict(
+                        zip((r.key for r in requests), llm.generate(requests), strict=True)
+                    )
+                    for index, row in enumerate(group):
+                        texts = []
+                        for s in range(len(SEEDS)):
+                            outcome = outcomes[index * len(SEEDS) + s]
+                            if not isinstance(outcome, Generation):
+                                raise SystemExit(f"{row.key} seed {SEEDS[s]}: {outcome}")
+                            texts.append(outcome.text)
+                        record = as_record(
+                            AnswerSet(
+                                prompt_id=row.prompt_id,
+                                model=model,
+                                temperature_milli=row.temperature_milli,
+                                max_tokens=row.max_tokens,
+                                seeds=SEEDS,
+                                texts=tuple(texts),
+                            )
+                        )
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    out.flush()
+                    done += len(group)
+                    elapsed = time.perf_counter() - started
+                    print(f"  {label}: {done} answer sets, {elapsed:.0f} s", flush=True)
+            finally:
+                llm.close()
+    print(f"{label}: generated {done} answer sets in {time.perf_counter() - started:.0f} s")
+
+
 def answer(runner: LlmRunner, prompt: Prompt, temperature: int) -> AnswerSet:
     text = model_prompt(prompt, runner.spec.prompt_style)
     max_tokens = MAX_TOKENS[prompt.task]
@@ -245,6 +356,25 @@ def write_meta(path: Path, threads: int) -> None:
         "generated_with": f"llama-cpp-python {package_version('llama-cpp-python')}",
         "runner": "oracle.engine.llm.LlmRunner (the node's sampling settings), n_ctx 1024",
         "threads": threads,
+        "completion_suffix": COMPLETION_SUFFIX,
+    }
+    path.write_text(json.dumps({"meta": meta}) + "\n", encoding="utf-8")
+
+
+def write_engine_meta(
+    path: Path, label: str, *, parallel: int, threads: int, gpu_layers: int
+) -> None:
+    import platform
+
+    from bench._common import package_version
+
+    meta = {
+        "engine": label,
+        "generated_with": f"llama-cpp-python {package_version('llama-cpp-python')}",
+        "runner": "oracle.engine.batched.BatchedLlm (coupled sampling, the request's seed), "
+        f"parallel {parallel}, gpu_layers {gpu_layers}",
+        "threads": threads,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "completion_suffix": COMPLETION_SUFFIX,
     }
     path.write_text(json.dumps({"meta": meta}) + "\n", encoding="utf-8")
@@ -454,6 +584,11 @@ class Distances:
     """Honest pairs that say the same thing (``_verdict``): a good signal merges them."""
     other_verdict_pairs: dict[Group, list[float]] = field(default_factory=dict)
     """Honest pairs that disagree in substance: a good signal keeps them apart."""
+    shared: dict[Group, list[float]] = field(default_factory=dict)
+    """Two nodes answering one request: the same seed (the request's), on two engines
+    (``ENGINE_FILES``): what honest pairs are under the protocol's shared seed."""
+    shared_identical: dict[Group, list[bool]] = field(default_factory=dict)
+    """Of those pairs, the ones whose texts are the same bytes."""
 
 
 def sign_bits(
@@ -498,8 +633,11 @@ def measure(
     prompts: Sequence[Prompt],
     answers: dict[tuple[str, str, int], AnswerSet],
     encoders: Encoders,
+    engines: dict[str, dict[tuple[str, str, int], AnswerSet]] | None = None,
 ) -> Distances:
-    """Every distance the report needs, for one signal."""
+    """Every distance the report needs, for one signal. ``engines``: the same answer
+    sets answered again with the same seeds elsewhere (``generate_on_engine``)."""
+    engines = engines or {}
     if signal.test_split:
         prompts = [p for p in prompts if _half(p.id) == TEST_SPLIT]
         answers = {k: v for k, v in answers.items() if _half(k[0]) == TEST_SPLIT}
@@ -527,11 +665,21 @@ def measure(
         ]
         for prompt_id, model, temperature in texts
     }
+    # the same answer sets on the other engines, seed by seed beside the reference's
+    elsewhere: dict[tuple[str, str, int], list[list[str]]] = {
+        key: [
+            [signal.text(by_id[key[0]].prompt, a) for a in engine[key].texts]
+            for engine in engines.values()
+            if key in engine and engine[key].seeds == answers[key].seeds
+        ]
+        for key in texts
+    }
     encoders.encode(
         signal.model,
         [t for group in texts.values() for t in group]
         + list(wrong_texts.values())
-        + [t for group in other_texts.values() for t in group],
+        + [t for group in other_texts.values() for t in group]
+        + [t for runs in elsewhere.values() for run in runs for t in run],
     )
     centre = _centres(signal, prompts, texts, encoders)
     out = Distances()
@@ -547,6 +695,9 @@ def measure(
         if prompt_id in wrong_texts:
             wrong = sign_bits(encoders.matrix(signal.model, [wrong_texts[prompt_id]]), offset)
             out.wrong.setdefault(group, []).extend((hamming_matrix(wrong, honest) / dim).ravel())
+        _shared_pairs(
+            out, group, elsewhere[(prompt_id, model, temperature)], encoders, signal, offset
+        )
         replayed = other_texts[(prompt_id, model, temperature)]
         if replayed:
             other = sign_bits(encoders.matrix(signal.model, replayed), offset)
@@ -561,6 +712,24 @@ def measure(
                 table = out.same_verdict_pairs if agree else out.other_verdict_pairs
                 table.setdefault(group, []).append(distance)
     return out
+
+
+def _shared_pairs(
+    out: Distances,
+    group: Group,
+    runs: Sequence[Sequence[str]],
+    encoders: Encoders,
+    signal: Signal,
+    offset: npt.NDArray[np.float32] | None,
+) -> None:
+    """The pairs of one answer set's runs on two engines, seed by seed."""
+    bits = [sign_bits(encoders.matrix(signal.model, list(run)), offset) for run in runs]
+    for a, b in itertools.combinations(range(len(runs)), 2):
+        apart = (bits[a] != bits[b]).sum(axis=1) / bits[a].shape[1]
+        out.shared.setdefault(group, []).extend(apart.tolist())
+        out.shared_identical.setdefault(group, []).extend(
+            x == y for x, y in zip(runs[a], runs[b], strict=True)
+        )
 
 
 LABELS = ("positive", "negative", "sports", "politics", "business", "science")
@@ -689,27 +858,32 @@ def pooled(table: dict[Group, list[float]], **match: object) -> list[float]:
 @dataclass(frozen=True, slots=True)
 class Summary:
     honest_short_min: float
+    """Independent seeds (one per node, as before the shared seed), at 0.2."""
     honest_short_min_hot: float
     other_prompt_max: float
     wrong_max: float
+    shared_short_min: float
+    """The request's seed on two engines (``Distances.shared``), at 0.2; nan without them."""
+    shared_short_min_hot: float
+
+
+def _short_min(table: dict[Group, list[float]], bp: int, temperature: int) -> float:
+    shares = [
+        within(values, bp)
+        for g, values in table.items()
+        if g.task in SHORT_TASKS and g.temperature_milli == temperature
+    ]
+    return min(shares, default=float("nan"))
 
 
 def summarise(d: Distances, bp: int) -> Summary:
-    short_cold = [
-        within(d.honest[g], bp)
-        for g in d.honest
-        if g.task in SHORT_TASKS and g.temperature_milli == 200
-    ]
-    short_hot = [
-        within(d.honest[g], bp)
-        for g in d.honest
-        if g.task in SHORT_TASKS and g.temperature_milli == 700
-    ]
     return Summary(
-        honest_short_min=min(short_cold, default=float("nan")),
-        honest_short_min_hot=min(short_hot, default=float("nan")),
+        honest_short_min=_short_min(d.honest, bp, 200),
+        honest_short_min_hot=_short_min(d.honest, bp, 700),
         other_prompt_max=max((within(v, bp) for v in d.other.values()), default=float("nan")),
         wrong_max=max((within(v, bp) for v in d.wrong.values()), default=float("nan")),
+        shared_short_min=_short_min(d.shared, bp, 200),
+        shared_short_min_hot=_short_min(d.shared, bp, 700),
     )
 
 
@@ -724,6 +898,69 @@ def best_point(d: Distances) -> tuple[int, Summary]:
         if best is None or summary.honest_short_min > best[1].honest_short_min:
             best = (bp, summary)
     return best or (FINE_BP[0], summarise(d, FINE_BP[0]))
+
+
+def best_shared_point(d: Distances) -> tuple[int, Summary]:
+    """``best_point`` for honest pairs under the shared seed: the secDistance (0.005
+    steps) with the highest ``shared_short_min`` (then ``shared_short_min_hot``) whose
+    other-prompt acceptance stays within the goal; the lowest such distance on a tie."""
+    best: tuple[int, Summary] | None = None
+    for bp in FINE_BP:
+        summary = summarise(d, bp)
+        if summary.other_prompt_max > OTHER_PROMPT_GOAL:
+            break
+        rank = (summary.shared_short_min, summary.shared_short_min_hot)
+        if best is None or rank > (best[1].shared_short_min, best[1].shared_short_min_hot):
+            best = (bp, summary)
+    return best or (FINE_BP[0], summarise(d, FINE_BP[0]))
+
+
+def print_shared(d: Distances, models: Sequence[str], engines: Sequence[str], bp: int) -> None:
+    """Honest pairs as the protocol makes them: one request's seed on two engines."""
+    names = {SMOLLM: "SmolLM2", GEMMA: "Gemma"}
+    print(f"\n## Honest pairs under the shared seed: one seed, two engines ({', '.join(engines)})")
+    print(
+        f"Per task type and model at secDistance {bp / BASIS_POINTS:.3f}: pairs of the same "
+        "answer set and seed on two engines that are the same text, and that agree; pairs of "
+        "independent seeds (one per node) that agree, for comparison"
+    )
+    print(
+        "| task | model | pairs | same text 0.2 / 0.7 | agree 0.2 / 0.7 "
+        "| independent seeds agree 0.2 / 0.7 |"
+    )
+    print("|---|---|---|---|---|---|")
+    for task in TASKS:
+        for model in models:
+            cold, hot = Group(task, model, 200), Group(task, model, 700)
+            if cold not in d.shared and hot not in d.shared:
+                continue
+            same = [d.shared_identical.get(g, []) for g in (cold, hot)]
+            print(
+                f"| {task} | {names.get(model, model)} "
+                f"| {len(d.shared.get(cold, [])) + len(d.shared.get(hot, []))} "
+                f"| {' / '.join(_pct(float(np.mean(v))) if v else '-' for v in same)} "
+                f"| {_pct(within(d.shared.get(cold, []), bp))} / "
+                f"{_pct(within(d.shared.get(hot, []), bp))} "
+                f"| {_pct(within(d.honest.get(cold, []), bp))} / "
+                f"{_pct(within(d.honest.get(hot, []), bp))} |"
+            )
+    print(
+        "\nOver secDistance, per task type: honest agreement under the shared seed at 0.2 / "
+        "0.7 (worst model), other-prompt and wrong-answer acceptance (pooled)"
+    )
+    print("| secDistance | " + " | ".join(TASKS) + " |")
+    print("|---" * (len(TASKS) + 1) + "|")
+    for threshold in sorted({*CURVE_BP, bp}):
+        cells = []
+        for task in TASKS:
+            point = task_point(d, task, threshold, honest=d.shared)
+            cells.append(
+                f"{_pct(point.honest_cold)} / {_pct(point.honest_hot)}, "
+                f"o {_pct(within(pooled(d.other, task=task), threshold))}, "
+                f"w {_pct(within(pooled(d.wrong, task=task), threshold))}"
+            )
+        mark = " **<-**" if threshold == bp else ""
+        print(f"| {threshold / BASIS_POINTS:.2f}{mark} | " + " | ".join(cells) + " |")
 
 
 def print_curves(d: Distances, models: Sequence[str], marked_bp: int) -> None:
@@ -804,7 +1041,12 @@ class TaskPoint:
     wrong: float
 
 
-def task_point(d: Distances, task: str, bp: int) -> TaskPoint:
+def task_point(
+    d: Distances, task: str, bp: int, *, honest: dict[Group, list[float]] | None = None
+) -> TaskPoint:
+    """``honest``: the honest pairs to read (default ``d.honest``, independent seeds)."""
+    honest = d.honest if honest is None else honest
+
     def worst(table: dict[Group, list[float]], temperature: int, pick: object) -> float:
         values = [
             within(v, bp)
@@ -815,20 +1057,22 @@ def task_point(d: Distances, task: str, bp: int) -> TaskPoint:
 
     return TaskPoint(
         bp=bp,
-        honest_cold=worst(d.honest, 200, min),
-        honest_hot=worst(d.honest, 700, min),
+        honest_cold=worst(honest, 200, min),
+        honest_hot=worst(honest, 700, min),
         other=worst(d.other, 0, max),
         wrong=worst(d.wrong, 0, max),
     )
 
 
-def task_best(d: Distances, task: str) -> TaskPoint | None:
+def task_best(
+    d: Distances, task: str, *, honest: dict[Group, list[float]] | None = None
+) -> TaskPoint | None:
     """The task type's own secDistance (0.005 steps): the highest honest agreement at 0.2
     (its worst model) whose other-prompt acceptance stays within the goal for every model
     and temperature; the lowest such distance on a tie. None when no threshold does."""
     best: TaskPoint | None = None
     for bp in FINE_BP:
-        point = task_point(d, task, bp)
+        point = task_point(d, task, bp, honest=honest)
         if point.other > OTHER_PROMPT_GOAL:
             break
         if best is None or point.honest_cold > best.honest_cold:
@@ -857,6 +1101,23 @@ def print_variants(results: dict[str, Distances]) -> None:
             f"{_pct(best.honest_short_min_hot)} | {_pct(best.other_prompt_max)} | "
             f"{_pct(best.wrong_max)} |"
         )
+    if any(d.shared for d in results.values()):
+        print(
+            "\nUnder the shared seed (honest pairs: one seed on two engines): honest short min "
+            f"0.2 / 0.7 and other max at {at:.2f}, and at the best secDistance"
+        )
+        print("| signal | at default | best secDistance | there |")
+        print("|---|---|---|---|")
+        for name, d in results.items():
+            now = summarise(d, DEFAULT_SEC_DISTANCE_BP)
+            bp, best = best_shared_point(d)
+            print(
+                f"| {VARIANTS[name].name} | {_pct(now.shared_short_min)} / "
+                f"{_pct(now.shared_short_min_hot)}, o {_pct(now.other_prompt_max)} "
+                f"| {bp / BASIS_POINTS:.3f} | {_pct(best.shared_short_min)} / "
+                f"{_pct(best.shared_short_min_hot)}, o {_pct(best.other_prompt_max)}, "
+                f"w {_pct(best.wrong_max)} |"
+            )
     print(
         "\nOver secDistance: honest short min at 0.2 / 0.7, other-prompt max (o), "
         "wrong-answer max (w)"
@@ -928,6 +1189,31 @@ def print_frames(d: Distances, title: str) -> None:
             f"| {_pct(same)} | {_pct(apart)} "
             f"| {_pct(rates[(3, 200)])} / {_pct(rates[(3, 700)])} "
             f"| {_pct(rates[(4, 200)])} / {_pct(rates[(4, 700)])} |"
+        )
+
+
+def print_shared_frames(d: Distances) -> None:
+    """``print_frames`` for honest pairs under the shared seed (the models answered on
+    two engines): each task type's own secDistance and what it gives."""
+    print("\n## Frames per task type: today's signal, shared seed")
+    print(
+        "| task | secDistance | honest 0.2 / 0.7 (worst model) | same text 0.2 / 0.7 "
+        "| other (max) | wrong (max) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for task in TASKS:
+        point = task_best(d, task, honest=d.shared)
+        if point is None:
+            print(f"| {task} | none | | | | |")
+            continue
+        same = [
+            float(np.mean(pooled(d.shared_identical, task=task, temperature_milli=t)))  # type: ignore[arg-type]
+            for t in TEMPERATURES_MILLI
+        ]
+        print(
+            f"| {task} | {point.bp / BASIS_POINTS:.3f} | {_pct(point.honest_cold)} / "
+            f"{_pct(point.honest_hot)} | {_pct(same[0])} / {_pct(same[1])} "
+            f"| {_pct(point.other)} | {_pct(point.wrong)} |"
         )
 
 
@@ -1006,6 +1292,14 @@ def parse_args() -> argparse.Namespace:
         help="generate the answers the answers file lacks, appending (delete it to redo all)",
     )
     parser.add_argument(
+        "--generate-on",
+        metavar="LABEL",
+        help="answer the answers file's sets again with the same seeds on the batched engine "
+        "(--parallel, --gpu-layers, --llm-threads), into consensus_answers.LABEL.jsonl",
+    )
+    parser.add_argument("--parallel", type=int, default=8, help="--generate-on: sequences")
+    parser.add_argument("--gpu-layers", type=int, default=0, help="--generate-on: on a GPU")
+    parser.add_argument(
         "--gas", action="store_true", help="also the gas of 768-bit reveals (starts anvil)"
     )
     parser.add_argument(
@@ -1079,6 +1373,22 @@ def main() -> None:
     answers = complete_sets(answers)
     if not answers:
         raise SystemExit(f"no answers in {args.answers}; run with --generate")
+    if args.generate_on:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        generate_on_engine(
+            prompts,
+            models,
+            answers,
+            engine_file(args.generate_on),
+            label=args.generate_on,
+            parallel=args.parallel,
+            threads=args.llm_threads,
+            gpu_layers=args.gpu_layers,
+        )
+        return
+    engines = {label: load_answers(path) for label, path in engine_files().items()}
+    for label, engine in engines.items():
+        print(f"  same seeds on {label}: {sum(k in answers for k in engine)} answer sets")
     print(
         f"{len(prompts)} prompts ({task_counts(prompts)}), {len(TEMPERATURES_MILLI)} "
         f"temperatures x {len(SEEDS)} seeds, answers read from {args.answers.name} "
@@ -1096,18 +1406,28 @@ def main() -> None:
     results: dict[str, Distances] = {}
     for name in variant_names(args.variants):
         started = time.perf_counter()
-        results[name] = measure(VARIANTS[name], prompts, answers, encoders)
+        results[name] = measure(VARIANTS[name], prompts, answers, encoders, engines)
         print(f"measured {name}: {time.perf_counter() - started:.1f} s", flush=True)
     encoders.save()
-    report(results, gas=args.gas)
+    report(results, [REFERENCE_ENGINE, *engines], gas=args.gas)
 
 
-def report(results: dict[str, Distances], *, gas: bool) -> None:
+def report(results: dict[str, Distances], engines: Sequence[str], *, gas: bool) -> None:
     today = results["today"]
     print(f"\n## Today's signal: {MINILM} sign bits of the answer, as nodes reveal them")
+    if today.shared:
+        print_shared(today, MODELS, engines, DEFAULT_SEC_DISTANCE_BP)
+        bp, best = best_shared_point(today)
+        print(
+            f"\nshared seed, best secDistance {bp / BASIS_POINTS:.3f}: "
+            f"honest short min {best.shared_short_min:.3f} / {best.shared_short_min_hot:.3f}, "
+            f"other max {best.other_prompt_max:.3f}, wrong max {best.wrong_max:.3f}"
+        )
     print_curves(today, MODELS, DEFAULT_SEC_DISTANCE_BP)
     print_task_table(today, MODELS, DEFAULT_SEC_DISTANCE_BP)
-    print_frames(today, "today's signal")
+    print_frames(today, "today's signal, independent seeds")
+    if today.shared:
+        print_shared_frames(today)
     proposed = results.get(PROPOSED)
     if proposed is not None:
         print(f"\n## Proposed signal: {VARIANTS[PROPOSED].name}")
@@ -1128,13 +1448,19 @@ def report(results: dict[str, Distances], *, gas: bool) -> None:
             f"other_prompt_max={candidate.other_prompt_max:.3f} wrong_max={candidate.wrong_max:.3f}"
         )
     summary = summarise(today, DEFAULT_SEC_DISTANCE_BP)
+    shared = summary.shared_short_min == summary.shared_short_min  # not nan
     print(
         f"today's signal at the default secDistance {DEFAULT_SEC_DISTANCE_BP / BASIS_POINTS:.2f}: "
-        f"honest agreement on short answers at 0.7 min {summary.honest_short_min_hot:.3f}, "
-        f"plausible wrong answers accepted up to {summary.wrong_max:.3f} (per task type and model)"
+        f"independent seeds (one per node) honest short min {summary.honest_short_min:.3f} "
+        f"/ {summary.honest_short_min_hot:.3f} at 0.2 / 0.7; shared seed at 0.7 "
+        f"{summary.shared_short_min_hot:.3f}; plausible wrong answers accepted up to "
+        f"{summary.wrong_max:.3f} (per task type and model)"
     )
+    if not shared:
+        print("no answers of a second engine: honest_short_min is of independent seeds")
     print(
-        f"honest_short_min={summary.honest_short_min:.3f} "
+        f"honest_short_min="
+        f"{summary.shared_short_min if shared else summary.honest_short_min:.3f} "
         f"other_prompt_max={summary.other_prompt_max:.3f}"
     )
 

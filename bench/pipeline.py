@@ -65,6 +65,7 @@ from bench._common import (
     scratch_database,
     wait_until,
 )
+from oracle.engine.llm_options import DEFAULT_PARALLEL, ENGINES, LlmEngineOptions
 from oracle.engine.supervisor import WorkerSpec
 from oracle.store import make_engine
 from oracle.store.queue import PRIORITY_INFERENCE, enqueue_job
@@ -247,14 +248,18 @@ def node_inferences(net: OneNodeNetwork, sent: Sequence[SentRequest]) -> list[No
 
 
 def run_worker_alone(
-    server_url: URL, inferences: Sequence[NodeInference], max_tokens: int, threads: int
+    server_url: URL,
+    inferences: Sequence[NodeInference],
+    max_tokens: int,
+    threads: int,
+    llm: LlmEngineOptions,
 ) -> tuple[int, float]:
     """Tokens and seconds of one ``oracle worker --role llm`` on a scratch queue, nothing
     else running: the same jobs (prompts, seeds), enqueued together after a warm-up job;
     from the enqueue to the last job's ``finished_at``."""
     with scratch_database(server_url) as url:
         engine = make_engine(url)
-        command = WorkerSpec(role="llm", model=SMOLLM, threads=threads).command()
+        command = WorkerSpec(role="llm", model=SMOLLM, threads=threads, llm=llm).command()
         env = {**os.environ, "ORACLE_DATABASE_URL": url.render_as_string(hide_password=False)}
         worker = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
         try:
@@ -429,6 +434,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=len(PROMPTS))
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--llm-threads", type=int, default=2, help="both ways")
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="sequential", help="the node's LLM engine"
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=DEFAULT_PARALLEL, help="sequences (--engine batched)"
+    )
     add_smoke_flag(parser)
     args = apply_smoke(parser.parse_args(), requests=2, max_tokens=8)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
@@ -438,12 +449,17 @@ def main() -> None:
         print_machine(title, PACKAGES, server_url)
         print(
             f"{len(prompts)} requests x {args.max_tokens} tokens, {SMOLLM}, temperature "
-            f"{TEMPERATURE_MILLI / 1000}, quorum 1, {args.llm_threads} LLM threads both ways",
+            f"{TEMPERATURE_MILLI / 1000}, quorum 1, {args.llm_threads} LLM threads both ways, "
+            f"the node's {args.engine} engine"
+            + (f" ({args.parallel} sequences)" if args.engine == "batched" else ""),
             flush=True,
         )
-        with one_node_network(server_url, "--llm-threads", str(args.llm_threads)) as net:
+        llm = LlmEngineOptions(engine=args.engine, parallel=args.parallel)
+        node_args = ["--llm-threads", str(args.llm_threads), "--engine", args.engine]
+        node_args += ["--parallel", str(args.parallel)]
+        with one_node_network(server_url, *node_args) as net:
             run = run_pipeline(net, prompts, args.max_tokens)
-        alone = run_worker_alone(server_url, run.inferences, args.max_tokens, args.llm_threads)
+        alone = run_worker_alone(server_url, run.inferences, args.max_tokens, args.llm_threads, llm)
     base_tokens, base_s, same = run_plain_loop(run.inferences, args.max_tokens, args.llm_threads)
     report(run, alone, base_tokens, base_s, same)
 

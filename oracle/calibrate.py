@@ -8,6 +8,14 @@ nodes reveal, and recommends:
 - **secDistance**: the smallest (in steps of 50 bp) at which at least the target share
   of pairs of honest answers to the same prompt lie within it. Pairs cross models and
   seeds: a quorum may mix every accepted model.
+
+Honest nodes answer a request with its one seed and coupled sampling, so nodes on the
+same build give the same text, and nodes on other hardware part only where their logits
+tip a near tie (on SmolLM2's benchmark answers, 35-54 % of answers were the same text
+across machines; docs/consensus.md). One machine cannot show how far its answers would
+part on another, so the pairs here are of different seeds: each pair as far apart as
+two nodes that part at the first token. The recommendation is on the safe side; the
+benchmark's shared-seed curves show how much.
 - **secPercentage**: at that distance, the share of the answers that the worst prompt's
   largest cluster held, rounded down to 100 bp; never below a strict majority (5100),
   since a smaller share lets a minority decide, and flagged when honest answers do not
@@ -311,6 +319,10 @@ def render(calibration: Calibration) -> list[str]:
             f"  closest answers to different prompts: {c.closest_other.distance:.3f} apart: "
             f"{_quote(c.closest_other.left)} / {_quote(c.closest_other.right)}"
         )
+    lines.append(
+        "honest pairs here are of different seeds: the worst case of two nodes on different "
+        "hardware (nodes share the request's seed; docs/consensus.md)"
+    )
     lines.append("per prompt: honest pairs within | largest cluster | farthest honest pair")
     for figures in c.per_prompt:
         lines.append(

@@ -9,22 +9,21 @@ sequence that produced logits, and retires the sequences that ended (an
 end-of-generation token, or ``max_tokens`` tokens: exactly that many, never one more) at
 once, freeing their slots for the next admissions.
 
-**Same answers as the sequential runner.** Each request has its own sampler chain,
-built as llama-cpp-python builds it for ``create_completion`` with the settings
-:mod:`oracle.engine.llm` pins (penalties at their neutral values, top-k 40, typical 1.0,
-top-p 0.95, min-p 0.05, temperature, then ``dist`` seeded with the request's seed;
-greedy at temperature 0), the prompt is the same tokens (the model's chat template,
+**Same answers as the sequential runner.** Each token is chosen by coupled sampling
+(:mod:`oracle.engine.sampling`: top-k 40, top-p 0.95, min-p 0.05, then the Gumbel-max
+draw of the request's seed, step and token id; greedy at temperature 0), as the
+sequential runner chooses it; the prompt is the same tokens (the model's chat template,
 rendered by the same formatter), and the text is the same bytes (``token_to_piece``
 without special tokens, invalid UTF-8 dropped). Where the logits are the same, the text
 is too; batched arithmetic may change the logits slightly on some back ends (GPU kernels
-chosen by batch size), never the sampling rules.
+chosen by batch size), and coupled sampling makes such changes matter only where the
+two best candidates nearly tie.
 
-**Sampling off the GIL.** Sampling is plain CPU work per sequence (building the
-candidate array over the vocabulary, top-k, the random draw). ``llama_sampler_sample``
-is a ctypes call, which releases the GIL, so the sequences of one step are sampled by a
-pool of threads. After the main thread has read the logits once (which synchronises the
-device and reorders the outputs), the calls only read the context's logits and each
-writes its own chain.
+**Sampling off the GIL.** Sampling is plain CPU work per sequence (the top 40 of the
+vocabulary's logits, the filters, the draw), done with numpy over a block of sequences
+at once; numpy's partition releases the GIL, so the blocks of one step are sampled by a
+pool of threads. The main thread reads the logits once first (which synchronises the
+device and reorders the outputs); the blocks only read them.
 
 **Two contexts in turn (``contexts=2``, for GPUs).** ``llama_decode`` returns once the
 device has the work; the results are waited for when they are read. With the slots
@@ -38,10 +37,9 @@ after both. On a CPU, decoding is itself CPU work and one context is right.
 **Top-k on the device (``device_top_k``).** Each slot's context is created with a
 backend sampler (llama.cpp's experimental backend sampling) that keeps the 40 highest
 logits on the device: only those 40 candidates of each sequence come back instead of
-the whole vocabulary, and the request's own chain then runs on them on the CPU (its
-top-k 40 keeps all of them, and the rest of the chain is unchanged, so the rules and the
-seeded draw are the same). Every slot's top-k runs at every decode, busy or not, so it
-pays when most slots are busy.
+the whole vocabulary, and coupled sampling then runs on them on the CPU (its top-k 40
+keeps all of them, so the rules and the draw are the same). Every slot's top-k runs at
+every decode, busy or not, so it pays when most slots are busy.
 
 Not for use from several threads: one owner calls admit, step and cancel.
 """
@@ -60,6 +58,7 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
+import numpy.typing as npt
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from oracle.engine.llm import (
@@ -72,6 +71,7 @@ from oracle.engine.llm import (
 )
 from oracle.engine.llm_options import slots_for_budget
 from oracle.engine.models import LlmSpec
+from oracle.engine.sampling import TOP_K, choose_among, top_candidates
 from oracle.errors import OracleError
 
 __all__ = [
@@ -85,15 +85,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The chain llama-cpp-python builds for create_completion (Llama._init_sampler), with the
-# values oracle.engine.llm pins; penalties and typical are no-ops at these values but are
-# kept so the chains are the same object for object.
-_PENALTY_LAST_N = 64
-_TOP_K = 40
-_TYPICAL_P = 1.0
-_TOP_P = 0.95
-_MIN_P = 0.05
-_MIN_KEEP = 1
 _CHAT_TEMPLATE_KEY = b"tokenizer.chat_template"
 _KV_CELL_PAD = 256
 """llama.cpp rounds each sequence's context up to a multiple of this."""
@@ -105,7 +96,7 @@ _ROWS_PER_TASK = 8
 """Sequences one sampling task takes over the whole vocabulary (160-220 us each on one
 core); fewer than two tasks' worth are sampled on the calling thread, since a pool
 round trip costs more."""
-_ROWS_PER_TASK_TOP_K = 64
+_ROWS_PER_TASKTOP_K = 64
 """The same over the 40 candidates of device top-k (a few microseconds each)."""
 
 
@@ -190,7 +181,6 @@ class _Sequence:
     request: GenerationRequest
     part: _Part
     seq_id: int
-    chain: Any  # llama_sampler_p
     pending: list[int]
     """Prompt tokens not decoded yet."""
     prompt_tokens: int
@@ -274,7 +264,7 @@ class BatchedLlm:
             else None
         )
         self._threads = threads
-        self._rows_per_task = _ROWS_PER_TASK_TOP_K if device_top_k else _ROWS_PER_TASK
+        self._rows_per_task = _ROWS_PER_TASKTOP_K if device_top_k else _ROWS_PER_TASK
         self._formatter = self._chat_formatter() if spec.prompt_style == "chat" else None
         self.load_seconds = time.perf_counter() - started
         logger.info(
@@ -342,7 +332,6 @@ class BatchedLlm:
             request=request,
             part=part,
             seq_id=seq_id,
-            chain=_sampler_chain(request, self._n_vocab),
             pending=tokens,
             prompt_tokens=len(tokens),
             admitted_at=time.perf_counter(),
@@ -403,7 +392,7 @@ class BatchedLlm:
         return [outcomes[r.key] for r in requests]
 
     def close(self) -> None:
-        """Free the model, the contexts and every chain now."""
+        """Free the model, the contexts and their device samplers now."""
         for key in list(self._by_key):
             self.cancel(key)
         for executor in (self._collector, self._pool):
@@ -519,14 +508,40 @@ class BatchedLlm:
         return outputs
 
     def _sample(self, ctx: Any, outputs: Sequence[tuple[_Sequence, int]]) -> list[int]:
-        rows = [(sequence.chain, index) for sequence, index in outputs]
-        tasks = min(self._threads * 2, len(rows) // self._rows_per_task)
+        """The token of each output, by coupled sampling: its logits (the vocabulary's,
+        or the 40 candidates top-k on the device kept), its request's seed and
+        temperature, and the tokens it generated so far."""
+        if not outputs:
+            return []
+        if self.device_top_k:
+            logits, ids = _device_candidates(ctx, [index for _s, index in outputs])
+        else:
+            view = llama_cpp.llama_get_logits(ctx)  # the outputs' rows, in batch order
+            logits, ids = np.ctypeslib.as_array(view, shape=(len(outputs), self._n_vocab)), None
+        tasks = min(self._threads * 2, len(outputs) // self._rows_per_task)
         if tasks < 2 or self._pool is None:
-            return _sample_rows(ctx, rows)
-        size = -(-len(rows) // tasks)
-        parts = [rows[i : i + size] for i in range(0, len(rows), size)]
-        sampled = self._pool.map(_sample_rows, [ctx] * len(parts), parts)
-        return [token for part in sampled for token in part]
+            values, tokens = top_candidates(logits, ids)
+        else:  # the partitions on the pool's threads, the rest once for every row
+            size = -(-len(outputs) // tasks)
+            starts = range(0, len(outputs), size)
+            blocks = list(
+                self._pool.map(
+                    lambda start: top_candidates(
+                        logits[start : start + size],
+                        None if ids is None else ids[start : start + size],
+                    ),
+                    starts,
+                )
+            )
+            values = np.concatenate([b[0] for b in blocks])
+            tokens = np.concatenate([b[1] for b in blocks])
+        return choose_among(
+            values,
+            tokens,
+            seeds=[sequence.request.seed for sequence, _i in outputs],
+            steps=[len(sequence.tokens) for sequence, _i in outputs],
+            temperatures_milli=[sequence.request.temperature_milli for sequence, _i in outputs],
+        )
 
     def _advance(self, sequence: _Sequence, token: int) -> Finished | None:
         """Record a sampled token; the request's result when it ended with it."""
@@ -574,7 +589,6 @@ class BatchedLlm:
     def _retire(self, sequence: _Sequence) -> None:
         part = sequence.part
         llama_cpp.llama_memory_seq_rm(part.memory, sequence.seq_id, -1, -1)
-        llama_cpp.llama_sampler_free(sequence.chain)
         del part.sequences[sequence.seq_id]
         del self._by_key[sequence.request.key]
         heapq.heappush(part.free, sequence.seq_id)
@@ -700,9 +714,23 @@ class BatchedLlm:
         return ends
 
 
-def _sample_rows(ctx: Any, rows: Sequence[tuple[Any, int]]) -> list[int]:
-    sample = llama_cpp.llama_sampler_sample
-    return [int(sample(chain, ctx, index)) for chain, index in rows]
+def _device_candidates(
+    ctx: Any, indices: Sequence[int]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
+    """The candidates top-k on the device kept for each output: logits and token ids."""
+    logits = np.empty((len(indices), TOP_K), dtype=np.float32)
+    ids = np.empty((len(indices), TOP_K), dtype=np.int32)
+    for row, index in enumerate(indices):
+        count = int(llama_cpp.llama_get_sampled_logits_count_ith(ctx, index))
+        if count != TOP_K:
+            raise DecodeFailed(f"the device kept {count} candidates, not {TOP_K}")
+        logits[row] = np.ctypeslib.as_array(
+            llama_cpp.llama_get_sampled_logits_ith(ctx, index), shape=(count,)
+        )
+        ids[row] = np.ctypeslib.as_array(
+            llama_cpp.llama_get_sampled_candidates_ith(ctx, index), shape=(count,)
+        )
+    return logits, ids
 
 
 class _BatchViews:
@@ -800,33 +828,12 @@ def _token_piece(vocab: Any, token: int) -> bytes:
         size = -length
 
 
-def _sampler_chain(request: GenerationRequest, n_vocab: int) -> Any:
-    params = llama_cpp.llama_sampler_chain_default_params()
-    params.no_perf = True
-    chain = llama_cpp.llama_sampler_chain_init(params)
-
-    def add(sampler: Any) -> None:
-        llama_cpp.llama_sampler_chain_add(chain, sampler)
-
-    add(llama_cpp.llama_sampler_init_penalties(n_vocab, _PENALTY_LAST_N, 1.0, 0.0, 0.0))
-    if request.temperature_milli == 0:
-        add(llama_cpp.llama_sampler_init_greedy())
-        return chain
-    add(llama_cpp.llama_sampler_init_top_k(_TOP_K))
-    add(llama_cpp.llama_sampler_init_typical(_TYPICAL_P, _MIN_KEEP))
-    add(llama_cpp.llama_sampler_init_top_p(_TOP_P, _MIN_KEEP))
-    add(llama_cpp.llama_sampler_init_min_p(_MIN_P, _MIN_KEEP))
-    add(llama_cpp.llama_sampler_init_temp(request.temperature_milli / 1000))
-    add(llama_cpp.llama_sampler_init_dist(request.seed))
-    return chain
-
-
 def _top_k_chain() -> Any:
     """A slot's device sampler: the 40 highest logits and their tokens, nothing drawn."""
     params = llama_cpp.llama_sampler_chain_default_params()
     params.no_perf = True
     chain = llama_cpp.llama_sampler_chain_init(params)
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(_TOP_K))
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(TOP_K))
     return chain
 
 

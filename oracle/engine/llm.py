@@ -35,10 +35,11 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from llama_cpp import Llama, StoppingCriteriaList
+from llama_cpp import Llama, LogitsProcessorList, StoppingCriteriaList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from oracle.engine.models import DEFAULT_LLMS, LlmRegistry, LlmSpec, lookup_llm
+from oracle.engine.sampling import choose_token
 from oracle.errors import OracleError, OutOfRange
 
 __all__ = [
@@ -67,7 +68,7 @@ _TYPICAL_P = 1.0
 _REPEAT_PENALTY = 1.0
 _LOAD_SEED = 1  # unused by generation (each call passes its own); 0 would mean "random"
 _CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
-_SEED_DOMAIN = b"oracle/llm-seed/v1"
+_SEED_DOMAIN = b"oracle/llm-seed/v2"
 
 FinishReason = Literal["stop", "length"]
 
@@ -141,25 +142,34 @@ class ModelHasNoChatTemplate(OracleError):
 # --- seeds ----------------------------------------------------------------------------
 
 
-def request_seed(request_id: int, node_address: str) -> int:
-    """The sampling seed a node uses for a request: fixed, yet different for each node.
+def request_seed(request_id: int, coordinator: str) -> int:
+    """The sampling seed of a request: the same for every node that answers it.
 
-    sha256("oracle/llm-seed/v1" || request_id as 32 bytes || the node's 20 address
-    bytes), the first 8 bytes reduced into 0..MAX_SEED. The address is read as hex with
-    or without 0x, in any case. Anyone can recompute a node's seed and replay its answer.
+    sha256("oracle/llm-seed/v2" || the coordinator's 20 address bytes || request_id as
+    32 bytes), the first 8 bytes reduced into 0..MAX_SEED. The address is read as hex
+    with or without 0x, in any case.
+
+    Every honest node draws the same random numbers, so nodes running the same model
+    give the same answer wherever their arithmetic agrees, and differ only from the first
+    token where their logits (another CPU, a GPU, another batch) tip a draw the other
+    way. With a seed of its own per node, honest answers are independent samples that
+    disagree in substance as often as the model does with itself (docs/consensus.md:
+    65 % of SmolLM2's yes/no verdicts at temperature 0.2), and no threshold tells that
+    apart from a wrong answer. The seed is public: anyone can replay an answer, which a
+    requester could do anyway by running the model.
     """
     if not 0 <= request_id < 2**256:
         raise InvalidGenerationRequest(field="request_id", value=request_id, allowed="a uint256")
-    digits = node_address.removeprefix("0x").removeprefix("0X")
+    digits = coordinator.removeprefix("0x").removeprefix("0X")
     try:
         address = bytes.fromhex(digits)
     except ValueError:
         address = b""
     if len(address) != 20:
         raise InvalidGenerationRequest(
-            field="node_address", value=node_address, allowed="a 20-byte hex address"
+            field="coordinator", value=coordinator, allowed="a 20-byte hex address"
         )
-    digest = hashlib.sha256(_SEED_DOMAIN + request_id.to_bytes(32, "big") + address).digest()
+    digest = hashlib.sha256(_SEED_DOMAIN + address + request_id.to_bytes(32, "big")).digest()
     return int.from_bytes(digest[:8], "big") % (MAX_SEED + 1)
 
 
@@ -294,6 +304,9 @@ class LlmRunner:
             "stream": False,
             "stop": stop_texts,
             "stopping_criteria": StoppingCriteriaList(stops),
+            "logits_processor": LogitsProcessorList(
+                [_CoupledChoice(seed, temperature_milli, prompt_tokens=len(prompt_tokens))]
+            ),
         }
         with self._lock:
             # Never reuse the previous request's KV cache (llama_cpp leaves reset untyped).
@@ -383,6 +396,30 @@ class LlmRunner:
                 context_tokens=self.context_tokens,
             )
         return count
+
+
+class _CoupledChoice:
+    """A logits processor that leaves llama.cpp's sampler one token: the one coupled
+    sampling (:mod:`oracle.engine.sampling`) chooses for this step. The sampler's own
+    chain then has a single candidate, whatever its draw."""
+
+    def __init__(self, seed: int, temperature_milli: int, *, prompt_tokens: int) -> None:
+        self._seed = seed
+        self._temperature_milli = temperature_milli
+        self._prompt_tokens = prompt_tokens
+
+    def __call__(
+        self, input_ids: npt.NDArray[np.intc], logits: npt.NDArray[np.single]
+    ) -> npt.NDArray[np.single]:
+        token = choose_token(
+            logits,
+            seed=self._seed,
+            step=len(input_ids) - self._prompt_tokens,
+            temperature_milli=self._temperature_milli,
+        )
+        only = np.full_like(logits, -np.inf)
+        only[token] = 0.0
+        return only
 
 
 class _Deadline:

@@ -82,7 +82,7 @@ def admit_request(step: Step, seats: Sequence[Seat]) -> Verdict:
     )
     if not isinstance(decision, Admit):
         return Move("skipped", decision.reason)
-    seed = request_seed(req.id, step.ctx.address)
+    seed = request_seed(req.id, step.ctx.coordinator)
     enqueue_job(
         step.session.connection(),
         kind="inference",

@@ -38,7 +38,7 @@ GEMMA = "gemma-3-270m-Q4_K_M"
 THREADS = 2
 POEM = "Write a short poem about the sea."
 STORY = "Tell me a long story about a dragon who learns to read."
-NODE = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+COORDINATOR = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
 
 @pytest.fixture(scope="module")
@@ -282,18 +282,18 @@ def test_operator_entries_replace_and_extend_the_defaults(tmp_path: Path) -> Non
 # --- seeds ----------------------------------------------------------------------------
 
 
-def test_request_seed_is_fixed_per_request_and_node() -> None:
-    seed = request_seed(7, NODE)
-    assert seed == request_seed(7, NODE.lower())
-    assert seed == request_seed(7, NODE.removeprefix("0x"))
+def test_request_seed_is_fixed_per_request_and_coordinator() -> None:
+    seed = request_seed(7, COORDINATOR)
+    assert seed == request_seed(7, COORDINATOR.lower())
+    assert seed == request_seed(7, COORDINATOR.removeprefix("0x"))
     assert 0 <= seed <= MAX_SEED
-    assert seed != request_seed(8, NODE)
+    assert seed != request_seed(8, COORDINATOR)
     assert seed != request_seed(7, "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC")
 
 
 @pytest.mark.parametrize(
     ("request_id", "address"),
-    [(-1, NODE), (2**256, NODE), (1, "0x1234"), (1, "not an address")],
+    [(-1, COORDINATOR), (2**256, COORDINATOR), (1, "0x1234"), (1, "not an address")],
 )
 def test_request_seed_refuses_bad_input(request_id: int, address: str) -> None:
     with pytest.raises(InvalidGenerationRequest):

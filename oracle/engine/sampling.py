@@ -1,0 +1,177 @@
+"""Coupled sampling: the token a request's seed picks, the same on every node.
+
+Every node answers a request with the request's seed (``oracle.engine.llm.request_seed``),
+so that honest nodes draw the same random numbers. llama.cpp's ``dist`` sampler turns
+one uniform number per step into a token by walking the candidates' cumulative
+probabilities in sorted order. Two nodes never compute quite the same logits (another
+CPU's kernels, a GPU, another batch), and where two candidates' logits nearly tie the
+nodes sort them differently: the same number then lands on another token, and the
+answers part for good. Measured on SmolLM2 answers to the consensus benchmark's prompts
+at temperature 0.2, the same seeds gave the same text on two machines' CPUs in 32 % of
+answers, on a CPU and a GPU in 22 % (docs/consensus.md).
+
+Here every candidate token gets its own Gumbel noise, a function of (seed, step, token
+id) alone, and the token chosen is ``argmax(logit / T + noise)``. The Gumbel-max rule
+samples exactly from ``softmax(logit / T)`` over the candidates kept, so the
+distribution a requester asks for is unchanged; but no order enters the choice, and
+two nodes whose logits differ by ε choose differently only when the best two scores lie
+within about ε / T of each other.
+
+The rules, fixed so that any implementation can match them bit for bit:
+
+1. Temperature 0: the highest logit; among equal logits the lowest token id.
+2. Candidates: the ``TOP_K`` highest logits (all, when fewer; where logits tie at
+   the cut, which of them is in is not fixed), sorted by logit descending, then token
+   id ascending.
+3. ``p = softmax(logits)`` over the candidates (temperature 1, float64). Top-p: keep
+   the shortest prefix whose cumulative p reaches ``TOP_P`` (at least one). Min-p: of
+   those, keep the ones with ``p >= MIN_P * p[0]``.
+4. For each kept token: ``u = ((h >> 11) + 0.5) / 2**53`` with
+   ``h = mix(mix(mix(seed ^ SEED_DOMAIN) + step) + token)`` (``mix`` is splitmix64's
+   finaliser, additions modulo 2**64; ``step`` counts the tokens generated before this
+   one, from 0), and the score ``logit / T - log(-log(u))``.
+5. The kept token with the highest score; on equal scores the earlier in the order of 2.
+
+These are the same filters (top-k 40, top-p 0.95, min-p 0.05, then temperature) that
+llama-cpp-python's completion sampler applies with the settings nodes pin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "MIN_P",
+    "SEED_DOMAIN",
+    "TOP_K",
+    "TOP_P",
+    "choose_among",
+    "choose_token",
+    "choose_tokens",
+    "top_candidates",
+    "uniforms",
+]
+
+TOP_K = 40
+TOP_P = 0.95
+MIN_P = 0.05
+SEED_DOMAIN = 0x6F7261636C652F31  # b"oracle/1"
+
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """splitmix64's finaliser, on arrays (numpy's uint64 arithmetic wraps modulo 2**64)."""
+    x = (x ^ (x >> np.uint64(30))) * _MIX_1
+    x = (x ^ (x >> np.uint64(27))) * _MIX_2
+    return x ^ (x >> np.uint64(31))
+
+
+def uniforms(
+    seeds: npt.ArrayLike, steps: npt.ArrayLike, tokens: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """The uniform number in (0, 1) of each (seed, step, token), broadcast together."""
+    seed = np.asarray(seeds, dtype=np.uint64)
+    step = np.asarray(steps, dtype=np.uint64)
+    token = np.asarray(tokens, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = _mix(_mix(_mix(seed ^ np.uint64(SEED_DOMAIN)) + step) + token)
+    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) / float(2**53)
+
+
+def top_candidates(
+    logits: npt.NDArray[np.floating], ids: npt.NDArray[np.integer] | None = None
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:
+    """Each row's ``TOP_K`` highest logits and their token ids (rule 2's candidates, not
+    yet sorted). ``ids``: the token id of each column; None for the whole vocabulary.
+    The heavy part of a step's sampling, and numpy's partition releases the GIL."""
+    rows = np.asarray(logits)
+    width = rows.shape[1]
+    tokens = (
+        np.broadcast_to(np.arange(width, dtype=np.int64), rows.shape)
+        if ids is None
+        else np.asarray(ids, dtype=np.int64)
+    )
+    if width <= TOP_K:
+        return rows, tokens
+    columns = np.argpartition(rows, width - TOP_K, axis=1)[:, width - TOP_K :]
+    return np.take_along_axis(rows, columns, axis=1), np.take_along_axis(tokens, columns, axis=1)
+
+
+def choose_among(
+    values: npt.NDArray[np.floating],
+    tokens: npt.NDArray[np.integer],
+    *,
+    seeds: Sequence[int],
+    steps: Sequence[int],
+    temperatures_milli: Sequence[int],
+) -> list[int]:
+    """Rules 1 and 3-5 over each row's candidates (``top_candidates``)."""
+    count = values.shape[0]
+    if count == 0:
+        return []
+    values = np.asarray(values, dtype=np.float64)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    # rule 2's order: logit descending, then token id ascending (a stable sort on ids first)
+    by_id = np.argsort(tokens, axis=1, kind="stable")
+    tokens = np.take_along_axis(tokens, by_id, axis=1)
+    values = np.take_along_axis(values, by_id, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    tokens = np.take_along_axis(tokens, order, axis=1)
+    values = np.take_along_axis(values, order, axis=1)
+    # rule 3: the filters, at temperature 1
+    shifted = np.exp(values - values[:, :1])
+    p = shifted / shifted.sum(axis=1, keepdims=True)
+    before = np.cumsum(p, axis=1) - p
+    keep = (before < TOP_P) & (p >= MIN_P * p[:, :1])
+    keep[:, 0] = True
+    # rules 4 and 5; rule 1 (temperature 0) is the first of the order
+    temperature = np.asarray(temperatures_milli, dtype=np.float64)[:, None] / 1000.0
+    greedy = temperature[:, 0] == 0.0
+    u = uniforms(np.asarray(seeds)[:, None], np.asarray(steps)[:, None], tokens)
+    scale = np.where(greedy[:, None], 1.0, temperature)
+    scores = np.where(keep, values / scale - np.log(-np.log(u)), -np.inf)
+    picked = np.where(greedy, 0, np.argmax(scores, axis=1))
+    return [int(t) for t in tokens[np.arange(count), picked]]
+
+
+def choose_tokens(
+    logits: npt.NDArray[np.floating],
+    *,
+    seeds: Sequence[int],
+    steps: Sequence[int],
+    temperatures_milli: Sequence[int],
+    ids: npt.NDArray[np.integer] | None = None,
+) -> list[int]:
+    """The token of each row of ``logits`` (one row a sequence).
+
+    ``ids``: the token id of each column, one row a sequence (candidates kept on the
+    device); None when the columns are the whole vocabulary.
+    """
+    values, tokens = top_candidates(logits, ids)
+    return choose_among(
+        values, tokens, seeds=seeds, steps=steps, temperatures_milli=temperatures_milli
+    )
+
+
+def choose_token(
+    logits: npt.NDArray[np.floating],
+    *,
+    seed: int,
+    step: int,
+    temperature_milli: int,
+    ids: npt.NDArray[np.integer] | None = None,
+) -> int:
+    """``choose_tokens`` for one sequence (``logits`` one row over the vocabulary, or
+    over the candidates ``ids``)."""
+    return choose_tokens(
+        np.asarray(logits)[None, :],
+        seeds=[seed],
+        steps=[step],
+        temperatures_milli=[temperature_milli],
+        ids=None if ids is None else np.asarray(ids)[None, :],
+    )[0]

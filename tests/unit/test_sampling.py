@@ -1,0 +1,145 @@
+"""Coupled sampling (oracle.engine.sampling): its rules, its distribution, its robustness."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from oracle.engine.sampling import (
+    MIN_P,
+    SEED_DOMAIN,
+    TOP_K,
+    choose_token,
+    choose_tokens,
+    uniforms,
+)
+
+MASK = 2**64 - 1
+
+
+def splitmix_finaliser(x: int) -> int:
+    """splitmix64's finaliser in plain Python integers: the spec, written out again."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK
+    return x ^ (x >> 31)
+
+
+def spec_uniform(seed: int, step: int, token: int) -> float:
+    h = splitmix_finaliser(seed ^ SEED_DOMAIN)
+    h = splitmix_finaliser((h + step) & MASK)
+    h = splitmix_finaliser((h + token) & MASK)
+    return ((h >> 11) + 0.5) / 2**53
+
+
+def test_the_uniforms_follow_the_written_rule_bit_for_bit() -> None:
+    cases = [(0, 0, 0), (1, 0, 5), (2**32 - 1, 31, 49_151), (123_456, 7, 3)]
+    got = uniforms([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases])
+    assert [float(u) for u in got] == [spec_uniform(*c) for c in cases]
+    assert all(0.0 < u < 1.0 for u in got)
+
+
+def test_temperature_zero_takes_the_highest_logit_and_the_lowest_id_on_a_tie() -> None:
+    logits = np.array([0.5, 2.0, 1.0, 2.0], dtype=np.float32)
+    for seed in range(20):
+        assert choose_token(logits, seed=seed, step=seed, temperature_milli=0) == 1
+
+
+def test_the_same_seed_and_step_give_the_same_token_and_steps_draw_anew() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=500).astype(np.float32)
+    first = [choose_token(logits, seed=9, step=s, temperature_milli=1500) for s in range(40)]
+    again = [choose_token(logits, seed=9, step=s, temperature_milli=1500) for s in range(40)]
+    assert first == again
+    assert len(set(first)) > 5  # the step is part of the draw
+
+
+def test_the_order_of_the_candidates_does_not_matter() -> None:
+    """What a node's kernels or a device's top-k return in another order changes nothing."""
+    rng = np.random.default_rng(2)
+    ids = rng.permutation(1000)[:TOP_K]
+    logits = rng.normal(size=TOP_K).astype(np.float32)
+    for seed in range(50):
+        shuffle = rng.permutation(TOP_K)
+        assert choose_token(logits, seed=seed, step=0, temperature_milli=700, ids=ids) == (
+            choose_token(
+                logits[shuffle], seed=seed, step=0, temperature_milli=700, ids=ids[shuffle]
+            )
+        )
+
+
+def test_device_candidates_choose_as_the_whole_vocabulary_does() -> None:
+    rng = np.random.default_rng(3)
+    vocab = rng.normal(size=2000).astype(np.float32)
+    top = np.argsort(-vocab)[:TOP_K]
+    for seed in range(50):
+        assert choose_token(vocab, seed=seed, step=3, temperature_milli=900) == choose_token(
+            vocab[top], seed=seed, step=3, temperature_milli=900, ids=top
+        )
+
+
+def test_rows_are_independent_of_the_batch_they_are_in() -> None:
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(6, 300)).astype(np.float32)
+    seeds, steps, temperatures = [1, 2, 3, 4, 5, 6], [0, 1, 2, 0, 1, 2], [0, 200, 700, 1000, 1, 5]
+    together = choose_tokens(rows, seeds=seeds, steps=steps, temperatures_milli=temperatures)
+    alone = [
+        choose_token(rows[i], seed=seeds[i], step=steps[i], temperature_milli=temperatures[i])
+        for i in range(6)
+    ]
+    assert together == alone
+
+
+def test_tokens_below_min_p_are_never_chosen() -> None:
+    # token 2's probability is below MIN_P of the best's at temperature 1
+    logits = np.array([3.0, 3.0 + math.log(0.5), 3.0 + math.log(MIN_P / 2), -50.0])
+    chosen = {choose_token(logits, seed=s, step=0, temperature_milli=2000) for s in range(3000)}
+    assert chosen == {0, 1}
+
+
+def test_the_draw_follows_softmax_at_the_temperature() -> None:
+    """Gumbel-max is exact: over many seeds, frequencies match softmax(logit / T)."""
+    logits = np.array([1.0, 0.8, 0.5, 0.2])
+    temperature = 0.7
+    draws = 20_000
+    counts = np.bincount(
+        choose_tokens(
+            np.tile(logits, (draws, 1)),
+            seeds=list(range(draws)),
+            steps=[5] * draws,
+            temperatures_milli=[700] * draws,
+        ),
+        minlength=4,
+    )
+    expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum()
+    # four standard deviations of a binomial share: fails only if the draw is biased
+    tolerance = 4 * np.sqrt(expected * (1 - expected) / draws)
+    assert np.all(np.abs(counts / draws - expected) <= tolerance), (counts / draws, expected)
+
+
+def inverse_cdf_pick(logits: np.ndarray, u: float, temperature: float) -> int:
+    """llama.cpp's dist sampler, in short: candidates sorted by logit, one uniform number
+    walked along the cumulative probabilities."""
+    order = np.argsort(-logits, kind="stable")
+    p = np.exp((logits[order] - logits[order][0]) / temperature)
+    p /= p.sum()
+    return int(order[min(np.searchsorted(np.cumsum(p), u), len(p) - 1)])
+
+
+@pytest.mark.parametrize("noise", [1e-4, 1e-3])
+def test_a_small_difference_in_logits_rarely_changes_the_token(noise: float) -> None:
+    """Two nodes' logits differ slightly (another CPU, a GPU). Where candidates nearly
+    tie, an order-based draw changes its token far more often than the coupled one."""
+    rng = np.random.default_rng(5)
+    trials, coupled_changed, ordered_changed = 2000, 0, 0
+    for seed in range(trials):
+        base = rng.normal(scale=0.05, size=8)  # eight candidates within a hair
+        other = base + rng.normal(scale=noise, size=8)
+        coupled_changed += choose_token(base, seed=seed, step=0, temperature_milli=700) != (
+            choose_token(other, seed=seed, step=0, temperature_milli=700)
+        )
+        u = float(rng.random())
+        ordered_changed += inverse_cdf_pick(base, u, 0.7) != inverse_cdf_pick(other, u, 0.7)
+    assert coupled_changed <= trials * 0.01
+    assert ordered_changed > 5 * max(coupled_changed, 1)
