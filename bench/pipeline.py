@@ -14,7 +14,8 @@ Tokens are the ``completion_tokens`` the node's inference jobs report.
 
 Baseline: after the network has stopped, ``Llama(model_path, n_threads=2, n_ctx=<the
 node's>)`` and ``create_chat_completion`` over the same prompts, with the seeds the node
-used and the sampling settings the node pins, one after another, after a warm-up call.
+used, the sampling settings the node pins and its coupled sampling (a logits
+processor), one after another, after a warm-up call.
 The texts must come out equal to the node's.
 
 Everything shares the machine's cores: anvil, Postgres, the node's own process and its
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from llama_cpp import LogitsProcessorList
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
@@ -65,6 +67,7 @@ from bench._common import (
     scratch_database,
     wait_until,
 )
+from oracle.engine.llm import CoupledChoice
 from oracle.engine.llm_options import DEFAULT_PARALLEL, ENGINES, LlmEngineOptions
 from oracle.engine.supervisor import WorkerSpec
 from oracle.store import make_engine
@@ -335,6 +338,9 @@ def run_plain_loop(
         response: Any = llm.create_chat_completion(
             messages=[{"role": "user", "content": inference.prompt}],
             seed=inference.seed,
+            logits_processor=LogitsProcessorList(
+                [CoupledChoice(inference.seed, TEMPERATURE_MILLI)]
+            ),
             **sampling,
         )
         tokens += int(response["usage"]["completion_tokens"])

@@ -44,6 +44,7 @@ from oracle.errors import OracleError, OutOfRange
 
 __all__ = [
     "MAX_SEED",
+    "CoupledChoice",
     "Generation",
     "GenerationPastDeadline",
     "InvalidGenerationRequest",
@@ -304,9 +305,7 @@ class LlmRunner:
             "stream": False,
             "stop": stop_texts,
             "stopping_criteria": StoppingCriteriaList(stops),
-            "logits_processor": LogitsProcessorList(
-                [_CoupledChoice(seed, temperature_milli, prompt_tokens=len(prompt_tokens))]
-            ),
+            "logits_processor": LogitsProcessorList([CoupledChoice(seed, temperature_milli)]),
         }
         with self._lock:
             # Never reuse the previous request's KV cache (llama_cpp leaves reset untyped).
@@ -398,19 +397,22 @@ class LlmRunner:
         return count
 
 
-class _CoupledChoice:
-    """A logits processor that leaves llama.cpp's sampler one token: the one coupled
-    sampling (:mod:`oracle.engine.sampling`) chooses for this step. The sampler's own
-    chain then has a single candidate, whatever its draw."""
+class CoupledChoice:
+    """A logits processor for llama-cpp-python that leaves its sampler one token: the
+    one coupled sampling (:mod:`oracle.engine.sampling`) chooses for this step, so the
+    sampler's own chain has a single candidate whatever its draw. One per generation:
+    its first call is step 0."""
 
-    def __init__(self, seed: int, temperature_milli: int, *, prompt_tokens: int) -> None:
+    def __init__(self, seed: int, temperature_milli: int) -> None:
         self._seed = seed
         self._temperature_milli = temperature_milli
-        self._prompt_tokens = prompt_tokens
+        self._prompt_tokens: int | None = None
 
     def __call__(
         self, input_ids: npt.NDArray[np.intc], logits: npt.NDArray[np.single]
     ) -> npt.NDArray[np.single]:
+        if self._prompt_tokens is None:
+            self._prompt_tokens = len(input_ids)
         token = choose_token(
             logits,
             seed=self._seed,
