@@ -8,14 +8,6 @@ nodes reveal, and recommends:
 - **secDistance**: the smallest (in steps of 50 bp) at which at least the target share
   of pairs of honest answers to the same prompt lie within it. Pairs cross models and
   seeds: a quorum may mix every accepted model.
-
-Honest nodes answer a request with its one seed and coupled sampling, so nodes on the
-same build give the same text, and nodes on other hardware part only where their logits
-tip a near tie (on SmolLM2's benchmark answers, 35-54 % of answers were the same text
-across machines; docs/consensus.md). One machine cannot show how far its answers would
-part on another, so the pairs here are of different seeds: each pair as far apart as
-two nodes that part at the first token. The recommendation is on the safe side; the
-benchmark's shared-seed curves show how much.
 - **secPercentage**: at that distance, the share of the answers that the worst prompt's
   largest cluster held, rounded down to 100 bp; never below a strict majority (5100),
   since a smaller share lets a minority decide, and flagged when honest answers do not
@@ -25,6 +17,14 @@ It shows what that threshold lets through: the share of pairs of answers to *dif
 example prompts that lie within it, and the closest such pair. Agreement is not truth:
 a plausible wrong answer to the same prompt can lie as close as an honest one
 (docs/consensus.md); this command cannot see that.
+
+Honest nodes answer a request with its one seed and coupled sampling, so nodes on the
+same build give the same text, and nodes on other hardware part only where their logits
+tip a near tie (on SmolLM2's benchmark answers, 35-54 % of answers were the same text
+across machines; docs/consensus.md). One machine cannot show how far its answers would
+part on another, so the pairs here are of different seeds: each pair as far apart as
+two nodes that part at the first token. The recommendation is on the safe side; the
+benchmark's shared-seed curves show how much.
 
 The calibration itself (``calibrate``) is pure; running the models is ``answer_prompts``.
 """

@@ -96,7 +96,7 @@ _ROWS_PER_TASK = 8
 """Sequences one sampling task takes over the whole vocabulary (160-220 us each on one
 core); fewer than two tasks' worth are sampled on the calling thread, since a pool
 round trip costs more."""
-_ROWS_PER_TASKTOP_K = 64
+_ROWS_PER_TASK_TOP_K = 64
 """The same over the 40 candidates of device top-k (a few microseconds each)."""
 
 
@@ -264,7 +264,7 @@ class BatchedLlm:
             else None
         )
         self._threads = threads
-        self._rows_per_task = _ROWS_PER_TASKTOP_K if device_top_k else _ROWS_PER_TASK
+        self._rows_per_task = _ROWS_PER_TASK_TOP_K if device_top_k else _ROWS_PER_TASK
         self._formatter = self._chat_formatter() if spec.prompt_style == "chat" else None
         self.load_seconds = time.perf_counter() - started
         logger.info(

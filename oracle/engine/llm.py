@@ -5,7 +5,9 @@ the seed is passed on every call (a seed given only to the constructor drifts fr
 to call), the context is reset before every request (reusing the KV cache of the last
 prompt changes Gemma's output even at temperature 0), and the sampling settings that a
 request does not carry are pinned here rather than left to the library's defaults,
-which differ between its completion and chat paths.
+which differ between its completion and chat paths. Tokens are chosen by coupled
+sampling (:mod:`oracle.engine.sampling`, through :class:`CoupledChoice`), the rule every
+node samples by, so that nodes with slightly different logits still choose alike.
 
 The text is returned exactly as the model produced it: nothing is stripped or
 normalised, because its keccak256 is what the node commits to. The only change is the
