@@ -91,15 +91,15 @@ def top_candidates(
     The heavy part of a step's sampling, and numpy's partition releases the GIL."""
     rows = np.asarray(logits)
     width = rows.shape[1]
-    tokens = (
-        np.broadcast_to(np.arange(width, dtype=np.int64), rows.shape)
-        if ids is None
-        else np.asarray(ids, dtype=np.int64)
-    )
     if width <= TOP_K:
-        return rows, tokens
+        if ids is None:
+            return rows, np.broadcast_to(np.arange(width, dtype=np.int64), rows.shape)
+        return rows, np.asarray(ids, dtype=np.int64)
     columns = np.argpartition(rows, width - TOP_K, axis=1)[:, width - TOP_K :]
-    return np.take_along_axis(rows, columns, axis=1), np.take_along_axis(tokens, columns, axis=1)
+    values = np.take_along_axis(rows, columns, axis=1)
+    if ids is None:  # a column is its token id
+        return values, columns.astype(np.int64, copy=False)
+    return values, np.take_along_axis(np.asarray(ids, dtype=np.int64), columns, axis=1)
 
 
 def choose_among(
