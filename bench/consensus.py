@@ -887,30 +887,22 @@ def summarise(d: Distances, bp: int) -> Summary:
     )
 
 
-def best_point(d: Distances) -> tuple[int, Summary]:
-    """The secDistance (0.005 steps) with the highest honest_short_min whose other-prompt
-    acceptance stays within the goal; the lowest such distance on a tie."""
+def best_point(d: Distances, *, shared: bool = False) -> tuple[int, Summary]:
+    """The secDistance (0.005 steps) with the highest honest_short_min (``shared``: the
+    highest shared_short_min, then shared_short_min_hot) whose other-prompt acceptance
+    stays within the goal; the lowest such distance on a tie."""
+
+    def rank(summary: Summary) -> tuple[float, ...]:
+        if shared:
+            return (summary.shared_short_min, summary.shared_short_min_hot)
+        return (summary.honest_short_min,)
+
     best: tuple[int, Summary] | None = None
     for bp in FINE_BP:
         summary = summarise(d, bp)
         if summary.other_prompt_max > OTHER_PROMPT_GOAL:
             break
-        if best is None or summary.honest_short_min > best[1].honest_short_min:
-            best = (bp, summary)
-    return best or (FINE_BP[0], summarise(d, FINE_BP[0]))
-
-
-def best_shared_point(d: Distances) -> tuple[int, Summary]:
-    """``best_point`` for honest pairs under the shared seed: the secDistance (0.005
-    steps) with the highest ``shared_short_min`` (then ``shared_short_min_hot``) whose
-    other-prompt acceptance stays within the goal; the lowest such distance on a tie."""
-    best: tuple[int, Summary] | None = None
-    for bp in FINE_BP:
-        summary = summarise(d, bp)
-        if summary.other_prompt_max > OTHER_PROMPT_GOAL:
-            break
-        rank = (summary.shared_short_min, summary.shared_short_min_hot)
-        if best is None or rank > (best[1].shared_short_min, best[1].shared_short_min_hot):
+        if best is None or rank(summary) > rank(best[1]):
             best = (bp, summary)
     return best or (FINE_BP[0], summarise(d, FINE_BP[0]))
 
@@ -1086,38 +1078,31 @@ def print_variants(results: dict[str, Distances]) -> None:
         f"\n## Signals compared (short = factual, yes/no, classification, extraction; "
         f"other-prompt goal <= {OTHER_PROMPT_GOAL:.0%})"
     )
+    shared = any(d.shared for d in results.values())
     print(
         f"| signal | at {at:.2f}: honest short min 0.2 / 0.7 | other max | wrong max "
         "| best secDistance | there: honest short min 0.2 / 0.7 | other max | wrong max |"
+        + (" shared seed: at the default; best secDistance, there |" if shared else "")
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---" * (9 if shared else 8) + "|")
     for name, d in results.items():
         now = summarise(d, DEFAULT_SEC_DISTANCE_BP)
         bp, best = best_point(d)
-        print(
+        row = (
             f"| {VARIANTS[name].name} | {_pct(now.honest_short_min)} / "
             f"{_pct(now.honest_short_min_hot)} | {_pct(now.other_prompt_max)} | "
             f"{_pct(now.wrong_max)} | {bp / BASIS_POINTS:.3f} | {_pct(best.honest_short_min)} / "
             f"{_pct(best.honest_short_min_hot)} | {_pct(best.other_prompt_max)} | "
             f"{_pct(best.wrong_max)} |"
         )
-    if any(d.shared for d in results.values()):
-        print(
-            "\nUnder the shared seed (honest pairs: one seed on two engines): honest short min "
-            f"0.2 / 0.7 and other max at {at:.2f}, and at the best secDistance"
-        )
-        print("| signal | at default | best secDistance | there |")
-        print("|---|---|---|---|")
-        for name, d in results.items():
-            now = summarise(d, DEFAULT_SEC_DISTANCE_BP)
-            bp, best = best_shared_point(d)
-            print(
-                f"| {VARIANTS[name].name} | {_pct(now.shared_short_min)} / "
-                f"{_pct(now.shared_short_min_hot)}, o {_pct(now.other_prompt_max)} "
-                f"| {bp / BASIS_POINTS:.3f} | {_pct(best.shared_short_min)} / "
-                f"{_pct(best.shared_short_min_hot)}, o {_pct(best.other_prompt_max)}, "
-                f"w {_pct(best.wrong_max)} |"
+        if shared:  # honest pairs: one seed on two engines
+            bp, best = best_point(d, shared=True)
+            row += (
+                f" {_pct(now.shared_short_min)} / {_pct(now.shared_short_min_hot)}; "
+                f"{bp / BASIS_POINTS:.3f}, {_pct(best.shared_short_min)} / "
+                f"{_pct(best.shared_short_min_hot)}, o {_pct(best.other_prompt_max)} |"
             )
+        print(row)
     print(
         "\nOver secDistance: honest short min at 0.2 / 0.7, other-prompt max (o), "
         "wrong-answer max (w)"
@@ -1417,7 +1402,7 @@ def report(results: dict[str, Distances], engines: Sequence[str], *, gas: bool) 
     print(f"\n## Today's signal: {MINILM} sign bits of the answer, as nodes reveal them")
     if today.shared:
         print_shared(today, MODELS, engines, DEFAULT_SEC_DISTANCE_BP)
-        bp, best = best_shared_point(today)
+        bp, best = best_point(today, shared=True)
         print(
             f"\nshared seed, best secDistance {bp / BASIS_POINTS:.3f}: "
             f"honest short min {best.shared_short_min:.3f} / {best.shared_short_min_hot:.3f}, "
