@@ -103,8 +103,6 @@ PACKAGES = ("llama-cpp-python", "sentence-transformers", "torch", "transformers"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PROMPTS_FILE = DATA_DIR / "consensus_prompts.jsonl"
 ANSWERS_FILE = DATA_DIR / "consensus_answers.jsonl"
-REFERENCE_ENGINE = "cpu-sequential"
-"""The engine of ``ANSWERS_FILE``: ``LlmRunner`` on the project's 2-core machine."""
 
 
 def engine_file(label: str) -> Path:
@@ -589,6 +587,9 @@ class Distances:
     (``ENGINE_FILES``): what honest pairs are under the protocol's shared seed."""
     shared_identical: dict[Group, list[bool]] = field(default_factory=dict)
     """Of those pairs, the ones whose texts are the same bytes."""
+    shared_requests: dict[Group, list[npt.NDArray[np.float64]]] = field(default_factory=dict)
+    """One request answered by one node on each engine (an answer set and one seed): the
+    engines' normalised distances, a matrix."""
 
 
 def sign_bits(
@@ -723,7 +724,13 @@ def _shared_pairs(
     offset: npt.NDArray[np.float32] | None,
 ) -> None:
     """The pairs of one answer set's runs on two engines, seed by seed."""
+    if len(runs) < 2:
+        return
     bits = [sign_bits(encoders.matrix(signal.model, list(run)), offset) for run in runs]
+    stacked = np.stack(bits, axis=1)  # seed, engine, bit
+    for request in stacked:
+        matrix = hamming_matrix(request, request) / request.shape[1]
+        out.shared_requests.setdefault(group, []).append(matrix)
     for a, b in itertools.combinations(range(len(runs)), 2):
         apart = (bits[a] != bits[b]).sum(axis=1) / bits[a].shape[1]
         out.shared.setdefault(group, []).extend(apart.tolist())
@@ -907,6 +914,16 @@ def best_point(d: Distances, *, shared: bool = False) -> tuple[int, Summary]:
     return best or (FINE_BP[0], summarise(d, FINE_BP[0]))
 
 
+def shared_consensus(d: Distances, group: Group, bp: int, need: int) -> float:
+    """The share of the group's requests, each answered by one node on every engine,
+    where at least ``need`` of the answers sit in one cluster at ``bp``."""
+    requests = d.shared_requests.get(group, [])
+    if not requests:
+        return float("nan")
+    reached = [int((m * BASIS_POINTS <= bp + 1e-9).sum(axis=1).max()) >= need for m in requests]
+    return float(np.mean(reached))
+
+
 def print_shared(d: Distances, models: Sequence[str], engines: Sequence[str], bp: int) -> None:
     """Honest pairs as the protocol makes them: one request's seed on two engines."""
     names = {SMOLLM: "SmolLM2", GEMMA: "Gemma"}
@@ -916,11 +933,13 @@ def print_shared(d: Distances, models: Sequence[str], engines: Sequence[str], bp
         "answer set and seed on two engines that are the same text, and that agree; pairs of "
         "independent seeds (one per node) that agree, for comparison"
     )
+    nodes = max((len(m) for ms in d.shared_requests.values() for m in ms), default=0)
     print(
         "| task | model | pairs | same text 0.2 / 0.7 | agree 0.2 / 0.7 "
-        "| independent seeds agree 0.2 / 0.7 |"
+        f"| independent seeds agree 0.2 / 0.7 | {nodes} nodes, one per engine: "
+        f"{nodes - 1} agree 0.2 / 0.7 | all {nodes} 0.2 / 0.7 |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for task in TASKS:
         for model in models:
             cold, hot = Group(task, model, 200), Group(task, model, 700)
@@ -934,7 +953,11 @@ def print_shared(d: Distances, models: Sequence[str], engines: Sequence[str], bp
                 f"| {_pct(within(d.shared.get(cold, []), bp))} / "
                 f"{_pct(within(d.shared.get(hot, []), bp))} "
                 f"| {_pct(within(d.honest.get(cold, []), bp))} / "
-                f"{_pct(within(d.honest.get(hot, []), bp))} |"
+                f"{_pct(within(d.honest.get(hot, []), bp))} "
+                f"| {_pct(shared_consensus(d, cold, bp, nodes - 1))} / "
+                f"{_pct(shared_consensus(d, hot, bp, nodes - 1))} "
+                f"| {_pct(shared_consensus(d, cold, bp, nodes))} / "
+                f"{_pct(shared_consensus(d, hot, bp, nodes))} |"
             )
     print(
         "\nOver secDistance, per task type: honest agreement under the shared seed at 0.2 / "
@@ -1394,7 +1417,7 @@ def main() -> None:
         results[name] = measure(VARIANTS[name], prompts, answers, encoders, engines)
         print(f"measured {name}: {time.perf_counter() - started:.1f} s", flush=True)
     encoders.save()
-    report(results, [REFERENCE_ENGINE, *engines], gas=args.gas)
+    report(results, list(engines), gas=args.gas)
 
 
 def report(results: dict[str, Distances], engines: Sequence[str], *, gas: bool) -> None:
