@@ -9,6 +9,7 @@ from eth_typing import ChecksumAddress
 from web3 import Web3
 
 from oracle.chain.artifacts import load_artifact
+from oracle.consensus.signal import SIGNALS
 
 DEFAULT_REVEAL_WINDOW_S = 30
 DEFAULT_DISPUTE_WINDOW_S = 10
@@ -41,11 +42,19 @@ def deploy_all(
     unbonding_period_s: int | None = None,
 ) -> Deployment:
     """The coordinator and the example consumer; ``expiry_grace_s`` and
-    ``unbonding_period_s`` replace the contract's defaults (1 hour, 1 day) when given."""
+    ``unbonding_period_s`` replace the contract's defaults (1 hour, 1 day) when given.
+    Every signal nodes know (``oracle.consensus.signal.SIGNALS``) is registered as an
+    embedding model besides the contract's own all-MiniLM-L6-v2, so that requests can
+    name it."""
     coordinator = deploy_contract(
         w3, "InferenceCoordinator", reveal_window_s, dispute_window_s, sender=sender
     )
     contract = w3.eth.contract(address=coordinator, abi=load_artifact("InferenceCoordinator").abi)
+    for signal in SIGNALS.values():
+        if signal.name != signal.model:
+            _transact(
+                w3, contract.functions.setEmbeddingModel(signal.name, signal.dimensions), sender
+            )
     if expiry_grace_s is not None:
         _transact(w3, contract.functions.setExpiryGrace(expiry_grace_s), sender)
     if unbonding_period_s is not None:

@@ -42,6 +42,7 @@ __all__ = [
     "EmbeddingSignal",
     "build_centre",
     "centre_bytes",
+    "embedding_job",
     "embedding_text",
     "load_centre",
     "normalise_answer",
@@ -222,8 +223,20 @@ SIGNALS: Mapping[str, EmbeddingSignal] = {
         ),
     )
 }
-"""The signals a node knows; the centred one is proposed (docs/consensus.md), not yet
-registered on chain."""
+"""The signals a node knows. A request names one as its embedding model; the centred one
+must be registered on the coordinator (``setEmbeddingModel``, 384 bits) before requests
+can use it; development deployments register it (``oracle.chain.deploy``)."""
+
+
+def embedding_job(name: str, prompt: str) -> tuple[str, dict[str, str]]:
+    """Where a request's embedding runs, and what its job carries besides the text: the
+    model whose worker computes it, and for a registered signal other than a model's raw
+    sign bits, the signal's name and the request's prompt (for its echo). A name that is
+    no signal is a model of its own, with nothing added."""
+    signal = SIGNALS.get(name)
+    if signal is None or signal.name == signal.model:
+        return name, {}
+    return signal.model, {"signal": signal.name, "prompt": prompt}
 
 
 def load_centre(signal: EmbeddingSignal) -> Centre | None:

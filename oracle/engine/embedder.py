@@ -24,6 +24,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import batch_to_device
 
 from oracle.consensus import pack_sign_bits
+from oracle.consensus.signal import Centre, signal_bits
 from oracle.engine.embedding_models import lookup_embedding_model, resolve_embedding_model
 from oracle.errors import InvalidEmbedding
 
@@ -127,8 +128,10 @@ class Embedder:
             verbose=False,  # a text over the window is what we are measuring, not a mistake
         )
 
-    def embed(self, texts: Sequence[str]) -> list[bytes]:
-        """The packed sign bits of each text, in order, from one encode call.
+    def embed(self, texts: Sequence[str], centre: Centre | None = None) -> list[bytes]:
+        """The packed sign bits of each text, in order, from one encode call: bit i = 1
+        when component i > 0, or > the centre's component i when a registered signal's
+        ``centre`` is given (``oracle.consensus.signal.signal_bits``).
 
         Texts longer than the model's window (256 word pieces for all-MiniLM-L6-v2) are
         truncated by the model, the same way on every node.
@@ -148,6 +151,8 @@ class Embedder:
         else:
             vectors = self._encode_on_device(list(texts))
         matrix = np.asarray(vectors, dtype=np.float32)
+        if centre is not None:
+            return [signal_bits(row, centre) for row in matrix]  # raises on a bad row
         if matrix.ndim != 2 or matrix.shape[1] != self._dim_bits or not np.isfinite(matrix).all():
             return [pack_sign_bits(row) for row in matrix]  # raises, saying what is wrong
         # pack_sign_bits of each row, in one call (a call per row held a GPU worker's lanes)

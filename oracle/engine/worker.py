@@ -49,9 +49,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from oracle.consensus.signal import SIGNALS, Centre, EmbeddingSignal, load_centre
 from oracle.domain.retry import backoff_s
 from oracle.engine.llm_options import DEFAULT_LLM_ENGINE, LlmEngineOptions
-from oracle.errors import OracleError
+from oracle.errors import OracleError, UnknownEmbeddingModel
 from oracle.store import make_engine
 from oracle.store.models import JobKind
 from oracle.store.notify import NotificationWaiter
@@ -241,14 +242,31 @@ class EmbeddingJobRunner:
         # torch initialises lazily: pay for it before announcing readiness, not on a deadline
         self._embedder.embed(["warm-up"])
         self._counters: dict[str, ModelTokens | None] = {}
+        self._centres: dict[str, Centre | None] = {}
 
     def run(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
         started = time.perf_counter()
         texts = [self._fitted(job) for job in jobs]
-        bits = self._embedder.embed(texts)
+        bits: list[bytes | OracleError] = [b""] * len(texts)
+        for name, indices in _by_signal(jobs).items():
+            try:
+                signal_, centre = self._signal(name)
+            except OracleError as exc:  # not a signal of this model: those jobs fail alone
+                for i in indices:
+                    bits[i] = exc
+                continue
+            read = [
+                texts[i] if signal_ is None else signal_.text(_prompt_of(jobs[i]), texts[i])
+                for i in indices
+            ]
+            for i, packed in zip(indices, self._embedder.embed(read, centre), strict=True):
+                bits[i] = packed
         elapsed = round(time.perf_counter() - started, 4)
         results: list[Mapping[str, Any] | OracleError] = []
         for job, text, b in zip(jobs, texts, bits, strict=True):
+            if isinstance(b, OracleError):
+                results.append(b)
+                continue
             result: dict[str, Any] = {
                 "bits": b.hex(),
                 "model": self._embedder.model,
@@ -261,6 +279,18 @@ class EmbeddingJobRunner:
                 result.update(self._counts(job, text))
             results.append(result)
         return results
+
+    def _signal(self, name: str | None) -> tuple[EmbeddingSignal | None, Centre | None]:
+        """The registered signal a job asks for (None: this model's raw sign bits) and
+        its centre, loaded once and checked against its registered sha256."""
+        if name is None or name == self._embedder.model:
+            return None, None
+        signal_ = SIGNALS.get(name)
+        if signal_ is None or signal_.model != self._embedder.model:
+            raise UnknownEmbeddingModel(model=name, known=tuple(SIGNALS))
+        if name not in self._centres:
+            self._centres[name] = load_centre(signal_)
+        return signal_, self._centres[name]
 
     def _fitted(self, job: ClaimedJob) -> str:
         text = _text_of(job)
@@ -296,6 +326,20 @@ class EmbeddingJobRunner:
                 )
                 self._counters[model] = None
         return self._counters[model]
+
+
+def _by_signal(jobs: Sequence[ClaimedJob]) -> dict[str | None, list[int]]:
+    """The jobs' indices by the signal their payload names (None: the raw sign bits)."""
+    groups: dict[str | None, list[int]] = {}
+    for i, job in enumerate(jobs):
+        name = job.payload.get("signal")
+        groups.setdefault(name if isinstance(name, str) else None, []).append(i)
+    return groups
+
+
+def _prompt_of(job: ClaimedJob) -> str:
+    prompt = job.payload.get("prompt", "")
+    return prompt if isinstance(prompt, str) else ""
 
 
 def _text_of(job: ClaimedJob) -> str:

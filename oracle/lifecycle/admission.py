@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from oracle.consensus.signal import embedding_job
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.store.queue_stats import ModelLoad
 
@@ -105,7 +106,7 @@ def admit(
     faster model, when both are free), then the lighter queue, then the requester's order.
     """
     max_tokens = offer.max_tokens
-    if embedding_model not in ctx.embedding_models:
+    if embedding_job(embedding_model, "")[0] not in ctx.embedding_models:
         return _decline(f"embedding model {embedding_model!r} is not served here")
     served = [(i, ctx.models[m]) for i, m in enumerate(accepted_models) if m in ctx.models]
     if not served:

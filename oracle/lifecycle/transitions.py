@@ -28,6 +28,7 @@ from oracle.consensus import (
     length_fault,
     verify_embedding,
 )
+from oracle.consensus.signal import embedding_job
 from oracle.engine.llm import request_seed
 from oracle.lifecycle.admission import Admit, Offer, admit, inference_deadline
 from oracle.lifecycle.turn import DeadlineQuestion, Move, Step, Verdict, Wait
@@ -126,11 +127,12 @@ def embed_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
         return Move("skipped", f"inference {inference.status}: {inference.last_error}")
     if inference.status != "done" or inference.result is None:
         return _until_job_ends(inference)
+    model, signal = embedding_job(step.request.embedding_model, step.request.prompt)
     enqueue_job(
         step.session.connection(),
         kind="embedding",
         request_id=step.request.id,
-        model=step.request.embedding_model,
+        model=model,
         priority=PRIORITY_EMBEDDING,
         deadline=step.request.commit_deadline,
         # cut to what the embedder reads whole and to maxTokens of our model, so that no
@@ -138,6 +140,7 @@ def embed_answer(step: Step, seats: Sequence[Seat]) -> Verdict:
         payload={
             "text": _answer_text(step, inference.result),
             "fit": {"max_tokens": step.request.max_tokens, "model": str(inference.model)},
+            **signal,
         },
     )
     return NEWS
@@ -322,11 +325,12 @@ def _queue_verification(step: Step, seat: Seat) -> None:
     named = None
     if seat.model_index is not None and seat.model_index < len(req.accepted_models):
         named = req.accepted_models[seat.model_index]
+    model, signal = embedding_job(req.embedding_model, req.prompt)
     enqueue_job(
         step.session.connection(),
         kind="verification",
         request_id=req.id,
-        model=req.embedding_model,
+        model=model,
         priority=PRIORITY_VERIFICATION,
         deadline=req.reveal_deadline + timedelta(seconds=req.dispute_window_s),
         payload={
@@ -334,6 +338,7 @@ def _queue_verification(step: Step, seat: Seat) -> None:
             "seat": seat.seat_no,
             "oracle": seat.oracle,
             "count_model": named if named in step.ctx.models else None,
+            **signal,
         },
     )
 

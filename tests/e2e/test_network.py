@@ -50,6 +50,26 @@ def test_three_honest_nodes_agree_and_are_paid(network: Network) -> None:
         assert network.net_received(node.address, start) == earned
 
 
+def test_a_request_naming_a_registered_signal_is_embedded_with_it(network: Network) -> None:
+    """The centred signal (oracle.consensus.signal) on a development deployment: the
+    nodes embed the answer as it reads it (prompt echo stripped, normalised, bits
+    against its centre), agree and deliver the answer as the model wrote it."""
+    from oracle.consensus.signal import SIGNALS, load_centre
+    from oracle.engine.embedder import Embedder
+
+    signal = SIGNALS["all-MiniLM-L6-v2/echo-norm-centred-1"]
+    network.start(3)
+    network.local.wait_for_registration()
+    result = network.ask(PROMPT, quorum=3, fee_wei=3 * 10**15, embedding_model=signal.name)
+    assert result.finalized, result.phases
+    reveals = network.events("Revealed", result.request_id)
+    assert {r["args"]["output"] for r in reveals} == {result.output}
+    embedder = Embedder(signal.model)
+    centred = embedder.embed([signal.text(PROMPT, result.output)], load_centre(signal))[0]
+    assert {bytes(r["args"]["embeddingBits"]) for r in reveals} == {centred}
+    assert centred != embedder.embed([result.output])[0]  # not the raw sign bits
+
+
 def test_an_unrelated_answer_falls_outside_the_cluster(network: Network) -> None:
     network.start(3)
     network.start(1, "--test-fault", "unrelated-answer")

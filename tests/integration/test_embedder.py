@@ -182,3 +182,64 @@ def test_the_worker_cuts_its_own_answer_and_counts_the_others(embedder: Embedder
     assert other["embedder_window"] == 256
     assert other["model_tokens"] == smol_tokens.count(long_answer) > 256
     assert isinstance(unknown, dict) and unknown["model_tokens"] is None
+
+
+CENTRED = "all-MiniLM-L6-v2/echo-norm-centred-1"
+
+
+def test_a_centre_gives_signal_bits_of_each_vector(embedder: Embedder) -> None:
+    from oracle.consensus.signal import SIGNALS, load_centre, signal_bits
+
+    centre = load_centre(SIGNALS[CENTRED])
+    assert centre is not None
+    vectors = embedder._encoder.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+    centred = embedder.embed(TEXTS, centre)
+    assert centred == [signal_bits(v, centre) for v in vectors]
+    assert centred != embedder.embed(TEXTS)  # the centre moves bits
+
+
+def test_the_worker_embeds_a_job_with_the_signal_it_names(embedder: Embedder) -> None:
+    """A job for a registered signal is embedded as that signal reads it (the prompt's
+    echo stripped, normalised, bits against its centre); the answer it reports is the
+    answer as delivered; a signal of another model fails its job alone."""
+    from datetime import UTC, datetime
+
+    from oracle.consensus.signal import SIGNALS, load_centre
+    from oracle.engine.worker import EmbeddingJobRunner
+    from oracle.errors import UnknownEmbeddingModel
+    from oracle.store.queue import ClaimedJob
+
+    prompt = "What is the capital of France?"
+    answer = "What is the capital of France? The capital of France is PARIS.  "
+
+    def job(job_id: int, payload: dict[str, object]) -> ClaimedJob:
+        return ClaimedJob(
+            id=job_id,
+            kind="embedding",
+            request_id=1,
+            model="all-MiniLM-L6-v2",
+            priority=1,
+            deadline=datetime.now(UTC),
+            payload=payload,
+            attempts=0,
+            max_attempts=1,
+        )
+
+    smol = "SmolLM2-135M-Instruct-Q4_1"
+    runner = EmbeddingJobRunner("all-MiniLM-L6-v2", "cpu", 1)
+    fit = {"max_tokens": 64, "model": smol}
+    raw, centred, other = runner.run(
+        [
+            job(1, {"text": answer, "fit": fit}),
+            job(2, {"text": answer, "fit": fit, "signal": CENTRED, "prompt": prompt}),
+            job(3, {"text": answer, "signal": "all-mpnet-base-v2/none", "prompt": prompt}),
+        ]
+    )
+    signal = SIGNALS[CENTRED]
+    assert isinstance(raw, dict) and isinstance(centred, dict)
+    assert raw["bits"] == embedder.embed([answer])[0].hex()
+    read = signal.text(prompt, answer)
+    assert read == "the capital of france is paris"
+    assert centred["bits"] == embedder.embed([read], load_centre(signal))[0].hex()
+    assert centred["text"] == answer  # delivered as the model wrote it
+    assert isinstance(other, UnknownEmbeddingModel)

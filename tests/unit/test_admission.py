@@ -128,6 +128,19 @@ def test_refusals_say_why() -> None:
     assert wrong_embedder == Refuse(reason="declined: embedding model 'nomic' is not served here")
 
 
+def test_a_signal_of_a_served_embedding_model_is_served() -> None:
+    decision = admit(
+        accepted_models=(FAST,),
+        embedding_model="all-MiniLM-L6-v2/echo-norm-centred-1",
+        offer=Offer(fee_wei=10**15, quorum=1, max_tokens=8),
+        commit_deadline=NOW + timedelta(seconds=60),
+        now=NOW,
+        ctx=CTX,
+        loads={},
+    )
+    assert isinstance(decision, Admit)
+
+
 # --- economics: the operator's price per output token --------------------------------
 
 SMOL = "SmolLM2-135M-Instruct-Q4_1"

@@ -210,3 +210,15 @@ def test_a_signal_without_a_centre_loads_none_and_a_missing_file_is_refused() ->
     )
     with pytest.raises(CentreMismatch, match="not in the package"):
         load_centre(missing)
+
+
+def test_a_request_s_embedding_runs_on_its_signal_s_model_with_the_prompt() -> None:
+    from oracle.consensus.signal import embedding_job
+
+    centred = "all-MiniLM-L6-v2/echo-norm-centred-1"
+    assert embedding_job(centred, "Capital of France?") == (
+        "all-MiniLM-L6-v2",
+        {"signal": centred, "prompt": "Capital of France?"},
+    )
+    assert embedding_job("all-MiniLM-L6-v2", "Capital of France?") == ("all-MiniLM-L6-v2", {})
+    assert embedding_job("some-other-model", "x") == ("some-other-model", {})
