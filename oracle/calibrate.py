@@ -227,7 +227,10 @@ def answer_prompts(
     embedding_model: str,
     threads: int,
 ) -> list[CalibrationAnswer]:
-    """Every prompt answered by every model once per seed, embedded as nodes embed it."""
+    """Every prompt answered by every model once per seed, embedded as nodes embed it
+    (``embedding_model`` may name a registered signal: its model reads each answer as
+    the signal does, bits against its centre)."""
+    from oracle.consensus.signal import SIGNALS, load_centre
     from oracle.engine.embedder import Embedder
     from oracle.engine.llm import LlmRunner
 
@@ -244,8 +247,14 @@ def answer_prompts(
                     )
                     answered.append((prompt, model, seed, generation.text))
         logger.info("answered", extra={"model": model, "prompts": len(prompts)})
-    embedder = Embedder(embedding_model, threads=threads)
-    bits = embedder.embed([text for _p, _m, _s, text in answered])
+    signal = SIGNALS.get(embedding_model)
+    if signal is None or signal.name == signal.model:
+        embedder = Embedder(embedding_model, threads=threads)
+        bits = embedder.embed([text for _p, _m, _s, text in answered])
+    else:
+        embedder = Embedder(signal.model, threads=threads)
+        read = [signal.text(prompt, text) for prompt, _m, _s, text in answered]
+        bits = embedder.embed(read, load_centre(signal))
     return [
         CalibrationAnswer(prompt=p, model=m, seed=s, text=t, bits=b)
         for (p, m, s, t), b in zip(answered, bits, strict=True)

@@ -61,3 +61,24 @@ def test_calibrate_prints_the_recommendation() -> None:
     assert "recommended secDistance" in result.output
     assert "lets through:" in result.output
     assert "<- recommended" in result.output
+
+
+def test_calibrate_embeds_as_a_registered_signal_reads_the_answers() -> None:
+    from oracle.calibrate import answer_prompts
+    from oracle.consensus.signal import SIGNALS, load_centre
+    from oracle.engine.embedder import Embedder
+
+    signal = SIGNALS["all-MiniLM-L6-v2/echo-norm-centred-1"]
+    answers = answer_prompts(
+        [PROMPTS[0]],
+        models=["SmolLM2-135M-Instruct-Q4_1"],
+        temperature_milli=200,
+        max_tokens=12,
+        seeds=[1, 2],
+        embedding_model=signal.name,
+        threads=1,
+    )
+    embedder = Embedder(signal.model)
+    centre = load_centre(signal)
+    for answer in answers:
+        assert answer.bits == embedder.embed([signal.text(answer.prompt, answer.text)], centre)[0]
