@@ -6,9 +6,10 @@ one uniform number per step into a token by walking the candidates' cumulative
 probabilities in sorted order. Two nodes never compute quite the same logits (another
 CPU's kernels, a GPU, another batch), and where two candidates' logits nearly tie the
 nodes sort them differently: the same number then lands on another token, and the
-answers part for good. Measured on SmolLM2 answers to the consensus benchmark's prompts
-at temperature 0.2, the same seeds gave the same text on two machines' CPUs in 32 % of
-answers, on a CPU and a GPU in 22 % (docs/consensus.md).
+answers part for good. Measured on SmolLM2's answers to the consensus benchmark's
+prompts (temperatures 0.2 and 0.7), the same seeds gave the same text on two machines'
+CPUs in 32 % of answers, on a CPU and a GPU in 20-22 %; with the rule below, 54 % and
+35 % (docs/consensus.md).
 
 Here every candidate token gets its own Gumbel noise, a function of (seed, step, token
 id) alone, and the token chosen is ``argmax(logit / T + noise)``. The Gumbel-max rule
