@@ -427,7 +427,7 @@ TODAY = Signal(name="today: the answer, raw sign bits")
 PROPOSED = "echo+norm+centred"
 """The variant docs/consensus.md recommends: ``SIGNALS[PROPOSED_SIGNAL]`` measured on
 every prompt, each half centred on the other."""
-PROPOSED_SIGNAL = "all-MiniLM-L6-v2/echo-norm-centred-1"
+PROPOSED_SIGNAL = "all-MiniLM-L6-v2/echo-norm-centred-d7b956d1"
 VARIANTS = {
     "today": TODAY,
     "normalised": Signal(name="answer normalised", normalised=True),

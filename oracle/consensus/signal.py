@@ -213,7 +213,7 @@ SIGNALS: Mapping[str, EmbeddingSignal] = {
     for signal in (
         RAW,
         EmbeddingSignal(
-            name="all-MiniLM-L6-v2/echo-norm-centred-1",
+            name="all-MiniLM-L6-v2/echo-norm-centred-d7b956d1",
             model="all-MiniLM-L6-v2",
             dimensions=384,
             strip_echo=True,

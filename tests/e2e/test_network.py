@@ -57,7 +57,7 @@ def test_a_request_naming_a_registered_signal_is_embedded_with_it(network: Netwo
     from oracle.consensus.signal import SIGNALS, load_centre
     from oracle.engine.embedder import Embedder
 
-    signal = SIGNALS["all-MiniLM-L6-v2/echo-norm-centred-1"]
+    signal = SIGNALS["all-MiniLM-L6-v2/echo-norm-centred-d7b956d1"]
     network.start(3)
     network.local.wait_for_registration()
     result = network.ask(PROMPT, quorum=3, fee_wei=3 * 10**15, embedding_model=signal.name)

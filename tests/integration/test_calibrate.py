@@ -68,7 +68,7 @@ def test_calibrate_embeds_as_a_registered_signal_reads_the_answers() -> None:
     from oracle.consensus.signal import SIGNALS, load_centre
     from oracle.engine.embedder import Embedder
 
-    signal = SIGNALS["all-MiniLM-L6-v2/echo-norm-centred-1"]
+    signal = SIGNALS["all-MiniLM-L6-v2/echo-norm-centred-d7b956d1"]
     answers = answer_prompts(
         [PROMPTS[0]],
         models=["SmolLM2-135M-Instruct-Q4_1"],

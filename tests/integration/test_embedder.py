@@ -184,7 +184,7 @@ def test_the_worker_cuts_its_own_answer_and_counts_the_others(embedder: Embedder
     assert isinstance(unknown, dict) and unknown["model_tokens"] is None
 
 
-CENTRED = "all-MiniLM-L6-v2/echo-norm-centred-1"
+CENTRED = "all-MiniLM-L6-v2/echo-norm-centred-d7b956d1"
 
 
 def test_a_centre_gives_signal_bits_of_each_vector(embedder: Embedder) -> None:

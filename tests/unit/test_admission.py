@@ -131,7 +131,7 @@ def test_refusals_say_why() -> None:
 def test_a_signal_of_a_served_embedding_model_is_served() -> None:
     decision = admit(
         accepted_models=(FAST,),
-        embedding_model="all-MiniLM-L6-v2/echo-norm-centred-1",
+        embedding_model="all-MiniLM-L6-v2/echo-norm-centred-d7b956d1",
         offer=Offer(fee_wei=10**15, quorum=1, max_tokens=8),
         commit_deadline=NOW + timedelta(seconds=60),
         now=NOW,

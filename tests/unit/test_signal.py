@@ -30,7 +30,7 @@ from oracle.consensus.signal import (
 from oracle.errors import InvalidEmbedding
 
 FAST = settings(max_examples=150, deadline=None)
-PROPOSED = SIGNALS["all-MiniLM-L6-v2/echo-norm-centred-1"]
+PROPOSED = SIGNALS["all-MiniLM-L6-v2/echo-norm-centred-d7b956d1"]
 finite32 = st.floats(-1.0, 1.0, width=32, allow_nan=False, allow_infinity=False)
 
 
@@ -215,10 +215,20 @@ def test_a_signal_without_a_centre_loads_none_and_a_missing_file_is_refused() ->
 def test_a_request_s_embedding_runs_on_its_signal_s_model_with_the_prompt() -> None:
     from oracle.consensus.signal import embedding_job
 
-    centred = "all-MiniLM-L6-v2/echo-norm-centred-1"
+    centred = "all-MiniLM-L6-v2/echo-norm-centred-d7b956d1"
     assert embedding_job(centred, "Capital of France?") == (
         "all-MiniLM-L6-v2",
         {"signal": centred, "prompt": "Capital of France?"},
     )
     assert embedding_job("all-MiniLM-L6-v2", "Capital of France?") == ("all-MiniLM-L6-v2", {})
     assert embedding_job("some-other-model", "x") == ("some-other-model", {})
+
+
+def test_a_centred_signal_s_name_carries_its_centre_s_hash() -> None:
+    """The name is what a request pins on chain: it must name this very centre."""
+    from oracle.consensus.signal import SIGNALS, load_centre
+
+    for signal in SIGNALS.values():
+        centre = load_centre(signal)
+        if centre is not None:
+            assert signal.name.endswith("-" + centre.sha256[:8]), signal.name
