@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from oracle.consensus import default_verify_tolerance_bits, hamming, pack_sign_bits
 from oracle.engine.embedder import Embedder
 from oracle.errors import UnknownEmbeddingModel
+from oracle.store.queue import ClaimedJob
 
 pytestmark = pytest.mark.slow
 
@@ -140,26 +142,10 @@ def test_the_worker_cuts_its_own_answer_and_counts_the_others(embedder: Embedder
     """An ``embedding`` job that asks to fit comes back with the text it embedded, cut to
     maxTokens of its model and to the window; a ``verification`` job comes back with the
     counts verification compares."""
-    from datetime import UTC, datetime
-
     from oracle.engine.token_count import ModelTokens
     from oracle.engine.worker import EmbeddingJobRunner
-    from oracle.store.queue import ClaimedJob
 
     long_answer = "The capital of France is Paris. " * 60
-
-    def job(job_id: int, kind: str, payload: dict[str, object]) -> ClaimedJob:
-        return ClaimedJob(
-            id=job_id,
-            kind=kind,  # type: ignore[arg-type]
-            request_id=1,
-            model="all-MiniLM-L6-v2",
-            priority=1,
-            deadline=datetime.now(UTC),
-            payload=payload,
-            attempts=0,
-            max_attempts=1,
-        )
 
     runner = EmbeddingJobRunner("all-MiniLM-L6-v2", "cpu", 1)
     smol = "SmolLM2-135M-Instruct-Q4_1"
@@ -202,37 +188,20 @@ def test_the_worker_embeds_a_job_with_the_signal_it_names(embedder: Embedder) ->
     """A job for a registered signal is embedded as that signal reads it (the prompt's
     echo stripped, normalised, bits against its centre); the answer it reports is the
     answer as delivered; a signal of another model fails its job alone."""
-    from datetime import UTC, datetime
-
     from oracle.consensus.signal import SIGNALS, load_centre
     from oracle.engine.worker import EmbeddingJobRunner
-    from oracle.errors import UnknownEmbeddingModel
-    from oracle.store.queue import ClaimedJob
 
     prompt = "What is the capital of France?"
     answer = "What is the capital of France? The capital of France is PARIS.  "
-
-    def job(job_id: int, payload: dict[str, object]) -> ClaimedJob:
-        return ClaimedJob(
-            id=job_id,
-            kind="embedding",
-            request_id=1,
-            model="all-MiniLM-L6-v2",
-            priority=1,
-            deadline=datetime.now(UTC),
-            payload=payload,
-            attempts=0,
-            max_attempts=1,
-        )
 
     smol = "SmolLM2-135M-Instruct-Q4_1"
     runner = EmbeddingJobRunner("all-MiniLM-L6-v2", "cpu", 1)
     fit = {"max_tokens": 64, "model": smol}
     raw, centred, other = runner.run(
         [
-            job(1, {"text": answer, "fit": fit}),
-            job(2, {"text": answer, "fit": fit, "signal": CENTRED, "prompt": prompt}),
-            job(3, {"text": answer, "signal": "all-mpnet-base-v2/none", "prompt": prompt}),
+            job(1, "embedding", {"text": answer, "fit": fit}),
+            job(2, "embedding", {"text": answer, "fit": fit, "signal": CENTRED, "prompt": prompt}),
+            job(3, "embedding", {"text": answer, "signal": "mpnet/none", "prompt": prompt}),
         ]
     )
     signal = SIGNALS[CENTRED]
@@ -243,3 +212,18 @@ def test_the_worker_embeds_a_job_with_the_signal_it_names(embedder: Embedder) ->
     assert centred["bits"] == embedder.embed([read], load_centre(signal))[0].hex()
     assert centred["text"] == answer  # delivered as the model wrote it
     assert isinstance(other, UnknownEmbeddingModel)
+
+
+def job(job_id: int, kind: str, payload: dict[str, object]) -> ClaimedJob:
+    """A claimed job of the embedding worker's model, as the queue hands it over."""
+    return ClaimedJob(
+        id=job_id,
+        kind=kind,  # type: ignore[arg-type]
+        request_id=1,
+        model="all-MiniLM-L6-v2",
+        priority=1,
+        deadline=datetime.now(UTC),
+        payload=payload,
+        attempts=0,
+        max_attempts=1,
+    )

@@ -116,29 +116,26 @@ def test_refusals_say_why() -> None:
         reason="declined: cannot finish before the commit deadline: needs about 0.6 s of "
         "inference, 0.0 s left after embedding and commit"
     )
-    wrong_embedder = admit(
-        accepted_models=(FAST,),
-        embedding_model="nomic",
-        offer=Offer(fee_wei=10**15, quorum=1, max_tokens=8),
-        commit_deadline=NOW + timedelta(seconds=60),
-        now=NOW,
-        ctx=CTX,
-        loads={},
-    )
+    wrong_embedder = admit_embedding("nomic")
     assert wrong_embedder == Refuse(reason="declined: embedding model 'nomic' is not served here")
 
 
 def test_a_signal_of_a_served_embedding_model_is_served() -> None:
-    decision = admit(
+    decision = admit_embedding("all-MiniLM-L6-v2/echo-norm-centred-d7b956d1")
+    assert isinstance(decision, Admit)
+
+
+def admit_embedding(embedding_model: str) -> Admit | Refuse:
+    """A small request to the fast model that names this embedding model."""
+    return admit(
         accepted_models=(FAST,),
-        embedding_model="all-MiniLM-L6-v2/echo-norm-centred-d7b956d1",
+        embedding_model=embedding_model,
         offer=Offer(fee_wei=10**15, quorum=1, max_tokens=8),
         commit_deadline=NOW + timedelta(seconds=60),
         now=NOW,
         ctx=CTX,
         loads={},
     )
-    assert isinstance(decision, Admit)
 
 
 # --- economics: the operator's price per output token --------------------------------
