@@ -8,8 +8,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 
 NODE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(NodeSettings)}
+F = TypeVar("F", bound=Callable[..., Any])
 """``oracle run``'s option defaults: NodeSettings' own, so the two cannot drift apart."""
 
 SECRET_VARIABLES = ("ORACLE_PRIVATE_KEY", "ORACLE_RUN_PRIVATE_KEY", "ORACLE_KEYSTORE_PASSWORD")
@@ -66,6 +68,46 @@ class WeiAmount(click.ParamType[int, Any]):
             return parse_wei(value, what=what)
         except ConfigError as exc:
             self.fail(exc.detail or str(exc), param, ctx)
+
+
+def llm_engine_options(*, engine_dest: str) -> Callable[[F], F]:
+    """The LLM engine's options, the same for ``oracle run`` (its workers) and ``oracle
+    worker``; ``engine_dest`` names the parameter ``--engine`` fills."""
+    options = [
+        click.option(
+            "--engine",
+            engine_dest,
+            type=click.Choice(["batched", "sequential"]),
+            default=NODE_DEFAULTS["llm_engine"],
+            help="LLM engine: batched decodes many jobs together (a GPU's way); "
+            "sequential one at a time.",
+        ),
+        click.option(
+            "--parallel",
+            default=NODE_DEFAULTS["parallel"],
+            type=click.IntRange(min=1),
+            help="Batched: jobs one LLM worker decodes together (on a GPU, 64 to 256).",
+        ),
+        click.option(
+            "--gpu-layers",
+            default=NODE_DEFAULTS["gpu_layers"],
+            type=click.IntRange(min=-1),
+            help="LLM layers on a GPU (-1: all); needs llama-cpp-python built with CUDA.",
+        ),
+        click.option(
+            "--slot-tokens",
+            default=NODE_DEFAULTS["slot_tokens"],
+            type=click.IntRange(min=16),
+            help="Batched: context of one job (prompt + maxTokens) [default: the model's].",
+        ),
+    ]
+
+    def apply(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -211,31 +253,7 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     type=click.IntRange(min=0),
     help="GPU workers at once.",
 )
-@click.option(
-    "--engine",
-    "llm_engine",
-    type=click.Choice(["batched", "sequential"]),
-    default=NODE_DEFAULTS["llm_engine"],
-    help="LLM engine: batched decodes many jobs together (a GPU's way); sequential one at a time.",
-)
-@click.option(
-    "--parallel",
-    default=NODE_DEFAULTS["parallel"],
-    type=click.IntRange(min=1),
-    help="Batched: jobs one LLM worker decodes together (on a GPU, 64 to 256).",
-)
-@click.option(
-    "--gpu-layers",
-    default=NODE_DEFAULTS["gpu_layers"],
-    type=click.IntRange(min=-1),
-    help="LLM layers on a GPU (-1: all); needs llama-cpp-python built with CUDA.",
-)
-@click.option(
-    "--slot-tokens",
-    default=None,
-    type=click.IntRange(min=16),
-    help="Batched: context of one job (prompt + maxTokens) [default: the model's].",
-)
+@llm_engine_options(engine_dest="llm_engine")
 @click.option(
     "--embedding-device",
     default=NODE_DEFAULTS["embedding_device"],
@@ -433,32 +451,12 @@ def _serve(make: Any) -> None:
     type=click.FloatRange(min=1),
     help="Job lease: without a heartbeat for this long, the job goes to another worker.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["batched", "sequential"]),
-    default="sequential",
-    help="LLM engine: batched decodes many jobs together; sequential one at a time.",
-)
-@click.option(
-    "--parallel", default=8, type=click.IntRange(min=1), help="Batched: most jobs decoded together."
-)
-@click.option(
-    "--gpu-layers",
-    default=0,
-    type=click.IntRange(min=-1),
-    help="Batched: model layers on the GPU (-1: all); needs llama-cpp-python built with CUDA.",
-)
+@llm_engine_options(engine_dest="engine")
 @click.option(
     "--kv-budget-mib",
     default=None,
     type=click.FloatRange(min=0, min_open=True),
     help="Batched: KV-cache memory; the slots are as many as it holds (at most --parallel).",
-)
-@click.option(
-    "--slot-tokens",
-    default=None,
-    type=click.IntRange(min=16),
-    help="Batched: context of one job (prompt + maxTokens) [default: the model's].",
 )
 @click.option(
     "--embed-claim",
