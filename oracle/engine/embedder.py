@@ -151,12 +151,17 @@ class Embedder:
         else:
             vectors = self._encode_on_device(list(texts))
         matrix = np.asarray(vectors, dtype=np.float32)
-        if centre is not None:
-            return [signal_bits(row, centre) for row in matrix]  # raises on a bad row
-        if matrix.ndim != 2 or matrix.shape[1] != self._dim_bits or not np.isfinite(matrix).all():
-            return [pack_sign_bits(row) for row in matrix]  # raises, saying what is wrong
-        # pack_sign_bits of each row, in one call (a call per row held a GPU worker's lanes)
-        return [row.tobytes() for row in np.packbits(matrix > 0, axis=1)]
+        expected = self._dim_bits if centre is None else centre.dimensions
+        if matrix.ndim != 2 or matrix.shape[1] != expected or not np.isfinite(matrix).all():
+            # raises, saying what is wrong
+            return [
+                pack_sign_bits(row) if centre is None else signal_bits(row, centre)
+                for row in matrix
+            ]
+        # pack_sign_bits (or signal_bits) of each row, in one call (a call per row held a
+        # GPU worker's lanes); float32 widens to float64 exactly, as signal_bits compares
+        above = matrix > 0 if centre is None else matrix.astype(np.float64) > centre.vector
+        return [row.tobytes() for row in np.packbits(above, axis=1)]
 
     @torch.inference_mode()
     def _encode_on_device(self, texts: list[str]) -> Any:
