@@ -41,7 +41,7 @@ from llama_cpp import Llama, LogitsProcessorList, StoppingCriteriaList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from oracle.engine.models import DEFAULT_LLMS, LlmRegistry, LlmSpec, lookup_llm
-from oracle.engine.sampling import choose_token
+from oracle.engine.sampling import MIN_P, TOP_K, TOP_P, choose_token
 from oracle.errors import OracleError, OutOfRange
 
 __all__ = [
@@ -63,10 +63,8 @@ MAX_SEED = 2**32 - 2
 """llama.cpp seeds are uint32, and 0xFFFFFFFF (LLAMA_DEFAULT_SEED) means "random"."""
 
 # Sampling settings a request does not carry. Every node must use the same ones for
-# answers to be comparable; these are llama.cpp's usual defaults, written out.
-_TOP_K = 40
-_TOP_P = 0.95
-_MIN_P = 0.05
+# answers to be comparable: the filters are coupled sampling's (which chooses the token
+# before llama.cpp's chain sees one candidate); the rest are neutral, written out.
 _TYPICAL_P = 1.0
 _REPEAT_PENALTY = 1.0
 _LOAD_SEED = 1  # unused by generation (each call passes its own); 0 would mean "random"
@@ -299,9 +297,9 @@ class LlmRunner:
             "temperature": temperature_milli / 1000,
             "max_tokens": max_tokens,
             "seed": seed,
-            "top_k": _TOP_K,
-            "top_p": _TOP_P,
-            "min_p": _MIN_P,
+            "top_k": TOP_K,
+            "top_p": TOP_P,
+            "min_p": MIN_P,
             "typical_p": _TYPICAL_P,
             "repeat_penalty": _REPEAT_PENALTY,
             "stream": False,
