@@ -38,6 +38,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from oracle.engine.sampling import MIN_P, TOP_K, TOP_P
 from oracle.store import make_engine, to_sqlalchemy_url, upgrade
 
 if TYPE_CHECKING:
@@ -201,9 +202,9 @@ def wait_until(
 
 # The sampling settings oracle.engine.llm pins for every request (llama.cpp's defaults).
 SAMPLING: dict[str, Any] = {
-    "top_k": 40,
-    "top_p": 0.95,
-    "min_p": 0.05,
+    "top_k": TOP_K,
+    "top_p": TOP_P,
+    "min_p": MIN_P,
     "typical_p": 1.0,
     "repeat_penalty": 1.0,
 }
