@@ -60,7 +60,11 @@ TOP_K = 40
 TOP_P = 0.95
 MIN_P = 0.05
 SEED_DOMAIN = 0x6F7261636C652F31  # b"oracle/1"
+# one row's top-k looks first among the logits above a threshold read off a sample
+_SAMPLE_STRIDE = 64
+_SAMPLE_RANK = 4
 
+_MASK = 2**64 - 1
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
 
@@ -96,11 +100,39 @@ def top_candidates(
         if ids is None:
             return rows, np.broadcast_to(np.arange(width, dtype=np.int64), rows.shape)
         return rows, np.asarray(ids, dtype=np.int64)
+    if ids is None and rows.shape[0] == 1:
+        near = _near_the_best(rows[0])
+        if near is not None:
+            return rows[:, near], near[None, :]
     columns = np.argpartition(rows, width - TOP_K, axis=1)[:, width - TOP_K :]
     values = np.take_along_axis(rows, columns, axis=1)
     if ids is None:  # a column is its token id
         return values, columns.astype(np.int64, copy=False)
     return values, np.take_along_axis(np.asarray(ids, dtype=np.int64), columns, axis=1)
+
+
+def _near_the_best(row: npt.NDArray[np.floating]) -> npt.NDArray[np.int64] | None:
+    """One row's ``TOP_K`` highest logits' columns, found among the logits at or above a
+    threshold read off a sample of the row; None when fewer than ``TOP_K`` are.
+
+    Every logit below the threshold is below every logit at or above it, so when
+    ``TOP_K`` or more are, their top ``TOP_K`` are the row's. The threshold is the
+    ``_SAMPLE_RANK``-th highest of every ``_SAMPLE_STRIDE``-th logit: on SmolLM2's
+    answers about 240 logits pass it and fewer than 40 in 0.2 % of tokens. A sample's
+    partition, one comparison and a partition of those few hundred cost a fraction of
+    partitioning the whole vocabulary: the path of every token of a request decoded
+    alone.
+    """
+    sample = row[::_SAMPLE_STRIDE]
+    if sample.size < _SAMPLE_RANK:
+        return None
+    threshold = np.partition(sample, sample.size - _SAMPLE_RANK)[sample.size - _SAMPLE_RANK]
+    near = np.flatnonzero(row >= threshold)
+    if near.size < TOP_K:
+        return None
+    if near.size > TOP_K:
+        near = near[np.argpartition(row[near], near.size - TOP_K)[near.size - TOP_K :]]
+    return near.astype(np.int64, copy=False)
 
 
 def choose_among(
@@ -115,6 +147,16 @@ def choose_among(
     count = values.shape[0]
     if count == 0:
         return []
+    if count == 1:
+        return [
+            _choose_one(
+                np.asarray(values[0], dtype=np.float64),
+                np.asarray(tokens[0], dtype=np.int64),
+                seed=seeds[0],
+                step=steps[0],
+                temperature_milli=temperatures_milli[0],
+            )
+        ]
     values = np.asarray(values, dtype=np.float64)
     tokens = np.asarray(tokens, dtype=np.int64)
     # rule 2's order: logit descending, then token id ascending (a stable sort on ids first)
@@ -133,11 +175,55 @@ def choose_among(
     # rules 4 and 5; rule 1 (temperature 0) is the first of the order
     temperature = np.asarray(temperatures_milli, dtype=np.float64)[:, None] / 1000.0
     greedy = temperature[:, 0] == 0.0
-    u = uniforms(np.asarray(seeds)[:, None], np.asarray(steps)[:, None], tokens)
+    u = uniforms(
+        np.asarray(seeds, dtype=np.uint64)[:, None],
+        np.asarray(steps, dtype=np.uint64)[:, None],
+        tokens,
+    )
     scale = np.where(greedy[:, None], 1.0, temperature)
     scores = np.where(keep, values / scale - np.log(-np.log(u)), -np.inf)
     picked = np.where(greedy, 0, np.argmax(scores, axis=1))
     return [int(t) for t in tokens[np.arange(count), picked]]
+
+
+def _choose_one(
+    values: npt.NDArray[np.float64],
+    tokens: npt.NDArray[np.int64],
+    *,
+    seed: int,
+    step: int,
+    temperature_milli: int,
+) -> int:
+    """``choose_among`` for one row, with the same numpy arithmetic, element for element,
+    but uniforms only for the tokens the filters keep (usually a handful of the 40),
+    computed in plain integers: a request decoded alone pays numpy's fixed cost per
+    call on every token, and this takes a third of the calls."""
+    order = np.lexsort((tokens, -values))  # logit descending, then token id ascending
+    tokens = tokens[order]
+    values = values[order]
+    if temperature_milli == 0:
+        return int(tokens[0])
+    shifted = np.exp(values - values[0])
+    p = shifted / shifted.sum()
+    keep = (np.cumsum(p) - p < TOP_P) & (p >= MIN_P * p[0])
+    keep[0] = True
+    kept = np.flatnonzero(keep)
+    seed = int(np.uint64(seed))  # numpy's range check, as ``uniforms`` makes it
+    u = np.array([_uniform(seed, int(step), int(token)) for token in tokens[kept]])
+    scores = values[kept] / (temperature_milli / 1000.0) - np.log(-np.log(u))
+    return int(tokens[kept[int(np.argmax(scores))]])
+
+
+def _uniform(seed: int, step: int, token: int) -> float:
+    """Rule 4's uniform of one (seed, step, token), in plain integers."""
+    h = _mix_int(_mix_int(_mix_int(seed ^ SEED_DOMAIN) + step & _MASK) + token & _MASK)
+    return ((h >> 11) + 0.5) / float(2**53)
+
+
+def _mix_int(x: int) -> int:
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
 
 
 def choose_tokens(

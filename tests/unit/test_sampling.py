@@ -13,6 +13,7 @@ from oracle.engine.sampling import (
     TOP_K,
     choose_token,
     choose_tokens,
+    top_candidates,
     uniforms,
 )
 
@@ -89,6 +90,52 @@ def test_rows_are_independent_of_the_batch_they_are_in() -> None:
         for i in range(6)
     ]
     assert together == alone
+
+
+def in_a_batch(row: np.ndarray, seed: int, step: int, temperature_milli: int) -> int:
+    """The token the batch path chooses for ``row`` (a second row makes it a batch)."""
+    rows = np.stack([row, row[::-1]])
+    return choose_tokens(
+        rows,
+        seeds=[seed, 1],
+        steps=[step, 0],
+        temperatures_milli=[temperature_milli, 700],
+    )[0]
+
+
+@pytest.mark.parametrize("width", [41, 300, 5_000, 49_152])
+def test_a_row_alone_chooses_as_it_does_in_a_batch(width: int) -> None:
+    """One row takes its own paths (a sampled threshold before its top-k, uniforms for the
+    kept tokens only); they must choose what the batch's partition and arrays choose."""
+    rng = np.random.default_rng(width)
+    for case in range(150):
+        row = rng.normal(scale=[0.3, 2.5, 6.0][case % 3], size=width).astype(np.float32)
+        if case % 5 == 0:  # one token far ahead
+            row[rng.integers(width)] += 15.0
+        if case % 7 == 0:  # the best three tie
+            row[np.argsort(-row)[:3]] = row.max()
+        seed = int(rng.integers(2**64, dtype=np.uint64))
+        step = int(rng.integers(10_000))
+        temperature = [0, 1, 200, 700, 1000, 2000][case % 6]
+        assert choose_token(row, seed=seed, step=step, temperature_milli=temperature) == (
+            in_a_batch(row, seed, step, temperature)
+        ), (width, case)
+
+
+def test_a_row_whose_sample_misleads_still_gets_its_top_k() -> None:
+    """Four sampled logits far above the rest put the threshold above all but them: the
+    row falls back to partitioning the whole vocabulary."""
+    rng = np.random.default_rng(6)
+    row = rng.normal(size=49_152).astype(np.float32)
+    row[[0, 64, 128, 192]] = 9.0
+    values, tokens = top_candidates(row[None, :])
+    expected = np.argsort(-row, kind="stable")[:TOP_K]
+    assert sorted(tokens[0].tolist()) == sorted(expected.tolist())
+    assert sorted(values[0].tolist()) == sorted(row[expected].tolist())
+    for seed in range(20):
+        assert choose_token(row, seed=seed, step=0, temperature_milli=3000) == (
+            in_a_batch(row, seed, 0, 3000)
+        )
 
 
 def test_tokens_below_min_p_are_never_chosen() -> None:
