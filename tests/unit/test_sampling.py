@@ -122,20 +122,21 @@ def test_a_row_alone_chooses_as_it_does_in_a_batch(width: int) -> None:
         ), (width, case)
 
 
-def test_a_row_whose_sample_misleads_still_gets_its_top_k() -> None:
-    """Four sampled logits far above the rest put the threshold above all but them: the
-    row falls back to partitioning the whole vocabulary."""
-    rng = np.random.default_rng(6)
-    row = rng.normal(size=49_152).astype(np.float32)
-    row[[0, 64, 128, 192]] = 9.0
-    values, tokens = top_candidates(row[None, :])
-    expected = np.argsort(-row, kind="stable")[:TOP_K]
-    assert sorted(tokens[0].tolist()) == sorted(expected.tolist())
-    assert sorted(values[0].tolist()) == sorted(row[expected].tolist())
-    for seed in range(20):
-        assert choose_token(row, seed=seed, step=0, temperature_milli=3000) == (
-            in_a_batch(row, seed, 0, 3000)
-        )
+@pytest.mark.parametrize("width", [41, 300, 5_000, 49_152])
+def test_the_candidates_are_each_rows_highest_logits(width: int) -> None:
+    """Rule 2 with the threshold read off a sample of each row, checked against a sort,
+    on rows of every shape: flat, peaked, and one whose sample misleads (four sampled
+    logits far above the rest leave too few above the threshold: the whole row is
+    partitioned)."""
+    rng = np.random.default_rng(width + 1)
+    rows = rng.normal(scale=2.0, size=(30, width)).astype(np.float32)
+    rows[1::3, rng.integers(width)] += 20.0
+    rows[2, 0 : min(width, 256) : 64] = 50.0
+    values, tokens = top_candidates(rows)
+    for row, got_values, got_tokens in zip(rows, values, tokens, strict=True):
+        expected = np.argsort(-row, kind="stable")[:TOP_K]
+        assert sorted(got_tokens.tolist()) == sorted(expected.tolist())
+        assert np.array_equal(got_values, row[got_tokens])
 
 
 def test_tokens_below_min_p_are_never_chosen() -> None:
