@@ -19,7 +19,10 @@ round's; the first warms everything up):
 
 ``--variants`` names the engine settings the engine-alone runs compare, each
 ``CONTEXTS:SAMPLING`` (``2:host``: two contexts decoded in turn, top-k on the CPU;
-``2:device``: top-k 40 on the device); ``--worker-variants`` those of the queue runs.
+``2:device``: top-k 40 on the device); ``--worker-variants`` those of the queue runs,
+where ``2:host:2`` starts two worker processes on the device, each with half the slots
+and half the threads (two processes launch their graphs in parallel, where one
+process's contexts take turns on one thread).
 
 ``--device cpu`` (and ``--smoke``) runs ours against the sequential engine through the
 same queue instead of the llama.cpp tools. The last line reads
@@ -102,20 +105,27 @@ def prompts(count: int) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """Batched engine settings under comparison: ``CONTEXTS:host`` or ``CONTEXTS:device``."""
+    """Batched engine settings under comparison: ``CONTEXTS:host`` or ``CONTEXTS:device``,
+    and for the queue runs ``:PROCESSES`` after it (worker processes sharing the device
+    and the queue, the slots split among them; default 1)."""
 
     contexts: int
     device_top_k: bool
+    processes: int = 1
 
     @classmethod
     def parse(cls, text_: str) -> Variant:
-        contexts, _, sampling = text_.partition(":")
-        if sampling not in ("host", "device"):
-            raise argparse.ArgumentTypeError(f"{text_!r}: CONTEXTS:host or CONTEXTS:device")
-        return cls(int(contexts), sampling == "device")
+        contexts, _, rest = text_.partition(":")
+        sampling, _, processes = rest.partition(":")
+        if sampling not in ("host", "device") or not (processes or "1").isdigit():
+            raise argparse.ArgumentTypeError(
+                f"{text_!r}: CONTEXTS:host or CONTEXTS:device, then :PROCESSES or nothing"
+            )
+        return cls(int(contexts), sampling == "device", int(processes or "1"))
 
     def __str__(self) -> str:
-        return f"{self.contexts}:{'device' if self.device_top_k else 'host'}"
+        processes = f":{self.processes}" if self.processes > 1 else ""
+        return f"{self.contexts}:{'device' if self.device_top_k else 'host'}{processes}"
 
 
 def llama_library() -> str:
@@ -124,26 +134,36 @@ def llama_library() -> str:
 
 
 @contextmanager
-def worker_process(url: URL, spec: WorkerSpec, log_path: Path) -> Iterator[None]:
+def worker_processes(
+    url: URL, spec: WorkerSpec, count: int, log_dir: Path, name: str
+) -> Iterator[None]:
+    """``count`` copies of the worker, ready (each registered) before this yields."""
     env = {**os.environ, "ORACLE_DATABASE_URL": url.render_as_string(hide_password=False)}
     if spec.llm.gpu_layers != 0:  # numpy loads first in `oracle worker`: see the import above
         env["LD_PRELOAD"] = llama_library()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(spec.command(), env=env, stdout=log, stderr=subprocess.STDOUT)
+    processes, logs = [], [log_dir / f"{name}-{index}.log" for index in range(count)]
+    for log_path in logs:
+        with log_path.open("wb") as log:
+            processes.append(
+                subprocess.Popen(spec.command(), env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
     engine = make_engine(url)
     try:
 
         def ready() -> bool:
-            assert process.poll() is None, f"worker exited: {log_path.read_text()[-2000:]}"
+            for process, log_path in zip(processes, logs, strict=True):
+                assert process.poll() is None, f"worker exited: {log_path.read_text()[-2000:]}"
             with engine.connect() as conn:
-                return bool(conn.scalar(text("SELECT count(*) FROM workers")))
+                return bool(conn.scalar(text("SELECT count(*) FROM workers")) >= count)
 
-        wait_until(ready, timeout_s=300, interval_s=0.2, what="worker ready")
+        wait_until(ready, timeout_s=300, interval_s=0.2, what="workers ready")
         yield
     finally:
         engine.dispose()
-        process.terminate()
-        process.wait(timeout=60)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
 
 
 def queue_round(engine: Engine, texts: Sequence[str], max_tokens: int, temperature: int) -> Rate:
@@ -187,16 +207,27 @@ def queue_round(engine: Engine, texts: Sequence[str], max_tokens: int, temperatu
 
 
 def run_ours(
-    server_url: URL, spec: WorkerSpec, counts: Sequence[int], args: argparse.Namespace, log: Path
+    server_url: URL,
+    spec: WorkerSpec,
+    counts: Sequence[int],
+    args: argparse.Namespace,
+    log_name: str,
+    processes: int = 1,
 ) -> dict[int, Rate]:
     rates: dict[int, Rate] = {}
-    with scratch_database(server_url) as url, worker_process(url, spec, log):
+    with (
+        scratch_database(server_url) as url,
+        worker_processes(url, spec, processes, args.log_dir, log_name),
+    ):
         engine = make_engine(url)
         try:
             for n in counts:
                 for _ in range(args.rounds):
                     rates[n] = queue_round(engine, prompts(n), args.max_tokens, args.temperature)
-                print(f"  {spec.llm.engine} worker, {n} at once: {rates[n].per_s:,.0f} tokens/s")
+                print(
+                    f"  {spec.llm.engine} worker x{processes}, {n} at once: "
+                    f"{rates[n].per_s:,.0f} tokens/s"
+                )
         finally:
             engine.dispose()
     return rates
@@ -370,6 +401,8 @@ def main() -> None:
     host = [Variant(1, False)]
     variants = args.variants or ([Variant(2, False)] if args.device == "cuda" else host)
     worker_variants = args.worker_variants or variants[-1:]
+    if any(variant.processes != 1 for variant in variants):
+        parser.error("--variants run the engine in this process: no :PROCESSES there")
 
     with postgres_server() as server_url:
         print_machine("LLM engines on one device", ["sqlalchemy", "psycopg"], server_url)
@@ -383,16 +416,17 @@ def main() -> None:
         for variant in worker_variants:
             options = LlmEngineOptions(
                 engine="batched",
-                parallel=max(counts),
+                parallel=-(-max(counts) // variant.processes),
                 gpu_layers=args.gpu_layers,
                 slot_tokens=args.slot_tokens,
                 contexts=variant.contexts,
                 device_top_k=variant.device_top_k,
             )
-            spec = WorkerSpec(role="llm", model=SMOLLM, threads=args.threads, llm=options)
-            log = args.log_dir / f"gpu-bench-worker-{variant.contexts}-{variant.device_top_k}.log"
+            threads = max(1, args.threads // variant.processes)
+            spec = WorkerSpec(role="llm", model=SMOLLM, threads=threads, llm=options)
+            name = f"gpu-bench-worker-{str(variant).replace(':', '-')}"
             print(f"worker [{variant}]:", flush=True)
-            ours[variant] = run_ours(server_url, spec, counts, args, log)
+            ours[variant] = run_ours(server_url, spec, counts, args, name, variant.processes)
     notes = {variant: run_engine_alone(counts, args, variant) for variant in variants}
     baseline_name, baseline, ceiling = "sequential worker", {}, {}
     if args.llama_bin is not None:
@@ -407,8 +441,7 @@ def main() -> None:
     else:
         with postgres_server() as server_url:
             sequential = WorkerSpec(role="llm", model=SMOLLM, threads=args.threads)
-            seq_log = args.log_dir / "gpu-bench-sequential.log"
-            one_by_one = run_ours(server_url, sequential, counts, args, seq_log)
+            one_by_one = run_ours(server_url, sequential, counts, args, "gpu-bench-sequential")
             baseline = {n: r.per_s for n, r in one_by_one.items()}
     print(
         f"\n| worker | at once | ours tokens/s | {baseline_name} | batched-bench "

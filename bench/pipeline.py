@@ -123,7 +123,6 @@ class NodeInference:
     seed: int
     text: str
     tokens: int
-    compute_s: float
     queued_at: float
     claimed_at: float
     """finished_at - elapsed_s: when generation started."""
@@ -238,7 +237,6 @@ def node_inferences(net: OneNodeNetwork, sent: Sequence[SentRequest]) -> list[No
             seed=int(r.payload["seed"]),
             text=str(r.result["text"]),
             tokens=int(r.result["completion_tokens"]),
-            compute_s=float(r.result["elapsed_s"]),
             queued_at=float(r.queued_at),
             claimed_at=float(r.finished_at) - float(r.result["elapsed_s"]),
             finished_at=float(r.finished_at),
@@ -355,16 +353,29 @@ def run_plain_loop(
 # --- report -------------------------------------------------------------------------------
 
 
+def _merged(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of time spans, as disjoint spans in order."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def report(
     run: PipelineRun, alone: tuple[int, float], base_tokens: int, base_s: float, same: int
 ) -> None:
     first = run.inferences[0]
-    last = run.inferences[-1]
-    to_last_token = last.finished_at - run.mined_at
+    last_token_at = max(i.finished_at for i in run.inferences)
+    to_last_token = last_token_at - run.mined_at
     to_last_answer = run.answers_at[-1] - run.mined_at
     to_last_commit = run.commits_mined_at[-1] - run.mined_at
-    compute_s = sum(i.compute_s for i in run.inferences)
-    busy_span = last.finished_at - first.claimed_at
+    # the spans in which the worker held a job (a batched worker holds several at once)
+    held = _merged([(i.claimed_at, i.finished_at) for i in run.inferences])
+    held_s = sum(end - start for start, end in held)
+    busy_span = last_token_at - first.claimed_at
     baseline = base_tokens / base_s
     pipeline = run.tokens / to_last_answer
     n = len(run.inferences)
@@ -384,8 +395,8 @@ def report(
         f"{run.tokens / to_last_commit:6.1f} tokens/s"
     )
     print(
-        f"  worker's own generation time          {compute_s:6.2f} s  "
-        f"{run.tokens / compute_s:6.1f} tokens/s"
+        f"  worker holding jobs (generating)      {held_s:6.2f} s  "
+        f"{run.tokens / held_s:6.1f} tokens/s"
     )
     print("  where the rest went:")
     print(
@@ -401,14 +412,14 @@ def report(
         f"{first.claimed_at - first.queued_at:5.2f} s"
     )
     print(
-        f"    worker between jobs (busy span - generation time)     "
-        f"{busy_span - compute_s:5.2f} s over {n - 1} gaps"
+        f"    worker holding no job (busy span - holding time)      "
+        f"{busy_span - held_s:5.2f} s over {len(held) - 1} gaps"
     )
     print(
         f"    last token -> last answer stored (embedding, ticks)   "
-        f"{run.answers_at[-1] - last.finished_at:5.2f} s"
+        f"{run.answers_at[-1] - last_token_at:5.2f} s"
     )
-    gaps = [b.claimed_at - a.finished_at for a, b in itertools.pairwise(run.inferences)]
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(held)]
     if gaps:
         print(
             f"    gap between jobs: median {percentile(gaps, 50) * 1000:.0f} ms, "
@@ -425,7 +436,7 @@ def report(
         f"{baseline:.1f} tokens/s; texts equal to the node's: {same} of {n}"
     )
     print(
-        f"worker generation / baseline {ratio(run.tokens / compute_s, baseline):.3f}; "
+        f"worker holding jobs / baseline {ratio(run.tokens / held_s, baseline):.3f}; "
         f"to last commit mined / baseline {ratio(run.tokens / to_last_commit, baseline):.3f}"
     )
     print(
