@@ -101,11 +101,15 @@ def top_candidates(
         if ids is None:
             return rows, np.broadcast_to(np.arange(width, dtype=np.int64), rows.shape)
         return rows, np.asarray(ids, dtype=np.int64)
-    if ids is None:  # a column is its token id
-        columns = np.stack([_top_columns(row) for row in rows])
+    if ids is None and rows.shape[0] == 1:
+        columns = _top_columns(rows[0])[None, :]
         return np.take_along_axis(rows, columns, axis=1), columns
+    # several rows: one partition for the block, the GIL released all along (a loop over
+    # the rows, though less work, holds it between calls, and a pool's threads then queue)
     columns = np.argpartition(rows, width - TOP_K, axis=1)[:, width - TOP_K :]
     values = np.take_along_axis(rows, columns, axis=1)
+    if ids is None:  # a column is its token id
+        return values, columns.astype(np.int64, copy=False)
     return values, np.take_along_axis(np.asarray(ids, dtype=np.int64), columns, axis=1)
 
 
