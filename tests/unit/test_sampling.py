@@ -124,19 +124,22 @@ def test_a_row_alone_chooses_as_it_does_in_a_batch(width: int) -> None:
 
 @pytest.mark.parametrize("width", [41, 300, 5_000, 49_152])
 def test_the_candidates_are_each_rows_highest_logits(width: int) -> None:
-    """Rule 2 with the threshold read off a sample of each row, checked against a sort,
-    on rows of every shape: flat, peaked, and one whose sample misleads (four sampled
-    logits far above the rest leave too few above the threshold: the whole row is
-    partitioned)."""
+    """Rule 2, for a row alone (the threshold read off a sample of it) and for a block
+    of rows (one partition), checked against a sort, on rows of every shape: flat,
+    peaked, and one whose sample misleads (four sampled logits far above the rest leave
+    too few above the threshold: the whole row is partitioned)."""
     rng = np.random.default_rng(width + 1)
     rows = rng.normal(scale=2.0, size=(30, width)).astype(np.float32)
     rows[1::3, rng.integers(width)] += 20.0
     rows[2, 0 : min(width, 256) : 64] = 50.0
-    values, tokens = top_candidates(rows)
-    for row, got_values, got_tokens in zip(rows, values, tokens, strict=True):
-        expected = np.argsort(-row, kind="stable")[:TOP_K]
-        assert sorted(got_tokens.tolist()) == sorted(expected.tolist())
-        assert np.array_equal(got_values, row[got_tokens])
+    in_a_block = top_candidates(rows)
+    for index, row in enumerate(rows):
+        expected = sorted(np.argsort(-row, kind="stable")[:TOP_K].tolist())
+        alone = top_candidates(row[None, :])
+        block = (in_a_block[0][index : index + 1], in_a_block[1][index : index + 1])
+        for values, tokens in (alone, block):
+            assert sorted(tokens[0].tolist()) == expected
+            assert np.array_equal(values[0], row[tokens[0]])
 
 
 def test_tokens_below_min_p_are_never_chosen() -> None:
