@@ -89,9 +89,11 @@ import numpy.typing as npt
 from bench._common import MINILM, SMOLLM, add_smoke_flag, apply_smoke, print_machine
 from oracle.consensus import BASIS_POINTS, DEFAULT_SEC_DISTANCE_BP
 from oracle.consensus.signal import (
+    FIRST_WORD_EXACT,
     SIGNALS,
     build_centre,
     centre_bytes,
+    digest_bits,
     embedding_text,
     load_centre,
 )
@@ -144,6 +146,10 @@ PROPOSED_SEC_DISTANCE_BP = 3_700
 """The proposed signal's operating point, picked from its curves (docs/consensus.md):
 centring spreads the bits, so its scale is not today's."""
 MPNET = "all-mpnet-base-v2"
+FIRST_WORD = FIRST_WORD_EXACT
+"""Not an embedding model: the registered exact signal, whose bits are ``digest_bits``
+of the text (``Signal.first_word`` makes that text the answer's first word), so two
+answers lie 0 apart when their first words match and about 0.5 apart otherwise."""
 
 # --- data -------------------------------------------------------------------------------
 
@@ -415,10 +421,16 @@ class Signal:
     centre: str = "none"
     test_split: bool = False
     """Measure only the prompts of the test split."""
+    first_word: bool = False
+    """Keep only the answer's first word (``oracle.consensus.signal.first_word``)."""
 
     def text(self, question: str, answer: str) -> str:
         body = embedding_text(
-            question, answer, strip_echo=self.strip_echo, normalise=self.normalised
+            question,
+            answer,
+            strip_echo=self.strip_echo,
+            normalise=self.normalised,
+            first_word_only=self.first_word,
         )
         return f"Q: {question}\nA: {body}" if self.question_frame else body
 
@@ -464,6 +476,12 @@ VARIANTS = {
         centre="shipped",
         test_split=True,
     ),
+    "first-word": Signal(
+        name="exact: first word of the answer (echo stripped), digested",
+        model=FIRST_WORD,
+        strip_echo=True,
+        first_word=True,
+    ),
     "mpnet": Signal(name="all-mpnet-base-v2, answer", model=MPNET),
     "mpnet+echo+norm+centred": Signal(
         name="all-mpnet-base-v2, echo stripped, normalised, centred (held-out answers)",
@@ -507,6 +525,12 @@ class Encoders:
     def encode(self, model: str, texts: Sequence[str]) -> None:
         missing = sorted({t for t in texts if (model, t) not in self.vectors})
         if not missing:
+            return
+        if model == FIRST_WORD:  # +1 / -1 by the exact signal's bits of the text
+            dimensions = SIGNALS[FIRST_WORD_EXACT].dimensions
+            for text in missing:
+                digest = np.frombuffer(digest_bits(text, dimensions), dtype=np.uint8)
+                self.vectors[(model, text)] = np.unpackbits(digest).astype(np.float32) * 2 - 1
             return
         encoder = self._encoder(model)
         matrix = encoder.encode(  # type: ignore[attr-defined]

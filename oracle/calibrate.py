@@ -230,7 +230,7 @@ def answer_prompts(
     """Every prompt answered by every model once per seed, embedded as nodes embed it
     (``embedding_model`` may name a registered signal: its model reads each answer as
     the signal does, bits against its centre)."""
-    from oracle.consensus.signal import SIGNALS, load_centre
+    from oracle.consensus.signal import SIGNALS, digest_bits, load_centre
     from oracle.engine.embedder import Embedder
     from oracle.engine.llm import LlmRunner
 
@@ -252,9 +252,11 @@ def answer_prompts(
         embedder = Embedder(embedding_model, threads=threads)
         bits = embedder.embed([text for _p, _m, _s, text in answered])
     else:
-        embedder = Embedder(signal.model, threads=threads)
         read = [signal.text(prompt, text) for prompt, _m, _s, text in answered]
-        bits = embedder.embed(read, load_centre(signal))
+        if signal.exact:
+            bits = [digest_bits(text, signal.dimensions) for text in read]
+        else:
+            bits = Embedder(signal.model, threads=threads).embed(read, load_centre(signal))
     return [
         CalibrationAnswer(prompt=p, model=m, seed=s, text=t, bits=b)
         for (p, m, s, t), b in zip(answered, bits, strict=True)

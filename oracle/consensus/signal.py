@@ -14,6 +14,12 @@ Two steps, both pure and identical on every node (docs/consensus.md, "The signal
    bits spend many bits on what every text has). Without a centre it is today's rule,
    ``pack_sign_bits``: bit i = 1 when component i > 0.
 
+One registered signal embeds nothing (``EmbeddingSignal.exact``): it reads only the
+answer's first word (``first_word``) and its bits are a digest of that word
+(``digest_bits``), so answers agree exactly when their first words do ("No." and "No,
+21 is not prime" alike) and lie about half the bits apart otherwise: agreement on a
+verdict, a label or a number, for prompts that ask for one.
+
 A centre is part of the embedding model's registration: a small file shipped in the
 package (``oracle/consensus/centres/<model>.f32``, float32 little-endian), its sha256
 fixed in ``SIGNALS`` and checked whenever it is read (``load_centre``). The contract
@@ -35,6 +41,7 @@ from oracle.consensus.bits import embedding_components
 from oracle.errors import InvalidEmbedding, OracleError
 
 __all__ = [
+    "FIRST_WORD_EXACT",
     "RAW",
     "SIGNALS",
     "Centre",
@@ -42,8 +49,10 @@ __all__ = [
     "EmbeddingSignal",
     "build_centre",
     "centre_bytes",
+    "digest_bits",
     "embedding_job",
     "embedding_text",
+    "first_word",
     "load_centre",
     "normalise_answer",
     "parse_centre",
@@ -53,6 +62,9 @@ __all__ = [
 
 _SPACES = re.compile(r"\s+")
 _TRAILING_PERIODS = re.compile(r"[\s.]+$")
+# letters and digits of any script, with the periods, commas and apostrophes inside
+# ("3.5", "1,200", "don't")
+_WORD = re.compile(r"[^\W_]+(?:[.,'][^\W_]+)*")
 
 
 class CentreMismatch(OracleError):
@@ -98,13 +110,28 @@ def normalise_answer(text: str) -> str:
     return _TRAILING_PERIODS.sub("", _SPACES.sub(" ", text).strip()).casefold()
 
 
+def first_word(text: str) -> str:
+    """The first word of ``text``, case-folded: a run of letters and digits (any
+    script) with the periods, commas and apostrophes inside it; "" when there is none.
+    ``"No, 21 is not prime."`` -> ``"no"``; ``"$1,200.50 in total"`` -> ``"1,200.50"``."""
+    word = _WORD.search(text)
+    return word.group(0).casefold() if word else ""
+
+
 def embedding_text(
-    question: str, answer: str, *, strip_echo: bool = False, normalise: bool = False
+    question: str,
+    answer: str,
+    *,
+    strip_echo: bool = False,
+    normalise: bool = False,
+    first_word_only: bool = False,
 ) -> str:
     """The text a node embeds for ``answer`` to ``question`` (the request's prompt as
-    the model read it). Both options off: the answer itself, as nodes embed it today.
+    the model read it). Every option off: the answer itself, as nodes embed it today.
     The delivered answer is never this text; it stays as the model wrote it."""
     text = strip_question_echo(question, answer) if strip_echo else answer
+    if first_word_only:
+        return first_word(text)
     return normalise_answer(text) if normalise else text
 
 
@@ -144,6 +171,15 @@ def signal_bits(vector: npt.ArrayLike, centre: Centre | None = None) -> bytes:
     else:
         threshold = centre.vector.astype(np.float64)
     return np.packbits(components > threshold).tobytes()
+
+
+def digest_bits(text: str, dimensions: int) -> bytes:
+    """An exact signal's bits: the first ``dimensions`` bits of SHAKE-256 of the text's
+    UTF-8 bytes. Equal texts give equal bits; two different texts differ in about half
+    of them (fewer than 35 % of 384 with probability about 1e-9)."""
+    if dimensions <= 0 or dimensions % 8:
+        raise InvalidEmbedding(reason=f"{dimensions} bits is not a positive multiple of 8")
+    return hashlib.shake_256(text.encode("utf-8")).digest(dimensions // 8)
 
 
 def build_centre(vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -198,15 +234,24 @@ class EmbeddingSignal:
     centre_sha256: str | None = None
     """sha256 of ``centres/<centre_file>``; None: raw sign bits."""
     centre_file: str | None = None
+    exact: bool = False
+    """Embed nothing: the bits are ``digest_bits`` of the answer's first word (the
+    ``model``'s workers serve it, without running the model)."""
 
     def text(self, question: str, answer: str) -> str:
         return embedding_text(
-            question, answer, strip_echo=self.strip_echo, normalise=self.normalise
+            question,
+            answer,
+            strip_echo=self.strip_echo,
+            normalise=self.normalise,
+            first_word_only=self.exact,
         )
 
 
 RAW = EmbeddingSignal(name="all-MiniLM-L6-v2", model="all-MiniLM-L6-v2", dimensions=384)
 """Today's signal: the answer as delivered, raw sign bits."""
+FIRST_WORD_EXACT = "first-word-exact/shake256"
+"""The exact signal's name: nodes agree when their answers' first words are the same."""
 
 SIGNALS: Mapping[str, EmbeddingSignal] = {
     signal.name: signal
@@ -221,11 +266,18 @@ SIGNALS: Mapping[str, EmbeddingSignal] = {
             centre_sha256="d7b956d139f5a02ae6fe8f86917d5b827b1a6d9b0b1db6771a8ac73e53233b6d",
             centre_file="all-MiniLM-L6-v2.echo-norm.f32",
         ),
+        EmbeddingSignal(
+            name=FIRST_WORD_EXACT,
+            model="all-MiniLM-L6-v2",
+            dimensions=384,
+            strip_echo=True,
+            exact=True,
+        ),
     )
 }
-"""The signals a node knows. A request names one as its embedding model; the centred one
-must be registered on the coordinator (``setEmbeddingModel``, 384 bits) before requests
-can use it; development deployments register it (``oracle.chain.deploy``)."""
+"""The signals a node knows. A request names one as its embedding model; all but the
+first must be registered on the coordinator (``setEmbeddingModel``, 384 bits) before
+requests can use them; development deployments register them (``oracle.chain.deploy``)."""
 
 
 def embedding_job(name: str, prompt: str) -> tuple[str, dict[str, str]]:

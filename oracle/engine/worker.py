@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from oracle.consensus.signal import SIGNALS, Centre, EmbeddingSignal, load_centre
+from oracle.consensus.signal import SIGNALS, Centre, EmbeddingSignal, digest_bits, load_centre
 from oracle.domain.retry import backoff_s
 from oracle.engine.llm_options import DEFAULT_LLM_ENGINE, LlmEngineOptions
 from oracle.errors import OracleError, UnknownEmbeddingModel
@@ -259,7 +259,12 @@ class EmbeddingJobRunner:
                 texts[i] if signal_ is None else signal_.text(_prompt_of(jobs[i]), texts[i])
                 for i in indices
             ]
-            for i, packed in zip(indices, self._embedder.embed(read, centre), strict=True):
+            packed_bits = (
+                [digest_bits(text, signal_.dimensions) for text in read]
+                if signal_ is not None and signal_.exact
+                else self._embedder.embed(read, centre)
+            )
+            for i, packed in zip(indices, packed_bits, strict=True):
                 bits[i] = packed
         elapsed = round(time.perf_counter() - started, 4)
         results: list[Mapping[str, Any] | OracleError] = []

@@ -50,14 +50,20 @@ def test_three_honest_nodes_agree_and_are_paid(network: Network) -> None:
         assert network.net_received(node.address, start) == earned
 
 
-def test_a_request_naming_a_registered_signal_is_embedded_with_it(network: Network) -> None:
-    """The centred signal (oracle.consensus.signal) on a development deployment: the
-    nodes embed the answer as it reads it (prompt echo stripped, normalised, bits
-    against its centre), agree and deliver the answer as the model wrote it."""
-    from oracle.consensus.signal import SIGNALS, load_centre
+@pytest.mark.parametrize(
+    "signal_name", ["all-MiniLM-L6-v2/echo-norm-centred-d7b956d1", "first-word-exact/shake256"]
+)
+def test_a_request_naming_a_registered_signal_is_embedded_with_it(
+    network: Network, signal_name: str
+) -> None:
+    """The registered signals (oracle.consensus.signal) on a development deployment: the
+    nodes read the answer as the signal does (the centred one: prompt echo stripped,
+    normalised, bits against its centre; the exact one: the digest of its first word),
+    agree and deliver the answer as the model wrote it."""
+    from oracle.consensus.signal import SIGNALS, digest_bits, load_centre
     from oracle.engine.embedder import Embedder
 
-    signal = SIGNALS["all-MiniLM-L6-v2/echo-norm-centred-d7b956d1"]
+    signal = SIGNALS[signal_name]
     network.start(3)
     network.local.wait_for_registration()
     result = network.ask(PROMPT, quorum=3, fee_wei=3 * 10**15, embedding_model=signal.name)
@@ -65,9 +71,14 @@ def test_a_request_naming_a_registered_signal_is_embedded_with_it(network: Netwo
     reveals = network.events("Revealed", result.request_id)
     assert {r["args"]["output"] for r in reveals} == {result.output}
     embedder = Embedder(signal.model)
-    centred = embedder.embed([signal.text(PROMPT, result.output)], load_centre(signal))[0]
-    assert {bytes(r["args"]["embeddingBits"]) for r in reveals} == {centred}
-    assert centred != embedder.embed([result.output])[0]  # not the raw sign bits
+    read = signal.text(PROMPT, result.output)
+    if signal.exact:
+        expected = digest_bits(read, signal.dimensions)
+        assert read and " " not in read  # one word
+    else:
+        expected = embedder.embed([read], load_centre(signal))[0]
+    assert {bytes(r["args"]["embeddingBits"]) for r in reveals} == {expected}
+    assert expected != embedder.embed([result.output])[0]  # not the raw sign bits
 
 
 def test_an_unrelated_answer_falls_outside_the_cluster(network: Network) -> None:

@@ -82,3 +82,22 @@ def test_calibrate_embeds_as_a_registered_signal_reads_the_answers() -> None:
     centre = load_centre(signal)
     for answer in answers:
         assert answer.bits == embedder.embed([signal.text(answer.prompt, answer.text)], centre)[0]
+
+
+def test_calibrate_digests_the_first_word_for_the_exact_signal() -> None:
+    from oracle.calibrate import answer_prompts
+    from oracle.consensus.signal import FIRST_WORD_EXACT, SIGNALS, digest_bits, first_word
+
+    answers = answer_prompts(
+        [PROMPTS[0]],
+        models=["SmolLM2-135M-Instruct-Q4_1"],
+        temperature_milli=200,
+        max_tokens=12,
+        seeds=[1, 2],
+        embedding_model=FIRST_WORD_EXACT,
+        threads=1,
+    )
+    signal = SIGNALS[FIRST_WORD_EXACT]
+    for answer in answers:
+        word = first_word(signal.text(answer.prompt, answer.text))
+        assert answer.bits == digest_bits(word, 384)

@@ -214,6 +214,32 @@ def test_the_worker_embeds_a_job_with_the_signal_it_names(embedder: Embedder) ->
     assert isinstance(other, UnknownEmbeddingModel)
 
 
+def test_the_worker_digests_the_first_word_for_the_exact_signal() -> None:
+    """The exact signal runs no model: a node's own answer and a revealed one to verify
+    get the digest of their first word, so a verdict said briefly and at length agree;
+    the result still reports the answer as delivered, and the verification its counts."""
+    from oracle.consensus.signal import FIRST_WORD_EXACT, digest_bits
+    from oracle.engine.worker import EmbeddingJobRunner
+
+    prompt = "Is 21 a prime number?"
+    brief, long = "No.", "No, 21 is not a prime number: it is 3 times 7."
+    runner = EmbeddingJobRunner("all-MiniLM-L6-v2", "cpu", 1)
+    signal = {"signal": FIRST_WORD_EXACT, "prompt": prompt}
+    fit = {"max_tokens": 64, "model": "SmolLM2-135M-Instruct-Q4_1"}
+    own, revealed, other = runner.run(
+        [
+            job(1, "embedding", {"text": long, "fit": fit, **signal}),
+            job(2, "verification", {"text": brief, **signal}),
+            job(3, "verification", {"text": "Yes, it is.", **signal}),
+        ]
+    )
+    assert isinstance(own, dict) and isinstance(revealed, dict) and isinstance(other, dict)
+    assert own["bits"] == revealed["bits"] == digest_bits("no", 384).hex()
+    assert other["bits"] == digest_bits("yes", 384).hex()
+    assert own["text"] == long
+    assert revealed["embedder_tokens"] > 0 and revealed["embedder_window"] == 256
+
+
 def job(job_id: int, kind: str, payload: dict[str, object]) -> ClaimedJob:
     """A claimed job of the embedding worker's model, as the queue hands it over."""
     return ClaimedJob(

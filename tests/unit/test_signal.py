@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from oracle.consensus import pack_sign_bits
 from oracle.consensus.signal import (
+    FIRST_WORD_EXACT,
     RAW,
     SIGNALS,
     Centre,
@@ -20,7 +21,9 @@ from oracle.consensus.signal import (
     EmbeddingSignal,
     build_centre,
     centre_bytes,
+    digest_bits,
     embedding_text,
+    first_word,
     load_centre,
     normalise_answer,
     parse_centre,
@@ -232,3 +235,65 @@ def test_a_centred_signal_s_name_carries_its_centre_s_hash() -> None:
         centre = load_centre(signal)
         if centre is not None:
             assert signal.name.endswith("-" + centre.sha256[:8]), signal.name
+
+
+# --- the exact signal ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        ("No, 21 is not a prime number.", "no"),
+        ("  YES.", "yes"),
+        ("$1,200.50 in total", "1,200.50"),
+        ("3.5 kg", "3.5"),
+        ("Don't know", "don't"),
+        ("« Bonjour », dit-il", "bonjour"),
+        ("東京です。", "東京です"),
+        ("_under_score", "under"),
+        ("... !?", ""),
+        ("", ""),
+    ],
+)
+def test_the_first_word_is_letters_and_digits_case_folded(text: str, word: str) -> None:
+    assert first_word(text) == word
+
+
+def test_the_exact_signal_agrees_on_the_first_word_and_nothing_else() -> None:
+    """Answers that differ after their verdict get the same bits; another verdict gets
+    bits about half apart; the prompt's echo is not a first word."""
+    exact = SIGNALS[FIRST_WORD_EXACT]
+    assert exact.exact and exact.model == "all-MiniLM-L6-v2" and exact.dimensions == 384
+    question = "Is 21 a prime number?"
+    no = [
+        "No.",
+        "no, 21 is not a prime number. A prime number has two divisors.",
+        "Is 21 a prime number? No",
+    ]
+    bits = {digest_bits(exact.text(question, answer), exact.dimensions) for answer in no}
+    assert bits == {hashlib.shake_256(b"no").digest(48)}
+    yes = digest_bits(exact.text(question, "Yes, it is."), exact.dimensions)
+    apart = sum(bin(a ^ b).count("1") for a, b in zip(yes, next(iter(bits)), strict=True))
+    assert 0.35 * 384 < apart < 0.65 * 384
+
+
+@given(st.text(max_size=40), st.text(max_size=40))
+@FAST
+def test_digest_bits_are_equal_exactly_when_the_texts_are(a: str, b: str) -> None:
+    assert len(digest_bits(a, 384)) == 48
+    assert (digest_bits(a, 384) == digest_bits(b, 384)) == (a == b)
+
+
+@pytest.mark.parametrize("dimensions", [0, -8, 12])
+def test_digest_bits_need_whole_bytes(dimensions: int) -> None:
+    with pytest.raises(InvalidEmbedding, match="multiple of 8"):
+        digest_bits("no", dimensions)
+
+
+def test_the_exact_signal_runs_on_the_minilm_workers_with_the_prompt() -> None:
+    from oracle.consensus.signal import embedding_job
+
+    assert embedding_job(FIRST_WORD_EXACT, "Is 21 prime?") == (
+        "all-MiniLM-L6-v2",
+        {"signal": FIRST_WORD_EXACT, "prompt": "Is 21 prime?"},
+    )
