@@ -208,8 +208,8 @@ def _choose_one(
     keep = (np.cumsum(p) - p < TOP_P) & (p >= MIN_P * p[0])
     keep[0] = True
     kept = np.flatnonzero(keep)
-    seed = int(np.uint64(seed))  # numpy's range check, as ``uniforms`` makes it
-    u = np.array([_uniform(seed, int(step), int(token)) for token in tokens[kept]])
+    seed, step = int(np.uint64(seed)), int(np.uint64(step))  # ``uniforms``' range checks
+    u = np.array([_uniform(seed, step, int(token)) for token in tokens[kept]])
     scores = values[kept] / (temperature_milli / 1000.0) - np.log(-np.log(u))
     return int(tokens[kept[int(np.argmax(scores))]])
 
