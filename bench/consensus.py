@@ -43,7 +43,8 @@ embedding (case, whitespace, trailing periods), the request's prompt echo stripp
 the answer, ``"Q: <prompt>\nA: <answer>"`` embedded, bits taken against a centre (the
 mean embedding of a held-out corpus: the answers to the other half of the prompts, or
 that half's prompts and reference answers; or the shipped centre file, built from the
-reference split and measured on the test split), their combinations, and
+reference split and measured on the test split), their combinations, the exact signal
+(``first-word``: the digest of the answer's first word, no embedding), and
 all-mpnet-base-v2 when it is unpacked (``--mpnet-dir``). For each: the summary at 0.35
 and over secDistance, and each task type at its own secDistance; for today's signal and
 the proposed one (``PROPOSED``, at ``PROPOSED_SEC_DISTANCE_BP``), the curves, the table
