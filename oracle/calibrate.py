@@ -7,7 +7,9 @@ nodes reveal, and recommends:
 
 - **secDistance**: the smallest (in steps of 50 bp) at which at least the target share
   of pairs of honest answers to the same prompt lie within it. Pairs cross models and
-  seeds: a quorum may mix every accepted model.
+  seeds: a quorum may mix every accepted model. For an exact signal never above 0.35
+  (``oracle.consensus.signal.useful_sec_distance_bp``): beyond it different words would
+  agree, so a target that needs more is reported as not reached.
 - **secPercentage**: at that distance, the share of the answers that the worst prompt's
   largest cluster held, rounded down to 100 bp; never below a strict majority (5100),
   since a smaller share lets a minority decide, and flagged when honest answers do not
@@ -42,6 +44,7 @@ import click
 
 from oracle.consensus import BASIS_POINTS, hamming
 from oracle.consensus.quality import cluster_share, share_within, smallest_sec_distance
+from oracle.consensus.signal import useful_sec_distance_bp
 from oracle.errors import OracleError
 
 __all__ = [
@@ -127,13 +130,21 @@ class Calibration:
     curve: tuple[CurvePoint, ...]
 
 
-def calibrate(answers: Sequence[CalibrationAnswer], *, target: float) -> Calibration:
-    """Recommend a frame for these answers (pure: no model is run here)."""
+def calibrate(
+    answers: Sequence[CalibrationAnswer], *, target: float, max_sec_distance_bp: int = BASIS_POINTS
+) -> Calibration:
+    """Recommend a frame for these answers (pure: no model is run here). The
+    recommended secDistance is never above ``max_sec_distance_bp`` (an exact signal's
+    useful range ends below the distance of two different words); where the target
+    needs more, the recommendation stops there and falls short of it."""
     by_prompt = _by_prompt(answers)
     dim_bits = len(answers[0].bits) * 8
     honest = {p: _pair_distances(group) for p, group in by_prompt.items()}
     all_honest = [d for distances in honest.values() for d in distances]
-    sec_distance_bp = smallest_sec_distance(all_honest, dim_bits, target=target, step_bp=STEP_BP)
+    sec_distance_bp = min(
+        smallest_sec_distance(all_honest, dim_bits, target=target, step_bp=STEP_BP),
+        max_sec_distance_bp,
+    )
     others = _other_pairs(by_prompt)
     per_prompt = tuple(
         PromptFigures(
@@ -313,6 +324,13 @@ def render(calibration: Calibration) -> list[str]:
         f"recommended secPercentage {c.sec_percentage_bp} bp: the least share of one prompt's "
         "answers in one cluster at that distance, at least a strict majority",
     ]
+    if c.honest_agreement < c.target:
+        lines.append(
+            f"  warning: the target is not reached: {_pct(c.honest_agreement)} of honest pairs "
+            "agree at the largest secDistance this signal can use (an exact signal's answers "
+            "agree only where their first words match: ask for a bare verdict, label or "
+            "number, or lower the temperature)"
+        )
     if not c.honest_majority:
         lines.append(
             "  warning: some prompt's honest answers do not reach a majority in one cluster at "
@@ -412,7 +430,9 @@ def calibrate_command(
         embedding_model=embedding_model,
         threads=threads,
     )
-    calibration = calibrate(answers, target=target)
+    calibration = calibrate(
+        answers, target=target, max_sec_distance_bp=useful_sec_distance_bp(embedding_model)
+    )
     if as_json:
         click.echo(json.dumps(asdict(calibration), indent=2))
         return

@@ -37,10 +37,11 @@ from importlib import resources
 import numpy as np
 import numpy.typing as npt
 
-from oracle.consensus.bits import embedding_components
+from oracle.consensus.bits import BASIS_POINTS, embedding_components
 from oracle.errors import InvalidEmbedding, OracleError
 
 __all__ = [
+    "EXACT_SEC_DISTANCE_BP",
     "FIRST_WORD_EXACT",
     "RAW",
     "SIGNALS",
@@ -58,6 +59,7 @@ __all__ = [
     "parse_centre",
     "signal_bits",
     "strip_question_echo",
+    "useful_sec_distance_bp",
 ]
 
 _SPACES = re.compile(r"\s+")
@@ -278,6 +280,19 @@ SIGNALS: Mapping[str, EmbeddingSignal] = {
 """The signals a node knows. A request names one as its embedding model; all but the
 first must be registered on the coordinator (``setEmbeddingModel``, 384 bits) before
 requests can use them; development deployments register them (``oracle.chain.deploy``)."""
+
+
+EXACT_SEC_DISTANCE_BP = 3500
+"""The largest secDistance worth asking of an exact signal: two different words lie
+about half of the bits apart, within 0.35 with probability about 1e-9, and every
+smaller secDistance, down to 0, makes the same answers agree."""
+
+
+def useful_sec_distance_bp(name: str) -> int:
+    """The largest secDistance a request naming ``name`` should ask for:
+    ``EXACT_SEC_DISTANCE_BP`` for an exact signal; no limit (all of the bits) else."""
+    signal = SIGNALS.get(name)
+    return EXACT_SEC_DISTANCE_BP if signal is not None and signal.exact else BASIS_POINTS
 
 
 def embedding_job(name: str, prompt: str) -> tuple[str, dict[str, str]]:

@@ -57,6 +57,34 @@ def test_reports_what_the_threshold_lets_through() -> None:
     assert loose.other_prompt_acceptance == 1.0  # 8 of 32 bits = 0.25 <= 0.30
 
 
+def test_an_exact_signal_is_never_recommended_a_distance_that_merges_other_words() -> None:
+    """Digests of different first words lie about half the bits apart: reaching the
+    target by a secDistance that wide would let every answer agree. The recommendation
+    stops at the signal's useful limit and says the target is not reached."""
+    from oracle.consensus.signal import (
+        EXACT_SEC_DISTANCE_BP,
+        FIRST_WORD_EXACT,
+        digest_bits,
+        useful_sec_distance_bp,
+    )
+
+    words = ["no", "no", "yes", "no", "yes"]  # a verdict that flips from seed to seed
+    flipping = [
+        CalibrationAnswer(
+            prompt="Is 21 prime?", model="m", seed=i, text=w, bits=digest_bits(w, 384)
+        )
+        for i, w in enumerate(words)
+    ]
+    limit = useful_sec_distance_bp(FIRST_WORD_EXACT)
+    assert limit == EXACT_SEC_DISTANCE_BP == 3500
+    assert calibrate(flipping, target=0.95).sec_distance_bp > 4000  # uncapped: merges words
+    capped = calibrate(flipping, target=0.95, max_sec_distance_bp=limit)
+    assert capped.sec_distance_bp == limit
+    assert capped.honest_agreement == pytest.approx(4 / 10)  # the pairs of equal words
+    assert any("target is not reached" in line for line in render(capped))
+    assert useful_sec_distance_bp("all-MiniLM-L6-v2") == 10_000
+
+
 def test_sec_percentage_is_the_worst_cluster_share_and_at_least_a_majority() -> None:
     # five answers, one of them far from the other four: 4/5 in one cluster at a tight distance
     spread = answers("A", [bits_with(0)] * 4 + [bits_with(16)])
