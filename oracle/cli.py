@@ -587,6 +587,7 @@ def db_upgrade(database_url: str) -> None:
 @main.command()
 def models() -> None:
     """List the models this installation knows and whether their files are present."""
+    from oracle.consensus.signal import SIGNALS
     from oracle.engine.embedding_models import EMBEDDING_MODELS, resolve_embedding_model
     from oracle.engine.models import DEFAULT_LLMS
 
@@ -596,6 +597,17 @@ def models() -> None:
         )
     for name in EMBEDDING_MODELS:
         click.echo(f"embedding  {name:<32} {_presence(lambda n=name: resolve_embedding_model(n))}")
+    for registered in SIGNALS.values():
+        if registered.name == registered.model:
+            continue
+        how = [
+            *(["prompt echo stripped"] if registered.strip_echo else []),
+            *(["normalised"] if registered.normalise else []),
+            "first word digested" if registered.exact else "bits against a centre",
+        ]
+        click.echo(
+            f"signal     {registered.name:<44} {', '.join(how)} ({registered.model}'s workers)"
+        )
 
 
 def _presence(resolve: Any) -> str:
@@ -637,6 +649,13 @@ def status(database_url: str, limit: int) -> None:
 @click.option("--max-time-ms", default=60_000, type=click.IntRange(min=1))
 @click.option("--sec-distance", default=0.35, type=click.FloatRange(0, 1))
 @click.option("--sec-percentage", default=0.67, type=click.FloatRange(0, 1, min_open=True))
+@click.option(
+    "--embedding-model",
+    default="all-MiniLM-L6-v2",
+    show_default=True,
+    help="How the nodes compare answers: an embedding model, or a registered signal "
+    "(`oracle models` lists them; first-word-exact/shake256 agrees on the first word only).",
+)
 @click.option(
     "--fee-wei",
     default=10**15,

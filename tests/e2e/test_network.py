@@ -50,20 +50,14 @@ def test_three_honest_nodes_agree_and_are_paid(network: Network) -> None:
         assert network.net_received(node.address, start) == earned
 
 
-@pytest.mark.parametrize(
-    "signal_name", ["all-MiniLM-L6-v2/echo-norm-centred-d7b956d1", "first-word-exact/shake256"]
-)
-def test_a_request_naming_a_registered_signal_is_embedded_with_it(
-    network: Network, signal_name: str
-) -> None:
-    """The registered signals (oracle.consensus.signal) on a development deployment: the
-    nodes read the answer as the signal does (the centred one: prompt echo stripped,
-    normalised, bits against its centre; the exact one: the digest of its first word),
-    agree and deliver the answer as the model wrote it."""
-    from oracle.consensus.signal import SIGNALS, digest_bits, load_centre
+def test_a_request_naming_a_registered_signal_is_embedded_with_it(network: Network) -> None:
+    """The centred signal (oracle.consensus.signal) on a development deployment: the
+    nodes embed the answer as it reads it (prompt echo stripped, normalised, bits
+    against its centre), agree and deliver the answer as the model wrote it."""
+    from oracle.consensus.signal import SIGNALS, load_centre
     from oracle.engine.embedder import Embedder
 
-    signal = SIGNALS[signal_name]
+    signal = SIGNALS["all-MiniLM-L6-v2/echo-norm-centred-d7b956d1"]
     network.start(3)
     network.local.wait_for_registration()
     result = network.ask(PROMPT, quorum=3, fee_wei=3 * 10**15, embedding_model=signal.name)
@@ -71,14 +65,41 @@ def test_a_request_naming_a_registered_signal_is_embedded_with_it(
     reveals = network.events("Revealed", result.request_id)
     assert {r["args"]["output"] for r in reveals} == {result.output}
     embedder = Embedder(signal.model)
-    read = signal.text(PROMPT, result.output)
-    if signal.exact:
-        expected = digest_bits(read, signal.dimensions)
-        assert read and " " not in read  # one word
-    else:
-        expected = embedder.embed([read], load_centre(signal))[0]
-    assert {bytes(r["args"]["embeddingBits"]) for r in reveals} == {expected}
-    assert expected != embedder.embed([result.output])[0]  # not the raw sign bits
+    centred = embedder.embed([signal.text(PROMPT, result.output)], load_centre(signal))[0]
+    assert {bytes(r["args"]["embeddingBits"]) for r in reveals} == {centred}
+    assert centred != embedder.embed([result.output])[0]  # not the raw sign bits
+
+
+def test_a_verdict_asked_from_the_command_line_is_agreed_on_its_first_word(
+    network: Network,
+) -> None:
+    """`oracle request --embedding-model first-word-exact/shake256`, as a newcomer would
+    send it: the nodes reveal the digest of their answer's first word, agree, and the
+    answer is delivered as the model wrote it."""
+    from oracle.consensus.signal import FIRST_WORD_EXACT, SIGNALS, digest_bits
+
+    network.start(3)
+    network.local.wait_for_registration()
+    question = "Is 21 a prime number? Answer yes or no."
+    sent = subprocess.run(
+        [sys.executable, "-m", "oracle.cli", "request", question, "--quorum", "3",
+         "--fee-wei", str(3 * 10**15), "--embedding-model", FIRST_WORD_EXACT,
+         "--rpc", network.anvil.url, "--contract", network.deployment.coordinator],
+        env={**os.environ, "ORACLE_PRIVATE_KEY": dev_private_key(0)},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    summary = sent.stdout.strip().splitlines()[-1]
+    assert summary.startswith("finalized request="), summary
+    request_id = int(summary.split()[1].removeprefix("request="))
+    (requested,) = network.events("InferenceRequested", request_id)
+    assert requested["args"]["frame"]["embeddingModel"] == FIRST_WORD_EXACT
+    reveals = network.events("Revealed", request_id)
+    outputs = {r["args"]["output"] for r in reveals}
+    assert len(outputs) == 1
+    word = SIGNALS[FIRST_WORD_EXACT].text(question, outputs.pop())
+    assert word
+    assert {bytes(r["args"]["embeddingBits"]) for r in reveals} == {digest_bits(word, 384)}
 
 
 def test_an_unrelated_answer_falls_outside_the_cluster(network: Network) -> None:
