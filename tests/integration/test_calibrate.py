@@ -63,12 +63,17 @@ def test_calibrate_prints_the_recommendation() -> None:
     assert "<- recommended" in result.output
 
 
-def test_calibrate_embeds_as_a_registered_signal_reads_the_answers() -> None:
+@pytest.mark.parametrize(
+    "signal_name", ["all-MiniLM-L6-v2/echo-norm-centred-d7b956d1", "first-word-exact/shake256"]
+)
+def test_calibrate_reads_the_answers_as_a_registered_signal_does(signal_name: str) -> None:
+    """The centred signal embeds what it reads against its centre; the exact one digests
+    the first word, with no model run."""
     from oracle.calibrate import answer_prompts
-    from oracle.consensus.signal import SIGNALS, load_centre
+    from oracle.consensus.signal import SIGNALS, digest_bits, load_centre
     from oracle.engine.embedder import Embedder
 
-    signal = SIGNALS["all-MiniLM-L6-v2/echo-norm-centred-d7b956d1"]
+    signal = SIGNALS[signal_name]
     answers = answer_prompts(
         [PROMPTS[0]],
         models=["SmolLM2-135M-Instruct-Q4_1"],
@@ -78,26 +83,10 @@ def test_calibrate_embeds_as_a_registered_signal_reads_the_answers() -> None:
         embedding_model=signal.name,
         threads=1,
     )
-    embedder = Embedder(signal.model)
-    centre = load_centre(signal)
+    embedder = None if signal.exact else Embedder(signal.model)
     for answer in answers:
-        assert answer.bits == embedder.embed([signal.text(answer.prompt, answer.text)], centre)[0]
-
-
-def test_calibrate_digests_the_first_word_for_the_exact_signal() -> None:
-    from oracle.calibrate import answer_prompts
-    from oracle.consensus.signal import FIRST_WORD_EXACT, SIGNALS, digest_bits, first_word
-
-    answers = answer_prompts(
-        [PROMPTS[0]],
-        models=["SmolLM2-135M-Instruct-Q4_1"],
-        temperature_milli=200,
-        max_tokens=12,
-        seeds=[1, 2],
-        embedding_model=FIRST_WORD_EXACT,
-        threads=1,
-    )
-    signal = SIGNALS[FIRST_WORD_EXACT]
-    for answer in answers:
-        word = first_word(signal.text(answer.prompt, answer.text))
-        assert answer.bits == digest_bits(word, 384)
+        read = signal.text(answer.prompt, answer.text)
+        if embedder is None:
+            assert answer.bits == digest_bits(read, signal.dimensions)
+        else:
+            assert answer.bits == embedder.embed([read], load_centre(signal))[0]
