@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
 
 NODE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(NodeSettings)}
-F = TypeVar("F", bound=Callable[..., Any])
 """``oracle run``'s option defaults: NodeSettings' own, so the two cannot drift apart."""
+
+F = TypeVar("F", bound=Callable[..., Any])  # a click command, decorated in place
 
 SECRET_VARIABLES = ("ORACLE_PRIVATE_KEY", "ORACLE_RUN_PRIVATE_KEY", "ORACLE_KEYSTORE_PASSWORD")
 """Read once by ``oracle run``, then removed, so worker processes never inherit them."""
