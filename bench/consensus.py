@@ -147,10 +147,6 @@ PROPOSED_SEC_DISTANCE_BP = 3_700
 """The proposed signal's operating point, picked from its curves (docs/consensus.md):
 centring spreads the bits, so its scale is not today's."""
 MPNET = "all-mpnet-base-v2"
-FIRST_WORD = FIRST_WORD_EXACT
-"""Not an embedding model: the registered exact signal, whose bits are ``digest_bits``
-of the text (``Signal.first_word`` makes that text the answer's first word), so two
-answers lie 0 apart when their first words match and about 0.5 apart otherwise."""
 
 # --- data -------------------------------------------------------------------------------
 
@@ -422,8 +418,14 @@ class Signal:
     centre: str = "none"
     test_split: bool = False
     """Measure only the prompts of the test split."""
-    first_word: bool = False
-    """Keep only the answer's first word (``oracle.consensus.signal.first_word``)."""
+
+    @property
+    def first_word(self) -> bool:
+        """The exact signal (``FIRST_WORD_EXACT`` as its model): not an embedding; the
+        text is the answer's first word (``oracle.consensus.signal.first_word``) and its
+        bits ``digest_bits`` of it, so two answers lie 0 apart when their first words
+        match and about 0.5 apart otherwise."""
+        return self.model == FIRST_WORD_EXACT
 
     def text(self, question: str, answer: str) -> str:
         body = embedding_text(
@@ -479,9 +481,8 @@ VARIANTS = {
     ),
     "first-word": Signal(
         name="exact: first word of the answer (echo stripped), digested",
-        model=FIRST_WORD,
+        model=FIRST_WORD_EXACT,
         strip_echo=True,
-        first_word=True,
     ),
     "mpnet": Signal(name="all-mpnet-base-v2, answer", model=MPNET),
     "mpnet+echo+norm+centred": Signal(
@@ -527,7 +528,7 @@ class Encoders:
         missing = sorted({t for t in texts if (model, t) not in self.vectors})
         if not missing:
             return
-        if model == FIRST_WORD:  # +1 / -1 by the exact signal's bits of the text
+        if model == FIRST_WORD_EXACT:  # +1 / -1 by the exact signal's bits of the text
             dimensions = SIGNALS[FIRST_WORD_EXACT].dimensions
             for text in missing:
                 digest = np.frombuffer(digest_bits(text, dimensions), dtype=np.uint8)
