@@ -1,13 +1,12 @@
 """Continuous batching on llama.cpp's low-level API: many requests decoded together.
 
-One :class:`BatchedLlm` holds one model and ``slots`` KV-cache sequences (each its own
-stream of ``slot_tokens`` cells, so that one request's attention never reads another's
-cache). Requests are admitted into free slots at any time; every :meth:`BatchedLlm.step`
-builds one ``llama_batch`` of the next token of each decoding sequence plus prompt
-tokens of newly admitted ones, decodes it with one ``llama_decode``, samples every
-sequence that produced logits, and retires the sequences that ended (an
-end-of-generation token, or ``max_tokens`` tokens: exactly that many, never one more) at
-once, freeing their slots for the next admissions.
+One :class:`BatchedLlm` holds one model and ``slots`` KV-cache sequences of up to
+``slot_tokens`` cells each. Requests are admitted into free slots at any time; every
+:meth:`BatchedLlm.step` builds one ``llama_batch`` of the next token of each decoding
+sequence plus prompt tokens of newly admitted ones, decodes it with one
+``llama_decode``, samples every sequence that produced logits, and retires the sequences
+that ended (an end-of-generation token, or ``max_tokens`` tokens: exactly that many,
+never one more) at once, freeing their slots for the next admissions.
 
 **Same answers as the sequential runner.** Each token is chosen by coupled sampling
 (:mod:`oracle.engine.sampling`: top-k 40, top-p 0.95, min-p 0.05, then the Gumbel-max
@@ -33,6 +32,16 @@ collector thread waits for the other's results and samples them: building one ha
 graph, sampling the other half and the device's work on both overlap. The calls on the
 two threads are on different contexts (and CUDA streams); the owner's bookkeeping runs
 after both. On a CPU, decoding is itself CPU work and one context is right.
+
+**The KV cache: a stream a sequence on a CPU, one shared on a GPU (``kv_unified``).**
+With a stream of its own, a sequence's attention reads only its own cells, and its
+logits do not depend on the batch at all. But llama.cpp puts only consecutive sequence
+ids with equal token counts into one micro-batch of a multi-stream cache, and launches
+each micro-batch apart: on a GPU, where launching is most of a decode's cost, one shared
+cache (each sequence's attention masked to its own cells) decodes every step as one
+(H200, 256 requests through two contexts: 10,379-10,852 tokens/s against 7,490-9,045).
+The masked cells add exact zeros, so a sequence's answer still never depends on what the
+others say, only (in the last bits) on how many cells they hold.
 
 **Top-k on the device (``device_top_k``).** Each slot's context is created with a
 backend sampler (llama.cpp's experimental backend sampling) that keeps the 40 highest
@@ -207,6 +216,7 @@ class BatchedLlm:
         batch_tokens: int = 2048,
         contexts: int = 1,
         device_top_k: bool = False,
+        kv_unified: bool | None = None,
         model_path: Path | None = None,
         cache_dir: Path | None = None,
     ) -> None:
@@ -214,8 +224,10 @@ class BatchedLlm:
 
         ``slot_tokens`` (prompt plus max_tokens of one request; default the model's
         context) is rounded up to a multiple of 256. ``threads`` serve both llama.cpp's
-        CPU work and sampling. ``contexts`` (at most one a slot) share the slots; see the
-        module's notes for it and ``device_top_k``. Raises ModelNotInstalled,
+        CPU work and sampling. ``contexts`` (at most one a slot) share the slots;
+        ``kv_unified`` (default: on a GPU) gives each context one KV cache for all its
+        sequences instead of a stream each; see the module's notes for these and
+        ``device_top_k``. Raises ModelNotInstalled,
         ModelLoadFailed, ModelHasNoChatTemplate or KvBudgetTooSmall.
         """
         if threads < 1:
@@ -225,6 +237,7 @@ class BatchedLlm:
         self.spec = spec
         self.model_path = model_path or spec.resolve(cache_dir=cache_dir)
         self.device_top_k = device_top_k
+        self.kv_unified = gpu_layers != 0 if kv_unified is None else kv_unified
         self._parts: list[_Part] = []
         self._by_key: dict[int, _Sequence] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -252,7 +265,7 @@ class BatchedLlm:
         except OracleError:
             self.close()
             raise
-        self.slot_tokens = int(llama_cpp.llama_n_ctx_seq(self._parts[0].ctx))
+        self.slot_tokens = wanted_slot
         self._turn = 0
         self._pieces: dict[int, bytes] = {}
         self._end_of_generation: dict[int, bool] = {}
@@ -276,6 +289,7 @@ class BatchedLlm:
                 "slot_tokens": self.slot_tokens,
                 "contexts": len(self._parts),
                 "device_top_k": device_top_k,
+                "kv_unified": self.kv_unified,
                 "gpu_layers": gpu_layers,
                 "threads": threads,
                 "load_seconds": round(self.load_seconds, 3),
@@ -468,7 +482,7 @@ class BatchedLlm:
 
         Tokens go in sequence-id order: with one KV stream per sequence, llama.cpp puts
         only consecutive sequence ids into one micro-batch (slots are handed out lowest
-        first, so the busy ones stay together).
+        first, so the busy ones stay together); a shared cache takes any order.
         """
         ordered = [part.sequences[seq_id] for seq_id in sorted(part.sequences)]
         if not any(sequence.pending for sequence in ordered):  # the usual step: one token each
@@ -627,7 +641,7 @@ class BatchedLlm:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = slot_tokens * capacity
         params.n_seq_max = capacity
-        params.kv_unified = False  # one stream per sequence: attention reads its own cells
+        params.kv_unified = self.kv_unified  # see the module's notes
         params.n_batch = self.batch_tokens
         params.n_ubatch = min(512, self.batch_tokens)
         # with the layers on a GPU, llama.cpp's CPU threads only start each graph, and more

@@ -40,6 +40,15 @@ def split_llm() -> Iterator[BatchedLlm]:
         yield engine
 
 
+@pytest.fixture(scope="module")
+def unified_llm() -> Iterator[BatchedLlm]:
+    """One KV cache shared by every sequence, as on a GPU (here on the CPU)."""
+    with BatchedLlm(
+        SMOLLM, parallel=4, threads=2, slot_tokens=SLOT_TOKENS, kv_unified=True
+    ) as engine:
+        yield engine
+
+
 def request(
     key: int,
     prompt: str = LONG,
@@ -209,6 +218,56 @@ def test_answers_equal_the_sequential_runners(llm: BatchedLlm) -> None:
     )
     assert long_batched.finish_reason == long_sequential.finish_reason
     assert long_batched.text[:40] == long_sequential.text[:40]
+
+
+def test_in_one_shared_cache_an_answer_does_not_depend_on_the_others(
+    llm: BatchedLlm, unified_llm: BatchedLlm
+) -> None:
+    """The shared cache masks every other sequence's cells out of a sequence's attention.
+
+    Alone against in company, the cache's shape differs and with it the arithmetic; with
+    companions of the same lengths saying other things, the shapes are the same, so any
+    difference in the target's answer would be the others' cells leaking in.
+    """
+    assert unified_llm.kv_unified and not llm.kv_unified  # a CPU decodes one stream a slot
+    target = request(1, LONG, temperature_milli=700, max_tokens=24, seed=11)
+    runs = []
+    for animals in (("cat", "dog"), ("fox", "pig")):
+        companions = [
+            request(key, f"Write a long story about a {animal}.", max_tokens=16, seed=key)
+            for key, animal in enumerate(animals, start=2)
+        ]
+        runs.append([answer(o) for o in unified_llm.generate([target, *companions])])
+    (target_a, *others_a), (target_b, *others_b) = runs
+    # the premise: same lengths, different words
+    for a, b in zip(others_a, others_b, strict=True):
+        assert (a.prompt_tokens, a.completion_tokens) == (b.prompt_tokens, b.completion_tokens)
+        assert a.finish_reason == b.finish_reason == "length"
+        assert a.text != b.text
+    assert target_a == target_b
+    assert target_a.completion_tokens == 24
+    assert unified_llm.free_slots == unified_llm.slots
+
+
+def test_one_shared_cache_honours_the_limits_and_frees_slots(unified_llm: BatchedLlm) -> None:
+    limits = [1, 7, 16, 23]
+    reqs = [request(i, max_tokens=n, seed=i) for i, n in enumerate(limits)]
+    reqs.append(request(9, "Tell me a joke.", max_tokens=5, seed=9))  # waits for a slot
+    answers = [answer(o) for o in unified_llm.generate(reqs)]
+    assert [a.completion_tokens for a in answers[:4]] == limits
+    assert answers[4].completion_tokens <= 5
+    for key in range(1, unified_llm.slots + 1):
+        unified_llm.admit(request(key, max_tokens=30, seed=key))
+    unified_llm.step()
+    assert unified_llm.cancel(2)
+    unified_llm.admit(request(99, max_tokens=4))
+    done = []
+    while unified_llm.active:
+        done += unified_llm.step()
+    assert sorted(d.key for d in done) == [1, 3, 4, 99]
+    assert unified_llm.free_slots == unified_llm.slots
+    with pytest.raises(PromptTooLong):
+        unified_llm.admit(request(5, "Hi", max_tokens=SLOT_TOKENS))
 
 
 def test_the_kv_budget_decides_the_slots() -> None:
