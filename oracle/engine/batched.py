@@ -35,13 +35,15 @@ after both. On a CPU, decoding is itself CPU work and one context is right.
 
 **The KV cache: a stream a sequence on a CPU, one shared on a GPU (``kv_unified``).**
 With a stream of its own, a sequence's attention reads only its own cells, and its
-logits do not depend on the batch at all. But llama.cpp puts only consecutive sequence
-ids with equal token counts into one micro-batch of a multi-stream cache, and launches
-each micro-batch apart: on a GPU, where launching is most of a decode's cost, one shared
-cache (each sequence's attention masked to its own cells) decodes every step as one
-(H200, 256 requests through two contexts: 10,379-10,852 tokens/s against 7,490-9,045).
-The masked cells add exact zeros, so a sequence's answer still never depends on what the
-others say, only (in the last bits) on how many cells they hold.
+logits do not depend on the batch at all. But a multi-stream cache puts only consecutive
+sequence ids with equal token counts into one micro-batch (so a step holding admitted
+prompts is several, each launched apart), and its CPU work per decode grows when the
+sequences' lengths differ, as real prompts do. On a GPU, where that CPU work is most of
+a decode, one shared cache (each sequence's attention masked to its own cells) decodes
+every step as one micro-batch (H200, 256 requests through two contexts: 10,379-10,852
+tokens/s against 7,490-9,045). The masked cells add exact zeros, so a sequence's answer
+still never depends on what the others say, only (in the last bits) on how many cells
+they hold.
 
 **Top-k on the device (``device_top_k``).** Each slot's context is created with a
 backend sampler (llama.cpp's experimental backend sampling) that keeps the 40 highest
