@@ -19,7 +19,10 @@ round's; the first warms everything up):
 
 ``--variants`` names the engine settings the engine-alone runs compare, each
 ``CONTEXTS:SAMPLING`` (``2:host``: two contexts decoded in turn, top-k on the CPU;
-``2:device``: top-k 40 on the device); ``--worker-variants`` those of the queue runs,
+``2:device``: top-k 40 on the device; ``2:host/streams``: with a KV stream a sequence
+instead of the GPU's one shared cache; by default ``2:host/streams 2:host`` on a GPU,
+``1:host/shared 1:host`` on a CPU); ``--worker-variants`` those of the queue runs (by
+default the last engine variant, with the device's own layout),
 where ``2:host:2`` starts two worker processes on the device, each with half the slots
 and half the threads (two processes launch their graphs in parallel, where one
 process's contexts take turns on one thread).
@@ -103,29 +106,45 @@ def prompts(count: int) -> list[str]:
 # --- ours, through the queue --------------------------------------------------------------
 
 
+KV_LAYOUTS = {"shared": True, "streams": False}
+"""``/shared``: one KV cache for a context's sequences; ``/streams``: a stream each."""
+
+
 @dataclass(frozen=True, slots=True)
 class Variant:
     """Batched engine settings under comparison: ``CONTEXTS:host`` or ``CONTEXTS:device``,
-    and for the queue runs ``:PROCESSES`` after it (worker processes sharing the device
-    and the queue, the slots split among them; default 1)."""
+    for the queue runs ``:PROCESSES`` after it (worker processes sharing the device and
+    the queue, the slots split among them; default 1), and for the engine-alone runs
+    ``/shared`` or ``/streams`` at the end (the KV cache's layout; default the engine's
+    own choice for the device)."""
 
     contexts: int
     device_top_k: bool
     processes: int = 1
+    kv_unified: bool | None = None
 
     @classmethod
     def parse(cls, text_: str) -> Variant:
-        contexts, _, rest = text_.partition(":")
+        settings, _, layout = text_.partition("/")
+        contexts, _, rest = settings.partition(":")
         sampling, _, processes = rest.partition(":")
-        if sampling not in ("host", "device") or not (processes or "1").isdigit():
+        if (
+            not contexts.isdigit()
+            or sampling not in ("host", "device")
+            or not (processes or "1").isdigit()
+            or (layout and layout not in KV_LAYOUTS)
+        ):
             raise argparse.ArgumentTypeError(
-                f"{text_!r}: CONTEXTS:host or CONTEXTS:device, then :PROCESSES or nothing"
+                f"{text_!r}: CONTEXTS:host or CONTEXTS:device, then :PROCESSES or nothing, "
+                "then /shared, /streams or nothing"
             )
-        return cls(int(contexts), sampling == "device", int(processes or "1"))
+        kv_unified = KV_LAYOUTS[layout] if layout else None
+        return cls(int(contexts), sampling == "device", int(processes or "1"), kv_unified)
 
     def __str__(self) -> str:
         processes = f":{self.processes}" if self.processes > 1 else ""
-        return f"{self.contexts}:{'device' if self.device_top_k else 'host'}{processes}"
+        layout = {True: "/shared", False: "/streams", None: ""}[self.kv_unified]
+        return f"{self.contexts}:{'device' if self.device_top_k else 'host'}{processes}{layout}"
 
 
 def llama_library() -> str:
@@ -251,6 +270,7 @@ def run_engine_alone(
         slot_tokens=args.slot_tokens,
         contexts=variant.contexts,
         device_top_k=variant.device_top_k,
+        kv_unified=variant.kv_unified,
     ) as llm:
         for n in counts:
             for _ in range(args.rounds):
@@ -398,11 +418,15 @@ def main() -> None:
     )
     args.gpu_layers = -1 if args.device == "cuda" else 0
     counts = sorted(set(args.concurrency))
-    host = [Variant(1, False)]
-    variants = args.variants or ([Variant(2, False)] if args.device == "cuda" else host)
-    worker_variants = args.worker_variants or variants[-1:]
+    # by default the engine alone in both KV layouts, the device's own last
+    contexts, other_layout = (2, False) if args.device == "cuda" else (1, True)
+    default = [Variant(contexts, False, kv_unified=other_layout), Variant(contexts, False)]
+    variants = args.variants or default
+    worker_variants = args.worker_variants or [dataclasses.replace(variants[-1], kv_unified=None)]
     if any(variant.processes != 1 for variant in variants):
         parser.error("--variants run the engine in this process: no :PROCESSES there")
+    if any(variant.kv_unified is not None for variant in worker_variants):
+        parser.error("--worker-variants: a worker picks its KV layout by device: no /LAYOUT")
 
     with postgres_server() as server_url:
         print_machine("LLM engines on one device", ["sqlalchemy", "psycopg"], server_url)
