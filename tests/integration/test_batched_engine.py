@@ -49,6 +49,15 @@ def unified_llm() -> Iterator[BatchedLlm]:
         yield engine
 
 
+@pytest.fixture(params=["streams", "shared"])
+def engine(request: pytest.FixtureRequest) -> BatchedLlm:
+    """The engine with a KV stream a sequence (a CPU's), then with one shared cache."""
+    chosen: BatchedLlm = request.getfixturevalue(
+        "llm" if request.param == "streams" else "unified_llm"
+    )
+    return chosen
+
+
 def request(
     key: int,
     prompt: str = LONG,
@@ -76,10 +85,10 @@ def alone(llm: BatchedLlm, req: GenerationRequest) -> Generation:
     return answer(outcome)
 
 
-def test_max_tokens_is_honoured_exactly(llm: BatchedLlm) -> None:
+def test_max_tokens_is_honoured_exactly(engine: BatchedLlm) -> None:
     limits = [1, 2, 7, 16, 23]
     reqs = [request(i, temperature_milli=1000, max_tokens=n, seed=i) for i, n in enumerate(limits)]
-    answers = [answer(o) for o in llm.generate(reqs)]
+    answers = [answer(o) for o in engine.generate(reqs)]
     for limit, generation in zip(limits, answers, strict=True):
         assert generation.completion_tokens <= limit
         if generation.finish_reason == "length":
@@ -87,7 +96,7 @@ def test_max_tokens_is_honoured_exactly(llm: BatchedLlm) -> None:
     # a story prompt does not end within a few tokens
     assert [a.completion_tokens for a in answers[:3]] == limits[:3]
     assert all(a.finish_reason == "length" for a in answers[:3])
-    assert llm.free_slots == llm.slots
+    assert engine.free_slots == engine.slots
 
 
 def test_a_seed_gives_the_same_answer_twice(llm: BatchedLlm) -> None:
@@ -162,28 +171,28 @@ def test_a_request_joining_a_running_batch_changes_nothing(llm: BatchedLlm) -> N
     assert outcomes[2] == alone(llm, joiner)
 
 
-def test_a_cancelled_request_frees_its_slot(llm: BatchedLlm) -> None:
-    for key in range(1, llm.slots + 1):
-        llm.admit(request(key, max_tokens=40, seed=key))
-    llm.step()
+def test_a_cancelled_request_frees_its_slot(engine: BatchedLlm) -> None:
+    for key in range(1, engine.slots + 1):
+        engine.admit(request(key, max_tokens=40, seed=key))
+    engine.step()
     with pytest.raises(NoFreeSlot):
-        llm.admit(request(99))
-    assert llm.cancel(2) and not llm.cancel(2)
-    assert llm.free_slots == 1
-    llm.admit(request(99, max_tokens=5))
+        engine.admit(request(99))
+    assert engine.cancel(2) and not engine.cancel(2)
+    assert engine.free_slots == 1
+    engine.admit(request(99, max_tokens=5))
     done = []
-    while llm.active:
-        done += llm.step()
-    assert sorted(d.key for d in done) == sorted({*range(1, llm.slots + 1), 99} - {2})
-    assert llm.free_slots == llm.slots
+    while engine.active:
+        done += engine.step()
+    assert sorted(d.key for d in done) == sorted({*range(1, engine.slots + 1), 99} - {2})
+    assert engine.free_slots == engine.slots
 
 
-def test_a_prompt_that_cannot_fit_is_refused_without_a_slot(llm: BatchedLlm) -> None:
+def test_a_prompt_that_cannot_fit_is_refused_without_a_slot(engine: BatchedLlm) -> None:
     with pytest.raises(PromptTooLong):
-        llm.admit(request(1, "word " * SLOT_TOKENS, max_tokens=4))
+        engine.admit(request(1, "word " * SLOT_TOKENS, max_tokens=4))
     with pytest.raises(PromptTooLong):
-        llm.admit(request(2, "Hi", max_tokens=SLOT_TOKENS))
-    assert llm.free_slots == llm.slots and llm.active == 0
+        engine.admit(request(2, "Hi", max_tokens=SLOT_TOKENS))
+    assert engine.free_slots == engine.slots and engine.active == 0
 
 
 def test_answers_equal_the_sequential_runners(llm: BatchedLlm) -> None:
@@ -247,27 +256,6 @@ def test_in_one_shared_cache_an_answer_does_not_depend_on_the_others(
     assert target_a == target_b
     assert target_a.completion_tokens == 24
     assert unified_llm.free_slots == unified_llm.slots
-
-
-def test_one_shared_cache_honours_the_limits_and_frees_slots(unified_llm: BatchedLlm) -> None:
-    limits = [1, 7, 16, 23]
-    reqs = [request(i, max_tokens=n, seed=i) for i, n in enumerate(limits)]
-    reqs.append(request(9, "Tell me a joke.", max_tokens=5, seed=9))  # waits for a slot
-    answers = [answer(o) for o in unified_llm.generate(reqs)]
-    assert [a.completion_tokens for a in answers[:4]] == limits
-    assert answers[4].completion_tokens <= 5
-    for key in range(1, unified_llm.slots + 1):
-        unified_llm.admit(request(key, max_tokens=30, seed=key))
-    unified_llm.step()
-    assert unified_llm.cancel(2)
-    unified_llm.admit(request(99, max_tokens=4))
-    done = []
-    while unified_llm.active:
-        done += unified_llm.step()
-    assert sorted(d.key for d in done) == [1, 3, 4, 99]
-    assert unified_llm.free_slots == unified_llm.slots
-    with pytest.raises(PromptTooLong):
-        unified_llm.admit(request(5, "Hi", max_tokens=SLOT_TOKENS))
 
 
 def test_the_kv_budget_decides_the_slots() -> None:
