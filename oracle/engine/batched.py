@@ -229,8 +229,8 @@ class BatchedLlm:
         CPU work and sampling. ``contexts`` (at most one a slot) share the slots;
         ``kv_unified`` (default: on a GPU) gives each context one KV cache for all its
         sequences instead of a stream each; see the module's notes for these and
-        ``device_top_k``. Raises ModelNotInstalled,
-        ModelLoadFailed, ModelHasNoChatTemplate or KvBudgetTooSmall.
+        ``device_top_k``. Raises ModelNotInstalled, ModelLoadFailed,
+        ModelHasNoChatTemplate or KvBudgetTooSmall.
         """
         if threads < 1:
             raise InvalidGenerationRequest(field="threads", value=threads, allowed=">= 1")
