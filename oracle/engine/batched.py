@@ -43,10 +43,10 @@ a decode, one shared cache (each sequence's attention masked to its own cells) d
 every step as one micro-batch (H200, 256 requests through two contexts: 10,379-10,852
 tokens/s against 7,490-9,045). The masked cells add exact zeros, so a sequence's answer
 still never depends on what the others say, only (in the last bits) on how many cells
-they hold. It wants flash attention (a GPU context takes it where the device has it): without it,
-a micro-batch's attention scores span the whole shared cache, and llama.cpp reserves
-for them (128 slots of 512 tokens: a 1,286 MiB compute buffer against 98 MiB with flash
-attention or with streams, measured on the CPU).
+they hold. It wants flash attention (a GPU context takes it where the device has it):
+without it, a micro-batch's attention scores span the whole shared cache, and llama.cpp
+reserves for them (128 slots of 512 tokens: a 1,286 MiB compute buffer against 98 MiB
+with flash attention or with streams, measured on the CPU).
 
 **Top-k on the device (``device_top_k``).** Each slot's context is created with a
 backend sampler (llama.cpp's experimental backend sampling) that keeps the 40 highest
