@@ -97,6 +97,7 @@ from oracle.consensus.signal import (
     digest_bits,
     embedding_text,
     load_centre,
+    strip_question_echo,
 )
 
 if TYPE_CHECKING:
@@ -418,6 +419,10 @@ class Signal:
     centre: str = "none"
     test_split: bool = False
     """Measure only the prompts of the test split."""
+    first_sentence: bool = False
+    """Embed only the answer's first sentence (after the echo is stripped): where honest
+    answers part after a shared verdict ("No." against "No, 21 is not prime. A prime
+    ..."), what follows it is left out."""
 
     @property
     def first_word(self) -> bool:
@@ -428,6 +433,10 @@ class Signal:
         return self.model == FIRST_WORD_EXACT
 
     def text(self, question: str, answer: str) -> str:
+        if self.first_sentence:
+            answer = first_sentence(
+                strip_question_echo(question, answer) if self.strip_echo else answer
+            )
         body = embedding_text(
             question,
             answer,
@@ -436,6 +445,17 @@ class Signal:
             first_word_only=self.first_word,
         )
         return f"Q: {question}\nA: {body}" if self.question_frame else body
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
+
+
+def first_sentence(text: str) -> str:
+    """Up to the first sentence's end (``.``, ``!`` or ``?`` before a space, or a line
+    break); the whole text when it has none."""
+    stripped = text.strip()
+    end = _SENTENCE_END.search(stripped)
+    return stripped[: end.start()] if end else stripped
 
 
 TODAY = Signal(name="today: the answer, raw sign bits")
@@ -483,6 +503,13 @@ VARIANTS = {
         name="exact: first word of the answer (echo stripped), digested",
         model=FIRST_WORD_EXACT,
         strip_echo=True,
+    ),
+    "sentence+echo+norm+centred": Signal(
+        name="first sentence, echo stripped, normalised, centred (held-out answers)",
+        strip_echo=True,
+        normalised=True,
+        centre="held-out",
+        first_sentence=True,
     ),
     "mpnet": Signal(name="all-mpnet-base-v2, answer", model=MPNET),
     "mpnet+echo+norm+centred": Signal(
