@@ -419,6 +419,12 @@ class Signal:
     centre: str = "none"
     test_split: bool = False
     """Measure only the prompts of the test split."""
+    projection: str = "none"
+    """``PROJECTIONS``: after centring, the bits of the embedding as it is (``none``),
+    rotated at random (``rotated``: SimHash, a bit per random hyperplane, so that the
+    share of differing bits estimates the angle between two centred embeddings over
+    pi), or whitened (``whitened``: the held-out corpus's covariance made the identity,
+    every direction of the corpus as likely as any other)."""
     first_sentence: bool = False
     """Embed only the answer's first sentence (after the echo is stripped): where honest
     answers part after a shared verdict ("No." against "No, 21 is not prime. A prime
@@ -510,6 +516,20 @@ VARIANTS = {
         normalised=True,
         centre="held-out",
         first_sentence=True,
+    ),
+    "echo+norm+rotated": Signal(
+        name="echo stripped, normalised, centred and rotated at random (held-out answers)",
+        strip_echo=True,
+        normalised=True,
+        centre="held-out",
+        projection="rotated",
+    ),
+    "echo+norm+whitened": Signal(
+        name="echo stripped, normalised, whitened (held-out answers)",
+        strip_echo=True,
+        normalised=True,
+        centre="held-out",
+        projection="whitened",
     ),
     "mpnet": Signal(name="all-mpnet-base-v2, answer", model=MPNET),
     "mpnet+echo+norm+centred": Signal(
@@ -645,13 +665,33 @@ class Distances:
     engines' normalised distances, a matrix."""
 
 
+Offset = npt.NDArray[np.float32] | tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+"""What the bits are taken against: a centre, or a centre and a projection after it."""
+
+
 def sign_bits(
-    matrix: npt.NDArray[np.float32], centre: npt.NDArray[np.float32] | None = None
+    matrix: npt.NDArray[np.float32], centre: Offset | None = None
 ) -> npt.NDArray[np.bool_]:
-    """Bits as ``oracle.consensus.signal.signal_bits`` takes them: component > centre."""
+    """Bits as ``oracle.consensus.signal.signal_bits`` takes them: component > centre;
+    with a projection, the centred embedding projected, then > 0."""
     if centre is None:
         return matrix > 0
+    if isinstance(centre, tuple):
+        mean, projection = centre
+        return np.asarray((matrix.astype(np.float64) - mean) @ projection.T > 0)
     return matrix.astype(np.float64) > centre.astype(np.float64)
+
+
+PROJECTIONS = ("none", "rotated", "whitened")
+
+
+def _projection(kind: str, corpus: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    dims = corpus.shape[1]
+    if kind == "rotated":
+        return np.random.default_rng(384).standard_normal((dims, dims))
+    covariance = np.cov(corpus.astype(np.float64), rowvar=False)
+    values, vectors = np.linalg.eigh(covariance + 1e-4 * np.eye(dims))
+    return np.asarray(vectors @ np.diag(values**-0.5) @ vectors.T)
 
 
 def hamming_matrix(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
@@ -774,7 +814,7 @@ def _shared_pairs(
     runs: Sequence[Sequence[str]],
     encoders: Encoders,
     signal: Signal,
-    offset: npt.NDArray[np.float32] | None,
+    offset: Offset | None,
 ) -> None:
     """The pairs of one answer set's runs on two engines, seed by seed."""
     if len(runs) < 2:
@@ -820,7 +860,7 @@ def _centres(
     prompts: Sequence[Prompt],
     texts: dict[tuple[str, str, int], list[str]],
     encoders: Encoders,
-) -> dict[int, npt.NDArray[np.float32] | None]:
+) -> dict[int, Offset | None]:
     """The centre each half of the prompts is measured against (``CENTRES``)."""
     if signal.centre == "none":
         return {0: None, 1: None}
@@ -847,7 +887,13 @@ def _centres(
                 if t is not None
             ]
             encoders.encode(signal.model, corpus)
-        centres[half] = build_centre(encoders.matrix(signal.model, corpus))
+        matrix = encoders.matrix(signal.model, corpus)
+        centre = build_centre(matrix)
+        centres[half] = (
+            centre
+            if signal.projection == "none"
+            else (centre.astype(np.float64), _projection(signal.projection, matrix))
+        )
     return centres
 
 
