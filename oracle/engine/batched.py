@@ -176,6 +176,9 @@ class _Part:
     sequences: dict[int, _Sequence] = field(default_factory=dict)
     in_flight: list[tuple[_Sequence, int]] | None = None
     """Launched and not read yet: the sequences that will have logits, and their index."""
+    dropped: set[int] = field(default_factory=set)
+    """``id`` of each in-flight sequence cancelled since its launch: its logits stay in
+    their row (the rows are the launched outputs, in order) and its token is not used."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +369,7 @@ class BatchedLlm:
         part = sequence.part
         if part.in_flight is not None:  # its cells are being written: wait, then forget it
             llama_cpp.llama_synchronize(part.ctx)
-            part.in_flight = [out for out in part.in_flight if out[0] is not sequence]
+            part.dropped.add(id(sequence))
         self._retire(sequence)
         return True
 
@@ -463,6 +466,12 @@ class BatchedLlm:
         llama_cpp.llama_get_logits(part.ctx)  # synchronise and reorder once, here
         sampling = time.perf_counter()
         sampled = self._sample(part.ctx, outputs)
+        if part.dropped:  # sampled in their rows with the others, then left out
+            kept = [
+                k for k, (sequence, _i) in enumerate(outputs) if id(sequence) not in part.dropped
+            ]
+            outputs, sampled = [outputs[k] for k in kept], [sampled[k] for k in kept]
+            part.dropped.clear()
         return _Read(outputs, sampled, sampling - waiting, time.perf_counter() - sampling)
 
     def _advance_all(self, read: _Read | None) -> list[Finished]:

@@ -41,6 +41,13 @@ def split_llm() -> Iterator[BatchedLlm]:
 
 
 @pytest.fixture(scope="module")
+def split_host_llm() -> Iterator[BatchedLlm]:
+    """Two contexts decoded in turn, top-k on the CPU (a GPU worker's default)."""
+    with BatchedLlm(SMOLLM, parallel=4, threads=2, slot_tokens=SLOT_TOKENS, contexts=2) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
 def unified_llm() -> Iterator[BatchedLlm]:
     """One KV cache shared by every sequence, as on a GPU (here on the CPU)."""
     with BatchedLlm(
@@ -138,21 +145,33 @@ def test_two_contexts_with_device_top_k_answer_as_one_context(
     assert split_llm.free_slots == 4
 
 
+@pytest.fixture(params=["host", "device"])
+def split(request: pytest.FixtureRequest) -> BatchedLlm:
+    """Two contexts in turn, top-k on the CPU, then on the device."""
+    chosen: BatchedLlm = request.getfixturevalue(
+        "split_host_llm" if request.param == "host" else "split_llm"
+    )
+    return chosen
+
+
 def test_a_request_cancelled_while_its_context_decodes_frees_its_slot(
-    llm: BatchedLlm, split_llm: BatchedLlm
+    llm: BatchedLlm, split: BatchedLlm
 ) -> None:
+    """The cancelled request's row stays among the launched outputs: the request after
+    it in the same context samples its own logits, not its neighbour's."""
+    prompts = {1: "Name three colours.", 3: "Write a haiku about the sea."}
     for key in range(1, 5):  # the slots alternate between the contexts: 1 and 3 share one
-        split_llm.admit(request(key, max_tokens=10, seed=key))
-    split_llm.step()  # the first context's decode is launched, not read yet
-    assert split_llm.cancel(1)
-    split_llm.admit(request(99, max_tokens=4))
+        split.admit(request(key, prompts.get(key, LONG), max_tokens=10, seed=key))
+    split.step()  # the first context's decode is launched, not read yet
+    assert split.cancel(1)
+    split.admit(request(99, max_tokens=4))
     done = []
-    while split_llm.active:
-        done += split_llm.step()
+    while split.active:
+        done += split.step()
     assert sorted(d.key for d in done) == [2, 3, 4, 99]
     outcomes = {d.key: answer(d.outcome) for d in done}
-    assert outcomes[3] == alone(llm, request(3, max_tokens=10, seed=3))
-    assert split_llm.free_slots == 4
+    assert outcomes[3] == alone(llm, request(3, prompts[3], max_tokens=10, seed=3))
+    assert split.free_slots == 4
 
 
 def test_a_request_joining_a_running_batch_changes_nothing(llm: BatchedLlm) -> None:
