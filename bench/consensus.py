@@ -685,12 +685,20 @@ def sign_bits(
 PROJECTIONS = ("none", "rotated", "whitened")
 
 
+WHITENING_EPSILON = 1e-4
+"""Added to the covariance before its inverse square root: three of MiniLM's components
+are zero for every text, and those directions would otherwise be scaled without bound."""
+
+
 def _projection(kind: str, corpus: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """The matrix applied after centring (``PROJECTIONS``): a fixed random Gaussian one,
+    or the held-out corpus's whitening (ZCA: ``V diag((l + eps) ** -0.5) V^T``)."""
+    assert kind in PROJECTIONS[1:], kind
     dims = corpus.shape[1]
     if kind == "rotated":
         return np.random.default_rng(384).standard_normal((dims, dims))
     covariance = np.cov(corpus.astype(np.float64), rowvar=False)
-    values, vectors = np.linalg.eigh(covariance + 1e-4 * np.eye(dims))
+    values, vectors = np.linalg.eigh(covariance + WHITENING_EPSILON * np.eye(dims))
     return np.asarray(vectors @ np.diag(values**-0.5) @ vectors.T)
 
 
@@ -869,7 +877,7 @@ def _centres(
         assert shipped is not None and signal.model == MINILM
         assert signal.strip_echo and signal.normalised and not signal.question_frame
         return {0: shipped.vector, 1: shipped.vector}
-    centres: dict[int, npt.NDArray[np.float32] | None] = {}
+    centres: dict[int, Offset | None] = {}
     for half in (0, 1):
         if signal.centre == "held-out":
             corpus = [
