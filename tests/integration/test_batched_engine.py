@@ -277,6 +277,31 @@ def test_in_one_shared_cache_an_answer_does_not_depend_on_the_others(
     assert unified_llm.free_slots == unified_llm.slots
 
 
+def test_device_top_k_in_shared_caches_answers_as_host_top_k() -> None:
+    """A GPU worker's layout (two contexts, each one shared cache) with top-k on the
+    device: the same 40 candidates reach coupled sampling, so the same answers."""
+    reqs = [
+        request(1, "What is the capital of France?", temperature_milli=0, max_tokens=10),
+        request(2, "Write a haiku about the sea.", temperature_milli=700, max_tokens=14, seed=7),
+        request(3, LONG, temperature_milli=300, max_tokens=12, seed=5),
+    ]
+    answers = []
+    for device_top_k in (False, True):
+        with BatchedLlm(
+            SMOLLM,
+            parallel=4,
+            threads=2,
+            slot_tokens=SLOT_TOKENS,
+            contexts=2,
+            device_top_k=device_top_k,
+            kv_unified=True,
+        ) as engine:
+            answers.append([answer(o) for o in engine.generate(reqs)])
+    host, device = answers
+    assert all(a.text for a in host)
+    assert device == host
+
+
 def test_the_kv_budget_decides_the_slots() -> None:
     # SmolLM2: 30 layers x 3 KV heads x (64 + 64) x 2 bytes = 22.5 KiB a token
     with BatchedLlm(SMOLLM, parallel=8, threads=1, slot_tokens=256, kv_budget_mib=17) as small:
