@@ -143,7 +143,7 @@ class Variant:
 
     def __str__(self) -> str:
         processes = f":{self.processes}" if self.processes > 1 else ""
-        layout = {True: "/shared", False: "/streams", None: ""}[self.kv_unified]
+        layout = "".join(f"/{n}" for n, unified in KV_LAYOUTS.items() if unified is self.kv_unified)
         return f"{self.contexts}:{'device' if self.device_top_k else 'host'}{processes}{layout}"
 
 
