@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from oracle.engine.batched import BatchedLlm, GenerationRequest, NoFreeSlot
+from oracle.engine import batched
+from oracle.engine.batched import BatchedLlm, DecodeFailed, GenerationRequest, NoFreeSlot
 from oracle.engine.llm import Generation, LlmRunner, PromptTooLong
 from oracle.engine.llm_options import KvBudgetTooSmall
 from oracle.engine.models import lookup_llm
@@ -143,6 +144,33 @@ def test_two_contexts_with_device_top_k_answer_as_one_context(
     split = [answer(o) for o in split_llm.generate(reqs)]
     assert split == [answer(o) for o in llm.generate(reqs)]
     assert split_llm.free_slots == 4
+
+
+def test_a_context_whose_decode_fails_fails_only_its_own_requests(
+    llm: BatchedLlm, split_host_llm: BatchedLlm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama_decode failing for one of two contexts (injected: the engine never overfills
+    a cache) ends that context's requests with DecodeFailed and frees their slots; the
+    other context's requests answer as they would alone."""
+    for key in range(1, 5):  # the slots alternate between the contexts: 1 and 3 share one
+        split_host_llm.admit(request(key, max_tokens=6, seed=key))
+    doomed = split_host_llm._by_key[1].part.ctx
+    decode = batched.llama_cpp.llama_decode
+    monkeypatch.setattr(
+        batched.llama_cpp,
+        "llama_decode",
+        lambda ctx, batch: 1 if ctx is doomed else decode(ctx, batch),
+    )
+    done = []
+    while split_host_llm.active:
+        done += split_host_llm.step()
+    monkeypatch.undo()
+    outcomes = {d.key: d.outcome for d in done}
+    assert sorted(outcomes) == [1, 2, 3, 4]
+    assert all(isinstance(outcomes[k], DecodeFailed) for k in (1, 3))
+    for key in (2, 4):
+        assert outcomes[key] == alone(llm, request(key, max_tokens=6, seed=key))
+    assert split_host_llm.free_slots == 4
 
 
 @pytest.fixture(params=["host", "device"])
