@@ -49,7 +49,9 @@ still never depends on what the others say, only (in the last bits) on how many 
 they hold. It wants flash attention (a GPU context takes it where the device has it):
 without it, a micro-batch's attention scores span the whole shared cache, and llama.cpp
 reserves for them (128 slots of 512 tokens: a 1,286 MiB compute buffer against 98 MiB
-with flash attention or with streams, measured on the CPU).
+with flash attention or with streams, measured on the CPU). So where llama.cpp does not
+report flash attention on for a GPU context (its log says so when it resolves it), the
+engine gives every sequence a stream of its own instead, and says so in a warning.
 
 **Top-k on the device (``device_top_k``).** Each slot's context is created with a
 backend sampler (llama.cpp's experimental backend sampling) that keeps the 40 highest
@@ -67,8 +69,9 @@ import ctypes
 import heapq
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +111,8 @@ _KV_CELL_PAD = 256
 _KV_BYTES_PER_VALUE = 2  # f16 cache
 _FLASH_ATTN_AUTO = -1
 _FLASH_ATTN_OFF = 0
+_FLASH_ATTN_ON = b"Flash Attention enabled"
+"""What llama.cpp logs when it resolves automatic flash attention to on."""
 _GPU_DECODE_THREADS = 4
 _ROWS_PER_TASK = 8
 """Sequences one sampling task takes over the whole vocabulary (160-220 us each on one
@@ -670,7 +675,8 @@ class BatchedLlm:
         # llama-cpp-python's Llama leaves flash attention off and pins these YaRN values;
         # on the CPU the same settings give the sequential runner's logits. On a GPU,
         # flash attention is what makes many sequences fast.
-        params.flash_attn_type = _FLASH_ATTN_AUTO if gpu_layers != 0 else _FLASH_ATTN_OFF
+        flash_auto = gpu_layers != 0
+        params.flash_attn_type = _FLASH_ATTN_AUTO if flash_auto else _FLASH_ATTN_OFF
         params.yarn_attn_factor = 1.0
         params.yarn_beta_fast = 32.0
         params.yarn_beta_slow = 1.0
@@ -683,7 +689,23 @@ class BatchedLlm:
             config_p = ctypes.POINTER(llama_cpp.llama_sampler_seq_config)
             params.samplers = ctypes.cast(configs, config_p)
             params.n_samplers = capacity
-        context = llama_cpp.llama_init_from_model(self._model, params)
+        with _llama_log_lines() as lines:
+            context = llama_cpp.llama_init_from_model(self._model, params)
+        if (
+            context is not None
+            and self.kv_unified
+            and flash_auto
+            and not any(_FLASH_ATTN_ON in line for line in lines)
+        ):
+            # a shared cache without flash attention would reserve attention scores over
+            # every cell of it (see the module's notes): a stream a sequence instead
+            llama_cpp.llama_free(context)
+            logger.warning(
+                "no flash attention for this model on this device: a KV stream a sequence",
+                extra={"model": self.spec.name},
+            )
+            self.kv_unified = params.kv_unified = False
+            context = llama_cpp.llama_init_from_model(self._model, params)
         if context is None:
             for chain in chains:
                 llama_cpp.llama_sampler_free(chain)
@@ -796,6 +818,26 @@ class _BatchViews:
 
 
 # --- llama.cpp helpers --------------------------------------------------------------------
+
+
+@contextmanager
+def _llama_log_lines() -> Iterator[list[bytes]]:
+    """llama.cpp's log lines while the block runs, each also passed on to
+    llama-cpp-python's own handler (which prints errors only: see below)."""
+    from llama_cpp import _logger  # llama-cpp-python's handler, restored after
+
+    lines: list[bytes] = []
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lines.append(text)
+        _logger.llama_log_callback(level, text, user_data)
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def _quiet_llama_logs() -> None:

@@ -336,3 +336,31 @@ def test_the_kv_budget_decides_the_slots() -> None:
         assert small.slots == 3  # 256 tokens take 5.6 MiB
     with pytest.raises(KvBudgetTooSmall):
         BatchedLlm(SMOLLM, parallel=8, threads=1, slot_tokens=256, kv_budget_mib=5)
+
+
+def test_a_context_with_its_layers_offloaded_shares_its_cache_where_flash_attention_is_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``gpu_layers=-1`` on a build without a GPU: the layers stay on the CPU, but the
+    engine takes the GPU's settings (flash attention where llama.cpp resolves it on, one
+    shared cache), and llama.cpp reports flash attention on."""
+    with BatchedLlm(SMOLLM, parallel=2, threads=2, slot_tokens=SLOT_TOKENS, gpu_layers=-1) as gpu:
+        assert gpu.kv_unified
+        assert answer(gpu.generate([request(1, max_tokens=5)])[0]).completion_tokens == 5
+    assert "no flash attention" not in caplog.text
+
+
+def test_without_flash_attention_a_gpu_context_takes_a_stream_a_sequence(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where llama.cpp does not report flash attention on (injected: no device here lacks
+    it), a shared cache would reserve attention scores over all its cells: the engine
+    falls back to a stream a sequence, says so, and answers."""
+    monkeypatch.setattr(batched, "_FLASH_ATTN_ON", b"not a line llama.cpp logs")
+    with BatchedLlm(
+        SMOLLM, parallel=2, threads=2, slot_tokens=SLOT_TOKENS, gpu_layers=-1, contexts=2
+    ) as gpu:
+        assert not gpu.kv_unified
+        outcomes = gpu.generate([request(1, max_tokens=5), request(2, max_tokens=3, seed=2)])
+        assert [answer(o).completion_tokens for o in outcomes] == [5, 3]
+    assert caplog.text.count("no flash attention for this model on this device") == 1
