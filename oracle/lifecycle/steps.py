@@ -124,7 +124,8 @@ TRANSITIONS: tuple[Transition, ...] = (
           leave_if_evicted, "evicted"),
     _node("committing", "commits closed: the commit deadline, or every eligible node (2.3)",
           reveal_answer, "revealing"),
-    _node("committing", "our commit refused (TicketTooWeak), or not landed by the deadline",
+    _node("committing", "our commit refused (TicketTooWeak), never sent by the commit "
+          "deadline, or sent and no seat of ours seen by the reveal deadline",
           give_up_commit, "skipped"),
     _node("revealing", "Committed: a better ticket took our seat before commits closed",
           leave_if_evicted, "evicted"),

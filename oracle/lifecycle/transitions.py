@@ -240,7 +240,13 @@ def leave_if_evicted(step: Step, seats: Sequence[Seat]) -> Verdict:
 
 def give_up_commit(step: Step, seats: Sequence[Seat]) -> Verdict:
     """Our commit was refused (a ticket too weak for the seats, commits closed) or never
-    made it on-chain: stop waiting for it, with the reason."""
+    made it on-chain: stop waiting for it, with the reason.
+
+    A commit that may have been mined (sent or confirmed: the sender holds, or may yet
+    get, its receipt) is waited for up to the reveal deadline, not only the commit
+    deadline's grace: the listener reports our seat only after its confirmations, or
+    after an outage, and a seat given up is one never revealed, which the contract
+    slashes."""
     if _answer(step) is None or _my_commit(step) is not None:
         return NEWS
     refused = _refused_commit(step)
@@ -249,7 +255,27 @@ def give_up_commit(step: Step, seats: Sequence[Seat]) -> Verdict:
     give_up_at = step.request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S)
     if step.now < give_up_at:
         return Wait(give_up_at)
+    if _commit_maybe_mined(step):
+        if step.now < step.request.reveal_deadline:
+            return Wait(step.request.reveal_deadline)
+        return Move(
+            "skipped", "our commit was sent, but no seat of ours was seen by the reveal deadline"
+        )
     return Move("skipped", "our commit did not land before the commit deadline")
+
+
+def _commit_maybe_mined(step: Step) -> bool:
+    """True when our commit transaction was broadcast and has not failed."""
+    return (
+        step.session.scalar(
+            select(OutgoingTx.id).where(
+                OutgoingTx.kind == "commit",
+                OutgoingTx.request_id == step.request.id,
+                OutgoingTx.status.in_(("sent", "confirmed")),
+            )
+        )
+        is not None
+    )
 
 
 def _refused_commit(step: Step) -> str | None:

@@ -20,6 +20,7 @@ from oracle.lifecycle.transitions import COMMIT_LANDING_GRACE_S
 from oracle.store import make_session_factory
 from oracle.store.chain_state import apply_event
 from oracle.store.models import Answer, Job, OutgoingTx, Request, RequestWake
+from oracle.store.outbox import enqueue_tx
 from oracle.store.queue import claim_jobs, complete_job, enqueue_job
 from oracle.store.wakes import wake_requests
 from tests.integration.test_chain_state import (
@@ -79,6 +80,58 @@ def test_a_pass_leaves_out_requests_whose_answer_is_still_being_computed(
         late = request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S + 1)
     assert advance(late) >= 1
     assert _phase(sessions, 1) == "skipped"
+
+
+def test_a_mined_commit_the_listener_reports_late_is_still_revealed(
+    db_engine: Engine, chain: Anvil
+) -> None:
+    """The sender holds our commit's receipt, but the listener (waiting for confirmations,
+    or back from an outage) reports our seat after the commit deadline's grace: the node
+    keeps waiting for it, and reveals, instead of leaving a seat the contract would slash
+    for never being revealed."""
+    sessions = make_session_factory(db_engine)
+    binding = CoordinatorBinding(chain.w3, COORDINATOR)
+    _admitted_request(sessions, request_id=1)
+    _answered(sessions, request_id=1)
+    _commit_sent(sessions, request_id=1, status="confirmed")
+    with sessions() as session:
+        request = session.get_one(Request, 1)
+        late = request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S + 1)
+        reveal_deadline = request.reveal_deadline
+    advance_requests(sessions, CTX, binding, request.commit_deadline - timedelta(seconds=5))
+    advance_requests(sessions, CTX, binding, late)
+    assert _phase(sessions, 1) != "skipped"
+    with sessions() as session:
+        assert session.get_one(Request, 1).next_check_at == reveal_deadline
+
+    with sessions.begin() as session:  # the listener catches up: our seat is on chain
+        apply_event(session, committed(1, 0, ALICE, at(20)))
+        wake_requests(session.connection(), [1], "chain event")
+    advance_requests(sessions, CTX, binding, late + timedelta(seconds=1))
+    with sessions() as session:
+        kinds = session.scalars(select(OutgoingTx.kind).where(OutgoingTx.request_id == 1))
+        assert sorted(kinds) == ["commit", "reveal"]
+
+
+def test_a_sent_commit_whose_seat_never_shows_is_given_up_at_the_reveal_deadline(
+    db_engine: Engine, chain: Anvil
+) -> None:
+    sessions = make_session_factory(db_engine)
+    binding = CoordinatorBinding(chain.w3, COORDINATOR)
+    _admitted_request(sessions, request_id=1)
+    _answered(sessions, request_id=1)
+    _commit_sent(sessions, request_id=1, status="sent")
+    with sessions() as session:
+        request = session.get_one(Request, 1)
+        late = request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S + 1)
+        reveal_deadline = request.reveal_deadline
+    advance_requests(sessions, CTX, binding, request.commit_deadline - timedelta(seconds=5))
+    advance_requests(sessions, CTX, binding, late)
+    assert _phase(sessions, 1) != "skipped"
+    advance_requests(sessions, CTX, binding, reveal_deadline)
+    assert _phase(sessions, 1) == "skipped"
+    with sessions() as session:
+        assert "no seat of ours was seen" in (session.get_one(Request, 1).skip_reason or "")
 
 
 def test_a_chain_event_wakes_its_request_and_only_it(db_engine: Engine, chain: Anvil) -> None:
@@ -171,6 +224,26 @@ def _answered(sessions: sessionmaker[Session], *, request_id: int) -> None:
                 commitment=hashlib.sha256(f"c:{request_id}:0".encode()).digest(),
             )
         )
+
+
+def _commit_sent(sessions: sessionmaker[Session], *, request_id: int, status: str) -> None:
+    """Our commit in the outbox, broadcast (``sent``) or with its receipt (``confirmed``)."""
+    with sessions.begin() as session:
+        enqueue_tx(
+            session,
+            kind="commit",
+            request_id=request_id,
+            from_address=ALICE,
+            to_address=COORDINATOR,
+            data=b"\x01",
+        )
+        mined = {"receipt_block": 20} if status == "confirmed" else {}
+        session.execute(
+            update(OutgoingTx)
+            .where(OutgoingTx.request_id == request_id, OutgoingTx.kind == "commit")
+            .values(status=status, nonce=0, tx_hash=b"\x02" * 32, **mined)
+        )
+        wake_requests(session.connection(), [request_id], "job")  # as the job's end does
 
 
 def _run_job(engine: Engine, kind: str, result: dict[str, object]) -> None:
