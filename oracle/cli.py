@@ -329,6 +329,13 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     help="At start, how long to retry an RPC endpoint that does not answer.",
 )
 @click.option(
+    "--max-commit-window-s",
+    default=NODE_DEFAULTS["max_commit_window_s"],
+    type=click.FloatRange(min=0, min_open=True),
+    help="Decline requests whose commit deadline is further ahead than this (a commit "
+    "locks the stake until the request expires).",
+)
+@click.option(
     "--retention-days",
     default=NODE_DEFAULTS["retention_days"],
     type=click.FloatRange(min=0),

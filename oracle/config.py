@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from oracle.errors import OracleError
+from oracle.lifecycle.context import DEFAULT_MAX_COMMIT_WINDOW_S
 
 DEFAULT_MODELS = ("SmolLM2-135M-Instruct-Q4_1",)
 DEFAULT_EMBEDDING_MODELS = ("all-MiniLM-L6-v2",)
@@ -81,6 +82,8 @@ class NodeSettings:
     """Where /healthz and /metrics listen: this machine only unless the operator widens it."""
     rpc_wait_s: float = 60.0
     """How long a start waits for the RPC endpoint to answer before giving up."""
+    max_commit_window_s: float = DEFAULT_MAX_COMMIT_WINDOW_S
+    """Requests whose commit deadline lies further ahead are declined (NodeContext's)."""
     retention_days: float = 7.0
     """Finished requests, old events and settled transactions are pruned after this; 0 keeps
     everything."""
@@ -128,6 +131,10 @@ class NodeSettings:
             raise ConfigError(f"gpu_memory_mib must be positive, not {self.gpu_memory_mib}")
         if self.llm_engine not in ("batched", "sequential"):
             raise ConfigError(f"llm_engine must be batched or sequential, not {self.llm_engine!r}")
+        if self.max_commit_window_s <= 0:
+            raise ConfigError(
+                f"max_commit_window_s must be positive, not {self.max_commit_window_s}"
+            )
         for name, number in (
             ("rpc_wait_s", self.rpc_wait_s),
             ("retention_days", self.retention_days),

@@ -323,6 +323,7 @@ def build_node(
         models={m: _profile(m, settings) for m in settings.models},
         embedding_models=settings.embedding_models,
         verify_tolerance_bits=settings.verify_tolerance_bits,
+        max_commit_window_s=settings.max_commit_window_s,
         conduct=conduct,
     )
     sender = TxSender(w3=w3, session_factory=sessions, account=account, chain_id=chain_id)

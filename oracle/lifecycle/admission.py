@@ -106,6 +106,14 @@ def admit(
     faster model, when both are free), then the lighter queue, then the requester's order.
     """
     max_tokens = offer.max_tokens
+    window_s = (commit_deadline - now).total_seconds()
+    if window_s > ctx.max_commit_window_s:
+        # a commit locks our stake until the request expires, and its seat must stay
+        # online to reveal: a requester must not tie a node up for weeks
+        return _decline(
+            f"commit deadline {window_s:,.0f} s away, further than this node commits to "
+            f"({ctx.max_commit_window_s:,.0f} s: --max-commit-window-s)"
+        )
     if embedding_job(embedding_model, "")[0] not in ctx.embedding_models:
         return _decline(f"embedding model {embedding_model!r} is not served here")
     served = [(i, ctx.models[m]) for i, m in enumerate(accepted_models) if m in ctx.models]

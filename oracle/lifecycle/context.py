@@ -8,6 +8,9 @@ from typing import Protocol
 
 from oracle.lifecycle.conduct import HONEST, Conduct
 
+DEFAULT_MAX_COMMIT_WINDOW_S = 3600.0
+"""An hour: a requester's ``maxTimeMs`` may set the commit deadline weeks ahead."""
+
 
 class Calldata(Protocol):
     """The coordinator's calldata the lifecycle's transitions build; no RPC behind it."""
@@ -72,5 +75,8 @@ class NodeContext:
     """Non-winning nodes wait this much per rank before finalizing themselves."""
     outsider_delay_s: float = 20.0
     """Nodes without a seat wait this much longer before settling a forgotten request."""
+    max_commit_window_s: float = DEFAULT_MAX_COMMIT_WINDOW_S
+    """Requests whose commit deadline lies further ahead are declined: a commit locks the
+    stake until the request expires, and a seat must stay online to reveal."""
     conduct: Conduct = HONEST
     """What this node makes of its own inference; the composition root may inject another."""

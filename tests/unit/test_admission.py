@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -118,6 +119,19 @@ def test_refusals_say_why() -> None:
     )
     wrong_embedder = admit_embedding("nomic")
     assert wrong_embedder == Refuse(reason="declined: embedding model 'nomic' is not served here")
+
+
+def test_a_commit_deadline_weeks_ahead_is_declined() -> None:
+    """maxTimeMs may reach 2**32 ms: a commit would lock the stake for about 50 days and
+    keep the node online to reveal; past the node's window it declines, saying so."""
+    weeks = decide({}, deadline_s=(2**32 - 1) / 1000)
+    assert weeks == Refuse(
+        reason="declined: commit deadline 4,294,967 s away, further than this node commits "
+        "to (3,600 s: --max-commit-window-s)"
+    )
+    assert isinstance(decide({}, deadline_s=3600), Admit)  # the window itself is fine
+    wider = dataclasses.replace(CTX, max_commit_window_s=5_000_000)
+    assert isinstance(decide({}, deadline_s=(2**32 - 1) / 1000, ctx=wider), Admit)
 
 
 def test_a_signal_of_a_served_embedding_model_is_served() -> None:

@@ -128,3 +128,9 @@ def test_a_price_for_a_model_not_served_names_the_nearest_served_one() -> None:
         )
     with pytest.raises(ConfigError, match="must not be negative"):
         settings(price_per_token_wei=-1)
+
+
+def test_the_commit_window_is_an_hour_by_default_and_must_be_positive() -> None:
+    assert settings().max_commit_window_s == 3600
+    with pytest.raises(ConfigError, match="max_commit_window_s must be positive, not 0"):
+        settings(max_commit_window_s=0)
