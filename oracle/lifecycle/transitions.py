@@ -47,6 +47,12 @@ logger = logging.getLogger(__name__)
 
 FAILED_JOB_STATES = ("dead", "expired", "failed")
 COMMIT_LANDING_GRACE_S = 10.0
+OUTSIDER_FINALIZE_MAX_BYTES = 8192
+"""The longest winning output a node without a seat finalizes: finalize carries the
+output as calldata (about 40 gas a byte), paid by the finalizer, while the fee goes to the
+seats; a requester holding the only seat could otherwise make honest outsiders pay for
+an output as long as it likes (``maxTokens * 64`` bytes). Longer ones wait for a seat to
+finalize them, or for ``expiresAt``, when anyone may settle them with ``expire``."""
 RETRY_READ_S = 1.0
 """A chain read made before the lock no longer fits the seats: look again this soon."""
 
@@ -435,6 +441,15 @@ def finalize_request(step: Step, seats: Sequence[Seat]) -> Verdict:
             )
             return Wait(req.expires_at + delay)
         winner_output = winner.revealed_output or ""
+    if (
+        step.ctx.address not in {s.oracle for s in seats}
+        and len(winner_output.encode()) > OUTSIDER_FINALIZE_MAX_BYTES
+    ):
+        logger.info(
+            "the winning output is too long to finalize without a seat; expire settles it",
+            extra={**step.log, "output_bytes": len(winner_output.encode())},
+        )
+        return Wait(req.expires_at + delay)
     my_turn = closes_at + delay
     if step.now < my_turn:
         return Wait(my_turn)

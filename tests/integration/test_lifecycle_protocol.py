@@ -22,6 +22,7 @@ from oracle.domain.events import ChainEvent, DisputedEvent, RequestedEvent
 from oracle.domain.request import RequestId
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
+from oracle.lifecycle.transitions import OUTSIDER_FINALIZE_MAX_BYTES
 from oracle.store import make_session_factory
 from oracle.store.chain_state import apply_event, rollback_after
 from oracle.store.models import Answer, Job, OutgoingTx, Request
@@ -368,6 +369,35 @@ def test_an_unsettled_request_is_expired_after_expires_at(
     assert len(txs(sessions, "finalize")) == 1  # before expiresAt: finalize
     advance_requests(sessions, CTX, stub, expires_at + timedelta(seconds=1))
     (expire,) = txs(sessions, "expire")  # it did not land in time: expire
+    assert expire.data == stub.encode_expire(1)
+
+
+@pytest.mark.parametrize(
+    ("output_bytes", "finalized"),
+    [(OUTSIDER_FINALIZE_MAX_BYTES, True), (OUTSIDER_FINALIZE_MAX_BYTES + 1, False)],
+)
+def test_a_node_without_a_seat_finalizes_no_output_longer_than_its_cap(
+    sessions: sessionmaker[Session], stub: StubChain, output_bytes: int, finalized: bool
+) -> None:
+    """Quorum 1, the requester's own node holds the only seat, reveals a long output and
+    never finalizes: an honest outsider would pay the output's calldata for nothing.
+    Past the cap it waits for ``expiresAt`` and settles the request with ``expire``."""
+    news(sessions, dataclasses.replace(requested(1, at(10)), quorum=1, eligible_count=1))
+    output = "x" * output_bytes
+    event = revealed(1, 0, BOB, at(12))
+    news(
+        sessions,
+        committed(1, 0, BOB, at(11)),
+        dataclasses.replace(event, output=output, output_hash=_hash(output)),
+    )
+    with sessions.begin() as session:
+        session.get_one(Request, 1).phase = "skipped"
+    expires_at = request_row(sessions).expires_at
+    assert expires_at is not None
+    advance_requests(sessions, CTX, stub, expires_at - timedelta(seconds=1))
+    assert len(txs(sessions, "finalize")) == (1 if finalized else 0)
+    advance_requests(sessions, CTX, stub, expires_at + timedelta(minutes=5))
+    (expire,) = txs(sessions, "expire")  # either way nothing landed here: expire settles it
     assert expire.data == stub.encode_expire(1)
 
 
