@@ -70,7 +70,7 @@ class NoChain:
     def dispute_deadline(self, request_id: int, *, as_of: Hashable = None) -> int:
         raise AssertionError(f"a pass with nothing due asked the chain (request {request_id})")
 
-    def encode_commit(self, request_id: int, commitment: bytes) -> bytes:
+    def encode_commit(self, request_id: int, request_hash: bytes, commitment: bytes) -> bytes:
         raise AssertionError(f"a pass with nothing due decided a commit ({request_id})")
 
     def encode_reveal(

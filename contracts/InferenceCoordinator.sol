@@ -187,6 +187,7 @@ contract InferenceCoordinator {
 
     error UnknownRequest(uint256 requestId);
     error RequestClosed(uint256 requestId);
+    error StaleRequest(uint256 requestId);
     error EmptyCommitment();
     error CommitPhaseOver(uint256 requestId, uint40 commitDeadline);
     error NotEligible(uint256 requestId, address oracle);
@@ -640,10 +641,15 @@ contract InferenceCoordinator {
 
     // ------------------------------------------------------------------ commit
 
+    /// @param requestHash the hash of the request the commitment was made for: a commit made
+    ///        before a reorg, mined again once the id holds another request (or the same one
+    ///        with another seed), is refused (`StaleRequest`) instead of taking a seat it can
+    ///        never reveal
     /// @param commitment keccak256(abi.encode(requestId, requestHash, oracle, keccak256(output),
     ///        modelIndex, embeddingBits, salt)); its top 248 bits are kept and checked
-    function commit(uint256 requestId, bytes32 commitment) external {
+    function commit(uint256 requestId, bytes32 requestHash, bytes32 commitment) external {
         Request storage request = _openRequest(requestId);
+        if (requestHash != request.requestHash) revert StaleRequest(requestId);
         if (uint256(commitment) >> 8 == 0) revert EmptyCommitment();
         if (block.timestamp > request.commitDeadline) revert CommitPhaseOver(requestId, request.commitDeadline);
         Oracle storage oracle = _activeOracle(msg.sender);

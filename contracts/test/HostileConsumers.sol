@@ -56,8 +56,8 @@ contract RejectingPayee {
         coordinator.register{value: msg.value}();
     }
 
-    function commit(uint256 requestId, bytes32 commitment) external {
-        coordinator.commit(requestId, commitment);
+    function commit(uint256 requestId, bytes32 requestHash, bytes32 commitment) external {
+        coordinator.commit(requestId, requestHash, commitment);
     }
 
     function reveal(uint256 requestId, string calldata output, uint8 modelIndex, bytes calldata bits, bytes32 salt)

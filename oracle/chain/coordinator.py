@@ -163,8 +163,10 @@ class CoordinatorBinding:
     def encode_register(self) -> bytes:
         return self._encode("register", [])
 
-    def encode_commit(self, request_id: int, commitment: bytes) -> bytes:
-        return self._encode("commit", [request_id, commitment])
+    def encode_commit(self, request_id: int, request_hash: bytes, commitment: bytes) -> bytes:
+        """Calldata for ``commit``: ``request_hash`` names the request the commitment was made
+        for, so that the contract refuses it on any other (``StaleRequest``)."""
+        return self._encode("commit", [request_id, request_hash, commitment])
 
     def encode_reveal(
         self, request_id: int, output: str, model_index: int, bits: bytes, salt: bytes

@@ -27,7 +27,10 @@ What the chain may undo or refuse:
   the listener calls on a reorg) the rows confirmed in the last ``recheck_blocks``
   blocks are looked up again; one whose receipt is gone goes back to ``sent`` and is
   broadcast again with the same nonce and bytes, or, if its nonce went to another
-  transaction, re-decided from ``pending``. One answer that lacks a transaction proves
+  transaction or the reorg orphaned its request, re-decided from ``pending``. (The
+  contract itself refuses a commit made for another request under the same id,
+  ``StaleRequest``: a copy of the old transaction that some mempool still mines fails
+  instead of taking a seat.) One answer that lacks a transaction proves
   nothing (a backend may lag behind its block): a row counts as lost only after the
   chain has not known it for ``lost_after_s``. A nonce that nothing holds any more (a hole
   below transactions already sent) is filled with a zero-value transfer to self.
@@ -83,10 +86,11 @@ from oracle.store.outbox import (
     note_tx_error,
     recent_confirmed_txs,
     release_nonce,
+    request_orphaned,
     sendable_txs,
 )
 
-__all__ = ["ALREADY_DONE_ERRORS", "NOT_YET_ERRORS", "PreparedTx", "TxSender"]
+__all__ = ["ALREADY_DONE_ERRORS", "NOT_YET_ERRORS", "STALE_ERRORS", "PreparedTx", "TxSender"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +100,9 @@ ALREADY_DONE_ERRORS = frozenset(
 """Reverts meaning someone (perhaps this node, before a crash) already did the work."""
 NOT_YET_ERRORS = frozenset({"RevealNotOpen", "FinalizeTooEarly", "NotExpired"})
 """Reverts meaning the contract will accept the call later."""
+STALE_ERRORS = frozenset({"StaleRequest"})
+"""Reverts meaning the row was decided for a request the chain no longer holds under its
+id (a reorg replaced it): it can never do its work, and fails for good."""
 
 _V = TypeVar("_V")
 _GWEI = 10**9
@@ -342,6 +349,9 @@ class TxSender:
             if name in ALREADY_DONE_ERRORS:
                 mark_skipped(session, tx.id, reason=reason)
                 logger.info("not sent: already done", extra=log)
+            elif name in STALE_ERRORS:
+                mark_failed(session, tx.id, reason=reason)
+                logger.warning("not sent: made for a request a reorg replaced", extra=log)
             else:
                 mark_failed(session, tx.id, reason=reason)
                 logger.error("not sent: the call would revert", extra=log)
@@ -572,17 +582,26 @@ class TxSender:
         return REPLAY_SUCCEEDS
 
     def _resend_or_release(self, tx: OutgoingTx) -> None:
-        """The chain knows none of it: broadcast it again, unless its nonce went elsewhere."""
+        """The chain knows none of it: broadcast it again, unless its nonce went elsewhere
+        or a reorg orphaned its request.
+
+        An orphaned request's id may already hold another request (or the same one with
+        another seed) on the new chain, where a commit made for the old one would take a
+        seat it can never reveal; the row goes back to pending, held there while its
+        request stays orphaned (``sendable_txs``).
+        """
         assert tx.nonce is not None
         with rpc_errors("eth_getTransactionCount"):
             mined_nonces = self._w3.eth.get_transaction_count(self._account.address, "latest")
         if mined_nonces > tx.nonce and self._receipt(tx) is None:  # (mined meanwhile?)
-            reason = f"nonce {tx.nonce} was used by another transaction"
-            with self._sessions() as session, session.begin():
-                release_nonce(session, tx.id, reason=reason)
-            self._next_nonce = None
-            self._forget(tx.id)
+            self._release(tx, f"nonce {tx.nonce} was used by another transaction")
             logger.warning("nonce taken elsewhere; will send again", extra=_fields(tx))
+            return
+        with self._sessions() as session:
+            orphaned = request_orphaned(session, tx.request_id)
+        if orphaned:
+            self._release(tx, "lost by the chain, and its request was orphaned by a reorg")
+            logger.warning("a lost transaction waits for its orphaned request", extra=_fields(tx))
             return
         if not self._still_wanted(tx):
             return
@@ -608,12 +627,16 @@ class TxSender:
             return True  # the node refuses the call, not the contract: let it see the tx
         if not isinstance(gas, str):
             return True
-        with self._sessions() as session, session.begin():
-            release_nonce(session, tx.id, reason=f"lost by the chain, now {gas}")
-        self._next_nonce = None
-        self._forget(tx.id)
+        self._release(tx, f"lost by the chain, now {gas}")
         logger.warning("a lost transaction is decided again", extra=_fields(tx, reason=gas))
         return False
+
+    def _release(self, tx: OutgoingTx, reason: str) -> None:
+        """Back to pending without its nonce, to be decided again in order."""
+        with self._sessions() as session, session.begin():
+            release_nonce(session, tx.id, reason=reason)
+        self._next_nonce = None
+        self._forget(tx.id)
 
     def _bump(self, tx: OutgoingTx) -> None:
         """Replace a slow transaction: same nonce, fees up by at least the bump percent.

@@ -15,7 +15,7 @@ DEFAULT_MAX_COMMIT_WINDOW_S = 3600.0
 class Calldata(Protocol):
     """The coordinator's calldata the lifecycle's transitions build; no RPC behind it."""
 
-    def encode_commit(self, request_id: int, commitment: bytes) -> bytes: ...
+    def encode_commit(self, request_id: int, request_hash: bytes, commitment: bytes) -> bytes: ...
 
     def encode_reveal(
         self, request_id: int, output: str, model_index: int, bits: bytes, salt: bytes

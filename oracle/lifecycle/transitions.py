@@ -212,7 +212,7 @@ def _store_answer_and_commit(step: Step, inference: Job, output: str, bits: byte
         )
     )
     step.session.flush()
-    _send(step, "commit", step.chain.encode_commit(req.id, commitment))
+    _send(step, "commit", step.chain.encode_commit(req.id, req.request_hash, commitment))
     logger.info("answer ready, commit decided", extra={**step.log, "output_chars": len(output)})
 
 

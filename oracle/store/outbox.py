@@ -7,7 +7,8 @@ taken twice is recorded once (``(kind, request_id, dedupe_key)`` is unique).
 A row moves ``pending -> sent -> confirmed | failed``, or ``pending -> skipped`` when a
 simulation shows the work is already done. A reorg can take a mined transaction off the
 chain again: its row goes back ``confirmed -> sent`` and is sent again. A row whose
-request a reorg orphaned waits while it is orphaned. A ``sent`` row holds everything needed to
+request a reorg orphaned waits while it is orphaned (a sent one the chain lost goes back
+to pending first, without its nonce). A ``sent`` row holds everything needed to
 sign its transaction again, byte for byte: its nonce, gas and fees are stored before
 the transaction is broadcast.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "note_tx_error",
     "recent_confirmed_txs",
     "release_nonce",
+    "request_orphaned",
     "sendable_txs",
 ]
 
@@ -119,6 +121,15 @@ def sendable_txs(session: Session, from_address: str, now: datetime) -> Sequence
         .order_by(OutgoingTx.id)
     )
     return session.scalars(query).all()
+
+
+def request_orphaned(session: Session, request_id: int | None) -> bool:
+    """True when a reorg orphaned the request: its rows wait, sent or not, until the new
+    chain announces the very same request again."""
+    if request_id is None:
+        return False
+    orphaned = exists().where(Request.id == request_id, Request.phase == "orphaned")
+    return bool(session.scalar(select(orphaned)))
 
 
 def in_flight_txs(session: Session, from_address: str) -> Sequence[OutgoingTx]:

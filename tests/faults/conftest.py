@@ -96,16 +96,17 @@ class Outbox:
 
     def commit_and_reveal(self, binding: CoordinatorBinding, request_id: int) -> None:
         output, bits, salt = "Paris", random_bits(self.rng, DIM_BYTES), new_salt()
+        request_hash = binding.request_hash(request_id)
         commitment = commitment_hash(
             request_id=request_id,
-            request_hash=binding.request_hash(request_id),
+            request_hash=request_hash,
             oracle=self.address,
             output=output,
             model_index=0,
             embedding_bits=bits,
             salt=salt,
         )
-        self.add("commit", request_id, binding.encode_commit(request_id, commitment))
+        self.add("commit", request_id, binding.encode_commit(request_id, request_hash, commitment))
         self.add("reveal", request_id, binding.encode_reveal(request_id, output, 0, bits, salt))
 
     def row(self, kind: TxKind, request_id: int | None) -> OutgoingTx:

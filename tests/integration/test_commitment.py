@@ -52,7 +52,7 @@ def test_the_request_hash_and_the_commitment_match_the_contract(chain: Anvil) ->
         salt=answer.salt,
     )
     assert ours == protocol.commitment(answer)
-    protocol.transact("commit", protocol.coordinator.functions.commit(rid, ours), node)
+    protocol.transact("commit", protocol.raw_commit_call(rid, ours), node)
     protocol.close_commits(rid)
     protocol.reveal(answer)  # would revert with CommitmentMismatch otherwise
     assert keccak(b"Paris.") == protocol.output_hashes(rid, 1)[0]

@@ -115,7 +115,7 @@ def test_added_stake_counts_only_for_later_requests(protocol: Protocol) -> None:
     assert (added["args"]["amount"], added["args"]["stake"]) == (STAKE, 2 * STAKE)
     assert protocol.oracle_state(oracle)["eligibleFrom"] == receipt["blockNumber"]
     # the request's seed was known before the stake came: the node sits this one out
-    late = fn.commit(rid, b"\x01" * 32)
+    late = protocol.raw_commit_call(rid, b"\x01" * 32)
     assert revert_reason(lambda: late.call({"from": oracle})) == (
         f"NotEligible(requestId={rid}, oracle={oracle})"
     )
@@ -457,7 +457,7 @@ def test_commits_close_early_once_every_eligible_node_has_committed(
     if oracles[2] in best:
         p.commit(oracles[2], rid, ANSWER, random_bits(rng))
     else:  # its ticket cannot take a seat: the contract says so before it pays
-        call = p.coordinator.functions.commit(rid, b"\x01" * 32)
+        call = p.raw_commit_call(rid, b"\x01" * 32)
         assert revert_reason(lambda: call.call({"from": oracles[2]})).startswith("TicketTooWeak(")
         return
     assert p.coordinator.functions.commitsClosed(rid).call() is True  # no better ticket can come
@@ -477,19 +477,19 @@ def test_the_best_tickets_hold_the_seats_whatever_the_arrival_order(
         if len(seated) == 2:
             worst = max(tickets[o] for o in seated)
             if tickets[oracle] >= worst:
-                assert call_reverts(fn.commit(rid, b"\x01" * 32), oracle) == (
+                assert call_reverts(protocol.raw_commit_call(rid, b"\x01" * 32), oracle) == (
                     f"TicketTooWeak(requestId={rid}, ticket={tickets[oracle]}, worst={worst})"
                 )
                 continue
         answer = protocol.answer(oracle, rid, ANSWER, random_bits(rng))
-        receipt = protocol.transact("commit", fn.commit(rid, Protocol.commitment(answer)), oracle)
+        receipt = protocol.transact("commit", protocol.commit_call(answer), oracle)
         (event,) = protocol.events(receipt, "Committed")
         assert event["args"]["ticket"] == tickets[oracle]
         if len(seated) == 2:  # the worst seat went to the better ticket
             evicted = max(seated, key=lambda o: tickets[o])
             assert event["args"]["evicted"] == evicted
             assert event["args"]["seat"] == seated.index(evicted)
-            assert call_reverts(fn.commit(rid, b"\x02" * 32), evicted) == (
+            assert call_reverts(protocol.raw_commit_call(rid, b"\x02" * 32), evicted) == (
                 f"AlreadyCommitted(requestId={rid}, oracle={evicted})"
             )
         else:
@@ -509,39 +509,41 @@ def test_commit_reverts(protocol: Protocol, rng: random.Random) -> None:
     bits = random_bits(rng)
     stranger = Web3.to_checksum_address(protocol.w3.eth.accounts[9])
     fn = protocol.coordinator.functions
-    assert revert_reason(lambda: fn.commit(rid, b"\x01" * 32).call({"from": stranger})) == (
+    commit = protocol.raw_commit_call
+    assert revert_reason(lambda: commit(rid, b"\x01" * 32).call({"from": stranger})) == (
         f"NotRegistered(oracle={stranger})"
     )
-    assert revert_reason(
-        lambda: fn.commit(rid, b"\x00" * 32).call({"from": protocol.oracles[0]})
-    ) == ("EmptyCommitment()")
+    assert revert_reason(lambda: commit(rid, b"\x00" * 32).call({"from": protocol.oracles[0]})) == (
+        "EmptyCommitment()"
+    )
     # only the top 248 bits are kept: they must not all be zero either
     assert revert_reason(
-        lambda: fn.commit(rid, b"\x00" * 31 + b"\x07").call({"from": protocol.oracles[0]})
+        lambda: commit(rid, b"\x00" * 31 + b"\x07").call({"from": protocol.oracles[0]})
     ) == ("EmptyCommitment()")
     assert revert_reason(
-        lambda: fn.commit(999, b"\x01" * 32).call({"from": protocol.oracles[0]})
+        lambda: commit(999, b"\x01" * 32, bytes(32)).call({"from": protocol.oracles[0]})
     ) == ("UnknownRequest(requestId=999)")
     protocol.commit(protocol.oracles[0], rid, ANSWER, bits)
-    double = revert_reason(lambda: fn.commit(rid, b"\x01" * 32).call({"from": protocol.oracles[0]}))
+    double = revert_reason(lambda: commit(rid, b"\x01" * 32).call({"from": protocol.oracles[0]}))
     assert double == f"AlreadyCommitted(requestId={rid}, oracle={protocol.oracles[0]})"
     # registered after the request's block: its ticket would be chosen knowing the seed
     late = protocol.fresh_account()
     protocol.transact("register", fn.register(), late, value=STAKE)
-    assert revert_reason(lambda: fn.commit(rid, b"\x01" * 32).call({"from": late})) == (
+    assert revert_reason(lambda: commit(rid, b"\x01" * 32).call({"from": late})) == (
         f"NotEligible(requestId={rid}, oracle={late})"
     )
     # unbonding: no more commits
     protocol.transact("deregister", fn.deregister(), protocol.oracles[1])
-    assert revert_reason(
-        lambda: fn.commit(rid, b"\x01" * 32).call({"from": protocol.oracles[1]})
-    ) == (f"OracleUnbonding(oracle={protocol.oracles[1]})")
+    assert revert_reason(lambda: commit(rid, b"\x01" * 32).call({"from": protocol.oracles[1]})) == (
+        f"OracleUnbonding(oracle={protocol.oracles[1]})"
+    )
 
 
 def test_a_node_slashed_below_the_stake_floor_cannot_commit(
     protocol: Protocol, rng: random.Random
 ) -> None:
     fn = protocol.coordinator.functions
+    commit = protocol.raw_commit_call
     protocol.transact("slash", fn.setSlashBps(10_000), protocol.owner)
     rid = protocol.request(fee=FEE, quorum=1)
     squatter = protocol.oracles[0]
@@ -552,7 +554,7 @@ def test_a_node_slashed_below_the_stake_floor_cannot_commit(
     later = protocol.request(fee=FEE)
     floor = fn.MIN_STAKE_FLOOR().call()
     assert floor == 10**14
-    assert revert_reason(lambda: fn.commit(later, b"\x01" * 32).call({"from": squatter})) == (
+    assert revert_reason(lambda: commit(later, b"\x01" * 32).call({"from": squatter})) == (
         f"StakeTooLow(stake=0, required={floor})"
     )
 
@@ -560,7 +562,7 @@ def test_a_node_slashed_below_the_stake_floor_cannot_commit(
 def test_late_commit_reverts(protocol: Protocol) -> None:
     rid = protocol.request(fee=FEE, maxTimeMs=1000)
     protocol.advance(2)
-    call = protocol.coordinator.functions.commit(rid, b"\x01" * 32)
+    call = protocol.raw_commit_call(rid, b"\x01" * 32)
     assert revert_reason(lambda: call.call({"from": protocol.oracles[0]})).startswith(
         f"CommitPhaseOver(requestId={rid}"
     )
@@ -784,7 +786,9 @@ def test_payment_to_a_payee_that_refuses_is_deferred(
     rid = protocol.request(fee=FEE, quorum=1)
     answer = protocol.answer(payee.address, rid, ANSWER, random_bits(rng))
     protocol.transact(
-        "commit", payee.functions.commit(rid, Protocol.commitment(answer)), protocol.owner
+        "commit",
+        payee.functions.commit(rid, answer.request_hash, Protocol.commitment(answer)),
+        protocol.owner,
     )
     protocol.close_commits(rid)
     reveal = payee.functions.reveal(rid, ANSWER, 0, answer.bits, answer.salt)

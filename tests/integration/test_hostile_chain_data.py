@@ -118,7 +118,7 @@ def test_a_reveal_that_is_not_text_is_kept_with_its_exact_hash_and_disputed(
             ],
         )
     )
-    commit = protocol.coordinator.functions.commit(request_id, commitment)
+    commit = protocol.raw_commit_call(request_id, commitment)
     protocol.transact("commit", commit, hostile)
     protocol.reveal(honest)
     protocol.transact_raw("reveal", [request_id, EVIL_BYTES, 0, bits, salt], hostile)

@@ -136,7 +136,7 @@ def test_the_answer_is_cut_to_fit_and_the_commitment_binds_the_request_hash(
         salt=answer.salt,
     )
     (commit,) = txs(sessions, "commit")
-    assert commit.data == stub.encode_commit(1, answer.commitment)
+    assert commit.data == stub.encode_commit(1, row.request_hash, answer.commitment)
 
 
 def test_a_commit_refused_for_a_weak_ticket_is_recorded_once(
@@ -145,7 +145,7 @@ def test_a_commit_refused_for_a_weak_ticket_is_recorded_once(
     _admitted_request(sessions, request_id=1)
     _answered(sessions, request_id=1)
     with sessions.begin() as session:
-        stub_data = stub.encode_commit(1, bytes(32))
+        stub_data = stub.encode_commit(1, bytes(32), bytes(32))
         session.add(
             OutgoingTx(kind="commit", request_id=1, from_address=ALICE, to_address=COORDINATOR,
                        data=stub_data)

@@ -76,7 +76,7 @@ def test_sybil_addresses_committing_first_do_not_hold_the_seats(
     late = [p.fresh_account() for _ in range(5)]
     register(p, late, STAKE)  # fresh addresses chosen once the seed is known
     for account in late:
-        assert call_reverts(p.coordinator.functions.commit(rid, b"\x01" * 32), account) == (
+        assert call_reverts(p.raw_commit_call(rid, b"\x01" * 32), account) == (
             f"NotEligible(requestId={rid}, oracle={account})"
         )
 
@@ -90,7 +90,7 @@ def test_sybil_addresses_committing_first_do_not_hold_the_seats(
     for node, bits in zip(honest, honest_bits, strict=True):
         worst = max(tickets[a] for a in p.seated(rid))
         if tickets[node] >= worst:
-            assert call_reverts(p.coordinator.functions.commit(rid, b"\x01" * 32), node) == (
+            assert call_reverts(p.raw_commit_call(rid, b"\x01" * 32), node) == (
                 f"TicketTooWeak(requestId={rid}, ticket={tickets[node]}, worst={worst})"
             )
             continue
@@ -416,10 +416,62 @@ def test_a_reordered_request_does_not_carry_a_commitment_to_another_prompt(
     rid_b = p.request(fee=FEE, quorum=1, prompt="Write a poem about Lyon.")  # ...B takes its id
     assert rid_b == rid_a
     assert p.request_hash(rid_b) != answer_a.request_hash
-    p.transact("commit", p.coordinator.functions.commit(rid_b, Protocol.commitment(answer_a)), node)
+    # the commit names the request it was made for: B refuses it before anything else
+    assert call_reverts(p.commit_call(answer_a), node) == f"StaleRequest(requestId={rid_b})"
+    # and a commitment to A's hash passed under B's hash still cannot be revealed
+    forged = p.raw_commit_call(rid_b, Protocol.commitment(answer_a))
+    p.transact("commit", forged, node)
     assert call_reverts(p.reveal_call(answer_a), node) == (
         f"CommitmentMismatch(requestId={rid_b}, oracle={node})"
     )
+
+
+@pytest.mark.parametrize("remined", ["another request", "the same request in a later block"])
+def test_a_commit_mined_again_after_a_reorg_takes_no_seat_and_costs_no_stake(
+    chain: Any, rng: random.Random, remined: str
+) -> None:
+    """A reorg drops request A and a node's commit to it; the id goes to another request,
+    or to A again with another seed (another block's prevrandao). The old commit
+    transaction, mined again from a mempool, is refused: it takes no seat, evicts nobody,
+    locks no stake, and the node is not slashed for a seat it could never reveal."""
+    p = Protocol.deploy(chain.w3)
+    stale_node, honest = p.register_oracles(2)
+    before_reorg = chain.rpc("evm_snapshot")
+    prompt_a = "What is the capital of France?"
+    rid_a = p.request(fee=FEE, quorum=2, prompt=prompt_a)
+    stale = p.answer(stale_node, rid_a, PARIS, random_bits(rng))  # its commit, in a mempool
+    assert chain.rpc("evm_revert", before_reorg) is True
+    if remined == "another request":
+        rid_b = p.request(fee=FEE, quorum=2, prompt="Write a poem about Lyon.")
+    else:
+        chain.rpc("anvil_mine", "0x1")
+        rid_b = p.request(fee=FEE, quorum=2, prompt=prompt_a)
+    assert rid_b == rid_a and p.request_hash(rid_b) != stale.request_hash
+    bits = random_bits(rng)
+    honest_answer = p.commit(honest, rid_b, PARIS, bits)
+    locked_before = p.oracle_state(stale_node)["lockedUntil"]
+
+    call = p.commit_call(stale)
+    assert call_reverts(call, stale_node) == f"StaleRequest(requestId={rid_b})"
+    receipt = p.w3.eth.wait_for_transaction_receipt(
+        call.transact({"from": stale_node, "gas": 500_000})  # mined as it is, no estimate
+    )
+    assert receipt["status"] == 0
+    assert p.seated(rid_b) == [honest]
+    assert p.stored_request(rid_b)["commitCount"] == 1
+    assert p.oracle_state(stale_node)["lockedUntil"] == locked_before
+
+    # the refusal costs the node nothing: it may still commit an answer made for B
+    fresh = p.commit(stale_node, rid_b, PARIS, bits)
+    assert sorted(p.seated(rid_b)) == sorted([honest, stale_node])
+    p.close_commits(rid_b)
+    p.reveal(honest_answer)
+    p.reveal(fresh)
+    p.close_disputes(rid_b)
+    receipt = p.finalize(rid_b, p.seat_bits(rid_b), PARIS)
+    assert p.events(receipt, "Slashed") == ()
+    assert p.events(receipt, "InferenceFinalized")
+    assert p.stake(stale_node) == p.stake(honest) == STAKE
 
 
 # --- expiry ----------------------------------------------------------------------------

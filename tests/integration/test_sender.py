@@ -91,18 +91,25 @@ class Outbox:
                 value_wei=value_wei,
             )
 
-    def commit_and_reveal(self, request_id: int, *, salt_for_reveal: bytes | None = None) -> None:
+    def commit(self, request_id: int) -> tuple[str, bytes, bytes]:
+        """A commit to the request as the chain holds it now; its output, bits and salt."""
         output, bits, salt = "Paris", random_bits(self.rng, DIM_BYTES), new_salt()
+        request_hash = self.binding.request_hash(request_id)
         commitment = commitment_hash(
             request_id=request_id,
-            request_hash=self.binding.request_hash(request_id),
+            request_hash=request_hash,
             oracle=self.sender.address,
             output=output,
             model_index=0,
             embedding_bits=bits,
             salt=salt,
         )
-        self.add("commit", request_id, self.binding.encode_commit(request_id, commitment))
+        commit = self.binding.encode_commit(request_id, request_hash, commitment)
+        self.add("commit", request_id, commit)
+        return output, bits, salt
+
+    def commit_and_reveal(self, request_id: int, *, salt_for_reveal: bytes | None = None) -> None:
+        output, bits, salt = self.commit(request_id)
         reveal = self.binding.encode_reveal(request_id, output, 0, bits, salt_for_reveal or salt)
         self.add("reveal", request_id, reveal)
 
@@ -240,7 +247,8 @@ def test_a_crash_between_persisting_and_broadcasting_is_recovered_without_sendin
     crashed = make_sender(chain, sessions)
     outbox = Outbox(sessions, crashed, binding)
     first = protocol.request(quorum=1)
-    outbox.add("commit", first, binding.encode_commit(first, b"\x11" * 32))
+    commit = binding.encode_commit(first, binding.request_hash(first), b"\x11" * 32)
+    outbox.add("commit", first, commit)
 
     assert len(crashed.prepare_pending()) == 1  # stored as sent ...
     del crashed  # ... and the process dies before broadcasting
@@ -251,7 +259,8 @@ def test_a_crash_between_persisting_and_broadcasting_is_recovered_without_sendin
         chain.w3.eth.get_transaction(HexBytes(persisted.tx_hash))
 
     second = protocol.request(quorum=1)  # decided while the node was down
-    outbox.add("commit", second, binding.encode_commit(second, b"\x22" * 32))
+    commit = binding.encode_commit(second, binding.request_hash(second), b"\x22" * 32)
+    outbox.add("commit", second, commit)
     restarted = make_sender(chain, sessions)
     sync(restarted)
 

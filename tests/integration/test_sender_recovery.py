@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.chain.anvil import Anvil
 from oracle.chain.coordinator import CoordinatorBinding
+from oracle.chain.listener import Listener
 from oracle.chain.sender import TxSender
 from oracle.errors import SenderAlreadyRunning
-from oracle.store.models import OutgoingTx
+from oracle.store.models import Answer, OutgoingTx, Request
 from oracle.store.outbox import enqueue_tx
 from tests.integration.test_sender import (
     ORACLE_KEY,
@@ -300,3 +301,79 @@ def test_a_nonce_a_dropped_transaction_held_is_not_given_to_a_filler(
     assert (again.status, again.nonce) == ("confirmed", registered.nonce)
     assert binding.is_registered(sender.address)
     assert nonce_of(chain, sender.address) == registered.nonce + 2  # no filler between
+
+
+def test_a_commit_a_reorg_dropped_is_not_sent_again_onto_the_request_that_took_its_id(
+    chain: Anvil, protocol: Protocol, sessions: sessionmaker[Session], binding: CoordinatorBinding
+) -> None:
+    """A reorg drops request A and our commit to it; request B takes A's id. Sent again as
+    it was, the commit would take a seat on B that it can never reveal, and be slashed:
+    the contract refuses it (``StaleRequest``), and the row fails for good unsent."""
+    protocol.register_oracles(1)
+    sender = make_sender(chain, sessions)
+    outbox = Outbox(sessions, sender, binding)
+    before_a = chain.rpc("evm_snapshot")
+    rid_a = protocol.request(quorum=1, prompt="What is the capital of France?")
+    outbox.commit(rid_a)
+    sync(sender)
+    committed = outbox.row("commit", rid_a)
+    assert committed.status == "confirmed"
+
+    assert chain.rpc("evm_revert", before_a) is True
+    rid_b = protocol.request(quorum=1, prompt="Write a poem about Lyon.")
+    assert rid_b == rid_a
+    chain.rpc("anvil_mine", "0x3")
+    sender.recheck_soon()
+    sync(sender, times=4)
+    row = outbox.row("commit", rid_a)
+    assert (row.status, row.nonce) == ("failed", None)
+    assert row.last_error == f"StaleRequest(requestId={rid_b})"
+    assert protocol.seated(rid_b) == []
+    assert nonce_of(chain, sender.address) == committed.nonce  # nothing sent in its name
+
+
+def test_a_lost_commit_of_an_orphaned_request_waits_without_its_nonce(
+    chain: Anvil, protocol: Protocol, sessions: sessionmaker[Session], binding: CoordinatorBinding
+) -> None:
+    """The listener orphans a request we answered (a reorg dropped its announcement, and
+    the new chain gave its id to another request). Our commit, which the reorg dropped
+    too, is not sent again whatever a simulation says: it goes back to pending without
+    its nonce, and waits there while the request stays orphaned."""
+    protocol.register_oracles(1)
+    sender = make_sender(chain, sessions)
+    outbox = Outbox(sessions, sender, binding)
+    listener = Listener(w3=chain.w3, session_factory=sessions, binding=binding)
+    listener.start_block = chain.w3.eth.block_number
+    before_a = chain.rpc("evm_snapshot")
+    rid_a = protocol.request(quorum=1, prompt="What is the capital of France?")
+    listener.poll_once()
+    output, bits, salt = outbox.commit(rid_a)
+    with sessions.begin() as session:  # what the lifecycle stores with its commit
+        session.add(
+            Answer(
+                request_id=rid_a,
+                model="SmolLM2-135M-Instruct-Q4_1",
+                model_index=0,
+                output=output,
+                embedding_bits=bits,
+                salt=salt,
+                seed=1,
+                commitment=bytes(32),
+            )
+        )
+    sync(sender)
+    assert outbox.row("commit", rid_a).status == "confirmed"
+
+    assert chain.rpc("evm_revert", before_a) is True
+    rid_b = protocol.request(quorum=1, prompt="Write a poem about Lyon.")
+    assert rid_b == rid_a
+    chain.rpc("anvil_mine", "0x3")
+    listener.poll_once()
+    with sessions() as session:
+        assert session.get_one(Request, rid_a).phase == "orphaned"
+    sender.recheck_soon()  # what the listener's reorg callback does
+    sync(sender, times=4)
+    row = outbox.row("commit", rid_a)
+    assert (row.status, row.nonce) == ("pending", None)
+    assert row.last_error == "lost by the chain, and its request was orphaned by a reorg"
+    assert protocol.seated(rid_b) == []

@@ -117,7 +117,7 @@ def test_commits_on_chain_seat_what_python_predicts(chain: Anvil) -> None:
             before = seat_holders(landed, quorum=3)
             after = seat_holders([*landed, (node, tickets[node])], quorum=3)
             answer = protocol.answer(node, request_id, "Paris", random_bits(rng))
-            call = protocol.coordinator.functions.commit(request_id, protocol.commitment(answer))
+            call = protocol.commit_call(answer)
             if after == before:
                 reason = revert_reason(lambda c=call, n=node: c.transact({"from": n}))
                 assert reason.startswith(f"TicketTooWeak(requestId={request_id}, "), reason

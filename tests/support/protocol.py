@@ -250,10 +250,23 @@ class Protocol:
         model_index: int = 0,
     ) -> Answer:
         answer = self.answer(oracle, request_id, output, bits, model_index)
-        self.transact(
-            "commit", self.coordinator.functions.commit(request_id, self.commitment(answer)), oracle
-        )
+        self.transact("commit", self.commit_call(answer), oracle)
         return answer
+
+    def commit_call(self, answer: Answer) -> Any:
+        """``commit`` of ``answer``, bound to the request it was made for."""
+        return self.coordinator.functions.commit(
+            answer.request_id, answer.request_hash, self.commitment(answer)
+        )
+
+    def raw_commit_call(
+        self, request_id: int, commitment: bytes, request_hash: bytes | None = None
+    ) -> Any:
+        """``commit`` of any 32 bytes, bound to the request as its event described it (or
+        to ``request_hash``): for the checks that come before the commitment's."""
+        if request_hash is None:
+            request_hash = self.request_hash(request_id)
+        return self.coordinator.functions.commit(request_id, request_hash, commitment)
 
     def answer(
         self,
