@@ -10,9 +10,12 @@ broadcast: nothing is lost and nothing is sent twice.
 Simulation (``eth_call`` from the key's address against the pending block) sorts
 reverts into three kinds: the work is already done (the row is ``skipped``), the
 contract says "not yet" (the row waits, with backoff), or anything else (``failed``,
-with the decoded custom error). A transaction that is not mined within
-``bump_after_s`` is replaced at the same nonce with fees raised by at least
-``fee_bump_percent``; every hash it was sent under is kept, since any may be mined.
+with the decoded custom error). A revert that only says the endpoint has not seen what
+the decision rests on (an unknown request, a commit or reveal it lacks) counts as "not
+yet" while that endpoint's head is behind the listener's checkpoint. A transaction
+that is not mined within ``bump_after_s`` is replaced at the same nonce with fees raised
+by at least ``fee_bump_percent``; every hash it was sent under is kept, since any may be
+mined.
 
 One sender per key: nonces are allocated here, resynced from the chain's ``pending``
 count (and the outbox's own highest nonce) at start and after nonce errors; ``run``
@@ -70,6 +73,7 @@ from oracle.chain.polling import poll_until_stopped
 from oracle.chain.rpc import rpc_errors
 from oracle.domain.retry import backoff_s
 from oracle.errors import RpcError, RpcRateLimited, RpcUnavailable, SenderAlreadyRunning
+from oracle.store.chain_state import highest_checkpoint
 from oracle.store.models import OutgoingTx
 from oracle.store.outbox import (
     defer_tx,
@@ -90,7 +94,14 @@ from oracle.store.outbox import (
     sendable_txs,
 )
 
-__all__ = ["ALREADY_DONE_ERRORS", "NOT_YET_ERRORS", "STALE_ERRORS", "PreparedTx", "TxSender"]
+__all__ = [
+    "ALREADY_DONE_ERRORS",
+    "NOT_SEEN_YET_ERRORS",
+    "NOT_YET_ERRORS",
+    "STALE_ERRORS",
+    "PreparedTx",
+    "TxSender",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +111,10 @@ ALREADY_DONE_ERRORS = frozenset(
 """Reverts meaning someone (perhaps this node, before a crash) already did the work."""
 NOT_YET_ERRORS = frozenset({"RevealNotOpen", "FinalizeTooEarly", "NotExpired"})
 """Reverts meaning the contract will accept the call later."""
+NOT_SEEN_YET_ERRORS = frozenset({"UnknownRequest", "NotCommitted", "NotARevealer"})
+"""Reverts meaning the simulating endpoint lacks what the decision rests on (the request,
+our commit, the accused's reveal): "not yet" while its head is behind the node's view,
+final once it has caught up (``TxSender._lags_behind_decisions``)."""
 STALE_ERRORS = frozenset({"StaleRequest"})
 """Reverts meaning the row was decided for a request the chain no longer holds under its
 id (a reorg replaced it): it can never do its work, and fails for good."""
@@ -312,6 +327,23 @@ class TxSender:
         log = _fields(tx, tx_hash=bytes(signed.hash), nonce=nonce)
         return PreparedTx(tx_id=tx.id, raw=bytes(signed.raw_transaction), log=log)
 
+    def _lags_behind_decisions(self) -> bool:
+        """Whether the endpoint that simulates is behind the block the node decided on.
+
+        The lifecycle decides on what the listener has seen, so every row rests on a block
+        at or below the highest checkpoint. An endpoint whose head is below it (a lagging
+        backend) may answer "unknown request", "not committed" or "not a revealer" about
+        things the chain holds: such an answer means "not yet", never "never". With no
+        checkpoint (no listener has run) the answer is taken as it is.
+        """
+        with self._sessions() as session:
+            decided_on = highest_checkpoint(session)
+        if decided_on is None:
+            return False
+        with rpc_errors("eth_blockNumber"):
+            head = self._w3.eth.block_number
+        return head < decided_on
+
     def _simulate(self, params: TxParams) -> int | str:
         """Run ``params`` on the pending block: the gas limit to sign, or the decoded revert.
 
@@ -343,6 +375,9 @@ class TxSender:
         name = reason.split("(", 1)[0]
         if name in NOT_YET_ERRORS:
             self._defer(tx, reason, "not sent yet: the contract says wait", logging.INFO)
+            return
+        if name in NOT_SEEN_YET_ERRORS and self._lags_behind_decisions():
+            self._defer(tx, reason, "not sent yet: the endpoint lags behind the node's view")
             return
         log = _fields(tx, reason=reason)
         with self._sessions() as session, session.begin():
@@ -617,7 +652,8 @@ class TxSender:
         After a reorg it may come too early (a reveal before the other commits are back),
         be done already, or no longer fit. Then it goes back to pending without its nonce,
         to be decided again in order (after the rows of its request it depends on): a
-        transaction that holds a nonce while it waits would stall every later one.
+        transaction that holds a nonce while it waits would stall every later one. An
+        endpoint that lags behind the decision proves nothing: the row stays sent.
         """
         try:
             gas = self._simulate(self._call_params(tx))
@@ -627,6 +663,9 @@ class TxSender:
             return True  # the node refuses the call, not the contract: let it see the tx
         if not isinstance(gas, str):
             return True
+        if gas.split("(", 1)[0] in NOT_SEEN_YET_ERRORS and self._lags_behind_decisions():
+            logger.info("a lost transaction waits for the endpoint to catch up", extra=_fields(tx))
+            return False  # still sent; looked at again on the next check
         self._release(tx, f"lost by the chain, now {gas}")
         logger.warning("a lost transaction is decided again", extra=_fields(tx, reason=gas))
         return False

@@ -44,6 +44,7 @@ __all__ = [
     "apply_event",
     "delete_checkpoint",
     "disputes_against",
+    "highest_checkpoint",
     "load_checkpoint",
     "prune_blocks",
     "recent_blocks",
@@ -467,6 +468,12 @@ def load_checkpoint(session: Session, listener: str) -> BlockRef | None:
     block = session.get(ChainBlock, checkpoint.block_number)
     parent = block.parent_hash if block is not None else bytes(32)
     return BlockRef(number=checkpoint.block_number, hash=checkpoint.block_hash, parent_hash=parent)
+
+
+def highest_checkpoint(session: Session) -> int | None:
+    """The highest block any listener has processed: the chain the node's decisions rest on
+    (None before the first)."""
+    return session.scalar(select(func.max(ChainCheckpoint.block_number)))
 
 
 def save_checkpoint(session: Session, listener: str, block: BlockRef) -> None:

@@ -185,6 +185,23 @@ def test_a_lagging_backend_clips_log_ranges(chain: Anvil, proxy: RpcProxy) -> No
     assert proxy.injected["lag"] == 1
 
 
+def test_a_lagging_backend_can_simulate_pending_calls_on_its_own_head(
+    chain: Anvil, proxy: RpcProxy
+) -> None:
+    protocol = Protocol.deploy(chain.w3)
+    protocol.request(quorum=1)  # nextRequestId 1 -> 2 in the head block
+    call = {
+        "to": protocol.coordinator.address,
+        "data": protocol.coordinator.encode_abi("nextRequestId", args=[]),
+    }
+    lag = proxy.lag(1)
+    assert int(result(proxy, "eth_call", call, "pending"), 16) == 2  # only "latest" lags
+    lag.cancel()
+    proxy.lag(1, pending=True)
+    assert int(result(proxy, "eth_call", call, "pending"), 16) == 1
+    assert proxy.injected["lag"] == 1
+
+
 def test_batch_answers_can_be_reordered_and_duplicated(chain: Anvil, proxy: RpcProxy) -> None:
     chain.rpc("anvil_mine", "0x4")
     batch = [rpc("eth_getBlockByNumber", hex(n), False, ident=n + 1) for n in range(4)]

@@ -19,7 +19,14 @@ from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.sender import TxSender
 from oracle.errors import RpcRateLimited
 from oracle.store.models import OutgoingTx
-from tests.faults.conftest import Outbox, attempt, make_sender, node_web3, run_until
+from tests.faults.conftest import (
+    Outbox,
+    attempt,
+    make_listener,
+    make_sender,
+    node_web3,
+    run_until,
+)
 from tests.support.protocol import Protocol
 from tests.support.rpc_proxy import FaultKind, RpcProxy
 
@@ -210,3 +217,53 @@ def test_a_nonce_hole_is_filled_while_every_sync_meets_a_rate_limit(
 
     assert nonce_of(chain, sender.address) == before + 2  # the filler, then the commit
     assert proxy.injected["rate_limit"] >= 1
+
+
+def test_a_commit_simulated_on_a_backend_behind_the_listener_waits_instead_of_failing(
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """The listener has seen the request; the backend that simulates the commit is a block
+    behind and answers ``UnknownRequest``. Taken as final, the row would fail and the
+    lifecycle would skip the request: it waits, and is sent once the backend caught up."""
+    listener = make_listener(chain.w3, sessions, protocol)
+    sender = make_sender(node_web3(proxy.url), chain, sessions, not_yet_retry_s=0.05)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    request_id = protocol.request(quorum=1)
+    listener.poll_once()  # the node's view: the request's block
+    outbox.commit_and_reveal(binding, request_id)
+    lagging = proxy.lag(1, pending=True)
+    sender.sync_once()
+    assert proxy.injected["lag"] > 0
+    commit = outbox.row("commit", request_id)
+    assert (commit.status, commit.last_error) == (
+        "pending",
+        f"UnknownRequest(requestId={request_id})",
+    )
+
+    lagging.cancel()
+    run_sender(sender, sessions)
+    assert statuses(sessions) == [("commit", "confirmed"), ("reveal", "confirmed")]
+
+
+def test_an_unknown_request_on_a_backend_that_caught_up_fails_the_row(
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """The same revert from a backend at or past the node's view is final."""
+    listener = make_listener(chain.w3, sessions, protocol)
+    sender = make_sender(node_web3(proxy.url), chain, sessions)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    request_id = protocol.request(quorum=1)
+    listener.poll_once()
+    unknown = request_id + 1
+    outbox.add("commit", unknown, binding.encode_commit(unknown, bytes(32), b"\x01" * 32))
+    sender.sync_once()
+    row = outbox.row("commit", unknown)
+    assert (row.status, row.last_error) == ("failed", f"UnknownRequest(requestId={unknown})")

@@ -21,7 +21,8 @@ Kinds, and what the client sees:
 - ``malformed``: forwarded; the JSON-RPC answer carries neither ``result`` nor ``error``.
 - ``lag``: a backend ``blocks`` behind the chain: ``eth_blockNumber`` answers N-k, blocks,
   receipts and transactions above N-k are not found (null), ``eth_getLogs`` is clipped
-  to N-k, and "latest" means N-k.
+  to N-k, and "latest" means N-k; with ``pending``, so does "pending" in ``eth_call`` and
+  ``eth_estimateGas`` (the backend simulates on its own head).
 - ``duplicate`` / ``reorder``: in a batch answer, one answer appears twice / the answers
   come in another order (JSON-RPC lets a server answer a batch in any order).
 
@@ -131,6 +132,8 @@ class Rule:
     retry_after_s: float = 1.0
     status: int = 503
     blocks: int = 3
+    pending: bool = False
+    """``lag`` only: "pending" lags too."""
     active: bool = True
 
     def matches(self, call: Call) -> bool:
@@ -161,6 +164,7 @@ class _Plan:
     http: Rule | None = None
     delay_s: float = 0.0
     lag: int = 0
+    lag_pending: bool = False
     per_call: dict[int, Rule] = field(default_factory=dict)
     batch: list[Rule] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
@@ -218,6 +222,7 @@ class RpcProxy:
         retry_after_s: float = 1.0,
         status: int = 503,
         blocks: int = 3,
+        pending: bool = False,
     ) -> Rule:
         """Switch a fault on; rules are tried in the order they were added."""
         if kind not in FAULT_KINDS:
@@ -232,14 +237,16 @@ class RpcProxy:
             retry_after_s=retry_after_s,
             status=status,
             blocks=blocks,
+            pending=pending,
         )
         with self._lock:
             self._rules.append(rule)
         return rule
 
-    def lag(self, blocks: int) -> Rule:
-        """From now on, a backend ``blocks`` behind the chain (``cancel`` the rule to stop)."""
-        return self.inject("lag", blocks=blocks)
+    def lag(self, blocks: int, *, pending: bool = False) -> Rule:
+        """From now on, a backend ``blocks`` behind the chain (``cancel`` the rule to stop);
+        with ``pending``, its simulations run on its own head too."""
+        return self.inject("lag", blocks=blocks, pending=pending)
 
     def after(self, method: str, action: Callable[[Call], object], *, times: int = 1) -> None:
         """Run ``action`` when ``method``'s answer is in hand, before it is delivered."""
@@ -282,6 +289,7 @@ class RpcProxy:
             plan.delay_s += rule.delay_s
         elif rule.kind == "lag":
             plan.lag = max(plan.lag, rule.blocks)
+            plan.lag_pending = plan.lag_pending or rule.pending
         elif rule.kind in _CALL_KINDS:
             for index in picked:
                 plan.per_call.setdefault(index, rule)
@@ -361,7 +369,7 @@ class RpcProxy:
         if rule is not None and rule.kind == "rpc_rate_limit":
             return {"jsonrpc": "2.0", "id": ident, "error": RATE_LIMIT_ERROR}
         if head is not None:
-            answer = _Lagging(self, head - plan.lag).answer(item)
+            answer = _Lagging(self, head - plan.lag, pending=plan.lag_pending).answer(item)
         else:
             answer = self._forward(item)
         call = Call(method=str(item.get("method")), params=list(item.get("params") or []))
@@ -390,9 +398,10 @@ def _applies(rule: Rule, plan: _Plan, batch: bool, size: int) -> bool:
 class _Lagging:
     """Answers one call as a backend whose head is ``visible`` would."""
 
-    def __init__(self, proxy: RpcProxy, visible: int) -> None:
+    def __init__(self, proxy: RpcProxy, visible: int, *, pending: bool = False) -> None:
         self._proxy = proxy
         self._visible = visible
+        self._pending = pending
 
     def answer(self, item: dict[str, Any]) -> dict[str, Any]:
         method = str(item.get("method"))
@@ -443,6 +452,10 @@ class _Lagging:
             "eth_getBalance",
         )
         if reads_state and len(params) >= 2 and params[-1] in ("latest", "safe", "finalized"):
+            return {**item, "params": [*params[:-1], hex(self._visible)]}
+        simulates = item.get("method") in ("eth_call", "eth_estimateGas")
+        if self._pending and simulates and len(params) >= 2 and params[-1] == "pending":
+            self._proxy._count("lag")
             return {**item, "params": [*params[:-1], hex(self._visible)]}
         return item
 
