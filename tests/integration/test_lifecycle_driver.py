@@ -91,16 +91,7 @@ def test_a_mined_commit_the_listener_reports_late_is_still_revealed(
     for never being revealed."""
     sessions = make_session_factory(db_engine)
     binding = CoordinatorBinding(chain.w3, COORDINATOR)
-    _admitted_request(sessions, request_id=1)
-    _answered(sessions, request_id=1)
-    _commit_sent(sessions, request_id=1, status="confirmed")
-    with sessions() as session:
-        request = session.get_one(Request, 1)
-        late = request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S + 1)
-        reveal_deadline = request.reveal_deadline
-    advance_requests(sessions, CTX, binding, request.commit_deadline - timedelta(seconds=5))
-    advance_requests(sessions, CTX, binding, late)
-    assert _phase(sessions, 1) != "skipped"
+    late, reveal_deadline = _past_the_commit_grace(sessions, binding, commit_status="confirmed")
     with sessions() as session:
         assert session.get_one(Request, 1).next_check_at == reveal_deadline
 
@@ -118,16 +109,7 @@ def test_a_sent_commit_whose_seat_never_shows_is_given_up_at_the_reveal_deadline
 ) -> None:
     sessions = make_session_factory(db_engine)
     binding = CoordinatorBinding(chain.w3, COORDINATOR)
-    _admitted_request(sessions, request_id=1)
-    _answered(sessions, request_id=1)
-    _commit_sent(sessions, request_id=1, status="sent")
-    with sessions() as session:
-        request = session.get_one(Request, 1)
-        late = request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S + 1)
-        reveal_deadline = request.reveal_deadline
-    advance_requests(sessions, CTX, binding, request.commit_deadline - timedelta(seconds=5))
-    advance_requests(sessions, CTX, binding, late)
-    assert _phase(sessions, 1) != "skipped"
+    _late, reveal_deadline = _past_the_commit_grace(sessions, binding, commit_status="sent")
     advance_requests(sessions, CTX, binding, reveal_deadline)
     assert _phase(sessions, 1) == "skipped"
     with sessions() as session:
@@ -224,6 +206,24 @@ def _answered(sessions: sessionmaker[Session], *, request_id: int) -> None:
                 commitment=hashlib.sha256(f"c:{request_id}:0".encode()).digest(),
             )
         )
+
+
+def _past_the_commit_grace(
+    sessions: sessionmaker[Session], binding: CoordinatorBinding, *, commit_status: str
+) -> tuple[datetime, datetime]:
+    """Request 1 answered, our commit in the outbox with ``commit_status``, no seat of ours
+    reported; passes before its commit deadline and just past the grace, where the request
+    must still wait. Returns that moment and the reveal deadline."""
+    _admitted_request(sessions, request_id=1)
+    _answered(sessions, request_id=1)
+    _commit_sent(sessions, request_id=1, status=commit_status)
+    with sessions() as session:
+        request = session.get_one(Request, 1)
+    late = request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S + 1)
+    advance_requests(sessions, CTX, binding, request.commit_deadline - timedelta(seconds=5))
+    advance_requests(sessions, CTX, binding, late)
+    assert _phase(sessions, 1) != "skipped"
+    return late, request.reveal_deadline
 
 
 def _commit_sent(sessions: sessionmaker[Session], *, request_id: int, status: str) -> None:
