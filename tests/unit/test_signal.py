@@ -4,6 +4,7 @@ the bits, and the shipped centre file."""
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -93,6 +94,20 @@ def test_a_question_full_of_regex_characters_is_matched_literally() -> None:
 )
 def test_normalising_folds_case_whitespace_and_trailing_periods(text: str, normalised: str) -> None:
     assert normalise_answer(text) == normalised
+
+
+@given(st.text(alphabet=st.sampled_from(". \t\n\u00a0\u2003\u3000x\u00e9"), max_size=40))
+def test_trailing_periods_go_as_the_regex_took_them(text: str) -> None:
+    r"""Every node must normalise alike: the loop gives what ``[\s.]+$`` gave."""
+    spaced = re.sub(r"\s+", " ", text).strip()
+    assert normalise_answer(text) == re.sub(r"[\s.]+$", "", spaced).casefold()
+
+
+def test_a_long_run_of_periods_inside_an_answer_is_kept_and_read_once() -> None:
+    """A revealed answer may be ``maxTokens * 64`` bytes: 262 KB of periods before a
+    letter took the regex minutes (quadratic); the text is kept whole, its end stripped."""
+    answer = "." * 262_144 + "x. ."
+    assert normalise_answer(answer) == "." * 262_144 + "x"
 
 
 def test_the_text_embedded_is_the_answer_itself_unless_asked() -> None:
