@@ -10,16 +10,27 @@ reads in ``oracle status``:
    each seat of the winning cluster) must reach the operator's price per output token
    times maxTokens, for at least one of those models.
 3. Can it finish in time: the work that runs before it (every running inference, and the
-   queued ones the claim order puts first: those paying more per token, or as much and
-   due no later; ``oracle.store.queue``), shared by the model's workers, then its own
-   maxTokens, all at the model's measured speed, must end before the commit deadline
+   queued ones the claim order puts first: those paying more per token of work, or as
+   much and due no later; ``oracle.store.queue``), shared by the model's workers, then
+   its own work, all at the model's measured speed, must end before the commit deadline
    less the embedding and the commit. Cheaper work queued earlier does not count: the
    claim order runs the new request before it, so a flood of cheap requests delays
    nobody who pays more. Workers that decode many jobs together (batched: more slots
    than workers) are measured two ways: a worker's throughput, all its jobs together,
    drains the work ahead, and only for the part of it that must end before a slot frees
    (none while a slot is free); a job's own speed, which is lower when it shares the
-   worker, times its own maxTokens.
+   worker, times its own work.
+
+A job's work is the tokens the model reads and writes: its maxTokens plus its prompt's
+tokens (``Offer.work_tokens``), each counted once. Reading a prompt is not free: a
+request with a context-filling prompt and maxTokens 1 holds a worker for as long as one
+that writes as many tokens, so it must pay per token of both to be claimed first, and it
+delays the work behind it by both. The speed it is measured at counts the same tokens
+(``oracle.store.queue_stats``). A prompt token weighs as much as a generated one: on a
+CPU reading a prompt runs at about the speed of writing (SmolLM2 on two cores: 3,703
+prompt tokens in 83 s), on a GPU much faster, so the weight errs towards declining.
+The prompt's tokens are not counted here (the node loads no tokenizer): they are bounded
+from above by ``prompt_tokens_bound``.
 
 Pure: the caller reads the loads (``oracle.store.queue_stats.inference_loads``).
 """
@@ -42,7 +53,12 @@ __all__ = [
     "admit",
     "format_wei",
     "inference_deadline",
+    "prompt_tokens_bound",
 ]
+
+TEMPLATE_TOKENS = 32
+"""Tokens a model reads around the prompt: SmolLM2's chat template (its default system
+message and role markers) adds 30, a completion model's BOS one."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +69,9 @@ class Offer:
     """The fee shared by the seats (the callback's gas prepayment is not part of it)."""
     quorum: int
     max_tokens: int
+    prompt_tokens: int = 0
+    """The prompt's tokens as the model reads them, template included (at most:
+    ``prompt_tokens_bound``)."""
 
     @property
     def per_seat_wei(self) -> int:
@@ -60,9 +79,14 @@ class Offer:
         return self.fee_wei // max(self.quorum, 1)
 
     @property
+    def work_tokens(self) -> int:
+        """The tokens the job reads and writes at most: its prompt and its maxTokens."""
+        return self.prompt_tokens + self.max_tokens
+
+    @property
     def pay_per_token_wei(self) -> float:
-        """Earnings per output token: the queue's claim order (``jobs.pay_per_token_wei``)."""
-        return self.per_seat_wei / max(self.max_tokens, 1)
+        """Earnings per token of work: the queue's claim order (``jobs.pay_per_token_wei``)."""
+        return self.per_seat_wei / max(self.work_tokens, 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,12 +99,25 @@ class Admit:
     pay_per_token_wei: float
     """The job's place in the claim order."""
     earn_rate_wei_per_s: float
-    """Fee per seat over the seconds of worker time maxTokens takes at the model's speed."""
+    """Fee per seat over the seconds of worker time its work takes at the model's speed."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Refuse:
     reason: str
+
+
+def prompt_tokens_bound(prompt: str) -> int:
+    """At most the tokens a model reads for ``prompt``: its UTF-8 bytes (a token of a
+    byte-level BPE or byte-fallback vocabulary covers at least one byte) plus the
+    template's ``TEMPLATE_TOKENS``.
+
+    Cheap and sound, but loose: counted with SmolLM2's own tokenizer, English prose,
+    Markdown and Python take 3.6-3.8 bytes a token (6,000 bytes: about 1,600 tokens),
+    French 3.1, Japanese 1.6, digit-heavy text 2.2; a 60-byte question is 43 tokens.
+    So a long ordinary prompt is bounded at about 3.7 times its tokens.
+    """
+    return len(prompt.encode("utf-8")) + TEMPLATE_TOKENS
 
 
 def inference_deadline(commit_deadline: datetime, ctx: NodeContext) -> datetime:
@@ -105,7 +142,7 @@ def admit(
     Among those that can: one with a free worker first, then the soonest finish (the
     faster model, when both are free), then the lighter queue, then the requester's order.
     """
-    max_tokens = offer.max_tokens
+    max_tokens, work_tokens = offer.max_tokens, offer.work_tokens
     window_s = (commit_deadline - now).total_seconds()
     if window_s > ctx.max_commit_window_s:
         # a commit locks our stake until the request expires, and its seat must stay
@@ -138,7 +175,7 @@ def admit(
         )
     finish_by = inference_deadline(commit_deadline, ctx)
     available_s = (finish_by - now).total_seconds()
-    options = [_Option.of(i, p, max_tokens, loads.get(p.name)) for i, p in priced]
+    options = [_Option.of(i, p, work_tokens, loads.get(p.name)) for i, p in priced]
     feasible = sorted((o for o in options if o.estimate_s <= available_s), key=_Option.rank)
     if not feasible:
         fastest = min(options, key=lambda o: o.estimate_s)
@@ -158,7 +195,7 @@ def admit(
         job_deadline=finish_by,
         estimate_s=best.estimate_s,
         pay_per_token_wei=offer.pay_per_token_wei,
-        earn_rate_wei_per_s=offer.per_seat_wei * best.tokens_per_s / max(max_tokens, 1),
+        earn_rate_wei_per_s=offer.per_seat_wei * best.tokens_per_s / max(work_tokens, 1),
     )
 
 
@@ -191,7 +228,7 @@ class _Option:
 
     @classmethod
     def of(
-        cls, index: int, profile: ModelProfile, max_tokens: int, load: ModelLoad | None
+        cls, index: int, profile: ModelProfile, work_tokens: int, load: ModelLoad | None
     ) -> _Option:
         jobs = load.jobs if load else 0
         ahead_tokens = load.ahead_tokens if load else 0
@@ -202,7 +239,7 @@ class _Option:
         if slots <= max(workers, 1):
             # until the answer is ready: the work run before it, shared by the workers, then
             # its own
-            estimate_s = (ahead_tokens / max(workers, 1) + max_tokens) / speed
+            estimate_s = (ahead_tokens / max(workers, 1) + work_tokens) / speed
             return cls(index, profile, estimate_s, jobs < workers, ahead_tokens, ahead_jobs, speed)
         estimate_s = _batched_estimate_s(
             ahead_tokens=ahead_tokens,
@@ -211,7 +248,7 @@ class _Option:
             workers=max(workers, 1),
             worker_tokens_per_s=speed,
             job_tokens_per_s=load.sequence_tokens_per_s if load else None,
-            max_tokens=max_tokens,
+            work_tokens=work_tokens,
         )
         return cls(index, profile, estimate_s, jobs < slots, ahead_tokens, ahead_jobs, speed)
 
@@ -227,7 +264,7 @@ def _batched_estimate_s(
     workers: int,
     worker_tokens_per_s: float,
     job_tokens_per_s: float | None,
-    max_tokens: int,
+    work_tokens: int,
 ) -> float:
     """Seconds until a job's answer is ready on workers that decode ``slots`` jobs
     together: the wait for a slot, then its own tokens at one job's speed.
@@ -241,4 +278,4 @@ def _batched_estimate_s(
     if must_end > 0:
         wait_s = ahead_tokens * must_end / ahead_jobs / (workers * worker_tokens_per_s)
     own_speed = job_tokens_per_s or worker_tokens_per_s * workers / slots
-    return wait_s + max_tokens / own_speed
+    return wait_s + work_tokens / own_speed

@@ -49,7 +49,8 @@ class ModelProfile:
     context_tokens: int
     workers: int = 1
     prior_tokens_per_s: float = 30.0
-    """Tokens per second of one worker, all its jobs together, until measured."""
+    """Tokens (prompt and completion) per second of one worker, all its jobs together,
+    until measured."""
     slots: int = 1
     """Jobs one worker runs at once (a batched worker's ``--parallel``), until its workers
     announce theirs."""

@@ -30,7 +30,13 @@ from oracle.consensus import (
 )
 from oracle.consensus.signal import embedding_job
 from oracle.engine.llm import request_seed
-from oracle.lifecycle.admission import Admit, Offer, admit, inference_deadline
+from oracle.lifecycle.admission import (
+    Admit,
+    Offer,
+    admit,
+    inference_deadline,
+    prompt_tokens_bound,
+)
 from oracle.lifecycle.turn import DeadlineQuestion, Move, Step, Verdict, Wait
 from oracle.store.chain_state import disputes_against
 from oracle.store.models import Answer, Job, OutgoingTx, Request, Seat
@@ -71,7 +77,12 @@ def admit_request(step: Step, seats: Sequence[Seat]) -> Verdict:
     """Serve the request when it pays this node's price and a model it accepts can answer
     before its commit deadline, behind the better-paying work already queued."""
     req = step.request
-    offer = Offer(fee_wei=req.fee_wei, quorum=req.quorum, max_tokens=req.max_tokens)
+    offer = Offer(
+        fee_wei=req.fee_wei,
+        quorum=req.quorum,
+        max_tokens=req.max_tokens,
+        prompt_tokens=prompt_tokens_bound(req.prompt),
+    )
     accepted = [m for m in req.accepted_models if m in step.ctx.models]
     decision = admit(
         accepted_models=req.accepted_models,
@@ -101,6 +112,8 @@ def admit_request(step: Step, seats: Sequence[Seat]) -> Verdict:
             "prompt": req.prompt,
             "temperature_milli": req.temperature_milli,
             "max_tokens": req.max_tokens,
+            # what the queue counts it as (oracle.store.queue_stats); the worker reads not
+            "work_tokens": offer.work_tokens,
             "seed": seed,
             "model_index": decision.model_index,
         },

@@ -1,12 +1,13 @@
 """The job queue: enqueue, claim, heartbeat, complete, retry, reclaim, expire, prune.
 
 The claim query is the heart of it: within a priority class, the job that earns the most
-per output token first, then the earliest deadline
+per token of work (prompt and output: ``oracle.lifecycle.admission.Offer``) first, then
+the earliest deadline
 (``ORDER BY priority, pay_per_token_wei DESC, deadline, id``), taken with
 ``FOR UPDATE SKIP LOCKED`` so workers never wait on each other, and served by the partial
 index ``ix_jobs_queued_claim_order`` (``migrations/versions/0007_paying_work_first.py``).
-A worker claims jobs of its one model, whose seconds per token are the same for every
-job, so pay per token is pay per second of worker time: a flood of cheap jobs waits
+A worker claims jobs of its one model, whose seconds per token are about the same for
+every job, so pay per token is pay per second of worker time: a flood of cheap jobs waits
 behind a paying one. Admission (``oracle.lifecycle.admission``) admits a job only when it
 can finish in time behind the work this order puts first. A claim is a lease: the worker
 must heartbeat before ``lease_expires_at``, or the job goes back to the queue and a late

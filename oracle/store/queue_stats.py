@@ -1,10 +1,13 @@
 """What the queue asks of each model, and what each worker is doing: the autoscaler's input,
 and the load admission weighs a new inference against (``inference_loads``).
 
-Work is counted in one unit per kind of job: an inference's ``max_tokens`` (an upper
-bound of what it generates), one unit for an embedding or verification job. Throughput
-is measured from the results of recent done jobs in the same unit: completion tokens
-over ``elapsed_s`` for inference, jobs over the batch's ``elapsed_s`` for embeddings.
+Work is counted in one unit per kind of job: an inference's tokens, those it reads and
+those it writes (``work_tokens`` in its payload: its prompt's tokens, bounded from above
+at admission, plus its ``max_tokens``, an upper bound of what it generates; jobs queued
+without it count their ``max_tokens``), one unit for an embedding or verification job.
+Throughput is measured from the results of recent done jobs in the same unit: prompt
+plus completion tokens over ``elapsed_s`` for inference (reading a long prompt is work,
+not a slow model), jobs over the batch's ``elapsed_s`` for embeddings.
 A job run alongside others (``batch`` in its result: an embedding claim's size, or the
 sequences a batched LLM worker decoded together on average while it ran) counts for
 ``elapsed_s / batch`` of its worker's time, so the speed is a worker's throughput; a
@@ -27,7 +30,13 @@ RECENT_JOBS = 50
 RECENT_WINDOW_S = 3_600.0
 """...among those finished within this window (older speeds fall back to the prior)."""
 
-_WORK = "COALESCE((payload->>'max_tokens')::float, 1.0)"
+_WORK = "COALESCE((payload->>'work_tokens')::float, (payload->>'max_tokens')::float, 1.0)"
+"""An open job's work (an inference's tokens, else one unit)."""
+_DONE_WORK = (
+    "COALESCE((result->>'completion_tokens')::float"
+    " + COALESCE((result->>'prompt_tokens')::float, 0.0), 1.0)"
+)
+"""A done job's work: the tokens an inference read and wrote, else one unit."""
 
 QUEUED_SQL = text(
     f"""
@@ -54,10 +63,10 @@ QUEUED_SQL = text(
 (how far they are is not known), so it errs towards more workers."""
 
 THROUGHPUT_SQL = text(
-    """
+    f"""
     WITH recent AS (
         SELECT model,
-               COALESCE((result->>'completion_tokens')::float, 1.0) AS work,
+               {_DONE_WORK} AS work,
                (result->>'elapsed_s')::float
                    / GREATEST(COALESCE((result->>'batch')::float, 1.0), 1.0) AS seconds,
                (result->>'elapsed_s')::float AS own_seconds,
@@ -77,14 +86,14 @@ THROUGHPUT_SQL = text(
 )
 
 AHEAD_SQL = text(
-    """
+    f"""
     SELECT model,
            count(*) AS jobs,
            count(*) FILTER (WHERE ahead) AS ahead_jobs,
-           COALESCE(sum(tokens) FILTER (WHERE ahead), 0) AS ahead_tokens
+           COALESCE(sum(tokens) FILTER (WHERE ahead), 0)::bigint AS ahead_tokens
     FROM (
         SELECT model,
-               COALESCE((payload->>'max_tokens')::bigint, 0) AS tokens,
+               {_WORK} AS tokens,
                status = 'running'
                  OR pay_per_token_wei > :pay
                  OR (pay_per_token_wei = :pay AND deadline <= :deadline) AS ahead
@@ -95,8 +104,8 @@ AHEAD_SQL = text(
     """
 )
 """Per model: open inferences, and those that run before a new one paying ``:pay`` per
-token due at ``:deadline``: the running ones (they are not preempted) and the queued ones
-the claim order (oracle.store.queue.CLAIM_SQL) puts first."""
+token of work due at ``:deadline``: the running ones (they are not preempted) and the
+queued ones the claim order (oracle.store.queue.CLAIM_SQL) puts first."""
 
 ACTIVITY_SQL = text(
     """
@@ -130,14 +139,15 @@ class ModelLoad:
     work the claim order runs before it."""
 
     tokens_per_s: float | None
-    """Measured tokens per second of one worker, all its sequences together
-    (``THROUGHPUT_SQL``); None: not measured."""
+    """Measured tokens (prompt and completion) per second of one worker, all its sequences
+    together (``THROUGHPUT_SQL``); None: not measured."""
     sequence_tokens_per_s: float | None = None
     """Measured tokens per second of one job while it runs (below ``tokens_per_s`` when
     a worker decodes several together); None: not measured."""
     ahead_tokens: int = 0
-    """max_tokens of the inferences that run before the new one: the running ones and the
-    queued ones that pay more per token (or as much and are due no later)."""
+    """Work (prompt and max_tokens) of the inferences that run before the new one: the
+    running ones and the queued ones that pay more per token (or as much and are due no
+    later)."""
     ahead_jobs: int = 0
     jobs: int = 0
     """Queued and running inferences of this model, whatever they pay."""
@@ -190,7 +200,8 @@ def inference_loads(
     conn: Connection, models: Sequence[str], *, pay_per_token_wei: float, deadline: datetime
 ) -> dict[str, ModelLoad]:
     """The load of each of ``models`` as a new inference paying ``pay_per_token_wei`` per
-    output token, due at ``deadline``, would meet it."""
+    token of work (``oracle.lifecycle.admission.Offer``), due at ``deadline``, would meet
+    it."""
     rows = conn.execute(
         THROUGHPUT_SQL,
         {"kinds": ["inference"], "recent": RECENT_JOBS, "window_s": RECENT_WINDOW_S},

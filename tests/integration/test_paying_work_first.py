@@ -110,7 +110,9 @@ def request(request_id: int, *, fee: int, commit_in_s: int) -> RequestedEvent:
     commit_deadline = int(time.time()) + commit_in_s
     return dataclasses.replace(
         requested(request_id, at(10 + request_id, log_index=request_id)),
-        prompt=f"Tell me a long story about the number {request_id}."
+        # one length for every cheap prompt: a job's work counts its prompt, so the flood
+        # pays one price per token
+        prompt=f"Tell me a long story about the number {request_id:02d}."
         if fee == MIN_FEE_PER_SEAT
         else "What is the capital of France? Answer in one short sentence.",
         quorum=1,

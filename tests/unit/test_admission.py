@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from oracle.lifecycle.admission import Admit, ModelLoad, Offer, Refuse, admit, format_wei
+from oracle.lifecycle.admission import (
+    TEMPLATE_TOKENS,
+    Admit,
+    ModelLoad,
+    Offer,
+    Refuse,
+    admit,
+    format_wei,
+    prompt_tokens_bound,
+)
 from oracle.lifecycle.context import ModelProfile, NodeContext
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -38,11 +47,14 @@ def decide(
     ctx: NodeContext = CTX,
     fee_wei: int = 10**15,
     quorum: int = 1,
+    prompt_tokens: int = 0,
 ) -> Admit | Refuse:
     return admit(
         accepted_models=models,
         embedding_model="all-MiniLM-L6-v2",
-        offer=Offer(fee_wei=fee_wei, quorum=quorum, max_tokens=max_tokens),
+        offer=Offer(
+            fee_wei=fee_wei, quorum=quorum, max_tokens=max_tokens, prompt_tokens=prompt_tokens
+        ),
         commit_deadline=NOW + timedelta(seconds=deadline_s),
         now=NOW,
         ctx=ctx,
@@ -269,3 +281,44 @@ def test_a_flood_at_one_price_fills_what_the_deadline_holds_and_no_more() -> Non
     admitted = [d for d in decisions if isinstance(d, Admit)]
     assert len(admitted) == 10  # 10 x 2.56 s fit in the 26.5 s left; the 11th would not
     assert all(isinstance(d, Refuse) for d in decisions[10:])
+
+
+# --- a job's work is its prompt and its maxTokens ------------------------------------
+
+ATTACK_PROMPT = "quartz123 " * 800
+"""8,000 bytes that SmolLM2 reads as about 3,700 tokens."""
+HONEST_PROMPT = "What is the capital of France? Answer in one short sentence."
+
+
+def test_the_prompt_bound_is_its_bytes_plus_the_template() -> None:
+    assert prompt_tokens_bound(ATTACK_PROMPT) == 8000 + TEMPLATE_TOKENS
+    assert prompt_tokens_bound("日本") == 6 + TEMPLATE_TOKENS  # bytes, not characters
+
+
+def test_a_huge_prompt_with_one_output_token_pays_per_token_of_its_prompt_too() -> None:
+    """maxTokens 1 at the minimum fee no longer outranks a request paying 50 times more
+    for 64 tokens: it pays per token of everything the worker reads and writes."""
+    attack_prompt, honest_prompt = (prompt_tokens_bound(p) for p in (ATTACK_PROMPT, HONEST_PROMPT))
+    attacker = Offer(fee_wei=10**12, quorum=1, max_tokens=1, prompt_tokens=attack_prompt)
+    honest = Offer(fee_wei=5 * 10**13, quorum=1, max_tokens=64, prompt_tokens=honest_prompt)
+    assert attacker.work_tokens == 8000 + TEMPLATE_TOKENS + 1
+    assert attacker.pay_per_token_wei == pytest.approx(10**12 / attacker.work_tokens)
+    assert honest.pay_per_token_wei > 100 * attacker.pay_per_token_wei
+
+
+def test_the_time_estimate_and_earn_rate_count_the_prompt() -> None:
+    decision = decide({FAST: ModelLoad(tokens_per_s=100)}, models=(FAST,), max_tokens=64,
+                      prompt_tokens=936, fee_wei=10**15)  # fmt: skip
+    assert isinstance(decision, Admit)
+    assert decision.estimate_s == pytest.approx(10.0)  # 1,000 tokens at 100 a second
+    assert decision.earn_rate_wei_per_s == pytest.approx(10**15 / 10.0)
+    too_long = decide({FAST: ModelLoad(tokens_per_s=100)}, models=(FAST,), max_tokens=64,
+                      prompt_tokens=2000, deadline_s=20)  # fmt: skip
+    assert isinstance(too_long, Refuse) and "needs about 20.6 s of inference" in too_long.reason
+
+
+def test_work_ahead_counts_in_the_same_tokens_as_the_new_job() -> None:
+    # one job ahead whose prompt and maxTokens make 2,000 tokens at 100 a second
+    behind = {FAST: ModelLoad(tokens_per_s=100, ahead_tokens=2000, ahead_jobs=1, jobs=1)}
+    decision = decide(behind, models=(FAST,), max_tokens=64, prompt_tokens=36, deadline_s=60)
+    assert isinstance(decision, Admit) and decision.estimate_s == pytest.approx(21.0)
