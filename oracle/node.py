@@ -420,9 +420,11 @@ def gpu_budget(
 def _profile(model: str, settings: NodeSettings) -> ModelProfile:
     spec = lookup_llm(model, DEFAULT_LLMS)
     batched = settings.llm_engine == "batched"
+    llm = LlmEngineOptions(engine=settings.llm_engine, slot_tokens=settings.slot_tokens)
     return ModelProfile(
         name=model,
-        context_tokens=spec.context_tokens,
+        # what one job gets (a batched slot): admission declines a prompt that cannot fit
+        context_tokens=llm.job_context_tokens(spec.context_tokens),
         workers=settings.llm_workers,
         price_per_token_wei=settings.price_of(model),
         slots=settings.parallel if batched else 1,

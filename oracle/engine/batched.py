@@ -89,7 +89,7 @@ from oracle.engine.llm import (
     ModelLoadFailed,
     PromptTooLong,
 )
-from oracle.engine.llm_options import slots_for_budget
+from oracle.engine.llm_options import padded_to_kv_cells, slots_for_budget
 from oracle.engine.models import LlmSpec
 from oracle.engine.sampling import TOP_K, choose_among, top_candidates
 from oracle.errors import OracleError
@@ -106,8 +106,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CHAT_TEMPLATE_KEY = b"tokenizer.chat_template"
-_KV_CELL_PAD = 256
-"""llama.cpp rounds each sequence's context up to a multiple of this."""
 _KV_BYTES_PER_VALUE = 2  # f16 cache
 _FLASH_ATTN_AUTO = -1
 _FLASH_ATTN_OFF = 0
@@ -265,7 +263,7 @@ class BatchedLlm:
         self._model = _load_model(spec.name, self.model_path, gpu_layers)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
-        wanted_slot = _pad(slot_tokens or spec.context_tokens)
+        wanted_slot = padded_to_kv_cells(slot_tokens or spec.context_tokens)
         try:
             self.slots = slots_for_budget(
                 parallel=parallel,
@@ -909,6 +907,3 @@ def _top_k_chain() -> Any:
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(TOP_K))
     return chain
 
-
-def _pad(tokens: int) -> int:
-    return -(-tokens // _KV_CELL_PAD) * _KV_CELL_PAD

@@ -21,9 +21,11 @@ __all__ = [
     "DEFAULT_PARALLEL",
     "ENGINES",
     "GPU_CONTEXTS",
+    "KV_CELL_PAD",
     "EngineKind",
     "KvBudgetTooSmall",
     "LlmEngineOptions",
+    "padded_to_kv_cells",
     "slots_for_budget",
 ]
 
@@ -32,6 +34,8 @@ ENGINES: tuple[EngineKind, ...] = get_args(EngineKind)
 
 GPU_CONTEXTS = 2
 """Contexts a batched worker with layers on a GPU decodes in turn unless told otherwise."""
+KV_CELL_PAD = 256
+"""llama.cpp rounds each sequence's context up to a multiple of this."""
 DEFAULT_PARALLEL = 8
 """Sequences a batched worker decodes together unless told otherwise: enough to keep a
 CPU's cores busy between sampling steps; on a GPU, use 64 to 256 (README, GPU section)."""
@@ -68,6 +72,15 @@ class LlmEngineOptions:
     device_top_k: bool = False
     """Keep each sequence's 40 highest logits on the device (llama.cpp's experimental
     backend sampling): 40 candidates come back instead of the vocabulary."""
+
+    def job_context_tokens(self, model_context_tokens: int) -> int:
+        """The context one job gets (prompt plus max_tokens): the model's under the
+        sequential engine, a slot under the batched one (``slot_tokens``, default the
+        model's context, rounded up to a multiple of ``KV_CELL_PAD`` as the engine
+        allocates it)."""
+        if self.engine != "batched":
+            return model_context_tokens
+        return padded_to_kv_cells(self.slot_tokens or model_context_tokens)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -107,6 +120,11 @@ class LlmEngineOptions:
 
 DEFAULT_LLM_ENGINE = LlmEngineOptions()
 """A worker's LLM settings unless told otherwise."""
+
+
+def padded_to_kv_cells(tokens: int) -> int:
+    """``tokens`` rounded up to a multiple of ``KV_CELL_PAD``: a batched slot's context."""
+    return -(-tokens // KV_CELL_PAD) * KV_CELL_PAD
 
 
 def slots_for_budget(

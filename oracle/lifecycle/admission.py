@@ -5,7 +5,8 @@ The questions, in order; the first "no" declines the request with a reason the o
 reads in ``oracle status``:
 
 1. Can the node serve it at all: its embedding model, one of its accepted models, a
-   context that holds its maxTokens?
+   context that holds its prompt and its maxTokens (the context one job gets: a batched
+   worker's slot; a worker refuses a job that does not fit, after it took queue room)?
 2. Does it pay: what each cluster member earns (fee / quorum, what the coordinator pays
    each seat of the winning cluster) must reach the operator's price per output token
    times maxTokens, for at least one of those models.
@@ -115,7 +116,10 @@ def prompt_tokens_bound(prompt: str) -> int:
     Cheap and sound, but loose: counted with SmolLM2's own tokenizer, English prose,
     Markdown and Python take 3.6-3.8 bytes a token (6,000 bytes: about 1,600 tokens),
     French 3.1, Japanese 1.6, digit-heavy text 2.2; a 60-byte question is 43 tokens.
-    So a long ordinary prompt is bounded at about 3.7 times its tokens.
+    So a long ordinary prompt is bounded at about 3.7 times its tokens, and a request
+    whose prompt and maxTokens only just fit the context may be declined as not fitting:
+    with a 4,096-token context, maxTokens 3,000 leaves room for a prompt of 1,064 bytes
+    (about 280 tokens of prose) where one of about 1,060 tokens would fit.
     """
     return len(prompt.encode("utf-8")) + TEMPLATE_TOKENS
 
@@ -159,11 +163,12 @@ def admit(
             f"none of the accepted models {list(accepted_models)} is served here "
             f"(serving {sorted(ctx.models)})"
         )
-    fitting = [(i, p) for i, p in served if max_tokens < p.context_tokens]
+    fitting = [(i, p) for i, p in served if work_tokens <= p.context_tokens]
     if not fitting:
         biggest = max(p.context_tokens for _, p in served)
         return _decline(
-            f"maxTokens {max_tokens} exceeds the served models' context ({biggest} tokens)"
+            f"maxTokens {max_tokens} and the prompt (estimated at most {offer.prompt_tokens} "
+            f"tokens) exceed the context a job gets here ({biggest} tokens)"
         )
     priced = [(i, p) for i, p in fitting if _asks(p, max_tokens) <= offer.per_seat_wei]
     if not priced:

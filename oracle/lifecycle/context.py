@@ -47,6 +47,7 @@ class ModelProfile:
 
     name: str
     context_tokens: int
+    """The context one job gets, prompt and maxTokens together (a batched worker's slot)."""
     workers: int = 1
     prior_tokens_per_s: float = 30.0
     """Tokens (prompt and completion) per second of one worker, all its jobs together,

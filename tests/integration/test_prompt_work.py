@@ -44,6 +44,11 @@ ATTACK_PROMPT = "quartz123 " * 800  # 8,000 bytes
 HONEST_PROMPT = "What is the capital of France? Answer in one short sentence."
 ATTACK_RESULT = {"text": "x", "completion_tokens": 1, "prompt_tokens": 3703, "elapsed_s": 83.0}
 """What a real SmolLM2 worker (two threads, two cores) recorded for such a job."""
+WIDE = dataclasses.replace(
+    CTX, models={SMOL: dataclasses.replace(CTX.models[SMOL], context_tokens=16_384)}
+)
+"""A context that holds the attack prompt's bound (8,032 tokens at most): in 4,096 tokens
+admission declines it as not fitting, though its 3,703 tokens would."""
 
 
 def test_a_huge_prompt_with_one_output_token_neither_jumps_the_queue_nor_poisons_the_speed(
@@ -56,7 +61,7 @@ def test_a_huge_prompt_with_one_output_token_neither_jumps_the_queue_nor_poisons
                              commit_in_s=600, prompt=ATTACK_PROMPT)])  # fmt: skip
     store(sessions, [request(honest, fee=50 * MIN_FEE_PER_SEAT, max_tokens=64,
                              commit_in_s=60, prompt=HONEST_PROMPT)])  # fmt: skip
-    assert advance_requests(sessions, CTX, binding) == 2
+    assert advance_requests(sessions, WIDE, binding) == 2
     assert phase(sessions, attacker) == phase(sessions, honest) == "committing"
 
     # the request paying 50 times more is claimed first: per token of all its work
@@ -91,7 +96,7 @@ def test_a_huge_prompt_with_one_output_token_neither_jumps_the_queue_nor_poisons
     # so a request paying 1,000 times the minimum for 64 tokens is still served
     store(sessions, [request(later, fee=1000 * MIN_FEE_PER_SEAT, max_tokens=64,
                              commit_in_s=60, prompt="Name a colour.")])  # fmt: skip
-    advance_requests(sessions, CTX, binding)
+    advance_requests(sessions, WIDE, binding)
     assert phase(sessions, later) == "committing", skip_reason(sessions, later)
 
 

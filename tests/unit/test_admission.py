@@ -123,7 +123,7 @@ def test_refusals_say_why() -> None:
         "(serving ['fast-model', 'slow-model'])"
     )
     too_big = decide({}, max_tokens=4096)
-    assert isinstance(too_big, Refuse) and "maxTokens 4096 exceeds" in too_big.reason
+    assert isinstance(too_big, Refuse) and "maxTokens 4096 and the prompt" in too_big.reason
     too_soon = decide({}, deadline_s=2)
     assert too_soon == Refuse(
         reason="declined: cannot finish before the commit deadline: needs about 0.6 s of "
@@ -313,8 +313,8 @@ def test_the_time_estimate_and_earn_rate_count_the_prompt() -> None:
     assert decision.estimate_s == pytest.approx(10.0)  # 1,000 tokens at 100 a second
     assert decision.earn_rate_wei_per_s == pytest.approx(10**15 / 10.0)
     too_long = decide({FAST: ModelLoad(tokens_per_s=100)}, models=(FAST,), max_tokens=64,
-                      prompt_tokens=2000, deadline_s=20)  # fmt: skip
-    assert isinstance(too_long, Refuse) and "needs about 20.6 s of inference" in too_long.reason
+                      prompt_tokens=1900, deadline_s=20)  # fmt: skip
+    assert isinstance(too_long, Refuse) and "needs about 19.6 s of inference" in too_long.reason
 
 
 def test_work_ahead_counts_in_the_same_tokens_as_the_new_job() -> None:
@@ -322,3 +322,19 @@ def test_work_ahead_counts_in_the_same_tokens_as_the_new_job() -> None:
     behind = {FAST: ModelLoad(tokens_per_s=100, ahead_tokens=2000, ahead_jobs=1, jobs=1)}
     decision = decide(behind, models=(FAST,), max_tokens=64, prompt_tokens=36, deadline_s=60)
     assert isinstance(decision, Admit) and decision.estimate_s == pytest.approx(21.0)
+
+
+def test_a_prompt_and_max_tokens_that_exceed_the_context_a_job_gets_are_declined() -> None:
+    """The worker refuses prompt + maxTokens > context (PromptTooLong): admission declines
+    it first, with the numbers, rather than let it take queue room."""
+    slot = context(ModelProfile(name=FAST, context_tokens=4096, prior_tokens_per_s=100))
+    prompt = prompt_tokens_bound("word " * 370)  # 1,850 bytes: 1,882 tokens at most
+    too_big = decide({}, models=(FAST,), ctx=slot, max_tokens=3000, prompt_tokens=prompt,
+                     deadline_s=600)  # fmt: skip
+    assert too_big == Refuse(
+        reason="declined: maxTokens 3000 and the prompt (estimated at most 1882 tokens) "
+        "exceed the context a job gets here (4096 tokens)"
+    )
+    fits = decide({}, models=(FAST,), ctx=slot, max_tokens=4096 - prompt,
+                  prompt_tokens=prompt, deadline_s=600)  # fmt: skip
+    assert isinstance(fits, Admit)  # exactly full is what the worker still runs
