@@ -30,8 +30,8 @@ delays the work behind it by both. The speed it is measured at counts the same t
 (``oracle.store.queue_stats``). A prompt token weighs as much as a generated one: on a
 CPU reading a prompt runs at about the speed of writing (SmolLM2 on two cores: 3,703
 prompt tokens in 83 s), on a GPU much faster, so the weight errs towards declining.
-The prompt's tokens are not counted here (the node loads no tokenizer): they are bounded
-from above by ``prompt_tokens_bound``.
+The prompt's tokens are not counted here (the node loads no tokenizer): they are
+estimated from its bytes by ``prompt_tokens_estimate``.
 
 Pure: the caller reads the loads (``oracle.store.queue_stats.inference_loads``).
 """
@@ -54,9 +54,11 @@ __all__ = [
     "admit",
     "format_wei",
     "inference_deadline",
-    "prompt_tokens_bound",
+    "prompt_tokens_estimate",
 ]
 
+BYTES_PER_TOKEN = 3
+"""What ``prompt_tokens_estimate`` divides a prompt's bytes by (see there)."""
 TEMPLATE_TOKENS = 32
 """Tokens a model reads around the prompt: SmolLM2's chat template (its default system
 message and role markers) adds 30, a completion model's BOS one."""
@@ -71,8 +73,8 @@ class Offer:
     quorum: int
     max_tokens: int
     prompt_tokens: int = 0
-    """The prompt's tokens as the model reads them, template included (at most:
-    ``prompt_tokens_bound``)."""
+    """The prompt's tokens as the model reads them, template included (as
+    ``prompt_tokens_estimate`` gives them)."""
 
     @property
     def per_seat_wei(self) -> int:
@@ -81,7 +83,7 @@ class Offer:
 
     @property
     def work_tokens(self) -> int:
-        """The tokens the job reads and writes at most: its prompt and its maxTokens."""
+        """The tokens the job reads and writes: its prompt and, at most, its maxTokens."""
         return self.prompt_tokens + self.max_tokens
 
     @property
@@ -108,20 +110,21 @@ class Refuse:
     reason: str
 
 
-def prompt_tokens_bound(prompt: str) -> int:
-    """At most the tokens a model reads for ``prompt``: its UTF-8 bytes (a token of a
-    byte-level BPE or byte-fallback vocabulary covers at least one byte) plus the
-    template's ``TEMPLATE_TOKENS``.
+def prompt_tokens_estimate(prompt: str) -> int:
+    """The tokens a model reads for ``prompt``, without its tokenizer: its UTF-8 bytes over
+    ``BYTES_PER_TOKEN``, plus the template's ``TEMPLATE_TOKENS``.
 
-    Cheap and sound, but loose: counted with SmolLM2's own tokenizer, English prose,
-    Markdown and Python take 3.6-3.8 bytes a token (6,000 bytes: about 1,600 tokens),
-    French 3.1, Japanese 1.6, digit-heavy text 2.2; a 60-byte question is 43 tokens.
-    So a long ordinary prompt is bounded at about 3.7 times its tokens, and a request
-    whose prompt and maxTokens only just fit the context may be declined as not fitting:
-    with a 4,096-token context, maxTokens 3,000 leaves room for a prompt of 1,064 bytes
-    (about 280 tokens of prose) where one of about 1,060 tokens would fit.
+    Counted with SmolLM2's own tokenizer, English prose, Markdown and Python take 3.6-3.8
+    bytes a token, French 3.1, digit-heavy text 2.2, Japanese 1.6, and no text less than
+    one byte a token. So prose is overcounted by about a fifth (the contract's largest
+    prompt, 8,192 bytes, is estimated at 2,763 tokens, and fits the default 4,096-token
+    context with a long answer), and the densest text is undercounted up to three times:
+    a prompt that then does not fit its context is refused by its worker at once
+    (PromptTooLong, before any decoding), and its job is still credited a third of its
+    work or more in the claim order. (Counting one byte a token would be an upper bound,
+    but it declined the contract's own largest prompts.)
     """
-    return len(prompt.encode("utf-8")) + TEMPLATE_TOKENS
+    return -(-len(prompt.encode("utf-8")) // BYTES_PER_TOKEN) + TEMPLATE_TOKENS
 
 
 def inference_deadline(commit_deadline: datetime, ctx: NodeContext) -> datetime:
@@ -167,7 +170,7 @@ def admit(
     if not fitting:
         biggest = max(p.context_tokens for _, p in served)
         return _decline(
-            f"maxTokens {max_tokens} and the prompt (estimated at most {offer.prompt_tokens} "
+            f"maxTokens {max_tokens} and the prompt (estimated at {offer.prompt_tokens} "
             f"tokens) exceed the context a job gets here ({biggest} tokens)"
         )
     priced = [(i, p) for i, p in fitting if _asks(p, max_tokens) <= offer.per_seat_wei]

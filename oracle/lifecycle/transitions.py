@@ -35,7 +35,7 @@ from oracle.lifecycle.admission import (
     Offer,
     admit,
     inference_deadline,
-    prompt_tokens_bound,
+    prompt_tokens_estimate,
 )
 from oracle.lifecycle.turn import DeadlineQuestion, Move, Step, Verdict, Wait
 from oracle.store.chain_state import disputes_against
@@ -81,7 +81,7 @@ def admit_request(step: Step, seats: Sequence[Seat]) -> Verdict:
         fee_wei=req.fee_wei,
         quorum=req.quorum,
         max_tokens=req.max_tokens,
-        prompt_tokens=prompt_tokens_bound(req.prompt),
+        prompt_tokens=prompt_tokens_estimate(req.prompt),
     )
     accepted = [m for m in req.accepted_models if m in step.ctx.models]
     decision = admit(

@@ -2,8 +2,8 @@
 and the load admission weighs a new inference against (``inference_loads``).
 
 Work is counted in one unit per kind of job: an inference's tokens, those it reads and
-those it writes (``work_tokens`` in its payload: its prompt's tokens, bounded from above
-at admission, plus its ``max_tokens``, an upper bound of what it generates; jobs queued
+those it writes (``work_tokens`` in its payload: its prompt's tokens, estimated at
+admission, plus its ``max_tokens``, an upper bound of what it generates; jobs queued
 without it count their ``max_tokens``), one unit for an embedding or verification job.
 Throughput is measured from the results of recent done jobs in the same unit: prompt
 plus completion tokens over ``elapsed_s`` for inference (reading a long prompt is work,

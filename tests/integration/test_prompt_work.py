@@ -44,11 +44,6 @@ ATTACK_PROMPT = "quartz123 " * 800  # 8,000 bytes
 HONEST_PROMPT = "What is the capital of France? Answer in one short sentence."
 ATTACK_RESULT = {"text": "x", "completion_tokens": 1, "prompt_tokens": 3703, "elapsed_s": 83.0}
 """What a real SmolLM2 worker (two threads, two cores) recorded for such a job."""
-WIDE = dataclasses.replace(
-    CTX, models={SMOL: dataclasses.replace(CTX.models[SMOL], context_tokens=16_384)}
-)
-"""A context that holds the attack prompt's bound (8,032 tokens at most): in 4,096 tokens
-admission declines it as not fitting, though its 3,703 tokens would."""
 
 
 def test_a_huge_prompt_with_one_output_token_neither_jumps_the_queue_nor_poisons_the_speed(
@@ -61,7 +56,7 @@ def test_a_huge_prompt_with_one_output_token_neither_jumps_the_queue_nor_poisons
                              commit_in_s=600, prompt=ATTACK_PROMPT)])  # fmt: skip
     store(sessions, [request(honest, fee=50 * MIN_FEE_PER_SEAT, max_tokens=64,
                              commit_in_s=60, prompt=HONEST_PROMPT)])  # fmt: skip
-    assert advance_requests(sessions, WIDE, binding) == 2
+    assert advance_requests(sessions, CTX, binding) == 2
     assert phase(sessions, attacker) == phase(sessions, honest) == "committing"
 
     # the request paying 50 times more is claimed first: per token of all its work
@@ -71,7 +66,7 @@ def test_a_huge_prompt_with_one_output_token_neither_jumps_the_queue_nor_poisons
     with sessions() as session:
         rows = session.execute(select(Job.request_id, Job.payload["work_tokens"].as_integer()))
         work = {int(request_id): int(tokens) for request_id, tokens in rows}
-    assert work[attacker] > 8000 and work[honest] < 200
+    assert work[attacker] == 2700 and work[honest] < 200  # 8,000 bytes over 3, template, 1
 
     # the attacker's job counts as its prompt and maxTokens for whoever it runs before
     with db_engine.connect() as conn:
@@ -96,7 +91,7 @@ def test_a_huge_prompt_with_one_output_token_neither_jumps_the_queue_nor_poisons
     # so a request paying 1,000 times the minimum for 64 tokens is still served
     store(sessions, [request(later, fee=1000 * MIN_FEE_PER_SEAT, max_tokens=64,
                              commit_in_s=60, prompt="Name a colour.")])  # fmt: skip
-    advance_requests(sessions, WIDE, binding)
+    advance_requests(sessions, CTX, binding)
     assert phase(sessions, later) == "committing", skip_reason(sessions, later)
 
 

@@ -15,7 +15,7 @@ from oracle.lifecycle.admission import (
     Refuse,
     admit,
     format_wei,
-    prompt_tokens_bound,
+    prompt_tokens_estimate,
 )
 from oracle.lifecycle.context import ModelProfile, NodeContext
 
@@ -290,18 +290,21 @@ ATTACK_PROMPT = "quartz123 " * 800
 HONEST_PROMPT = "What is the capital of France? Answer in one short sentence."
 
 
-def test_the_prompt_bound_is_its_bytes_plus_the_template() -> None:
-    assert prompt_tokens_bound(ATTACK_PROMPT) == 8000 + TEMPLATE_TOKENS
-    assert prompt_tokens_bound("日本") == 6 + TEMPLATE_TOKENS  # bytes, not characters
+def test_the_prompt_estimate_is_a_third_of_its_bytes_plus_the_template() -> None:
+    assert prompt_tokens_estimate(ATTACK_PROMPT) == 2667 + TEMPLATE_TOKENS
+    assert prompt_tokens_estimate("日本") == 2 + TEMPLATE_TOKENS  # bytes, not characters
+    # the contract's largest prompt leaves room for an answer in the default context
+    assert prompt_tokens_estimate("x" * 8192) == 2763
 
 
 def test_a_huge_prompt_with_one_output_token_pays_per_token_of_its_prompt_too() -> None:
     """maxTokens 1 at the minimum fee no longer outranks a request paying 50 times more
     for 64 tokens: it pays per token of everything the worker reads and writes."""
-    attack_prompt, honest_prompt = (prompt_tokens_bound(p) for p in (ATTACK_PROMPT, HONEST_PROMPT))
+    attack_prompt = prompt_tokens_estimate(ATTACK_PROMPT)
+    honest_prompt = prompt_tokens_estimate(HONEST_PROMPT)
     attacker = Offer(fee_wei=10**12, quorum=1, max_tokens=1, prompt_tokens=attack_prompt)
     honest = Offer(fee_wei=5 * 10**13, quorum=1, max_tokens=64, prompt_tokens=honest_prompt)
-    assert attacker.work_tokens == 8000 + TEMPLATE_TOKENS + 1
+    assert attacker.work_tokens == 2667 + TEMPLATE_TOKENS + 1
     assert attacker.pay_per_token_wei == pytest.approx(10**12 / attacker.work_tokens)
     assert honest.pay_per_token_wei > 100 * attacker.pay_per_token_wei
 
@@ -328,11 +331,11 @@ def test_a_prompt_and_max_tokens_that_exceed_the_context_a_job_gets_are_declined
     """The worker refuses prompt + maxTokens > context (PromptTooLong): admission declines
     it first, with the numbers, rather than let it take queue room."""
     slot = context(ModelProfile(name=FAST, context_tokens=4096, prior_tokens_per_s=100))
-    prompt = prompt_tokens_bound("word " * 370)  # 1,850 bytes: 1,882 tokens at most
+    prompt = prompt_tokens_estimate("word " * 900)  # 4,500 bytes: 1,532 tokens
     too_big = decide({}, models=(FAST,), ctx=slot, max_tokens=3000, prompt_tokens=prompt,
                      deadline_s=600)  # fmt: skip
     assert too_big == Refuse(
-        reason="declined: maxTokens 3000 and the prompt (estimated at most 1882 tokens) "
+        reason="declined: maxTokens 3000 and the prompt (estimated at 1532 tokens) "
         "exceed the context a job gets here (4096 tokens)"
     )
     fits = decide({}, models=(FAST,), ctx=slot, max_tokens=4096 - prompt,
