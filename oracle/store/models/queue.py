@@ -77,9 +77,9 @@ class Job(Base):
     pay_per_token_wei: Mapped[float] = mapped_column(
         Double,
         server_default=text("0"),
-        comment="what this node earns per output token (fee per seat / maxTokens); a worker "
-        "claims jobs of one model, so this orders by earnings per second of worker time; "
-        "0 for embedding and verification",
+        comment="what this node earns per token of work (fee per seat / (prompt tokens + "
+        "maxTokens)); a worker claims jobs of one model, so this orders by earnings per "
+        "second of worker time; 0 for embedding and verification",
     )
 
 
