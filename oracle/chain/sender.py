@@ -327,6 +327,11 @@ class TxSender:
         log = _fields(tx, tx_hash=bytes(signed.hash), nonce=nonce)
         return PreparedTx(tx_id=tx.id, raw=bytes(signed.raw_transaction), log=log)
 
+    def _not_seen_yet(self, error: str) -> bool:
+        """A revert named ``error`` that only says the simulating endpoint has not caught
+        up with what the node decided on (``NOT_SEEN_YET_ERRORS``)."""
+        return error in NOT_SEEN_YET_ERRORS and self._lags_behind_decisions()
+
     def _lags_behind_decisions(self) -> bool:
         """Whether the endpoint that simulates is behind the block the node decided on.
 
@@ -372,11 +377,11 @@ class TxSender:
         logger.log(level, message, extra={**_fields(tx, reason=reason), "wait_s": delay})
 
     def _handle_revert(self, tx: OutgoingTx, reason: str) -> None:
-        name = reason.split("(", 1)[0]
+        name = _error_name(reason)
         if name in NOT_YET_ERRORS:
             self._defer(tx, reason, "not sent yet: the contract says wait", logging.INFO)
             return
-        if name in NOT_SEEN_YET_ERRORS and self._lags_behind_decisions():
+        if self._not_seen_yet(name):
             self._defer(tx, reason, "not sent yet: the endpoint lags behind the node's view")
             return
         log = _fields(tx, reason=reason)
@@ -663,7 +668,7 @@ class TxSender:
             return True  # the node refuses the call, not the contract: let it see the tx
         if not isinstance(gas, str):
             return True
-        if gas.split("(", 1)[0] in NOT_SEEN_YET_ERRORS and self._lags_behind_decisions():
+        if self._not_seen_yet(_error_name(gas)):
             logger.info("a lost transaction waits for the endpoint to catch up", extra=_fields(tx))
             return False  # still sent; looked at again on the next check
         self._release(tx, f"lost by the chain, now {gas}")
@@ -838,9 +843,15 @@ def _stored_fees(tx: OutgoingTx) -> _Fees:
     )
 
 
+def _error_name(reason: str) -> str:
+    """The custom error's name of a decoded revert: ``UnknownRequest(requestId=1)`` ->
+    ``UnknownRequest``."""
+    return reason.split("(", 1)[0]
+
+
 def _came_too_early(reason: str) -> bool:
     """A revert that says "not yet", or one that the state right after it no longer shows."""
-    return reason == REPLAY_SUCCEEDS or reason.split("(", 1)[0] in NOT_YET_ERRORS
+    return reason == REPLAY_SUCCEEDS or _error_name(reason) in NOT_YET_ERRORS
 
 
 def _revert_reason(exc: ContractLogicError) -> str:

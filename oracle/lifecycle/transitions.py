@@ -274,7 +274,7 @@ def give_up_commit(step: Step, seats: Sequence[Seat]) -> Verdict:
     give_up_at = step.request.commit_deadline + timedelta(seconds=COMMIT_LANDING_GRACE_S)
     if step.now < give_up_at:
         return Wait(give_up_at)
-    if _commit_maybe_mined(step):
+    if _commit_tx(step, "sent", "confirmed") is not None:  # broadcast, not failed
         if step.now < step.request.reveal_deadline:
             return Wait(step.request.reveal_deadline)
         return Move(
@@ -283,29 +283,20 @@ def give_up_commit(step: Step, seats: Sequence[Seat]) -> Verdict:
     return Move("skipped", "our commit did not land before the commit deadline")
 
 
-def _commit_maybe_mined(step: Step) -> bool:
-    """True when our commit transaction was broadcast and has not failed."""
-    return (
-        step.session.scalar(
-            select(OutgoingTx.id).where(
-                OutgoingTx.kind == "commit",
-                OutgoingTx.request_id == step.request.id,
-                OutgoingTx.status.in_(("sent", "confirmed")),
-            )
+def _commit_tx(step: Step, *statuses: str) -> OutgoingTx | None:
+    """Our commit transaction for the request in one of ``statuses``, if any."""
+    return step.session.scalars(
+        select(OutgoingTx).where(
+            OutgoingTx.kind == "commit",
+            OutgoingTx.request_id == step.request.id,
+            OutgoingTx.status.in_(statuses),
         )
-        is not None
-    )
+    ).first()
 
 
 def _refused_commit(step: Step) -> str | None:
     """Why our commit transaction failed, in words; None while it has not."""
-    tx = step.session.scalars(
-        select(OutgoingTx).where(
-            OutgoingTx.kind == "commit",
-            OutgoingTx.request_id == step.request.id,
-            OutgoingTx.status == "failed",
-        )
-    ).first()
+    tx = _commit_tx(step, "failed")
     if tx is None:
         return None
     error = tx.last_error or "no reason given"
@@ -454,13 +445,13 @@ def finalize_request(step: Step, seats: Sequence[Seat]) -> Verdict:
             )
             return Wait(req.expires_at + delay)
         winner_output = winner.revealed_output or ""
-    if (
-        step.ctx.address not in {s.oracle for s in seats}
-        and len(winner_output.encode()) > OUTSIDER_FINALIZE_MAX_BYTES
-    ):
+    output_bytes = len(winner_output.encode())
+    if output_bytes > OUTSIDER_FINALIZE_MAX_BYTES and step.ctx.address not in {
+        s.oracle for s in seats
+    }:
         logger.info(
             "the winning output is too long to finalize without a seat; expire settles it",
-            extra={**step.log, "output_bytes": len(winner_output.encode())},
+            extra={**step.log, "output_bytes": output_bytes},
         )
         return Wait(req.expires_at + delay)
     my_turn = closes_at + delay

@@ -20,7 +20,8 @@ from datetime import datetime
 
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy.sql.expression import Exists
 
 from oracle.store.models import OutgoingTx, Request, TxKind
 from oracle.store.wakes import wake_requests
@@ -108,7 +109,6 @@ def sendable_txs(session: Session, from_address: str, now: datetime) -> Sequence
         earlier.id < OutgoingTx.id,
         earlier.status.in_(("pending", "sent")),
     )
-    orphaned = exists().where(Request.id == OutgoingTx.request_id, Request.phase == "orphaned")
     query = (
         select(OutgoingTx)
         .where(
@@ -116,7 +116,7 @@ def sendable_txs(session: Session, from_address: str, now: datetime) -> Sequence
             OutgoingTx.status == "pending",
             or_(OutgoingTx.not_before.is_(None), OutgoingTx.not_before <= now),
             ~blocked,
-            ~orphaned,
+            ~_orphaned(OutgoingTx.request_id),
         )
         .order_by(OutgoingTx.id)
     )
@@ -128,8 +128,12 @@ def request_orphaned(session: Session, request_id: int | None) -> bool:
     chain announces the very same request again."""
     if request_id is None:
         return False
-    orphaned = exists().where(Request.id == request_id, Request.phase == "orphaned")
-    return bool(session.scalar(select(orphaned)))
+    return bool(session.scalar(select(_orphaned(request_id))))
+
+
+def _orphaned(request_id: int | InstrumentedAttribute[int | None]) -> Exists:
+    """Whether a reorg orphaned the request ``request_id`` (a value or a column)."""
+    return exists().where(Request.id == request_id, Request.phase == "orphaned")
 
 
 def in_flight_txs(session: Session, from_address: str) -> Sequence[OutgoingTx]:
