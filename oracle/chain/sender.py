@@ -213,14 +213,15 @@ class TxSender:
         """A nonce no row holds below the sent ones, and when it was first seen."""
         self._rebroadcast_after: dict[int, tuple[float, int]] = {}
         """Rows refused for lack of funds: (monotonic time of the next try, refusals)."""
+        self._check_turns = _Turns()
+        self._recheck_turns = _Turns()
 
     # --- the loop -----------------------------------------------------------------------
 
     def sync_once(self) -> None:
         """Send the pending rows (oldest first), then follow up on the sent ones."""
         self._fence()
-        for prepared in self.prepare_pending():
-            self.broadcast(prepared)
+        self._prepare_ready(self.broadcast)
         self.check_sent()
         if time.monotonic() >= self._next_recheck:
             self.check_mined()
@@ -284,20 +285,31 @@ class TxSender:
 
     def prepare_pending(self) -> list[PreparedTx]:
         """Simulate, sign and store as ``sent`` every ready pending row; broadcast nothing."""
+        prepared: list[PreparedTx] = []
+        self._prepare_ready(prepared.append)
+        return prepared
+
+    def _prepare_ready(self, then: Callable[[PreparedTx], object]) -> None:
+        """Prepare the ready pending rows, oldest first, handing each to ``then`` as soon as
+        it is stored as ``sent``.
+
+        Each row is broadcast before the next is simulated: a rate limit that ends the pass
+        part-way leaves the rows before it on their way, where a pass that broadcast only at
+        its end left them signed and unsent until ``check_sent`` found them missing for
+        ``lost_after_s``.
+        """
         if self._next_nonce is None:
             self._resync_nonce()
         with self._sessions() as session:
             ready = sendable_txs(session, self.address, _now())
-        prepared: list[PreparedTx] = []
         poll_fees = functools.cache(self._fees)  # asked once a poll, and only if one is signed
 
         def prepare(tx: OutgoingTx) -> None:
             one = self._prepare(tx, poll_fees)
             if one is not None:
-                prepared.append(one)
+                then(one)
 
         _each_transaction(ready, prepare, "preparing")
-        return prepared
 
     def _prepare(self, tx: OutgoingTx, fees_now: Callable[[], _Fees]) -> PreparedTx | None:
         try:
@@ -457,7 +469,7 @@ class TxSender:
                 raise
             except RpcUnavailable as exc:
                 logger.info("looking for a nonce hole failed", extra={"error": str(exc)})
-        _each_transaction(sent, self._check_one, "checking")
+        _each_transaction(sent, self._check_one, "checking", self._check_turns)
 
     def _check_one(self, tx: OutgoingTx) -> None:
         receipt = self._receipt(tx)
@@ -503,22 +515,24 @@ class TxSender:
             head = self._w3.eth.block_number
         with self._sessions() as session:
             mined = recent_confirmed_txs(session, self.address, head - self._recheck_blocks)
-        for tx in mined:
-            if self._receipt(tx) is not None:
-                self._missing_since.pop(tx.id, None)
-                continue
-            if not self._missing_for_long(tx.id):
-                self._next_recheck = min(self._next_recheck, time.monotonic() + 1.0)
-                continue
-            # (its missing-since time stays: back in ``sent``, it is sent again at once)
-            reason = f"mined in block {tx.receipt_block}, which left the chain"
-            with self._sessions() as session, session.begin():
-                mark_unmined(session, tx.id, reason=reason)
-            self._next_nonce = None
-            logger.warning(
-                "a mined transaction left the chain (reorg); sending it again",
-                extra=_fields(tx, block=tx.receipt_block),
-            )
+        _each_transaction(mined, self._recheck_one, "rechecking", self._recheck_turns)
+
+    def _recheck_one(self, tx: OutgoingTx) -> None:
+        if self._receipt(tx) is not None:
+            self._missing_since.pop(tx.id, None)
+            return
+        if not self._missing_for_long(tx.id):
+            self._next_recheck = min(self._next_recheck, time.monotonic() + 1.0)
+            return
+        # (its missing-since time stays: back in ``sent``, it is sent again at once)
+        reason = f"mined in block {tx.receipt_block}, which left the chain"
+        with self._sessions() as session, session.begin():
+            mark_unmined(session, tx.id, reason=reason)
+        self._next_nonce = None
+        logger.warning(
+            "a mined transaction left the chain (reorg); sending it again",
+            extra=_fields(tx, block=tx.receipt_block),
+        )
 
     def _fill_nonce_hole(self, lowest_sent: int) -> None:
         """A nonce below every sent row that nothing will ever use stalls them all: send a
@@ -799,17 +813,47 @@ class TxSender:
 # --- helpers -----------------------------------------------------------------------------
 
 
+class _Turns:
+    """The order in which a pass visits rows: the least recently visited first.
+
+    A rate limit ends a pass part-way (the endpoint asked for calm). Were every pass to
+    start again from the lowest nonce, an endpoint that limits every few dozen calls would
+    leave the rows at the end of a long list unvisited for as long as it does: a reveal
+    whose broadcast was lost waited past its deadline so. With turns, the next pass starts
+    with the rows the last one did not reach, and every row is visited within a few passes.
+    """
+
+    def __init__(self) -> None:
+        self._visits = 0
+        self._last_visit: dict[int, int] = {}
+
+    def order(self, txs: Sequence[OutgoingTx]) -> list[OutgoingTx]:
+        """``txs`` with the rows never or least recently visited first (stable: the
+        rows' own order among equals)."""
+        ids = {tx.id for tx in txs}
+        self._last_visit = {i: n for i, n in self._last_visit.items() if i in ids}
+        return sorted(txs, key=lambda tx: self._last_visit.get(tx.id, 0))
+
+    def visited(self, tx_id: int) -> None:
+        self._visits += 1
+        self._last_visit[tx_id] = self._visits
+
+
 def _each_transaction(
-    txs: Sequence[OutgoingTx], work: Callable[[OutgoingTx], object], what: str
+    txs: Sequence[OutgoingTx],
+    work: Callable[[OutgoingTx], object],
+    what: str,
+    turns: _Turns | None = None,
 ) -> None:
     """``work`` on each row; an endpoint's hiccup on one row does not hold up the others.
 
     One sync touches many rows with a few calls each: were any failed call to end the
     sync, a flaky endpoint would leave every row waiting. A rate limit still ends it (the
-    endpoint asked for calm), and so does failing on every row (the endpoint is away).
+    endpoint asked for calm), and so does failing on every row (the endpoint is away);
+    with ``turns``, the next pass starts where a rate limit ended this one.
     """
     failures: list[RpcUnavailable] = []
-    for tx in txs:
+    for tx in txs if turns is None else turns.order(txs):
         try:
             work(tx)
         except RpcRateLimited:
@@ -819,6 +863,8 @@ def _each_transaction(
             logger.info(
                 f"{what} a transaction failed; the others go on", extra=_fields(tx, error=str(exc))
             )
+        if turns is not None:
+            turns.visited(tx.id)
     if failures and len(failures) == len(txs):
         raise failures[0]
 

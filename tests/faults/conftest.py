@@ -95,6 +95,11 @@ class Outbox:
             )
 
     def commit_and_reveal(self, binding: CoordinatorBinding, request_id: int) -> None:
+        reveal = self.commit(binding, request_id)
+        self.add("reveal", request_id, reveal)
+
+    def commit(self, binding: CoordinatorBinding, request_id: int) -> bytes:
+        """Enqueue the commit; the reveal's calldata is returned, not enqueued."""
         output, bits, salt = "Paris", random_bits(self.rng, DIM_BYTES), new_salt()
         request_hash = binding.request_hash(request_id)
         commitment = commitment_hash(
@@ -107,7 +112,7 @@ class Outbox:
             salt=salt,
         )
         self.add("commit", request_id, binding.encode_commit(request_id, request_hash, commitment))
-        self.add("reveal", request_id, binding.encode_reveal(request_id, output, 0, bits, salt))
+        return binding.encode_reveal(request_id, output, 0, bits, salt)
 
     def row(self, kind: TxKind, request_id: int | None) -> OutgoingTx:
         with self.sessions() as session:

@@ -8,8 +8,10 @@ before the time it named; and whatever it does, each transaction lands once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
+from hexbytes import HexBytes
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
@@ -217,6 +219,71 @@ def test_a_nonce_hole_is_filled_while_every_sync_meets_a_rate_limit(
 
     assert nonce_of(chain, sender.address) == before + 2  # the filler, then the commit
     assert proxy.injected["rate_limit"] >= 1
+
+
+def test_rows_prepared_before_a_rate_limit_are_broadcast(
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """A rate limit met while simulating the second row ends the pass; the first row,
+    already signed and stored as sent, still goes out in that pass."""
+    sender = make_sender(node_web3(proxy.url), chain, sessions)
+    before = nonce_of(chain, sender.address)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    for request_id in (protocol.request(quorum=1), protocol.request(quorum=1)):
+        outbox.commit(binding, request_id)
+    estimates = itertools.count(1)
+    proxy.inject("rate_limit", methods=["eth_estimateGas"], when=lambda _: next(estimates) == 2)
+
+    with pytest.raises(RpcRateLimited):
+        sender.sync_once()
+
+    assert proxy.injected["rate_limit"] == 1
+    assert nonce_of(chain, sender.address) == before + 1  # mined (automine): it was sent
+    assert statuses(sessions) == [("commit", "sent"), ("commit", "pending")]
+
+
+def test_a_rate_limit_every_few_calls_does_not_keep_the_last_rows_unchecked(
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """Five commits in flight, the last one lost before it reached the chain, and an
+    endpoint that rate-limits every fourth lookup: each pass checks two rows at most.
+    Passes that always began at the lowest nonce never reached the lost row; in turns,
+    it is found and broadcast again within a few passes."""
+    sender = make_sender(node_web3(proxy.url), chain, sessions, lost_after_s=0)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    for _ in range(5):
+        outbox.commit(binding, protocol.request(quorum=1))
+    chain.rpc("evm_setAutomine", False)  # the four that reach the pool stay there
+    try:
+        prepared = sender.prepare_pending()
+        for one in prepared[:4]:
+            sender.broadcast(one)
+        lost = outbox.row("commit", 5)
+        assert lost.tx_hash is not None
+        lookups = itertools.count(1)
+        proxy.inject(
+            "rate_limit",
+            methods=["eth_getTransactionReceipt", "eth_getTransactionByHash"],
+            when=lambda _: next(lookups) % 4 == 0,
+            retry_after_s=0.1,
+        )
+
+        for _ in range(6):
+            attempt(sender.sync_once)
+
+        assert proxy.injected["rate_limit"] >= 5  # every pass was cut short
+        assert chain.w3.eth.get_transaction(HexBytes(lost.tx_hash))["nonce"] == lost.nonce
+    finally:
+        chain.rpc("evm_setAutomine", True)
+        chain.rpc("evm_mine")
 
 
 def test_a_commit_simulated_on_a_backend_behind_the_listener_waits_instead_of_failing(
