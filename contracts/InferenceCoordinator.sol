@@ -28,7 +28,7 @@ contract InferenceCoordinator {
     /// @notice What a request fixed at creation beyond its own fields (emitted with it).
     struct RequestTerms {
         bytes32 requestHash;
-        uint256 seed;
+        uint256 seed; // block.prevrandao's low 48 bits: tickets are drawn from it
         uint64 expiresAt;
         uint64 callbackGasPrice;
         uint16 eligibleCount;
@@ -86,7 +86,8 @@ contract InferenceCoordinator {
         uint16 secDistance;
         uint16 secPercentage;
         uint16 slashBps;
-        uint96 seed; // block.prevrandao of the request's block, its low 96 bits
+        uint48 seed; // block.prevrandao of the request's block, its low 48 bits
+        uint48 hashTag; // requestHash's low 48 bits: what commit checks (see `commit`)
         // slot 4
         bytes32 requestHash;
         // slot 5 (one slot while the names take up to 31 bytes)
@@ -513,7 +514,7 @@ contract InferenceCoordinator {
         uint256 active = activeCount;
         RequestTerms memory terms = RequestTerms({
             requestHash: bytes32(0),
-            seed: uint96(block.prevrandao),
+            seed: uint48(block.prevrandao),
             expiresAt: uint64(revealDeadline) + disputeWindow_ + expiryGrace,
             callbackGasPrice: callbackGasPrice,
             eligibleCount: active > type(uint16).max ? type(uint16).max : uint16(active),
@@ -545,7 +546,8 @@ contract InferenceCoordinator {
         request.secDistance = frame.secDistance;
         request.secPercentage = frame.secPercentage;
         request.slashBps = terms.slashBps;
-        request.seed = uint96(terms.seed);
+        request.seed = uint48(terms.seed);
+        request.hashTag = uint48(uint256(terms.requestHash));
         request.requestHash = terms.requestHash;
         request.packedModels = _packModels(acceptedModels);
 
@@ -644,12 +646,15 @@ contract InferenceCoordinator {
     /// @param requestHash the hash of the request the commitment was made for: a commit made
     ///        before a reorg, mined again once the id holds another request (or the same one
     ///        with another seed), is refused (`StaleRequest`) instead of taking a seat it can
-    ///        never reveal
+    ///        never reveal. Its low 48 bits are checked, against a tag stored in a slot commit
+    ///        reads anyway (the whole hash cost 2.1k gas a commit): the hash covers the
+    ///        request's prevrandao, unknown before its block, so a request made to match
+    ///        another's tag must be ground among 2**48 variants within a reorg
     /// @param commitment keccak256(abi.encode(requestId, requestHash, oracle, keccak256(output),
     ///        modelIndex, embeddingBits, salt)); its top 248 bits are kept and checked
     function commit(uint256 requestId, bytes32 requestHash, bytes32 commitment) external {
         Request storage request = _openRequest(requestId);
-        if (requestHash != request.requestHash) revert StaleRequest(requestId);
+        if (uint48(uint256(requestHash)) != request.hashTag) revert StaleRequest(requestId);
         if (uint256(commitment) >> 8 == 0) revert EmptyCommitment();
         if (block.timestamp > request.commitDeadline) revert CommitPhaseOver(requestId, request.commitDeadline);
         Oracle storage oracle = _activeOracle(msg.sender);

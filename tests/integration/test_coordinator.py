@@ -304,7 +304,7 @@ def test_request_event_carries_everything_a_node_needs(protocol: Protocol) -> No
     assert args["revealDeadline"] == args["commitDeadline"] + REVEAL_WINDOW_S
     assert args["disputeWindow"] == DISPUTE_WINDOW_S
     terms = args["terms"]
-    seed = int.from_bytes(block["mixHash"], "big") % 2**96  # prevrandao's low 96 bits
+    seed = int.from_bytes(block["mixHash"], "big") % 2**48  # prevrandao's low 48 bits
     assert terms["seed"] == seed
     assert terms["requestHash"] == request_hash(args, seed)
     assert terms["expiresAt"] == args["revealDeadline"] + DISPUTE_WINDOW_S + EXPIRY_GRACE_S

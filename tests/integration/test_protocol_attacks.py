@@ -426,6 +426,23 @@ def test_a_reordered_request_does_not_carry_a_commitment_to_another_prompt(
     )
 
 
+@pytest.mark.parametrize("bit", [0, 23, 47])
+def test_a_commit_naming_a_hash_off_by_one_checked_bit_is_refused(
+    chain: Any, rng: random.Random, bit: int
+) -> None:
+    """commit checks the named hash's low 48 bits against a tag stored beside the seed
+    (the whole hash would cost another slot read): one flipped bit there is refused."""
+    p = Protocol.deploy(chain.w3)
+    node = p.register_oracles(1)[0]
+    rid = p.request(fee=FEE, quorum=1)
+    answer = p.answer(node, rid, PARIS, random_bits(rng))
+    named = (int.from_bytes(answer.request_hash, "big") ^ (1 << bit)).to_bytes(32, "big")
+    call = p.raw_commit_call(rid, Protocol.commitment(answer), request_hash=named)
+    assert call_reverts(call, node) == f"StaleRequest(requestId={rid})"
+    p.transact("commit", p.commit_call(answer), node)  # the hash it was made for: seated
+    assert p.seated(rid) == [node]
+
+
 @pytest.mark.parametrize("remined", ["another request", "the same request in a later block"])
 def test_a_commit_mined_again_after_a_reorg_takes_no_seat_and_costs_no_stake(
     chain: Any, rng: random.Random, remined: str
