@@ -306,15 +306,16 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     "--price-per-token-wei",
     default=NODE_DEFAULTS["price_per_token_wei"],
     type=WeiAmount(),
-    help="Wei asked per output token of a model without its own --model-price: a request "
-    "whose fee per seat (fee / quorum) is below this times maxTokens is declined.",
+    help="Wei asked per token of work (prompt and maxTokens) of a model without its own "
+    "--model-price: a request whose fee per seat (fee / quorum) is below this times its "
+    "prompt's estimated tokens plus maxTokens is declined.",
 )
 @click.option(
     "--model-price",
     "model_prices",
     multiple=True,
     metavar="MODEL=WEI",
-    help="Wei per output token for one served model (repeat for several).",
+    help="Wei per token of work for one served model (repeat for several).",
 )
 @click.option("--http-port", default=None, type=int, help="Serve /healthz and /metrics here.")
 @click.option(

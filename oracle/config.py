@@ -22,9 +22,10 @@ DEFAULT_MODELS = ("SmolLM2-135M-Instruct-Q4_1",)
 DEFAULT_EMBEDDING_MODELS = ("all-MiniLM-L6-v2",)
 DEFAULT_DATA_DIR = Path.home() / ".oracle"
 DEFAULT_PRICE_PER_TOKEN_WEI = 10**9
-"""1 gwei per output token: a floor against free work, not a business price. A request
-at the coordinator's minimum fee per seat (1e12 wei) buys up to 1,000 tokens from a node
-at this price; an operator sets its own (--price-per-token-wei, --model-price)."""
+"""1 gwei per token of work (read or written): a floor against free work, not a business
+price. A request at the coordinator's minimum fee per seat (1e12 wei) buys up to 1,000
+tokens of prompt and maxTokens from a node at this price; an operator sets its own
+(--price-per-token-wei, --model-price)."""
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _PRIVATE_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
@@ -90,10 +91,11 @@ class NodeSettings:
     migrate: bool = True
     verify_tolerance_bits: int | None = None
     price_per_token_wei: int = DEFAULT_PRICE_PER_TOKEN_WEI
-    """What this node asks per output token of a served model without a price of its own;
-    admission declines a request whose fee per seat is below price * maxTokens."""
+    """What this node asks per token of work of a served model without a price of its own;
+    admission declines a request whose fee per seat is below price * (prompt tokens, as
+    estimated, + maxTokens)."""
     model_prices: tuple[tuple[str, int], ...] = ()
-    """(model, wei per output token) for served models priced apart from the default."""
+    """(model, wei per token of work) for served models priced apart from the default."""
 
     def __post_init__(self) -> None:
         if not self.rpc_urls or not all(self.rpc_urls):
@@ -166,7 +168,7 @@ class NodeSettings:
         return self.gpu_layers != 0 or self.embedding_device != "cpu"
 
     def price_of(self, model: str) -> int:
-        """Wei per output token this node asks for ``model``."""
+        """Wei per token of work this node asks for ``model``."""
         return dict(self.model_prices).get(model, self.price_per_token_wei)
 
     @property
@@ -219,13 +221,13 @@ def parse_wei(value: str | int | float, *, what: str) -> int:
 
 
 def parse_model_prices(entries: Iterable[str]) -> tuple[tuple[str, int], ...]:
-    """``MODEL=WEI`` entries (``--model-price``) as (model, wei per output token) pairs."""
+    """``MODEL=WEI`` entries (``--model-price``) as (model, wei per token of work) pairs."""
     prices = []
     for entry in entries:
         model, sep, price = entry.rpartition("=")
         if not sep or not model.strip():
             raise ConfigError(
-                f"--model-price {entry!r} is not MODEL=WEI (wei per output token of MODEL)"
+                f"--model-price {entry!r} is not MODEL=WEI (wei per token of work of MODEL)"
             )
         prices.append((model.strip(), parse_wei(price, what=f"--model-price {model.strip()}")))
     return tuple(prices)

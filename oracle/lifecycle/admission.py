@@ -8,8 +8,9 @@ reads in ``oracle status``:
    context that holds its prompt and its maxTokens (the context one job gets: a batched
    worker's slot; a worker refuses a job that does not fit, after it took queue room)?
 2. Does it pay: what each cluster member earns (fee / quorum, what the coordinator pays
-   each seat of the winning cluster) must reach the operator's price per output token
-   times maxTokens, for at least one of those models.
+   each seat of the winning cluster) must reach the operator's price per token of work
+   times the request's work (its prompt's tokens and its maxTokens), for at least one of
+   those models.
 3. Can it finish in time: the work that runs before it (every running inference, and the
    queued ones the claim order puts first: those paying more per token of work, or as
    much and due no later; ``oracle.store.queue``), shared by the model's workers, then
@@ -25,13 +26,13 @@ reads in ``oracle status``:
 A job's work is the tokens the model reads and writes: its maxTokens plus its prompt's
 tokens (``Offer.work_tokens``), each counted once. Reading a prompt is not free: a
 request with a context-filling prompt and maxTokens 1 holds a worker for as long as one
-that writes as many tokens, so it must pay per token of both to be claimed first, and it
-delays the work behind it by both. The speed it is measured at counts the same tokens
-(``oracle.store.queue_stats``). A prompt token weighs as much as a generated one: on a
-CPU reading a prompt runs at about the speed of writing (SmolLM2 on two cores: 3,703
-prompt tokens in 83 s), on a GPU much faster, so the weight errs towards declining.
-The prompt's tokens are not counted here (the node loads no tokenizer): they are
-estimated from its bytes by ``prompt_tokens_estimate``.
+that writes as many tokens, so it must pay the price of both to be admitted, per token of
+both to be claimed first, and it delays the work behind it by both. The speed it is
+measured at counts the same tokens (``oracle.store.queue_stats``). A prompt token weighs
+as much as a generated one: on a CPU reading a prompt runs at about the speed of writing
+(SmolLM2 on two cores: 3,703 prompt tokens in 83 s), on a GPU much faster, so the weight
+errs towards declining. The prompt's tokens are not counted here (the node loads no
+tokenizer): they are estimated from its bytes by ``prompt_tokens_estimate``.
 
 Pure: the caller reads the loads (``oracle.store.queue_stats.inference_loads``).
 """
@@ -173,13 +174,14 @@ def admit(
             f"maxTokens {max_tokens} and the prompt (estimated at {offer.prompt_tokens} "
             f"tokens) exceed the context a job gets here ({biggest} tokens)"
         )
-    priced = [(i, p) for i, p in fitting if _asks(p, max_tokens) <= offer.per_seat_wei]
+    priced = [(i, p) for i, p in fitting if _asks(p, work_tokens) <= offer.per_seat_wei]
     if not priced:
-        cheapest = min((p for _, p in fitting), key=lambda p: _asks(p, max_tokens))
+        cheapest = min((p for _, p in fitting), key=lambda p: _asks(p, work_tokens))
         return _decline(
             f"pays {format_wei(offer.per_seat_wei)} wei per seat, this node asks "
-            f"{format_wei(_asks(cheapest, max_tokens))} for {max_tokens} tokens of "
-            f"{cheapest.name}"
+            f"{format_wei(_asks(cheapest, work_tokens))} for {work_tokens} tokens of "
+            f"{cheapest.name} (maxTokens {max_tokens} and the prompt, estimated at "
+            f"{offer.prompt_tokens})"
         )
     finish_by = inference_deadline(commit_deadline, ctx)
     available_s = (finish_by - now).total_seconds()
@@ -219,9 +221,9 @@ def _decline(why: str) -> Refuse:
     return Refuse(reason=f"declined: {why}")
 
 
-def _asks(profile: ModelProfile, max_tokens: int) -> int:
-    """The operator's price for maxTokens output tokens of this model."""
-    return profile.price_per_token_wei * max_tokens
+def _asks(profile: ModelProfile, work_tokens: int) -> int:
+    """The operator's price for this many tokens of work (read and written) of this model."""
+    return profile.price_per_token_wei * work_tokens
 
 
 @dataclass(frozen=True, slots=True)

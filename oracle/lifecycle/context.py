@@ -56,8 +56,9 @@ class ModelProfile:
     """Jobs one worker runs at once (a batched worker's ``--parallel``), until its workers
     announce theirs."""
     price_per_token_wei: int = 0
-    """The operator's price per output token of this model; admission declines a request
-    whose fee per seat is below it times maxTokens (``oracle.config``: the node's prices)."""
+    """The operator's price per token of work (read or written) of this model; admission
+    declines a request whose fee per seat is below it times the request's prompt tokens
+    plus maxTokens (``oracle.config``: the node's prices)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -164,7 +164,7 @@ def admit_embedding(embedding_model: str) -> Admit | Refuse:
     )
 
 
-# --- economics: the operator's price per output token --------------------------------
+# --- economics: the operator's price per token of work --------------------------------
 
 SMOL = "SmolLM2-135M-Instruct-Q4_1"
 PRICED = context(
@@ -182,7 +182,7 @@ def test_a_request_paying_less_per_seat_than_the_price_is_declined_with_the_numb
     decision = decide({}, models=(SMOL,), max_tokens=256, fee_wei=10**12, ctx=PRICED)
     assert decision == Refuse(
         reason="declined: pays 1.0e12 wei per seat, this node asks 5.1e12 for 256 tokens of "
-        "SmolLM2-135M-Instruct-Q4_1"
+        "SmolLM2-135M-Instruct-Q4_1 (maxTokens 256 and the prompt, estimated at 0)"
     )
 
 
@@ -190,8 +190,31 @@ def test_the_decline_names_the_cheapest_model_that_could_serve() -> None:
     decision = decide({}, models=(FAST, SLOW), max_tokens=100, fee_wei=10**12, ctx=PRICED)
     assert decision == Refuse(
         reason="declined: pays 1.0e12 wei per seat, this node asks 2.0e12 for 100 tokens of "
-        "slow-model"
+        "slow-model (maxTokens 100 and the prompt, estimated at 0)"
     )
+
+
+def test_the_price_counts_the_prompt_a_request_makes_the_model_read() -> None:
+    """A context-filling prompt with maxTokens 1 holds a worker as long as a request that
+    writes as many tokens: at the price of one token it would be served at a loss."""
+    price_of_one = 2 * 10**10  # SMOL's price for one token
+    decision = decide(
+        {}, models=(SMOL,), max_tokens=1, prompt_tokens=3_000, fee_wei=price_of_one, ctx=PRICED
+    )
+    assert decision == Refuse(
+        reason="declined: pays 2.0e10 wei per seat, this node asks 6.0e13 for 3001 tokens of "
+        "SmolLM2-135M-Instruct-Q4_1 (maxTokens 1 and the prompt, estimated at 3000)"
+    )
+    paid = decide(
+        {},
+        models=(SMOL,),
+        max_tokens=1,
+        prompt_tokens=3_000,
+        fee_wei=3_001 * price_of_one,
+        deadline_s=600,
+        ctx=PRICED,
+    )
+    assert isinstance(paid, Admit)
 
 
 def test_each_seat_earns_fee_over_quorum() -> None:
