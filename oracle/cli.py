@@ -497,6 +497,13 @@ def _serve(make: Any) -> None:
     is_flag=True,
     help="Batched: top-k 40 of each sequence on the GPU (llama.cpp's experimental samplers).",
 )
+@click.option(
+    "--supervisor-pid",
+    default=None,
+    type=click.IntRange(min=1),
+    help="The process that started this worker (set by the node's supervisor): once it is "
+    "gone, the worker finishes its batch and stops. One model only.",
+)
 def worker(
     database_url: str,
     models: tuple[str, ...],
@@ -515,6 +522,7 @@ def worker(
     embed_lanes: int | None,
     contexts: int | None,
     device_top_k: bool,
+    supervisor_pid: int | None,
 ) -> None:
     """Run workers (one process per model); they share only the database with the node."""
     from oracle.engine.llm_options import LlmEngineOptions
@@ -547,13 +555,15 @@ def worker(
         for name in names
     ]
     if len(specs) == 1:
-        _run_one_worker(database_url, specs[0])
+        _run_one_worker(database_url, specs[0], supervisor_pid)
         return
+    if supervisor_pid is not None:
+        raise click.UsageError("--supervisor-pid is for one model's worker")
     supervisor = WorkerSupervisor(database_url, specs)
     _serve(lambda stop: supervisor.run(stop))
 
 
-def _run_one_worker(database_url: str, spec: WorkerSpec) -> None:
+def _run_one_worker(database_url: str, spec: WorkerSpec, supervisor_pid: int | None) -> None:
     from oracle.engine.worker import WorkerConfig, run_worker
 
     config = WorkerConfig(
@@ -567,6 +577,7 @@ def _run_one_worker(database_url: str, spec: WorkerSpec) -> None:
         embed_claim=spec.embed_claim,
         embed_batch=spec.embed_batch,
         embed_lanes=spec.embed_lanes,
+        supervisor_pid=supervisor_pid,
     )
     try:
         run_worker(config)

@@ -601,7 +601,9 @@ class WorkerSupervisor:
         env = worker_environment(os.environ, self._database_url)
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)  # the worker sees it as device 0
-        slot.process = subprocess.Popen(slot.spec.command(), env=env)
+        # the worker stops once this process is gone (worker.watch_supervisor)
+        command = [*slot.spec.command(), "--supervisor-pid", str(os.getpid())]
+        slot.process = subprocess.Popen(command, env=env)
         slot.started_at = time.monotonic()
         logger.info(
             "worker started",

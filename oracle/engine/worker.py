@@ -138,6 +138,9 @@ class WorkerConfig:
     """Claim-run-record loops of an embedding worker (the module docstring); None: 1 on
     the CPU (its cores encode, there is nothing to overlap), :data:`GPU_EMBED_LANES` on a
     GPU."""
+    supervisor_pid: int | None = None
+    """The process that started this worker (its parent): once it is gone, the worker
+    stops as on SIGTERM (``watch_supervisor``). None: a worker of its own."""
 
     @property
     def on_gpu(self) -> bool:
@@ -777,6 +780,30 @@ class Serving(Protocol):
     def run(self, wait_for_work: Callable[[float], bool]) -> None: ...
 
 
+def watch_supervisor(supervisor_pid: int, interval_s: float = 1.0) -> threading.Thread:
+    """Stop this worker once the process that started it is gone: SIGTERM to itself, so
+    the batch in hand finishes and its results are recorded.
+
+    A node killed outright (SIGKILL, the kernel's OOM killer) runs no cleanup. Its workers
+    would go on claiming, and the node, restarted, would start a second set beside them: on
+    a GPU, the model's weights and KV cache held twice, and the new workers failing to load.
+    A worker's parent is the supervisor until that dies; then it is someone else.
+    """
+
+    def watch() -> None:
+        while os.getppid() == supervisor_pid:
+            time.sleep(interval_s)
+        logger.warning(
+            "the process that started this worker is gone; stopping",
+            extra={"supervisor_pid": supervisor_pid},
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def serve_until_signalled(
     config: WorkerConfig,
     make_worker: Callable[[Engine], Serving],
@@ -799,6 +826,8 @@ def serve_until_signalled(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if config.supervisor_pid is not None:
+        watch_supervisor(config.supervisor_pid)
     waiter = NotificationWaiter(config.database_url, [JOBS_CHANNEL])
     try:
         worker.run(waiter.wait)

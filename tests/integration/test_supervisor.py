@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -13,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
@@ -313,3 +317,47 @@ def test_workers_outlive_a_failure_of_their_supervision(
         assert sup.pids == []  # a stop stops them
     finally:
         sup.stop()
+
+
+@pytest.mark.slow
+def test_workers_stop_when_the_process_that_started_them_is_killed(
+    database_url: str, db_engine: Engine
+) -> None:
+    """A node killed outright (SIGKILL, the OOM killer) runs no cleanup: its workers must
+    not go on claiming beside the set a restarted node starts (on a GPU they would hold
+    the model's memory twice). Here the supervising process is `oracle worker` with two
+    models, as an operator runs it on a GPU machine."""
+    env = {**os.environ, "ORACLE_DATABASE_URL": database_url, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "oracle.cli", "worker", "--models", MINILM, SMOLLM]
+    supervising = subprocess.Popen([*command, "--threads", "1"], env=env)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(pids) < 2 and time.monotonic() < deadline and supervising.poll() is None:
+            time.sleep(0.5)
+            with db_engine.connect() as conn:
+                pids = [int(pid) for pid in conn.scalars(text("SELECT pid FROM workers"))]
+        assert len(pids) == 2, "the workers did not start"
+
+        supervising.kill()
+        supervising.wait()
+        deadline = time.monotonic() + TIMEOUT_S
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+        assert not [pid for pid in pids if _running(pid)]
+        with db_engine.connect() as conn:  # each stopped as on SIGTERM, and said so
+            stopped = conn.scalar(text("SELECT count(*) FROM workers WHERE stopped_at IS NOT NULL"))
+        assert stopped == 2
+    finally:
+        supervising.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
