@@ -471,10 +471,20 @@ contract InferenceCoordinator {
 
     /// @notice Withdraws payments that could not be sent when they were made.
     function withdraw() external nonReentrant {
+        _withdraw(payable(msg.sender));
+    }
+
+    /// @notice Withdraws them to `to`: for a payee that cannot take ETH itself (a contract
+    ///         without `receive`, whose payments were deferred for that very reason).
+    function withdrawTo(address payable to) external nonReentrant {
+        _withdraw(to);
+    }
+
+    function _withdraw(address payable to) private {
         uint256 amount = withdrawable[msg.sender];
         if (amount == 0) revert NothingToWithdraw();
         withdrawable[msg.sender] = 0;
-        _send(msg.sender, amount);
+        _send(to, amount);
     }
 
     function _activeOracle(address node) private view returns (Oracle storage oracle) {

@@ -66,6 +66,10 @@ contract RejectingPayee {
         coordinator.reveal(requestId, output, modelIndex, bits, salt);
     }
 
+    function withdrawTo(address payable to) external {
+        coordinator.withdrawTo(to);
+    }
+
     receive() external payable {
         revert("no payments");
     }

@@ -12,7 +12,10 @@ from oracle.chain.artifacts import load_artifact
 from oracle.consensus.signal import SIGNALS
 
 DEFAULT_REVEAL_WINDOW_S = 30
-DEFAULT_DISPUTE_WINDOW_S = 10
+DEFAULT_DISPUTE_WINDOW_S = 60
+"""Several block times and a verification: once every seat has revealed, disputes close
+this long after the last reveal, and a window shorter than a block leaves the last
+revealer undisputable (docs/security.md, open risk 7). Was 10 s."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

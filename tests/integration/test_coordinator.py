@@ -799,6 +799,13 @@ def test_payment_to_a_payee_that_refuses_is_deferred(
     (deferred,) = protocol.events(receipt, "PaymentDeferred")
     assert deferred["args"]["payee"] == payee.address
     assert protocol.coordinator.functions.withdrawable(payee.address).call() == FEE
+    # withdraw() would pay the payee, which refuses again; withdrawTo names another account
+    refused = payee.functions.withdrawTo(payee.address)
+    assert revert_reason(lambda: refused.call({"from": protocol.owner})) == "TransferFailed()"
+    to = protocol.fresh_account(balance=0)
+    protocol.transact("withdrawTo", payee.functions.withdrawTo(to), protocol.owner)
+    assert protocol.balance(to) == FEE
+    assert protocol.coordinator.functions.withdrawable(payee.address).call() == 0
 
 
 def test_the_binding_asks_the_dispute_deadline_once_per_state_it_is_told(
