@@ -6,7 +6,9 @@ Before: pay per token counted output tokens only, so 8,000 bytes of prompt (3,70
 tokens) with maxTokens 1 at the minimum fee claimed before a request paying 50 times
 more for 64 tokens; a real worker then took 83 s on it, the paying job missed its
 deadline, and the measured speed (1 token in 83 s) declined a request paying 1,000 times
-the minimum ("needs about 5318 s of inference").
+the minimum ("needs about 5318 s of inference"). (At the minimum fee such a request is
+now declined outright: the node's price counts the prompt too. Here it pays its work's
+price, 2,700 tokens at 1 gwei, and still pays the least per token.)
 
 Real Postgres, the lifecycle driver and the real queue; the attacker's job is completed
 with the result a real SmolLM2 worker recorded for it; anvil only for calldata.
@@ -52,7 +54,7 @@ def test_a_huge_prompt_with_one_output_token_neither_jumps_the_queue_nor_poisons
     sessions = make_session_factory(db_engine)
     binding = CoordinatorBinding(chain.w3, COORDINATOR)
     attacker, honest, later = 1, 2, 3
-    store(sessions, [request(attacker, fee=MIN_FEE_PER_SEAT, max_tokens=1,
+    store(sessions, [request(attacker, fee=3 * MIN_FEE_PER_SEAT, max_tokens=1,
                              commit_in_s=600, prompt=ATTACK_PROMPT)])  # fmt: skip
     store(sessions, [request(honest, fee=50 * MIN_FEE_PER_SEAT, max_tokens=64,
                              commit_in_s=60, prompt=HONEST_PROMPT)])  # fmt: skip
