@@ -337,6 +337,26 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     "locks the stake until the request expires).",
 )
 @click.option(
+    "--min-reveal-window-s",
+    default=NODE_DEFAULTS["min_reveal_window_s"],
+    type=click.FloatRange(min=0),
+    help="Decline requests the coordinator gave a shorter reveal window (a seat that "
+    "cannot reveal in time is slashed).",
+)
+@click.option(
+    "--min-dispute-window-s",
+    default=NODE_DEFAULTS["min_dispute_window_s"],
+    type=click.FloatRange(min=0),
+    help="Decline requests with a shorter dispute window: set it above the chain's block "
+    "time plus a verification, or a lying last revealer cannot be disputed.",
+)
+@click.option(
+    "--max-slash-bps",
+    default=NODE_DEFAULTS["max_slash_bps"],
+    type=click.IntRange(min=0, max=10_000),
+    help="Decline requests that slash more of a seat's stake (basis points).",
+)
+@click.option(
     "--retention-days",
     default=NODE_DEFAULTS["retention_days"],
     type=click.FloatRange(min=0),

@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from oracle.errors import OracleError
-from oracle.lifecycle.context import DEFAULT_MAX_COMMIT_WINDOW_S
+from oracle.lifecycle.context import (
+    DEFAULT_MAX_COMMIT_WINDOW_S,
+    DEFAULT_MAX_SLASH_BPS,
+    DEFAULT_MIN_DISPUTE_WINDOW_S,
+    DEFAULT_MIN_REVEAL_WINDOW_S,
+)
 
 DEFAULT_MODELS = ("SmolLM2-135M-Instruct-Q4_1",)
 DEFAULT_EMBEDDING_MODELS = ("all-MiniLM-L6-v2",)
@@ -85,6 +90,10 @@ class NodeSettings:
     """How long a start waits for the RPC endpoint to answer before giving up."""
     max_commit_window_s: float = DEFAULT_MAX_COMMIT_WINDOW_S
     """Requests whose commit deadline lies further ahead are declined (NodeContext's)."""
+    min_reveal_window_s: float = DEFAULT_MIN_REVEAL_WINDOW_S
+    min_dispute_window_s: float = DEFAULT_MIN_DISPUTE_WINDOW_S
+    max_slash_bps: int = DEFAULT_MAX_SLASH_BPS
+    """The request terms this node commits under (``AcceptedTerms``)."""
     retention_days: float = 7.0
     """Finished requests, old events and settled transactions are pruned after this; 0 keeps
     everything."""
@@ -137,9 +146,13 @@ class NodeSettings:
             raise ConfigError(
                 f"max_commit_window_s must be positive, not {self.max_commit_window_s}"
             )
+        if not 0 <= self.max_slash_bps <= 10_000:
+            raise ConfigError(f"max_slash_bps must be 0 to 10000, not {self.max_slash_bps}")
         for name, number in (
             ("rpc_wait_s", self.rpc_wait_s),
             ("retention_days", self.retention_days),
+            ("min_reveal_window_s", self.min_reveal_window_s),
+            ("min_dispute_window_s", self.min_dispute_window_s),
         ):
             if number < 0:
                 raise ConfigError(f"{name} must not be negative, not {number}")

@@ -29,7 +29,7 @@ from oracle.engine.models import DEFAULT_LLMS, lookup_llm
 from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, autoscaling_for
 from oracle.errors import OracleError, SenderAlreadyRunning
 from oracle.lifecycle.conduct import HONEST, Conduct
-from oracle.lifecycle.context import ModelProfile, NodeContext
+from oracle.lifecycle.context import AcceptedTerms, ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
 from oracle.observability import Readiness, serve_http
 from oracle.preflight import check_node_start
@@ -324,6 +324,11 @@ def build_node(
         embedding_models=settings.embedding_models,
         verify_tolerance_bits=settings.verify_tolerance_bits,
         max_commit_window_s=settings.max_commit_window_s,
+        accepts=AcceptedTerms(
+            min_reveal_window_s=settings.min_reveal_window_s,
+            min_dispute_window_s=settings.min_dispute_window_s,
+            max_slash_bps=settings.max_slash_bps,
+        ),
         conduct=conduct,
     )
     sender = TxSender(w3=w3, session_factory=sessions, account=account, chain_id=chain_id)

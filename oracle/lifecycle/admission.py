@@ -4,6 +4,9 @@ deadline behind the better-paying work already queued?
 The questions, in order; the first "no" declines the request with a reason the operator
 reads in ``oracle status``:
 
+0. Are its terms ones the node commits under: a commit deadline within
+   ``--max-commit-window-s``, and the reveal window, dispute window and slash rate the
+   coordinator fixed for it within what the operator accepts (``AcceptedTerms``)?
 1. Can the node serve it at all: its embedding model, one of its accepted models, a
    context that holds its prompt and its maxTokens (the context one job gets: a batched
    worker's slot; a worker refuses a job that does not fit, after it took queue room)?
@@ -52,6 +55,7 @@ __all__ = [
     "ModelLoad",
     "Offer",
     "Refuse",
+    "Terms",
     "admit",
     "format_wei",
     "inference_deadline",
@@ -111,6 +115,17 @@ class Refuse:
     reason: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Terms:
+    """What the coordinator fixed for a request beyond its own fields, as admission
+    checks them."""
+
+    reveal_window_s: float
+    dispute_window_s: float
+    slash_bps: int | None
+    """None: not recorded (requests stored before the node kept it)."""
+
+
 def prompt_tokens_estimate(prompt: str) -> int:
     """The tokens a model reads for ``prompt``, without its tokenizer: its UTF-8 bytes over
     ``BYTES_PER_TOKEN``, plus the template's ``TEMPLATE_TOKENS``.
@@ -138,6 +153,7 @@ def admit(
     accepted_models: Sequence[str],
     embedding_model: str,
     offer: Offer,
+    terms: Terms,
     commit_deadline: datetime,
     now: datetime,
     ctx: NodeContext,
@@ -159,6 +175,9 @@ def admit(
             f"commit deadline {window_s:,.0f} s away, further than this node commits to "
             f"({ctx.max_commit_window_s:,.0f} s: --max-commit-window-s)"
         )
+    unaccepted = _unaccepted_terms(terms, ctx)
+    if unaccepted is not None:
+        return _decline(unaccepted)
     if embedding_job(embedding_model, "")[0] not in ctx.embedding_models:
         return _decline(f"embedding model {embedding_model!r} is not served here")
     served = [(i, ctx.models[m]) for i, m in enumerate(accepted_models) if m in ctx.models]
@@ -215,6 +234,26 @@ def format_wei(wei: int) -> str:
         return str(wei)
     mantissa, exponent = f"{wei:.1e}".split("e")
     return f"{mantissa}e{int(exponent)}"
+
+
+def _unaccepted_terms(terms: Terms, ctx: NodeContext) -> str | None:
+    accepts = ctx.accepts
+    if terms.reveal_window_s < accepts.min_reveal_window_s:
+        return (
+            f"reveal window {terms.reveal_window_s:g} s, shorter than this node reveals in "
+            f"({accepts.min_reveal_window_s:g} s: --min-reveal-window-s)"
+        )
+    if terms.dispute_window_s < accepts.min_dispute_window_s:
+        return (
+            f"dispute window {terms.dispute_window_s:g} s, shorter than this node disputes in "
+            f"({accepts.min_dispute_window_s:g} s: --min-dispute-window-s)"
+        )
+    if terms.slash_bps is not None and terms.slash_bps > accepts.max_slash_bps:
+        return (
+            f"slashes {terms.slash_bps} bps of a seat's stake, more than this node accepts "
+            f"({accepts.max_slash_bps} bps: --max-slash-bps)"
+        )
+    return None
 
 
 def _decline(why: str) -> Refuse:

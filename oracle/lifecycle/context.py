@@ -12,6 +12,29 @@ DEFAULT_MAX_COMMIT_WINDOW_S = 3600.0
 """An hour: a requester's ``maxTimeMs`` may set the commit deadline weeks ahead."""
 
 
+DEFAULT_MIN_REVEAL_WINDOW_S = 10.0
+DEFAULT_MIN_DISPUTE_WINDOW_S = 5.0
+"""Set it above the chain's block time plus a reveal's verification: the default suits
+the local 1 s devnet, not a chain of 12 s blocks."""
+DEFAULT_MAX_SLASH_BPS = 2000
+"""20 %: twice the coordinator's default."""
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedTerms:
+    """The coordinator's per-request terms this node commits under.
+
+    The owner sets them (``setWindows``, ``setSlashBps``) and a request keeps the ones of
+    its day: a reveal window too short to land a reveal in, or a dispute window shorter
+    than a block and a verification, leaves honest seats slashed or a lie undisputed
+    (docs/security.md, open risks 7 and 8), so such a request is declined.
+    """
+
+    min_reveal_window_s: float = DEFAULT_MIN_REVEAL_WINDOW_S
+    min_dispute_window_s: float = DEFAULT_MIN_DISPUTE_WINDOW_S
+    max_slash_bps: int = DEFAULT_MAX_SLASH_BPS
+
+
 class Calldata(Protocol):
     """The coordinator's calldata the lifecycle's transitions build; no RPC behind it."""
 
@@ -81,5 +104,7 @@ class NodeContext:
     max_commit_window_s: float = DEFAULT_MAX_COMMIT_WINDOW_S
     """Requests whose commit deadline lies further ahead are declined: a commit locks the
     stake until the request expires, and a seat must stay online to reveal."""
+    accepts: AcceptedTerms = AcceptedTerms()
+    """The reveal and dispute windows and slash rate a request must have to be served."""
     conduct: Conduct = HONEST
     """What this node makes of its own inference; the composition root may inject another."""

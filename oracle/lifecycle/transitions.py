@@ -33,6 +33,7 @@ from oracle.engine.llm import request_seed
 from oracle.lifecycle.admission import (
     Admit,
     Offer,
+    Terms,
     admit,
     inference_deadline,
     prompt_tokens_estimate,
@@ -88,6 +89,11 @@ def admit_request(step: Step, seats: Sequence[Seat]) -> Verdict:
         accepted_models=req.accepted_models,
         embedding_model=req.embedding_model,
         offer=offer,
+        terms=Terms(
+            reveal_window_s=(req.reveal_deadline - req.commit_deadline).total_seconds(),
+            dispute_window_s=req.dispute_window_s,
+            slash_bps=req.slash_bps,
+        ),
         commit_deadline=req.commit_deadline,
         now=step.now,
         ctx=step.ctx,

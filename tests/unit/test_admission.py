@@ -13,13 +13,16 @@ from oracle.lifecycle.admission import (
     ModelLoad,
     Offer,
     Refuse,
+    Terms,
     admit,
     format_wei,
     prompt_tokens_estimate,
 )
-from oracle.lifecycle.context import ModelProfile, NodeContext
+from oracle.lifecycle.context import AcceptedTerms, ModelProfile, NodeContext
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+TERMS = Terms(reveal_window_s=30, dispute_window_s=10, slash_bps=1000)
+"""The coordinator's defaults for the local devnet's tests."""
 FAST, SLOW = "fast-model", "slow-model"
 
 
@@ -48,6 +51,7 @@ def decide(
     fee_wei: int = 10**15,
     quorum: int = 1,
     prompt_tokens: int = 0,
+    terms: Terms = TERMS,
 ) -> Admit | Refuse:
     return admit(
         accepted_models=models,
@@ -55,6 +59,7 @@ def decide(
         offer=Offer(
             fee_wei=fee_wei, quorum=quorum, max_tokens=max_tokens, prompt_tokens=prompt_tokens
         ),
+        terms=terms,
         commit_deadline=NOW + timedelta(seconds=deadline_s),
         now=NOW,
         ctx=ctx,
@@ -146,6 +151,40 @@ def test_a_commit_deadline_weeks_ahead_is_declined() -> None:
     assert isinstance(decide({}, deadline_s=(2**32 - 1) / 1000, ctx=wider), Admit)
 
 
+@pytest.mark.parametrize(
+    ("changed", "reason"),
+    [
+        (
+            {"reveal_window_s": 1},
+            "reveal window 1 s, shorter than this node reveals in (10 s: --min-reveal-window-s)",
+        ),
+        (
+            {"dispute_window_s": 4},
+            "dispute window 4 s, shorter than this node disputes in (5 s: --min-dispute-window-s)",
+        ),
+        (
+            {"slash_bps": 10_000},
+            "slashes 10000 bps of a seat's stake, more than this node accepts (2000 bps: "
+            "--max-slash-bps)",
+        ),
+    ],
+)
+def test_terms_an_owner_set_against_the_nodes_are_declined(
+    changed: dict[str, float], reason: str
+) -> None:
+    """The owner sets the windows and the slash rate: 1 s windows and a 100 % slash cost
+    every seat its stake, and a dispute window under a block leaves a lie undisputed."""
+    assert decide({}, terms=dataclasses.replace(TERMS, **changed)) == Refuse(
+        reason=f"declined: {reason}"
+    )
+    longer_blocks = dataclasses.replace(CTX, accepts=AcceptedTerms(min_dispute_window_s=30))
+    assert decide({}, ctx=longer_blocks) == Refuse(
+        reason="declined: dispute window 10 s, shorter than this node disputes in (30 s: "
+        "--min-dispute-window-s)"
+    )
+    assert isinstance(decide({}, terms=dataclasses.replace(TERMS, slash_bps=None)), Admit)
+
+
 def test_a_signal_of_a_served_embedding_model_is_served() -> None:
     decision = admit_embedding("all-MiniLM-L6-v2/echo-norm-centred-d7b956d1")
     assert isinstance(decision, Admit)
@@ -157,6 +196,7 @@ def admit_embedding(embedding_model: str) -> Admit | Refuse:
         accepted_models=(FAST,),
         embedding_model=embedding_model,
         offer=Offer(fee_wei=10**15, quorum=1, max_tokens=8),
+        terms=TERMS,
         commit_deadline=NOW + timedelta(seconds=60),
         now=NOW,
         ctx=CTX,
