@@ -212,7 +212,8 @@ class TxSender:
         self._hole_seen: tuple[int, float] | None = None
         """A nonce no row holds below the sent ones, and when it was first seen."""
         self._rebroadcast_after: dict[int, tuple[float, int]] = {}
-        """Rows refused for lack of funds: (monotonic time of the next try, refusals)."""
+        """Rows refused for lack of funds or by a rate limit: (monotonic time of the next
+        try, refusals for lack of funds)."""
         self._check_turns = _Turns()
         self._recheck_turns = _Turns()
 
@@ -442,6 +443,12 @@ class TxSender:
             self._bump_now.add(prepared.tx_id)
         elif any(marker in reason for marker in _NO_FUNDS):
             self._wait_for_funds(prepared, log)
+        elif isinstance(exc, RpcRateLimited):
+            # refused unread, so no pool holds it: sent again once the endpoint's wait is
+            # over, without the lost_after_s a broadcast whose answer was lost waits out
+            now = time.monotonic()
+            self._missing_since[prepared.tx_id] = now - self._lost_after_s
+            self._rebroadcast_after[prepared.tx_id] = (now + (exc.retry_after_s or 1.0), 0)
         with self._sessions() as session, session.begin():
             note_tx_error(session, prepared.tx_id, reason=f"broadcast refused: {exc.reason}")
         logger.warning("broadcast refused", extra=log)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import pytest
 from hexbytes import HexBytes
@@ -244,6 +245,29 @@ def test_rows_prepared_before_a_rate_limit_are_broadcast(
     assert proxy.injected["rate_limit"] == 1
     assert nonce_of(chain, sender.address) == before + 1  # mined (automine): it was sent
     assert statuses(sessions) == [("commit", "sent"), ("commit", "pending")]
+
+
+def test_a_rate_limited_broadcast_goes_again_on_the_next_check(
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """A broadcast refused with a rate limit never reached a pool: it is not one whose
+    answer was lost, so it does not wait ``lost_after_s`` before going again."""
+    sender = make_sender(node_web3(proxy.url), chain, sessions, lost_after_s=600)
+    before = nonce_of(chain, sender.address)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    outbox.commit(binding, protocol.request(quorum=1))
+    proxy.inject("rate_limit", methods=["eth_sendRawTransaction"], times=1, retry_after_s=1)
+
+    sender.sync_once()  # prepared, stored as sent, refused
+    time.sleep(1.1)  # the wait the endpoint asked for
+    sender.sync_once()  # found unknown, sent again at once
+
+    assert proxy.injected["rate_limit"] == 1
+    assert nonce_of(chain, sender.address) == before + 1
 
 
 def test_a_rate_limit_every_few_calls_does_not_keep_the_last_rows_unchecked(

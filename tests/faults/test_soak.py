@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import tempfile
 import time
@@ -141,7 +142,9 @@ def soak(tmp_path: Path) -> Iterator[Soak]:
         _print_log_tails(tmp_path)
 
 
-def test_three_nodes_serve_twenty_requests_through_faulty_endpoints(soak: Soak) -> None:
+def test_three_nodes_serve_twenty_requests_through_faulty_endpoints(
+    soak: Soak, tmp_path: Path
+) -> None:
     for proxy in soak.proxies:
         for kind, probability, options in FAULTS:
             proxy.inject(kind, probability=probability, **options)
@@ -168,6 +171,9 @@ def test_three_nodes_serve_twenty_requests_through_faulty_endpoints(soak: Soak) 
     print(f"successful commits/reveals beyond one per node and request: {duplicates}")
     print(f"reverted commits/reveals: {sum(r for _ok, r in landed.values())}")
     print(f"nodes running: {alive}; left queued or unsent: {idle}")
+    _print_request_history(
+        tmp_path, [r for r, outcome in by_request.items() if outcome != "finalized"]
+    )
 
     assert outcomes == {"finalized": REQUESTS}, by_request
     assert all(alive), "a node exited"
@@ -282,6 +288,17 @@ def _node_transactions(soak: Soak, start_block: int) -> dict[tuple[str, int, str
             counts = landed.setdefault(key, [0, 0])
             counts[0 if receipt["status"] == 1 else 1] += 1
     return landed
+
+
+def _print_request_history(directory: Path, request_ids: list[int]) -> None:
+    """Every node's log lines about the requests that did not end as they should: the
+    log tails rarely reach back to them."""
+    for request_id in request_ids:
+        mark = re.compile(rf"\brequest_id={request_id}\b")
+        for log in sorted(directory.glob("node*.log")):
+            lines = log.read_text(errors="replace").splitlines()
+            print(f"----- {log.name}: request {request_id} -----")
+            print("\n".join(line for line in lines if mark.search(line)))
 
 
 def _print_log_tails(directory: Path) -> None:
