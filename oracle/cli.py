@@ -357,6 +357,13 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     help="Decline requests that slash more of a seat's stake (basis points).",
 )
 @click.option(
+    "--min-expiry-grace-s",
+    default=NODE_DEFAULTS["min_expiry_grace_s"],
+    type=click.FloatRange(min=0),
+    help="Decline requests that may be expired sooner after their dispute window (an "
+    "expired request pays its nodes nothing).",
+)
+@click.option(
     "--retention-days",
     default=NODE_DEFAULTS["retention_days"],
     type=click.FloatRange(min=0),

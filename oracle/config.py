@@ -20,6 +20,7 @@ from oracle.lifecycle.context import (
     DEFAULT_MAX_COMMIT_WINDOW_S,
     DEFAULT_MAX_SLASH_BPS,
     DEFAULT_MIN_DISPUTE_WINDOW_S,
+    DEFAULT_MIN_EXPIRY_GRACE_S,
     DEFAULT_MIN_REVEAL_WINDOW_S,
 )
 
@@ -93,6 +94,7 @@ class NodeSettings:
     min_reveal_window_s: float = DEFAULT_MIN_REVEAL_WINDOW_S
     min_dispute_window_s: float = DEFAULT_MIN_DISPUTE_WINDOW_S
     max_slash_bps: int = DEFAULT_MAX_SLASH_BPS
+    min_expiry_grace_s: float = DEFAULT_MIN_EXPIRY_GRACE_S
     """The request terms this node commits under (``AcceptedTerms``)."""
     retention_days: float = 7.0
     """Finished requests, old events and settled transactions are pruned after this; 0 keeps
@@ -153,6 +155,7 @@ class NodeSettings:
             ("retention_days", self.retention_days),
             ("min_reveal_window_s", self.min_reveal_window_s),
             ("min_dispute_window_s", self.min_dispute_window_s),
+            ("min_expiry_grace_s", self.min_expiry_grace_s),
         ):
             if number < 0:
                 raise ConfigError(f"{name} must not be negative, not {number}")

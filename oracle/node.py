@@ -328,6 +328,7 @@ def build_node(
             min_reveal_window_s=settings.min_reveal_window_s,
             min_dispute_window_s=settings.min_dispute_window_s,
             max_slash_bps=settings.max_slash_bps,
+            min_expiry_grace_s=settings.min_expiry_grace_s,
         ),
         conduct=conduct,
     )

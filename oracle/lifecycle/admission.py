@@ -5,8 +5,9 @@ The questions, in order; the first "no" declines the request with a reason the o
 reads in ``oracle status``:
 
 0. Are its terms ones the node commits under: a commit deadline within
-   ``--max-commit-window-s``, and the reveal window, dispute window and slash rate the
-   coordinator fixed for it within what the operator accepts (``AcceptedTerms``)?
+   ``--max-commit-window-s``, and the reveal window, dispute window, slash rate and
+   expiry grace the coordinator fixed for it within what the operator accepts
+   (``AcceptedTerms``)?
 1. Can the node serve it at all: its embedding model, one of its accepted models, a
    context that holds its prompt and its maxTokens (the context one job gets: a batched
    worker's slot; a worker refuses a job that does not fit, after it took queue room)?
@@ -124,6 +125,8 @@ class Terms:
     dispute_window_s: float
     slash_bps: int | None
     """None: not recorded (requests stored before the node kept it)."""
+    expiry_grace_s: float | None
+    """From the dispute window's end to ``expiresAt``; None: not recorded."""
 
 
 def prompt_tokens_estimate(prompt: str) -> int:
@@ -252,6 +255,11 @@ def _unaccepted_terms(terms: Terms, ctx: NodeContext) -> str | None:
         return (
             f"slashes {terms.slash_bps} bps of a seat's stake, more than this node accepts "
             f"({accepts.max_slash_bps} bps: --max-slash-bps)"
+        )
+    if terms.expiry_grace_s is not None and terms.expiry_grace_s < accepts.min_expiry_grace_s:
+        return (
+            f"expiry grace {terms.expiry_grace_s:g} s, shorter than this node settles in "
+            f"({accepts.min_expiry_grace_s:g} s: --min-expiry-grace-s)"
         )
     return None
 

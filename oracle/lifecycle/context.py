@@ -18,21 +18,27 @@ DEFAULT_MIN_DISPUTE_WINDOW_S = 5.0
 the local 1 s devnet, not a chain of 12 s blocks."""
 DEFAULT_MAX_SLASH_BPS = 2000
 """20 %: twice the coordinator's default."""
+DEFAULT_MIN_EXPIRY_GRACE_S = 30.0
+"""After the dispute window, how long a request with a silent seat stays open to be
+finalized: shorter, and anyone may ``expire`` it first, refunding a requester who has
+read the revealed answers while the nodes that gave them go unpaid."""
 
 
 @dataclass(frozen=True, slots=True)
 class AcceptedTerms:
     """The coordinator's per-request terms this node commits under.
 
-    The owner sets them (``setWindows``, ``setSlashBps``) and a request keeps the ones of
-    its day: a reveal window too short to land a reveal in, or a dispute window shorter
-    than a block and a verification, leaves honest seats slashed or a lie undisputed
+    The owner sets them (``setWindows``, ``setSlashBps``, ``setExpiryGrace``) and a
+    request keeps the ones of its day: a reveal window too short to land a reveal in, a
+    dispute window shorter than a block and a verification, or an expiry grace too short
+    to finalize in, leaves honest seats slashed, a lie undisputed or the work unpaid
     (docs/security.md, open risks 7 and 8), so such a request is declined.
     """
 
     min_reveal_window_s: float = DEFAULT_MIN_REVEAL_WINDOW_S
     min_dispute_window_s: float = DEFAULT_MIN_DISPUTE_WINDOW_S
     max_slash_bps: int = DEFAULT_MAX_SLASH_BPS
+    min_expiry_grace_s: float = DEFAULT_MIN_EXPIRY_GRACE_S
 
 
 class Calldata(Protocol):

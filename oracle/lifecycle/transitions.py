@@ -93,6 +93,9 @@ def admit_request(step: Step, seats: Sequence[Seat]) -> Verdict:
             reveal_window_s=(req.reveal_deadline - req.commit_deadline).total_seconds(),
             dispute_window_s=req.dispute_window_s,
             slash_bps=req.slash_bps,
+            expiry_grace_s=None
+            if req.expires_at is None
+            else (req.expires_at - req.reveal_deadline).total_seconds() - req.dispute_window_s,
         ),
         commit_deadline=req.commit_deadline,
         now=step.now,

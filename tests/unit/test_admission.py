@@ -21,7 +21,7 @@ from oracle.lifecycle.admission import (
 from oracle.lifecycle.context import AcceptedTerms, ModelProfile, NodeContext
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-TERMS = Terms(reveal_window_s=30, dispute_window_s=10, slash_bps=1000)
+TERMS = Terms(reveal_window_s=30, dispute_window_s=10, slash_bps=1000, expiry_grace_s=3600)
 """The coordinator's defaults for the local devnet's tests."""
 FAST, SLOW = "fast-model", "slow-model"
 
@@ -167,6 +167,10 @@ def test_a_commit_deadline_weeks_ahead_is_declined() -> None:
             "slashes 10000 bps of a seat's stake, more than this node accepts (2000 bps: "
             "--max-slash-bps)",
         ),
+        (
+            {"expiry_grace_s": 1},
+            "expiry grace 1 s, shorter than this node settles in (30 s: --min-expiry-grace-s)",
+        ),
     ],
 )
 def test_terms_an_owner_set_against_the_nodes_are_declined(
@@ -182,7 +186,8 @@ def test_terms_an_owner_set_against_the_nodes_are_declined(
         reason="declined: dispute window 10 s, shorter than this node disputes in (30 s: "
         "--min-dispute-window-s)"
     )
-    assert isinstance(decide({}, terms=dataclasses.replace(TERMS, slash_bps=None)), Admit)
+    unrecorded = dataclasses.replace(TERMS, slash_bps=None, expiry_grace_s=None)
+    assert isinstance(decide({}, terms=unrecorded), Admit)
 
 
 def test_a_signal_of_a_served_embedding_model_is_served() -> None:
