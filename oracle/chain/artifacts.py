@@ -75,7 +75,13 @@ def decode_revert(data: bytes | str | None, contract: str = "InferenceCoordinato
 
 def error_name(data: bytes | str | None, contract: str = "InferenceCoordinator") -> str:
     """Just the custom error's name of a revert (``SeatsFull``)."""
-    return decode_revert(data, contract).split("(", 1)[0]
+    return reason_name(decode_revert(data, contract))
+
+
+def reason_name(reason: str) -> str:
+    """The custom error's name of a decoded revert: ``UnknownRequest(requestId=1)`` ->
+    ``UnknownRequest``."""
+    return reason.split("(", 1)[0]
 
 
 def _show(value: object, abi_type: str) -> str:

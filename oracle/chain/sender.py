@@ -68,7 +68,7 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound
 from web3.types import TxParams, TxReceipt, Wei
 
-from oracle.chain.artifacts import decode_revert
+from oracle.chain.artifacts import decode_revert, reason_name
 from oracle.chain.polling import poll_until_stopped
 from oracle.chain.rpc import rpc_errors
 from oracle.domain.retry import backoff_s
@@ -390,7 +390,7 @@ class TxSender:
         logger.log(level, message, extra={**_fields(tx, reason=reason), "wait_s": delay})
 
     def _handle_revert(self, tx: OutgoingTx, reason: str) -> None:
-        name = _error_name(reason)
+        name = reason_name(reason)
         if name in NOT_YET_ERRORS:
             self._defer(tx, reason, "not sent yet: the contract says wait", logging.INFO)
             return
@@ -689,7 +689,7 @@ class TxSender:
             return True  # the node refuses the call, not the contract: let it see the tx
         if not isinstance(gas, str):
             return True
-        if self._not_seen_yet(_error_name(gas)):
+        if self._not_seen_yet(reason_name(gas)):
             logger.info("a lost transaction waits for the endpoint to catch up", extra=_fields(tx))
             return False  # still sent; looked at again on the next check
         self._release(tx, f"lost by the chain, now {gas}")
@@ -896,15 +896,9 @@ def _stored_fees(tx: OutgoingTx) -> _Fees:
     )
 
 
-def _error_name(reason: str) -> str:
-    """The custom error's name of a decoded revert: ``UnknownRequest(requestId=1)`` ->
-    ``UnknownRequest``."""
-    return reason.split("(", 1)[0]
-
-
 def _came_too_early(reason: str) -> bool:
     """A revert that says "not yet", or one that the state right after it no longer shows."""
-    return reason == REPLAY_SUCCEEDS or _error_name(reason) in NOT_YET_ERRORS
+    return reason == REPLAY_SUCCEEDS or reason_name(reason) in NOT_YET_ERRORS
 
 
 def _revert_reason(exc: ContractLogicError) -> str:

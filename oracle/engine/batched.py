@@ -906,4 +906,3 @@ def _top_k_chain() -> Any:
     chain = llama_cpp.llama_sampler_chain_init(params)
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(TOP_K))
     return chain
-

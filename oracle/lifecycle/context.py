@@ -111,6 +111,7 @@ class NodeContext:
     """Requests whose commit deadline lies further ahead are declined: a commit locks the
     stake until the request expires, and a seat must stay online to reveal."""
     accepts: AcceptedTerms = AcceptedTerms()
-    """The reveal and dispute windows and slash rate a request must have to be served."""
+    """The reveal and dispute windows, slash rate and expiry grace a request must have to
+    be served."""
     conduct: Conduct = HONEST
     """What this node makes of its own inference; the composition root may inject another."""
