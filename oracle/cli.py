@@ -341,14 +341,15 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
     default=NODE_DEFAULTS["min_reveal_window_s"],
     type=click.FloatRange(min=0),
     help="Decline requests the coordinator gave a shorter reveal window (a seat that "
-    "cannot reveal in time is slashed).",
+    "cannot reveal in time is slashed), or one of fewer than three of the chain's blocks.",
 )
 @click.option(
     "--min-dispute-window-s",
     default=NODE_DEFAULTS["min_dispute_window_s"],
     type=click.FloatRange(min=0),
-    help="Decline requests with a shorter dispute window: set it above the chain's block "
-    "time plus a verification, or a lying last revealer cannot be disputed.",
+    help="Decline requests with a shorter dispute window (at least a reveal's "
+    "verification), or one of fewer than three of the chain's blocks, as the listener times "
+    "them: else a lying last revealer cannot be disputed.",
 )
 @click.option(
     "--max-slash-bps",

@@ -23,13 +23,19 @@ from oracle.chain.listener import Listener
 from oracle.chain.polling import backoff_delay, sleep_unless_stopped
 from oracle.chain.sender import TxSender
 from oracle.config import ConfigError, NodeSettings
+from oracle.domain.pace import BlockPace
 from oracle.engine.gpus import detect_gpus
 from oracle.engine.llm_options import LlmEngineOptions
 from oracle.engine.models import DEFAULT_LLMS, lookup_llm
 from oracle.engine.supervisor import WorkerSpec, WorkerSupervisor, autoscaling_for
 from oracle.errors import OracleError, SenderAlreadyRunning
 from oracle.lifecycle.conduct import HONEST, Conduct
-from oracle.lifecycle.context import AcceptedTerms, ModelProfile, NodeContext
+from oracle.lifecycle.context import (
+    DEFAULT_WINDOW_BLOCKS,
+    AcceptedTerms,
+    ModelProfile,
+    NodeContext,
+)
 from oracle.lifecycle.driver import advance_requests
 from oracle.observability import Readiness, serve_http
 from oracle.preflight import check_node_start
@@ -317,6 +323,7 @@ def build_node(
     w3 = Web3(provider)
     account = Account.from_key(settings.private_key)
     binding = CoordinatorBinding(w3, settings.contract)
+    pace = BlockPace()  # the listener times the blocks; admission holds windows to them
     ctx = NodeContext(
         address=account.address.lower(),
         coordinator=settings.contract.lower(),
@@ -329,7 +336,9 @@ def build_node(
             min_dispute_window_s=settings.min_dispute_window_s,
             max_slash_bps=settings.max_slash_bps,
             min_expiry_grace_s=settings.min_expiry_grace_s,
+            window_blocks=DEFAULT_WINDOW_BLOCKS + settings.confirmations,
         ),
+        block_pace=pace,
         conduct=conduct,
     )
     sender = TxSender(w3=w3, session_factory=sessions, account=account, chain_id=chain_id)
@@ -345,6 +354,7 @@ def build_node(
             start_block=settings.start_block,
             confirmations=settings.confirmations,
             on_reorg=sender.recheck_soon,
+            pace=pace,
         ),
         sender=sender,
         supervisor=worker_supervisor(settings, database_url),

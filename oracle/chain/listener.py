@@ -16,7 +16,9 @@ Each poll:
    last block is the same before and after the logs were read (the hash commits to every
    block between, so a reorg while reading cannot slip through), and that every log's
    block is the chain's block at that number; then stores the range's events, the
-   blocks it touched and the new checkpoint in one transaction.
+   blocks it touched and the new checkpoint in one transaction. The timestamps of the
+   range's consecutive headers (its last two at least) go to the node's ``BlockPace``:
+   admission asks for reveal and dispute windows of a few of the chain's blocks.
 
 Only blocks that carried events and the checkpoint block are remembered (the newest
 ``retained_blocks`` of them), so catching up does not fetch every header; a reorg rolls
@@ -45,6 +47,7 @@ from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.polling import backoff_delay, poll_until_stopped
 from oracle.chain.rpc import is_log_range_refusal, rpc_errors
 from oracle.domain.events import ChainEvent
+from oracle.domain.pace import BlockPace
 from oracle.errors import LogRangeTooLarge, RpcError, RpcMalformedResponse, RpcRateLimited
 from oracle.store.chain_state import (
     BlockRef,
@@ -108,6 +111,7 @@ class Listener:
         poll_budget_s: float = 5.0,
         max_lag_s: float = 30.0,
         on_reorg: Callable[[], None] | None = None,
+        pace: BlockPace | None = None,
     ) -> None:
         if not 1 <= initial_range <= max_range:
             raise ValueError(f"need 1 <= initial_range={initial_range} <= max_range={max_range}")
@@ -136,6 +140,9 @@ class Listener:
         self._lag_since: float | None = None
         self.lagging_polls = 0
         """Polls that found the endpoint behind this node (and waited rather than roll back)."""
+        self.pace = pace
+        """Told the time between consecutive blocks of every verified range."""
+        self._last_read: BlockRef | None = None
 
     # --- polling ------------------------------------------------------------------------
 
@@ -259,7 +266,9 @@ class Listener:
             key=lambda e: (e.position.block_number, e.position.log_index),
         )
         # ``before`` is at or past ``last``: unchanged, it vouches for every block up to it
-        wanted = {first, last, before.number} | {e.position.block_number for e in events}
+        # the block before ``last`` too: two consecutive headers time the chain's blocks
+        wanted = {first, max(first, last - 1), last, before.number}
+        wanted |= {e.position.block_number for e in events}
         if last - first < _VERIFIED_RANGE:  # near the head, where backends lag: every block
             wanted |= set(range(first, last + 1))
         headers = self._headers(sorted(wanted))
@@ -267,6 +276,13 @@ class Listener:
             raise _ChainMoved(f"block {before.number} changed while the logs were read")
         events = self._with_missed_events(events, headers, first, last)
         _check_links(headers, first, checkpoint, events)
+        if self.pace is not None:
+            # the checkpoint as read from the chain (with its timestamp) when this process
+            # read it: a listener following the head reads a block or two a poll
+            timed = self._last_read
+            previous = timed if timed and checkpoint and timed.hash == checkpoint.hash else None
+            _time_blocks(self.pace, headers, previous, last)
+            self._last_read = headers[last]
         remembered = {e.position.block_number for e in events} | {last}
         blocks = [headers[n] for n in sorted(remembered)]
         return _Chunk(events=events, blocks=blocks, end=headers[last])
@@ -437,6 +453,20 @@ def _check_links(
             raise _ChainMoved(f"a log of block {position.block_number} came from another fork")
 
 
+def _time_blocks(
+    pace: BlockPace, headers: dict[int, BlockRef], previous: BlockRef | None, last: int
+) -> None:
+    """Record the intervals between the verified range's consecutive headers (and
+    between ``previous``, the block before the range, and its first)."""
+    known = {n: h for n, h in headers.items() if n <= last}
+    if previous is not None:
+        known.setdefault(previous.number, previous)
+    for number, header in sorted(known.items()):
+        earlier = known.get(number - 1)
+        if earlier is not None and earlier.timestamp is not None and header.timestamp is not None:
+            pace.record(earlier.timestamp, header.timestamp)
+
+
 def _block_ref(block: BlockData) -> BlockRef:
     try:
         return BlockRef(
@@ -444,6 +474,7 @@ def _block_ref(block: BlockData) -> BlockRef:
             hash=bytes(block["hash"]),
             parent_hash=bytes(block["parentHash"]),
             logs_bloom=bytes(block.get("logsBloom", b"")),
+            timestamp=int(block["timestamp"]) if "timestamp" in block else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         reason = f"a block header of the wrong shape: {exc!r}"

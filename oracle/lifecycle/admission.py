@@ -241,15 +241,22 @@ def format_wei(wei: int) -> str:
 
 def _unaccepted_terms(terms: Terms, ctx: NodeContext) -> str | None:
     accepts = ctx.accepts
-    if terms.reveal_window_s < accepts.min_reveal_window_s:
+    pace_s = ctx.block_pace.interval_s() if ctx.block_pace is not None else None
+    reveal_floor = _window_floor(
+        accepts.min_reveal_window_s, "--min-reveal-window-s", accepts.window_blocks, pace_s
+    )
+    if terms.reveal_window_s < reveal_floor[0]:
         return (
             f"reveal window {terms.reveal_window_s:g} s, shorter than this node reveals in "
-            f"({accepts.min_reveal_window_s:g} s: --min-reveal-window-s)"
+            f"({reveal_floor[1]})"
         )
-    if terms.dispute_window_s < accepts.min_dispute_window_s:
+    dispute_floor = _window_floor(
+        accepts.min_dispute_window_s, "--min-dispute-window-s", accepts.window_blocks, pace_s
+    )
+    if terms.dispute_window_s < dispute_floor[0]:
         return (
             f"dispute window {terms.dispute_window_s:g} s, shorter than this node disputes in "
-            f"({accepts.min_dispute_window_s:g} s: --min-dispute-window-s)"
+            f"({dispute_floor[1]})"
         )
     if terms.slash_bps is not None and terms.slash_bps > accepts.max_slash_bps:
         return (
@@ -262,6 +269,20 @@ def _unaccepted_terms(terms: Terms, ctx: NodeContext) -> str | None:
             f"({accepts.min_expiry_grace_s:g} s: --min-expiry-grace-s)"
         )
     return None
+
+
+def _window_floor(
+    configured_s: float, option: str, blocks: int, pace_s: float | None
+) -> tuple[float, str]:
+    """The shortest window accepted, and how to say it: the operator's seconds, or
+    ``blocks`` of the chain's blocks where those take longer."""
+    if pace_s is None or blocks * pace_s <= configured_s:
+        return configured_s, f"{configured_s:g} s: {option}"
+    return (
+        blocks * pace_s,
+        f"{blocks * pace_s:g} s: {blocks} blocks of {pace_s:g} s on this chain, "
+        f"more than {option} {configured_s:g}",
+    )
 
 
 def _decline(why: str) -> Refuse:

@@ -6,6 +6,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from oracle.domain.pace import BlockPace
 from oracle.lifecycle.conduct import HONEST, Conduct
 
 DEFAULT_MAX_COMMIT_WINDOW_S = 3600.0
@@ -14,8 +15,11 @@ DEFAULT_MAX_COMMIT_WINDOW_S = 3600.0
 
 DEFAULT_MIN_REVEAL_WINDOW_S = 10.0
 DEFAULT_MIN_DISPUTE_WINDOW_S = 5.0
-"""Set it above the chain's block time plus a reveal's verification: the default suits
-the local 1 s devnet, not a chain of 12 s blocks."""
+"""Above a reveal's verification; the chain's block time is added by ``window_blocks``."""
+DEFAULT_WINDOW_BLOCKS = 3
+"""A reveal or dispute answers a block: that block seen, the transaction sent, mined in
+the next one or the one after. So a window must hold three of the chain's blocks (plus
+the confirmations the node waits for)."""
 DEFAULT_MAX_SLASH_BPS = 2000
 """20 %: twice the coordinator's default."""
 DEFAULT_MIN_EXPIRY_GRACE_S = 30.0
@@ -39,6 +43,9 @@ class AcceptedTerms:
     min_dispute_window_s: float = DEFAULT_MIN_DISPUTE_WINDOW_S
     max_slash_bps: int = DEFAULT_MAX_SLASH_BPS
     min_expiry_grace_s: float = DEFAULT_MIN_EXPIRY_GRACE_S
+    window_blocks: int = DEFAULT_WINDOW_BLOCKS
+    """The reveal and dispute windows must also hold this many blocks, timed by the
+    chain's pace as the listener sees it (``NodeContext.block_pace``)."""
 
 
 class Calldata(Protocol):
@@ -113,5 +120,8 @@ class NodeContext:
     accepts: AcceptedTerms = AcceptedTerms()
     """The reveal and dispute windows, slash rate and expiry grace a request must have to
     be served."""
+    block_pace: BlockPace | None = None
+    """The chain's time between blocks, recorded by the listener; None: the windows are
+    held to the configured seconds only."""
     conduct: Conduct = HONEST
     """What this node makes of its own inference; the composition root may inject another."""

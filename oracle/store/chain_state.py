@@ -97,6 +97,8 @@ class BlockRef:
     parent_hash: bytes
     logs_bloom: bytes = b""
     """The header's logsBloom when read from the chain (not stored)."""
+    timestamp: int | None = None
+    """The header's timestamp when read from the chain (not stored)."""
 
 
 # --- events ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from oracle.domain.pace import BlockPace
 from oracle.lifecycle.admission import (
     TEMPLATE_TOKENS,
     Admit,
@@ -188,6 +189,34 @@ def test_terms_an_owner_set_against_the_nodes_are_declined(
     )
     unrecorded = dataclasses.replace(TERMS, slash_bps=None, expiry_grace_s=None)
     assert isinstance(decide({}, terms=unrecorded), Admit)
+
+
+def test_windows_are_held_to_the_chains_blocks_where_those_are_slower() -> None:
+    """On a chain of 12 s blocks a 10 s dispute window closes before a dispute can land
+    (docs/security.md, open risk 7): the windows must hold three of the chain's blocks
+    as the listener timed them, or the operator's seconds where those are longer."""
+    slow = BlockPace()
+    slow.record(0, 12)
+    at_twelve = dataclasses.replace(CTX, block_pace=slow)
+    assert decide({}, ctx=at_twelve, terms=dataclasses.replace(TERMS, reveal_window_s=40)) == (
+        Refuse(
+            reason="declined: dispute window 10 s, shorter than this node disputes in (36 s: "
+            "3 blocks of 12 s on this chain, more than --min-dispute-window-s 5)"
+        )
+    )
+    assert decide({}, ctx=at_twelve) == Refuse(
+        reason="declined: reveal window 30 s, shorter than this node reveals in (36 s: "
+        "3 blocks of 12 s on this chain, more than --min-reveal-window-s 10)"
+    )
+    wide = dataclasses.replace(TERMS, reveal_window_s=36, dispute_window_s=36)
+    assert isinstance(decide({}, ctx=at_twelve, terms=wide), Admit)
+    confirming = dataclasses.replace(at_twelve, accepts=AcceptedTerms(window_blocks=4))
+    assert isinstance(decide({}, ctx=confirming, terms=wide), Refuse)  # 48 s with a confirmation
+
+    fast = BlockPace()
+    fast.record(0, 1)  # the devnet: the operator's seconds are the longer floor
+    assert isinstance(decide({}, ctx=dataclasses.replace(CTX, block_pace=fast)), Admit)
+    assert isinstance(decide({}, ctx=dataclasses.replace(CTX, block_pace=BlockPace())), Admit)
 
 
 def test_a_signal_of_a_served_embedding_model_is_served() -> None:
