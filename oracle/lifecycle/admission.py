@@ -242,22 +242,16 @@ def format_wei(wei: int) -> str:
 def _unaccepted_terms(terms: Terms, ctx: NodeContext) -> str | None:
     accepts = ctx.accepts
     pace_s = ctx.block_pace.interval_s() if ctx.block_pace is not None else None
-    reveal_floor = _window_floor(
-        accepts.min_reveal_window_s, "--min-reveal-window-s", accepts.window_blocks, pace_s
+    windows = (
+        ("reveal", "reveals", terms.reveal_window_s, accepts.min_reveal_window_s),
+        ("dispute", "disputes", terms.dispute_window_s, accepts.min_dispute_window_s),
     )
-    if terms.reveal_window_s < reveal_floor[0]:
-        return (
-            f"reveal window {terms.reveal_window_s:g} s, shorter than this node reveals in "
-            f"({reveal_floor[1]})"
+    for name, verb, window_s, configured_s in windows:
+        floor_s, why = _window_floor(
+            configured_s, f"--min-{name}-window-s", accepts.window_blocks, pace_s
         )
-    dispute_floor = _window_floor(
-        accepts.min_dispute_window_s, "--min-dispute-window-s", accepts.window_blocks, pace_s
-    )
-    if terms.dispute_window_s < dispute_floor[0]:
-        return (
-            f"dispute window {terms.dispute_window_s:g} s, shorter than this node disputes in "
-            f"({dispute_floor[1]})"
-        )
+        if window_s < floor_s:
+            return f"{name} window {window_s:g} s, shorter than this node {verb} in ({why})"
     if terms.slash_bps is not None and terms.slash_bps > accepts.max_slash_bps:
         return (
             f"slashes {terms.slash_bps} bps of a seat's stake, more than this node accepts "
