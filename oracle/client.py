@@ -13,7 +13,7 @@ from web3.contract import Contract
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
-from oracle.chain.artifacts import decode_revert, load_artifact
+from oracle.chain.artifacts import UndecodableRevert, decode_revert, load_artifact
 from oracle.domain.events import FAILURE_REASONS, SLASH_REASONS, SlashReason
 from oracle.errors import OracleError
 
@@ -145,7 +145,11 @@ def _send(w3: Web3, account: Any, call: Any, value: int) -> Any:
             {**tx_params, "nonce": w3.eth.get_transaction_count(account.address, "pending")}
         )
     except ContractLogicError as exc:
-        raise RequestRejected(decode_revert(exc.data)) from exc  # type: ignore[arg-type]
+        try:
+            reason = decode_revert(exc.data)  # type: ignore[arg-type]
+        except UndecodableRevert as bad:
+            reason = str(bad)
+        raise RequestRejected(reason) from exc
     signed = account.sign_transaction(tx)
     tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)

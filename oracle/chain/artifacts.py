@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_abi.abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
 from eth_utils.abi import function_signature_to_4byte_selector
 from eth_utils.address import to_checksum_address
 
@@ -50,25 +51,37 @@ def _error_table(name: str) -> dict[bytes, tuple[str, list[str], list[str]]]:
     return table
 
 
+class UndecodableRevert(ValueError):
+    """Revert data that is not hex, or whose body does not fit the error it names: no
+    contract reverts that way, so whoever answered did not run the call."""
+
+
 def decode_revert(data: bytes | str | None, contract: str = "InferenceCoordinator") -> str:
-    """Turn revert data into a readable reason such as ``SeatsFull(requestId=3)``."""
-    raw = (
-        bytes.fromhex(data[2:] if data.startswith("0x") else data)
-        if isinstance(data, str)
-        else data
-    )
+    """Turn revert data into a readable reason such as ``SeatsFull(requestId=3)``;
+    ``UndecodableRevert`` when the data cannot be what the contract reverted with."""
+    if isinstance(data, str):
+        try:
+            raw: bytes | None = bytes.fromhex(data[2:] if data.startswith("0x") else data)
+        except ValueError as exc:
+            raise UndecodableRevert(f"revert data that is not hex: {data[:80]!r}") from exc
+    else:
+        raw = data
     if not raw or len(raw) < 4:
         return "reverted without a reason"
     selector, body = raw[:4], raw[4:]
-    if selector == _ERROR_STRING:
-        return str(abi_decode(["string"], body)[0])
-    if selector == _PANIC:
-        return f"Panic(0x{abi_decode(['uint256'], body)[0]:02x})"
-    known = _error_table(contract).get(selector)
-    if known is None:
-        return f"unknown error 0x{raw.hex()}"
-    error_name, names, types = known
-    values = abi_decode(types, body)
+    try:
+        if selector == _ERROR_STRING:
+            return str(abi_decode(["string"], body)[0])
+        if selector == _PANIC:
+            return f"Panic(0x{abi_decode(['uint256'], body)[0]:02x})"
+        known = _error_table(contract).get(selector)
+        if known is None:
+            return f"unknown error 0x{raw.hex()}"
+        error_name, names, types = known
+        values = abi_decode(types, body)
+    except (DecodingError, ValueError) as exc:  # cut short, or a string that is not UTF-8
+        shown = raw.hex() if len(raw) <= 100 else raw[:100].hex() + "..."
+        raise UndecodableRevert(f"revert data that does not decode: 0x{shown} ({exc})") from exc
     args = ", ".join(f"{n}={_show(v, t)}" for n, v, t in zip(names, values, types, strict=True))
     return f"{error_name}({args})"
 

@@ -68,11 +68,17 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound
 from web3.types import TxParams, TxReceipt, Wei
 
-from oracle.chain.artifacts import decode_revert, reason_name
+from oracle.chain.artifacts import UndecodableRevert, decode_revert, reason_name
 from oracle.chain.polling import poll_until_stopped
 from oracle.chain.rpc import rpc_errors
 from oracle.domain.retry import backoff_s
-from oracle.errors import RpcError, RpcRateLimited, RpcUnavailable, SenderAlreadyRunning
+from oracle.errors import (
+    RpcError,
+    RpcMalformedResponse,
+    RpcRateLimited,
+    RpcUnavailable,
+    SenderAlreadyRunning,
+)
 from oracle.store.chain_state import highest_checkpoint
 from oracle.store.models import OutgoingTx
 from oracle.store.outbox import (
@@ -902,10 +908,15 @@ def _came_too_early(reason: str) -> bool:
 
 
 def _revert_reason(exc: ContractLogicError) -> str:
+    """The decoded revert; data that no contract could have reverted with is a malformed
+    answer (transient: asked again later), never a verdict on the transaction."""
     data = exc.data if isinstance(exc.data, str | bytes) else None
     if not data:
         return exc.message or "reverted without a reason"
-    return decode_revert(data)
+    try:
+        return decode_revert(data)
+    except UndecodableRevert as bad:
+        raise RpcMalformedResponse(method="eth_call", reason=str(bad)) from exc
 
 
 def _hex(value: bytes | None) -> str | None:

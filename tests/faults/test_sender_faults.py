@@ -137,6 +137,30 @@ def test_a_rate_limit_error_with_data_is_not_a_revert(
     assert seat[3] is True  # revealed
 
 
+def test_a_revert_that_does_not_decode_is_asked_again_not_taken_for_a_verdict(
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """An endpoint answers the simulations with revert data no contract could have sent
+    (``Error(string)`` cut after its selector): the run loop goes on, and the transactions
+    are neither failed on that word nor sent twice."""
+    sender = make_sender(node_web3(proxy.url), chain, sessions)
+    first_nonce = nonce_of(chain, sender.address)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    request_id = protocol.request(quorum=1)
+    outbox.commit_and_reveal(binding, request_id)
+    proxy.inject("bad_revert", methods=["eth_call", "eth_estimateGas"], times=4)
+
+    run_sender(sender, sessions)
+
+    assert proxy.injected["bad_revert"] == 4
+    assert statuses(sessions) == [("commit", "confirmed"), ("reveal", "confirmed")]
+    assert nonce_of(chain, sender.address) == first_nonce + 2
+
+
 def test_retry_after_is_waited_out(
     chain: Anvil,
     protocol: Protocol,

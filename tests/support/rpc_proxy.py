@@ -19,6 +19,8 @@ Kinds, and what the client sees:
 - ``rpc_rate_limit``: a JSON-RPC error whose ``data`` field says "rate limited"
   (Infura's shape: code -32005, "limit exceeded"); nothing is forwarded.
 - ``malformed``: forwarded; the JSON-RPC answer carries neither ``result`` nor ``error``.
+- ``bad_revert``: a revert whose data does not decode (``Error(string)`` cut after its
+  selector, ``BAD_REVERT_ERROR``); nothing is forwarded.
 - ``lag``: a backend ``blocks`` behind the chain: ``eth_blockNumber`` answers N-k, blocks,
   receipts and transactions above N-k are not found (null), ``eth_getLogs`` is clipped
   to N-k, and "latest" means N-k; with ``pending``, so does "pending" in ``eth_call`` and
@@ -28,9 +30,9 @@ Kinds, and what the client sees:
 
 HTTP-level kinds (``drop``, ``rate_limit``, ``server_error``, ``reset_mid_body``,
 ``html``) take the whole HTTP request, a batch included; the first rule that fires wins.
-``rpc_rate_limit`` and ``malformed`` replace the answer of each call they pick, inside a
-batch too. ``after`` runs an action once a method's answer is in hand and before it is
-delivered (a reorg between two calls of the client, for instance).
+``rpc_rate_limit``, ``malformed`` and ``bad_revert`` replace the answer of each call they
+pick, inside a batch too. ``after`` runs an action once a method's answer is in hand and
+before it is delivered (a reorg between two calls of the client, for instance).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ FaultKind = Literal[
     "html",
     "rpc_rate_limit",
     "malformed",
+    "bad_revert",
     "lag",
     "duplicate",
     "reorder",
@@ -75,12 +78,13 @@ FAULT_KINDS: tuple[FaultKind, ...] = (
     "html",
     "rpc_rate_limit",
     "malformed",
+    "bad_revert",
     "lag",
     "duplicate",
     "reorder",
 )
 _HTTP_KINDS = frozenset({"drop", "rate_limit", "server_error", "reset_mid_body", "html"})
-_CALL_KINDS = frozenset({"rpc_rate_limit", "malformed"})
+_CALL_KINDS = frozenset({"rpc_rate_limit", "malformed", "bad_revert"})
 _BATCH_KINDS = frozenset({"duplicate", "reorder"})
 
 RATE_LIMIT_ERROR: dict[str, Any] = {
@@ -90,6 +94,11 @@ RATE_LIMIT_ERROR: dict[str, Any] = {
         "see": "https://infura.io/dashboard",
         "rate": {"allowed_rps": 1, "backoff_seconds": 1, "current_rps": 3.2},
     },
+}
+BAD_REVERT_ERROR: dict[str, Any] = {
+    "code": 3,
+    "message": "execution reverted",
+    "data": "0x08c379a0ff",  # Error(string)'s selector, then one byte of a 64-byte body
 }
 HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
@@ -368,6 +377,8 @@ class RpcProxy:
         ident = item.get("id")
         if rule is not None and rule.kind == "rpc_rate_limit":
             return {"jsonrpc": "2.0", "id": ident, "error": RATE_LIMIT_ERROR}
+        if rule is not None and rule.kind == "bad_revert":
+            return {"jsonrpc": "2.0", "id": ident, "error": BAD_REVERT_ERROR}
         if head is not None:
             answer = _Lagging(self, head - plan.lag, pending=plan.lag_pending).answer(item)
         else:
