@@ -33,6 +33,7 @@ contract InferenceCoordinator {
         uint64 callbackGasPrice;
         uint16 eligibleCount;
         uint16 slashBps;
+        uint16 dimBits; // the embedding bits every reveal carries, as the model was registered
     }
 
     enum Status {
@@ -528,7 +529,8 @@ contract InferenceCoordinator {
             expiresAt: uint64(revealDeadline) + disputeWindow_ + expiryGrace,
             callbackGasPrice: callbackGasPrice,
             eligibleCount: active > type(uint16).max ? type(uint16).max : uint16(active),
-            slashBps: slashBps
+            slashBps: slashBps,
+            dimBits: dimBits
         });
         terms.requestHash = _requestHash(
             requestId, prompt, acceptedModels, temperature, maxTokens, frame, callback, callbackGasLimit, fee, terms

@@ -316,6 +316,7 @@ def _requested(position: EventPosition, args: _Args) -> ChainEvent:
         callback_gas_price=terms["callbackGasPrice"],
         eligible_count=terms["eligibleCount"],
         slash_bps=terms["slashBps"],
+        dim_bits=terms["dimBits"],
         defects=defects,
     )
 

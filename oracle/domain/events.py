@@ -95,6 +95,9 @@ class RequestedEvent:
     once this many have committed."""
     slash_bps: int
     """Share of a seat's stake slashed for not revealing or an excluded reveal."""
+    dim_bits: int
+    """The embedding bits every reveal must carry: the embedding model's registration on
+    the coordinator when the request was made (the owner may change it)."""
     defects: tuple[str, ...] = ()
     """Why string fields are unusable (bytes that are not UTF-8, a NUL), one sentence
     each; those fields then hold an escaped form (``oracle.domain.text``). A request

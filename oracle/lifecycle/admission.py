@@ -8,9 +8,11 @@ reads in ``oracle status``:
    ``--max-commit-window-s``, and the reveal window, dispute window, slash rate and
    expiry grace the coordinator fixed for it within what the operator accepts
    (``AcceptedTerms``)?
-1. Can the node serve it at all: its embedding model, one of its accepted models, a
-   context that holds its prompt and its maxTokens (the context one job gets: a batched
-   worker's slot; a worker refuses a job that does not fit, after it took queue room)?
+1. Can the node serve it at all: its embedding model, the bits a reveal must carry (the
+   coordinator fixed them from the model's registration) being those the node's signal
+   gives, one of its accepted models, a context that holds its prompt and its maxTokens
+   (the context one job gets: a batched worker's slot; a worker refuses a job that does
+   not fit, after it took queue room)?
 2. Does it pay: what each cluster member earns (fee / quorum, what the coordinator pays
    each seat of the winning cluster) must reach the operator's price per token of work
    times the request's work (its prompt's tokens and its maxTokens), for at least one of
@@ -47,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from oracle.consensus.signal import embedding_job
+from oracle.consensus.signal import SIGNALS, embedding_job
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.store.queue_stats import ModelLoad
 
@@ -127,6 +129,8 @@ class Terms:
     """None: not recorded (requests stored before the node kept it)."""
     expiry_grace_s: float | None
     """From the dispute window's end to ``expiresAt``; None: not recorded."""
+    dim_bits: int | None = None
+    """The embedding bits every reveal must carry; None: not recorded."""
 
 
 def prompt_tokens_estimate(prompt: str) -> int:
@@ -183,6 +187,13 @@ def admit(
         return _decline(unaccepted)
     if embedding_job(embedding_model, "")[0] not in ctx.embedding_models:
         return _decline(f"embedding model {embedding_model!r} is not served here")
+    signal = SIGNALS.get(embedding_model)
+    if terms.dim_bits is not None and signal is not None and terms.dim_bits != signal.dimensions:
+        # the reveal would revert (InvalidEmbeddingLength) and the seat be slashed
+        return _decline(
+            f"reveals must carry {terms.dim_bits} embedding bits (the coordinator's "
+            f"registration of {embedding_model!r}); this node's give {signal.dimensions}"
+        )
     served = [(i, ctx.models[m]) for i, m in enumerate(accepted_models) if m in ctx.models]
     if not served:
         return _decline(

@@ -96,6 +96,7 @@ def admit_request(step: Step, seats: Sequence[Seat]) -> Verdict:
             expiry_grace_s=None
             if req.expires_at is None
             else (req.expires_at - req.reveal_deadline).total_seconds() - req.dispute_window_s,
+            dim_bits=req.dim_bits,
         ),
         commit_deadline=req.commit_deadline,
         now=step.now,

@@ -85,6 +85,7 @@ _REQUEST_IDENTITY = (
     "seed",
     "callback_gas_price",
     "slash_bps",
+    "dim_bits",
 )
 
 

@@ -123,3 +123,36 @@ def test_windows_shorter_than_three_of_the_chains_blocks_are_declined(
         assert (request.phase, request.skip_reason, jobs) == ("committing", None, ["inference"])
     else:
         assert (request.phase, request.skip_reason, jobs) == ("skipped", declined, [])
+
+
+def test_a_request_whose_reveals_need_other_bits_than_the_nodes_is_declined(
+    chain: Anvil, sessions: sessionmaker[Session], protocol: Protocol
+) -> None:
+    """The owner registers the embedding model again with 512 bits: requests made after
+    carry 64-byte reveals, which the node's 48 bytes can never be (the reveal reverts,
+    the seat is slashed). The event tells the node, which declines them; a request made
+    before keeps its 384 bits and is served."""
+    start = chain.w3.eth.block_number + 1
+    before = protocol.request()
+    protocol.transact(
+        "model", protocol.coordinator.functions.setEmbeddingModel(MINILM, 512), protocol.owner
+    )
+    after = protocol.request()
+    listener(chain, sessions, protocol, start_block=start).poll_once()
+    ctx = NodeContext(
+        address=protocol.oracles[0].lower(),
+        coordinator=protocol.coordinator.address.lower(),
+        models={MODEL: ModelProfile(name=MODEL, context_tokens=4096)},
+        embedding_models=[MINILM],
+    )
+    binding = CoordinatorBinding(chain.w3, protocol.coordinator.address)
+    advance_requests(sessions, ctx, binding, datetime.fromtimestamp(protocol.now(), UTC))
+
+    with sessions() as session:
+        rows = {r.id: r for r in session.scalars(select(Request))}
+    assert (rows[before].dim_bits, rows[before].phase) == (384, "committing")
+    assert (rows[after].dim_bits, rows[after].phase) == (512, "skipped")
+    assert rows[after].skip_reason == (
+        "declined: reveals must carry 512 embedding bits (the coordinator's registration of "
+        "'all-MiniLM-L6-v2'); this node's give 384"
+    )

@@ -87,6 +87,7 @@ def requested(
         callback_gas_price=0,
         eligible_count=4,
         slash_bps=1000,
+        dim_bits=384,
     )
 
 

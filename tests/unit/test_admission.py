@@ -22,7 +22,9 @@ from oracle.lifecycle.admission import (
 from oracle.lifecycle.context import AcceptedTerms, ModelProfile, NodeContext
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-TERMS = Terms(reveal_window_s=30, dispute_window_s=10, slash_bps=1000, expiry_grace_s=3600)
+TERMS = Terms(
+    reveal_window_s=30, dispute_window_s=10, slash_bps=1000, expiry_grace_s=3600, dim_bits=384
+)
 """The coordinator's defaults for the local devnet's tests."""
 FAST, SLOW = "fast-model", "slow-model"
 
@@ -187,8 +189,18 @@ def test_terms_an_owner_set_against_the_nodes_are_declined(
         reason="declined: dispute window 10 s, shorter than this node disputes in (30 s: "
         "--min-dispute-window-s)"
     )
-    unrecorded = dataclasses.replace(TERMS, slash_bps=None, expiry_grace_s=None)
+    unrecorded = dataclasses.replace(TERMS, slash_bps=None, expiry_grace_s=None, dim_bits=None)
     assert isinstance(decide({}, terms=unrecorded), Admit)
+
+
+def test_a_bit_count_the_owner_changed_is_declined() -> None:
+    """The owner re-registers the embedding model with 512 bits: every reveal of 48 bytes
+    would revert (InvalidEmbeddingLength) and every committed seat be slashed."""
+    assert decide({}, terms=dataclasses.replace(TERMS, dim_bits=512)) == Refuse(
+        reason="declined: reveals must carry 512 embedding bits (the coordinator's "
+        "registration of 'all-MiniLM-L6-v2'); this node's give 384"
+    )
+    assert isinstance(decide({}, terms=dataclasses.replace(TERMS, dim_bits=None)), Admit)
 
 
 def test_windows_are_held_to_the_chains_blocks_where_those_are_slower() -> None:

@@ -78,6 +78,7 @@ class Request(Base):
         CheckConstraint(uint256("seed"), name="seed"),
         CheckConstraint(between("eligible_count", 0, _UINT16_MAX), name="eligible_count"),
         CheckConstraint(between("slash_bps", 0, _BASIS_POINTS), name="slash_bps"),
+        CheckConstraint(between("dim_bits", 0, _UINT16_MAX), name="dim_bits"),
         CheckConstraint(between("callback_gas_price", 0, _UINT64_MAX), name="callback_gas_price"),
         CheckConstraint("block_number >= 0", name="block_number"),
         CheckConstraint(one_of("phase", REQUEST_PHASES), name="phase"),
@@ -148,6 +149,9 @@ class Request(Base):
     )
     slash_bps: Mapped[int | None] = mapped_column(Integer)
     callback_gas_price: Mapped[int | None] = mapped_column(Uint256)
+    dim_bits: Mapped[int | None] = mapped_column(
+        Integer, comment="embedding bits a reveal carries; NULL for requests stored before 0010"
+    )
 
 
 class Seat(Base):
