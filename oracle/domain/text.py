@@ -9,9 +9,10 @@ that carried them can be declined with a reason instead of stopping the node.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
-__all__ = ["ChainText", "chain_text"]
+__all__ = ["ChainText", "chain_text", "invisibly_altered", "visible_form"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +41,36 @@ def chain_text(raw: bytes) -> ChainText:
         at = text.index("\x00")
         return ChainText(text.replace("\x00", "\\x00"), f"holds a NUL character (at {at})")
     return ChainText(text)
+
+
+_KEPT_CONTROLS = frozenset("\t\n\r")
+_VARIATION_SELECTORS = (range(0xFE00, 0xFE10), range(0xE0100, 0xE01F0))
+
+
+def visible_form(text: str) -> str:
+    """``text`` as a reader sees it: without the characters that show nothing (format
+    characters, Unicode category Cf: zero-width spaces and joiners, bidirectional
+    controls, the tag characters that can spell a hidden payload; control characters
+    other than tab and line breaks; variation selectors), and with every other space
+    (no-break, thin, ideographic: category Zs) a plain one. The uncased embedding models
+    drop or fold all of these too, so a text and its visible form get the same bits."""
+    kept: list[str] = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cf" or (category == "Cc" and char not in _KEPT_CONTROLS):
+            continue
+        if any(ord(char) in selectors for selectors in _VARIATION_SELECTORS):
+            continue
+        kept.append(" " if category == "Zs" else char)
+    return "".join(kept)
+
+
+def invisibly_altered(revealed: str, own: str) -> bool:
+    """Whether ``revealed`` is ``own`` with only invisible characters added, removed or
+    swapped (``visible_form``): the same to a reader and to the embedding (0 bits apart,
+    so no distance check catches it), other bytes to a contract comparing them, and room
+    for a hidden payload. An honest node gives a text like that only if its model
+    emitted a token of nothing but such characters where another engine did not and both
+    then wrote the same, which the shared seed makes all but impossible: a node that
+    holds the text it computed may take the difference for an edit."""
+    return revealed != own and visible_form(revealed) == visible_form(own)

@@ -38,8 +38,25 @@ class WrongEmbedding:
         return bytes(b ^ 0xFF for b in computed)
 
 
+@dataclass(frozen=True, slots=True)
+class InvisibleEdit:
+    """Reveal the computed text with a zero-width space after its first character: the
+    embedding model drops it, so its honest bits are the honest answer's, but the bytes
+    (what a contract compares) differ."""
+
+    def answer_text(self, request_id: int, computed: str) -> str:
+        return computed[:1] + INVISIBLE_MARK + computed[1:]
+
+    def embedding_bits(self, request_id: int, computed: bytes) -> bytes:
+        return computed
+
+
+INVISIBLE_MARK = "\u200b"
+"""What ``InvisibleEdit`` inserts: ZERO WIDTH SPACE."""
+
 HOSTILE_CONDUCTS: Mapping[str, Conduct] = {
     "unrelated-answer": UnrelatedAnswer(),
     "wrong-embedding": WrongEmbedding(),
+    "invisible-edit": InvisibleEdit(),
 }
 """By the name ``--test-fault`` takes."""

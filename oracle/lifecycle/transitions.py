@@ -29,6 +29,7 @@ from oracle.consensus import (
     verify_embedding,
 )
 from oracle.consensus.signal import embedding_job
+from oracle.domain.text import invisibly_altered
 from oracle.engine.llm import request_seed
 from oracle.lifecycle.admission import (
     Admit,
@@ -340,7 +341,9 @@ def end_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
 
 def verify_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
     """Re-embed the other seats' outputs; dispute reveals whose bits do not match them,
-    until disputes close (once finalizing; a close time not read yet counts as open)."""
+    and reveals of our own answer with invisible characters changed (the same bits, other
+    bytes: at distance 0 such a copy could win the medoid's tie and be delivered), until
+    disputes close (once finalizing; a close time not read yet counts as open)."""
     if step.request.phase == "finalizing":
         closes_at = _close_time(step, seats)
         if closes_at is not None and step.now > closes_at:
@@ -353,10 +356,13 @@ def verify_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
             select(Job).where(Job.request_id == step.request.id, Job.kind == "verification")
         )
     }
+    answer = _answer(step)
     for seat in others:
         job = jobs.get((seat.seat_no, seat.oracle, seat.revealed_output))
         if seat.reveal_defect is not None:  # no text to embed: its bits cannot be checked
             _dispute(step, seat, f"revealed output {seat.reveal_defect}")
+        elif answer is not None and invisibly_altered(str(seat.revealed_output), answer.output):
+            _dispute(step, seat, "revealed output is our answer with invisible characters changed")
         elif job is None:
             _queue_verification(step, seat)
         elif job.status == "done" and job.result is not None:

@@ -11,7 +11,7 @@ import pytest
 
 from oracle.chain.anvil import dev_private_key
 from oracle.client import RequestRejected, follow_request
-from oracle.lifecycle.hostile import UNRELATED_ANSWER
+from oracle.lifecycle.hostile import INVISIBLE_MARK, UNRELATED_ANSWER
 from tests.e2e.conftest import Network
 
 pytestmark = pytest.mark.slow
@@ -138,6 +138,38 @@ def test_mismatched_embedding_is_disputed_and_excluded(network: Network) -> None
         log["args"]["oracle"]: log["args"]["seat"] for log in _events(network, "Committed", result)
     }
     assert seat_of[liar] not in result.cluster_seats
+
+
+def test_an_invisible_edit_of_the_honest_answer_is_disputed_and_never_delivered(
+    network: Network,
+) -> None:
+    """A node reveals the honest answer with a zero-width space in it, and the honest bits
+    (the embedding model drops the character): 0 bits from the honest reveals, it would
+    win the medoid's tie whenever its ticket is the smallest, and a consumer comparing
+    bytes would read another answer. The honest nodes see their own text in it and
+    dispute it; excluded, it is slashed, and the honest bytes are delivered."""
+    network.start(3)
+    network.start(1, "--test-fault", "invisible-edit")
+    network.local.wait_for_registration()
+    result = network.ask(PROMPT, quorum=4, fee_wei=4 * 10**15)
+    assert result.finalized, result.phases
+    rid = result.request_id
+    editor = network.local.nodes[3].address
+    honest = {network.local.nodes[i].address for i in range(3)}
+    reveals = {r["args"]["oracle"]: r["args"]["output"] for r in network.events("Revealed", rid)}
+    assert INVISIBLE_MARK in reveals[editor]
+    assert reveals[editor].replace(INVISIBLE_MARK, "") in {reveals[a] for a in honest}
+    disputes = [
+        (d["args"]["disputer"], d["args"]["accused"]) for d in network.events("Disputed", rid)
+    ]
+    assert {disputer for disputer, accused in disputes if accused == editor} == honest
+    # the editor, by the same rule, disputes the honest copies of its text: one vote each
+    assert {disputer for disputer, accused in disputes if accused != editor} <= {editor}
+    seat_of = {c["args"]["oracle"]: c["args"]["seat"] for c in network.events("Committed", rid)}
+    assert seat_of[editor] not in result.cluster_seats
+    assert INVISIBLE_MARK not in result.output
+    (slash,) = network.events("Slashed", rid)
+    assert (slash["args"]["oracle"], slash["args"]["reason"]) == (editor, 1)  # excluded
 
 
 def test_two_hostile_nodes_of_different_kinds_at_once_cannot_stop_the_honest_answer(

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from oracle.domain.text import invisibly_altered, visible_form
 from oracle.logs import JsonFormatter, KeyValueFormatter, printable
 
 HOSTILE = "Paris\x1b[2J\x1b]0;owned\x07\u202egnp.exe\x00\r\nFAKE 00:00:00 INFO forged\u2028\ud800"
@@ -85,3 +86,36 @@ def test_a_hostile_log_line_through_the_configured_handler(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "request_id=7 prompt=Paris\\x1b[2J\\x1b]0;owned\\x07\\u202egnp.exe\\x00\\r\\nFAKE" in err
+
+
+@pytest.mark.parametrize(
+    "edited",
+    [
+        "Ye\u200bs",  # ZERO WIDTH SPACE
+        "Yes\u200d",  # ZERO WIDTH JOINER at the end
+        "\u202eYes",  # RIGHT-TO-LEFT OVERRIDE
+        "Yes" + "".join(chr(0xE0000 + ord(c)) for c in "run rm -rf"),  # tag characters
+        "Y\ufe0fes",  # a variation selector
+        "Ye\x07s",  # a control character
+        "\u00adYes",  # SOFT HYPHEN
+    ],
+)
+def test_invisible_edits_of_an_answer_are_told_apart(edited: str) -> None:
+    assert visible_form(edited) == "Yes"
+    assert invisibly_altered(edited, "Yes")
+    assert invisibly_altered("Yes", edited)  # removing them from one's own text too
+
+
+def test_other_spaces_are_spaces_and_line_breaks_stay() -> None:
+    assert visible_form("Paris\u00a0is\u2009big.\n\tYes") == "Paris is big.\n\tYes"
+    assert invisibly_altered("Paris\u00a0is", "Paris is")
+
+
+@pytest.mark.parametrize(
+    "other",
+    ["Yes", "YES", "yes", "Yés", "Yes.", "Yes ", "No", "Y es"],
+)
+def test_visible_differences_and_the_same_text_are_not_edits(other: str) -> None:
+    """Case, accents, punctuation and ordinary spaces: honest engines part on those at
+    near ties, so a node must not dispute them; the same bytes are no edit at all."""
+    assert not invisibly_altered(other, "Yes")
