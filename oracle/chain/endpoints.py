@@ -11,9 +11,12 @@ transaction) is returned as it is: another endpoint would say the same.
 
 Given the chain id the node serves, each endpoint is asked for its own before its first
 call: one on another chain (a fallback pointed at another network by mistake) is never
-used, and an error says so. When every endpoint fails, the last failure is raised for
-``oracle.chain.rpc`` to classify, and the caller's loop backs off. web3's own retries
-are turned off: a rate-limited endpoint must be left alone, not asked five more times.
+used, and an error says so; ``eth_chainId`` is then answered here, from that id (web3
+asks it twice around every ``eth_call`` and ``eth_estimateGas`` to check the
+transaction's chain: three HTTP requests for one call). When every endpoint fails, the
+last failure is raised for ``oracle.chain.rpc`` to classify, and the caller's loop backs
+off. web3's own retries are turned off: a rate-limited endpoint must be left alone, not
+asked five more times.
 """
 
 from __future__ import annotations
@@ -119,6 +122,9 @@ class FailoverProvider(JSONBaseProvider):
         return "RPC endpoints " + ", ".join(e.name for e in self.endpoints)
 
     def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        if method == "eth_chainId" and self._chain_id is not None:
+            # every endpoint used is on this chain (``_on_our_chain``)
+            return {"jsonrpc": "2.0", "id": 0, "result": hex(self._chain_id)}
         return self._first_healthy(lambda p: p.make_request(method, params), method)
 
     def make_batch_request(

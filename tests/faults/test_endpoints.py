@@ -137,3 +137,23 @@ def test_an_endpoint_of_another_chain_is_never_used(
     ours = Web3(FailoverProvider([proxy.url], timeout_s=2, chain_id=chain.chain_id))
     assert block_number(ours) == chain.w3.eth.block_number
     assert len(proxy.requests_for("eth_chainId")) == 2  # asked once per provider
+
+
+def test_the_chain_id_is_asked_once_not_around_every_call(
+    chain: Anvil, proxy: RpcProxy, protocol: Protocol
+) -> None:
+    """web3 checks a call's chain before and after every ``eth_call`` and
+    ``eth_estimateGas``; given the node's chain id, the provider answers those itself."""
+    w3 = Web3(FailoverProvider([proxy.url], timeout_s=2, chain_id=chain.chain_id))
+    coordinator = w3.eth.contract(
+        address=protocol.coordinator.address, abi=protocol.coordinator.abi
+    )
+    for _ in range(3):
+        with rpc_errors("eth_call"):
+            coordinator.functions.minStake().call()
+        with rpc_errors("eth_estimateGas"):
+            w3.eth.estimate_gas({"from": chain.w3.eth.accounts[1], "to": chain.w3.eth.accounts[2]})
+    assert w3.eth.chain_id == chain.chain_id
+    methods = [m for r in proxy.calls for m in r.methods]
+    assert methods.count("eth_chainId") == 1  # the endpoint's check before its first use
+    assert methods.count("eth_call") == 3 and methods.count("eth_estimateGas") == 3
