@@ -2,9 +2,12 @@
 
 Each poll:
 
-1. reads the checkpoint (the last block fully processed, with its hash);
-2. checks that the checkpoint block is still on the chain; if another block holds its
-   number, walks back through the remembered blocks to the newest one that still is,
+1. reads the checkpoint (the last block fully processed, with its hash) and the head's
+   header;
+2. checks that the checkpoint block is still on the chain (at the head, the head itself
+   or its parent hash says so, and a head unchanged since the last poll vouches for
+   every block below it: a poll that finds nothing new is one call); if another block
+   holds its number, walks back through the remembered blocks to the newest one that still is,
    rolls back what the orphaned blocks brought (``rollback_after``) and continues from
    there. A backend that lags (its head below the checkpoint, or a block it does not
    know yet) is not a reorg: the poll waits for it and changes nothing;
@@ -35,7 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Literal, TypeVar, cast
 
 from hexbytes import HexBytes
 from sqlalchemy.orm import Session
@@ -143,6 +146,9 @@ class Listener:
         self.pace = pace
         """Told the time between consecutive blocks of every verified range."""
         self._last_read: BlockRef | None = None
+        self._still: tuple[bytes, bytes] | None = None
+        """(head hash, checkpoint hash) of the last poll that found the checkpoint on the
+        chain: while the head is the same block, so is every block below it."""
 
     # --- polling ------------------------------------------------------------------------
 
@@ -163,17 +169,19 @@ class Listener:
     def _poll(self, deadline: float | None) -> int:
         with self._sessions() as session:
             checkpoint = load_checkpoint(session, self.name)
-        latest = self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number)
-        target = latest - self.confirmations
+        # the head's header, not just its number: at the head it vouches for the
+        # checkpoint (itself, or its parent) without asking for the checkpoint's header
+        head = self._header("latest")
+        target = head.number - self.confirmations
         applied = 0
         try:
             if checkpoint is not None:
-                checkpoint = self._follow_reorg(checkpoint, latest)
+                checkpoint = self._follow_reorg(checkpoint, head)
             self._lag_since = None
             while self._next_block(checkpoint) <= target:
                 if deadline is not None and time.monotonic() > deadline:
                     break
-                chunk = self._read_range(self._next_block(checkpoint), target, checkpoint)
+                chunk = self._read_range(self._next_block(checkpoint), target, checkpoint, head)
                 applied += self._store(chunk)
                 checkpoint = chunk.end
                 self._log_progress(checkpoint.number, target)
@@ -190,14 +198,22 @@ class Listener:
 
     # --- reorgs -------------------------------------------------------------------------
 
-    def _follow_reorg(self, checkpoint: BlockRef, latest: int) -> BlockRef | None:
+    def _follow_reorg(self, checkpoint: BlockRef, head: BlockRef) -> BlockRef | None:
         """The checkpoint if still on the chain; else roll back to the common ancestor."""
+        if self._still == (head.hash, checkpoint.hash) or (
+            head.number == checkpoint.number + 1 and head.parent_hash == checkpoint.hash
+        ):
+            return checkpoint  # the head is the block it was, or the checkpoint's child
         canonical = None
-        if latest >= checkpoint.number:
+        if head.number == checkpoint.number:
+            canonical = head
+        elif head.number > checkpoint.number:
             canonical = self._header_or_none(checkpoint.number)
         if canonical is None:
+            latest = head.number
             self._wait_if_lagging(f"the endpoint's head {latest} lacks block {checkpoint.number}")
         elif canonical.hash == checkpoint.hash:
+            self._still = (head.hash, checkpoint.hash)
             return checkpoint
         ancestor = self._common_ancestor()
         with self._sessions() as session, session.begin():
@@ -257,9 +273,11 @@ class Listener:
 
     # --- reading a range ----------------------------------------------------------------
 
-    def _read_range(self, first: int, target: int, checkpoint: BlockRef | None) -> _Chunk:
+    def _read_range(
+        self, first: int, target: int, checkpoint: BlockRef | None, head: BlockRef
+    ) -> _Chunk:
         last = min(target, first + self.block_range - 1)
-        before = self._headers([last])[last]
+        before = head if head.number == last else self._headers([last])[last]
         logs, last = self._logs_adaptive(first, last)
         events = sorted(
             self._binding.decode_logs(logs),
@@ -390,10 +408,12 @@ class Listener:
 
     def _header_or_none(self, number: int) -> BlockRef | None:
         try:
-            block = self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block(number))
-            return _block_ref(block)
+            return self._header(number)
         except BlockNotFound:
             return None
+
+    def _header(self, block: int | Literal["latest"]) -> BlockRef:
+        return _block_ref(self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block(block)))
 
     def _rpc(self, method: str, call: Callable[[], _T]) -> _T:
         """One RPC call with its errors translated, waiting out rate limits a few times."""

@@ -217,3 +217,28 @@ def test_duplicated_and_reordered_batch_answers_are_matched_by_id(
 
 def _quantity(value: Any) -> Any:
     return hex(value) if isinstance(value, int) else value
+
+
+def test_a_poll_at_the_head_asks_the_head_and_only_what_a_new_block_needs(
+    chain: Anvil, registered: Protocol, sessions: sessionmaker[Session], proxy: RpcProxy
+) -> None:
+    """A node polls twice a second whatever the chain does: a poll with nothing new is
+    one call (the head's header vouches for the checkpoint), and a new block three (the
+    head, its logs, its header again to see it did not change meanwhile); each of those
+    used to cost two more."""
+    listener = make_listener(node_web3(proxy.url), sessions, registered)
+    listener.poll_once()
+    proxy.calls.clear()
+    for _ in range(3):
+        listener.poll_once()
+    assert [r.methods for r in proxy.calls] == [("eth_getBlockByNumber",)] * 3
+
+    proxy.calls.clear()
+    request_id = registered.request(quorum=1)  # a block with an event
+    listener.poll_once()
+    assert request_ids(sessions) == [request_id]
+    assert [r.methods for r in proxy.calls] == [
+        ("eth_getBlockByNumber",),
+        ("eth_getLogs",),
+        ("eth_getBlockByNumber",),
+    ]
