@@ -37,6 +37,11 @@ What the chain may undo or refuse:
   nothing (a backend may lag behind its block): a row counts as lost only after the
   chain has not known it for ``lost_after_s``. A nonce that nothing holds any more (a hole
   below transactions already sent) is filled with a zero-value transfer to self.
+- **Following up.** A receipt can only appear with a new block: a sent row is looked
+  up (receipt, else whether the chain knows it; the nonce hole check with it) when the
+  listener has taken in a block since its last look, or ``lookup_every_s`` after it
+  (a listener that stalls must not stall the follow-up), not on every poll: on a chain
+  of 12 s blocks and 0.5 s polls that was two dozen lookups a block for each row.
 - **Fees.** A slow transaction is bumped at most ``max_bumps`` times (and never above
   ``max_fee_gwei_cap``); still not mined ``give_up_after_s`` after its last bump, the row
   is failed with the reason.
@@ -184,6 +189,7 @@ class TxSender:
         recheck_blocks: int = 64,
         recheck_interval_s: float = 5.0,
         lost_after_s: float = 6.0,
+        lookup_every_s: float = 3.0,
     ) -> None:
         if fee_bump_percent < 10:
             raise ValueError("fee_bump_percent below 10 is refused as an underpriced replacement")
@@ -203,6 +209,9 @@ class TxSender:
         self._recheck_interval_s = recheck_interval_s
         self._next_recheck = 0.0
         self._lost_after_s = lost_after_s
+        self._lookup_every_s = lookup_every_s
+        self._looked_up: dict[int, tuple[int | None, float]] = {}
+        """Sent rows: the listener's block and the monotonic time of their last look."""
         self._missing_since: dict[int, float] = {}
         """Rows the chain did not know at a look: when that was first seen. One answer from
         a lagging or flaky backend proves nothing; a row is lost after ``lost_after_s`` of
@@ -472,17 +481,35 @@ class TxSender:
 
     def check_sent(self) -> None:
         """Receipts settle rows; unknown ones are broadcast again; slow ones get higher fees;
-        a nonce hole below them is filled."""
+        a nonce hole below them is filled. Only rows due a look (``_due``)."""
         with self._sessions() as session:
             sent = in_flight_txs(session, self.address)
-        if sent:  # first: a hole stalls every row above it, whatever their checks meet
+            block = highest_checkpoint(session)
+        self._looked_up = {tx.id: self._looked_up[tx.id] for tx in sent if tx.id in self._looked_up}
+        due = [tx for tx in sent if self._due(tx.id, block)]
+        if due:  # first: a hole stalls every row above it, whatever their checks meet
             try:
                 self._fill_nonce_hole(min(_stored(tx.nonce) for tx in sent))
             except RpcRateLimited:
                 raise
             except RpcUnavailable as exc:
                 logger.info("looking for a nonce hole failed", extra={"error": str(exc)})
-        _each_transaction(sent, self._check_one, "checking", self._check_turns)
+
+        def check(tx: OutgoingTx) -> None:
+            self._check_one(tx)
+            self._looked_up[tx.id] = (block, time.monotonic())
+
+        _each_transaction(due, check, "checking", self._check_turns)
+
+    def _due(self, tx_id: int, block: int | None) -> bool:
+        """A row is looked up once a block the listener took in (every poll while no
+        listener has run), at the latest ``lookup_every_s`` after its last look, and at
+        once when its broadcast was refused as underpriced."""
+        last = self._looked_up.get(tx_id)
+        if block is None or last is None or tx_id in self._bump_now:
+            return True
+        seen_block, at = last
+        return seen_block != block or time.monotonic() - at >= self._lookup_every_s
 
     def _check_one(self, tx: OutgoingTx) -> None:
         receipt = self._receipt(tx)

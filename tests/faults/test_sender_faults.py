@@ -382,3 +382,36 @@ def test_an_unknown_request_on_a_backend_that_caught_up_fails_the_row(
     sender.sync_once()
     row = outbox.row("commit", unknown)
     assert (row.status, row.last_error) == ("failed", f"UnknownRequest(requestId={unknown})")
+
+
+def test_a_sent_transaction_is_looked_up_once_a_block_not_every_poll(
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """A receipt can only come with a block: polls between two blocks the listener took
+    in ask nothing about the rows in flight."""
+    w3 = node_web3(proxy.url)
+    sender = make_sender(w3, chain, sessions, lookup_every_s=60)
+    listener = make_listener(w3, sessions, protocol)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    request_id = protocol.request(quorum=1)
+    outbox.commit(binding, request_id)
+    listener.poll_once()
+    chain.rpc("evm_setAutomine", False)
+    try:
+        sender.sync_once()  # sent, and looked up once at the listener's block
+        assert outbox.row("commit", request_id).status == "sent"
+        looks = len(proxy.requests_for("eth_getTransactionReceipt"))
+        for _ in range(3):
+            sender.sync_once()
+        assert len(proxy.requests_for("eth_getTransactionReceipt")) == looks
+        chain.rpc("evm_mine")
+        listener.poll_once()
+        sender.sync_once()
+    finally:
+        chain.rpc("evm_setAutomine", True)
+    assert len(proxy.requests_for("eth_getTransactionReceipt")) == looks + 1
+    assert outbox.row("commit", request_id).status == "confirmed"
