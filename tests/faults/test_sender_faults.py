@@ -415,3 +415,34 @@ def test_a_sent_transaction_is_looked_up_once_a_block_not_every_poll(
         chain.rpc("evm_setAutomine", True)
     assert len(proxy.requests_for("eth_getTransactionReceipt")) == looks + 1
     assert outbox.row("commit", request_id).status == "confirmed"
+
+
+def test_a_mined_transaction_is_looked_up_again_as_it_ages_and_after_a_reorg(
+    chain: Anvil,
+    protocol: Protocol,
+    binding: CoordinatorBinding,
+    sessions: sessionmaker[Session],
+    proxy: RpcProxy,
+) -> None:
+    """The reorg recheck asks for a confirmed row's receipt when it is 1, 2, 4, 8 ...
+    blocks deep, not on every tick; all at once after ``recheck_soon``."""
+    sender = make_sender(node_web3(proxy.url), chain, sessions, recheck_interval_s=0)
+    outbox = Outbox(sessions, sender.address, binding.address)
+    request_id = protocol.request(quorum=1)
+    outbox.commit(binding, request_id)
+    run_sender(sender, sessions)
+    mined_in = outbox.row("commit", request_id).receipt_block
+    assert mined_in is not None
+
+    def looks_at(depth: int) -> int:
+        while chain.w3.eth.block_number < mined_in + depth:
+            chain.rpc("evm_mine")
+        before = len(proxy.requests_for("eth_getTransactionReceipt"))
+        sender.check_mined()
+        sender.check_mined()  # the same depth again: nothing to ask
+        return len(proxy.requests_for("eth_getTransactionReceipt")) - before
+
+    assert [looks_at(d) for d in range(1, 10)] == [1, 1, 0, 1, 0, 0, 0, 1, 0]
+    sender.recheck_soon()
+    assert looks_at(9) == 1
+    assert outbox.row("commit", request_id).status == "confirmed"
