@@ -7,9 +7,9 @@ Each poll:
 2. checks that the checkpoint block is still on the chain (at the head, the head itself
    or its parent hash says so, and a head unchanged since the last poll vouches for
    every block below it: a poll that finds nothing new is one call); if another block
-   holds its number, walks back through the remembered blocks to the newest one that still is,
-   rolls back what the orphaned blocks brought (``rollback_after``) and continues from
-   there. A backend that lags (its head below the checkpoint, or a block it does not
+   holds its number, walks back through the remembered blocks to the newest one that
+   still is, rolls back what the orphaned blocks brought (``rollback_after``) and
+   continues from there. A backend that lags (its head below the checkpoint, or a block it does not
    know yet) is not a reorg: the poll waits for it and changes nothing;
 3. reads ``eth_getLogs`` from the checkpoint up to ``latest - confirmations`` in block
    ranges that grow while the endpoint accepts them and shrink on any failure (at once
@@ -210,8 +210,9 @@ class Listener:
         elif head.number > checkpoint.number:
             canonical = self._header_or_none(checkpoint.number)
         if canonical is None:
-            latest = head.number
-            self._wait_if_lagging(f"the endpoint's head {latest} lacks block {checkpoint.number}")
+            self._wait_if_lagging(
+                f"the endpoint's head {head.number} lacks block {checkpoint.number}"
+            )
         elif canonical.hash == checkpoint.hash:
             self._still = (head.hash, checkpoint.hash)
             return checkpoint
