@@ -618,7 +618,14 @@ contract InferenceCoordinator {
                 callbackGasLimit,
                 terms.callbackGasPrice,
                 fee,
-                terms.seed
+                terms.seed,
+                // the owner's terms as this request fixed them: the same request mined again
+                // after a reorg under other terms must not take the commitments made to it
+                terms.slashBps,
+                terms.dimBits,
+                revealWindow,
+                disputeWindow,
+                expiryGrace
             )
         );
     }

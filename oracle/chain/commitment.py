@@ -63,15 +63,24 @@ def request_hash(
     callback_gas_price: int,
     fee_wei: int,
     seed: int,
+    slash_bps: int,
+    dim_bits: int,
+    reveal_window_s: int,
+    dispute_window_s: int,
+    expiry_grace_s: int,
 ) -> bytes:
     """The coordinator's ``requestHash``, recomputed from a request's fields (nodes take
     it from the event; this is for checking it). Strings as the contract hashes them:
-    their UTF-8 bytes, or the raw bytes a log carried."""
+    their UTF-8 bytes, or the raw bytes a log carried. The owner's terms as the request
+    fixed them are part of it (``terms.slashBps``, ``terms.dimBits``, and the windows: the
+    reveal deadline less the commit deadline, ``disputeWindow``, and ``expiresAt`` less
+    both), so that the same request mined again under other terms is another request."""
     models = [_raw(m) for m in accepted_models]
     encoded = encode(
         [
             "uint256", "address", "bytes32", "bytes32", "uint16", "uint32", "uint8", "uint32",
             "uint16", "uint16", "bytes32", "address", "uint32", "uint64", "uint256", "uint256",
+            "uint16", "uint16", "uint32", "uint32", "uint32",
         ],
         [
             request_id,
@@ -90,6 +99,11 @@ def request_hash(
             callback_gas_price,
             fee_wei,
             seed,
+            slash_bps,
+            dim_bits,
+            reveal_window_s,
+            dispute_window_s,
+            expiry_grace_s,
         ],
     )  # fmt: skip
     return keccak(encoded)

@@ -39,6 +39,9 @@ def test_the_request_hash_and_the_commitment_match_the_contract(chain: Anvil) ->
         **{**_fields(event, rid), "prompt": "Capital of Spain? ünïcode"}  # type: ignore[arg-type]
     )
     assert other_prompt != event.request_hash
+    for term in ("slash_bps", "dim_bits", "reveal_window_s", "dispute_window_s"):
+        other_terms = request_hash(**{**_fields(event, rid), term: 1})  # type: ignore[arg-type]
+        assert other_terms != event.request_hash, term
 
     # the commitment the node stores is the one the contract accepts at reveal
     answer = protocol.answer(node, rid, "Paris.", random_bits(random.Random(5)))
@@ -76,4 +79,9 @@ def _fields(event: RequestedEvent, rid: int) -> dict[str, object]:
         "callback_gas_price": event.callback_gas_price,
         "fee_wei": event.fee_wei,
         "seed": event.seed,
+        "slash_bps": event.slash_bps,
+        "dim_bits": event.dim_bits,
+        "reveal_window_s": event.reveal_deadline - event.commit_deadline,
+        "dispute_window_s": event.dispute_window_s,
+        "expiry_grace_s": event.expires_at - event.reveal_deadline - event.dispute_window_s,
     }

@@ -260,7 +260,7 @@ def request_hash(args: Any, seed: int) -> bytes:
             [
                 *("uint256", "address", "bytes32", "bytes32", "uint16", "uint32", "uint8"),
                 *("uint32", "uint16", "uint16", "bytes32", "address", "uint32", "uint64"),
-                *("uint256", "uint256"),
+                *("uint256", "uint256", "uint16", "uint16", "uint32", "uint32", "uint32"),
             ],
             [
                 args["requestId"],
@@ -279,6 +279,11 @@ def request_hash(args: Any, seed: int) -> bytes:
                 args["terms"]["callbackGasPrice"],
                 args["fee"],
                 seed,
+                args["terms"]["slashBps"],
+                args["terms"]["dimBits"],
+                args["revealDeadline"] - args["commitDeadline"],
+                args["disputeWindow"],
+                args["terms"]["expiresAt"] - args["revealDeadline"] - args["disputeWindow"],
             ],
         )
     )

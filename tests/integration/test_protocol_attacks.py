@@ -443,26 +443,49 @@ def test_a_commit_naming_a_hash_off_by_one_checked_bit_is_refused(
     assert p.seated(rid) == [node]
 
 
-@pytest.mark.parametrize("remined", ["another request", "the same request in a later block"])
+@pytest.mark.parametrize(
+    "remined",
+    [
+        "another request",
+        "the same request in a later block",
+        "the same request in its block, after the owner changed the terms",
+    ],
+)
 def test_a_commit_mined_again_after_a_reorg_takes_no_seat_and_costs_no_stake(
     chain: Any, rng: random.Random, remined: str
 ) -> None:
     """A reorg drops request A and a node's commit to it; the id goes to another request,
-    or to A again with another seed (another block's prevrandao). The old commit
-    transaction, mined again from a mempool, is refused: it takes no seat, evicts nobody,
-    locks no stake, and the node is not slashed for a seat it could never reveal."""
+    or to A again with another seed (another block's prevrandao), or to A again with the
+    same seed (a block at the same height on the same parent) but the owner's new slash
+    rate ahead of it. The old commit transaction, mined again from a
+    mempool, is refused: it takes no seat, evicts nobody, locks no stake, and the node is
+    not slashed for a seat it could never reveal."""
     p = Protocol.deploy(chain.w3)
     stale_node, honest = p.register_oracles(2)
     before_reorg = chain.rpc("evm_snapshot")
     prompt_a = "What is the capital of France?"
     rid_a = p.request(fee=FEE, quorum=2, prompt=prompt_a)
     stale = p.answer(stale_node, rid_a, PARIS, random_bits(rng))  # its commit, in a mempool
+    stale_seed = p.terms[rid_a]["seed"]
     assert chain.rpc("evm_revert", before_reorg) is True
     if remined == "another request":
         rid_b = p.request(fee=FEE, quorum=2, prompt="Write a poem about Lyon.")
-    else:
+    elif remined == "the same request in a later block":
         chain.rpc("anvil_mine", "0x1")
         rid_b = p.request(fee=FEE, quorum=2, prompt=prompt_a)
+    else:
+        fn = p.coordinator.functions
+        chain.rpc("evm_setAutomine", False)
+        try:  # one block: the owner's changes, then the request
+            fn.setSlashBps(2000).transact({"from": p.owner})
+            sent = p.request_call(quorum=2, prompt=prompt_a).transact(
+                {"from": p.requester, "value": FEE}
+            )
+            chain.rpc("evm_mine")
+        finally:
+            chain.rpc("evm_setAutomine", True)
+        rid_b = p.record_request(chain.w3.eth.get_transaction_receipt(sent))
+        assert p.terms[rid_b]["seed"] == stale_seed  # the same prevrandao: only the terms differ
     assert rid_b == rid_a and p.request_hash(rid_b) != stale.request_hash
     bits = random_bits(rng)
     honest_answer = p.commit(honest, rid_b, PARIS, bits)
