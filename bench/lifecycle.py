@@ -78,7 +78,7 @@ class NoChain:
     ) -> bytes:
         raise AssertionError(f"a pass with nothing due decided a reveal ({request_id})")
 
-    def encode_dispute(self, request_id: int, accused: str) -> bytes:
+    def encode_dispute(self, request_id: int, request_hash: bytes, accused: str) -> bytes:
         raise AssertionError(f"a pass with nothing due decided a dispute ({request_id})")
 
     def encode_finalize(

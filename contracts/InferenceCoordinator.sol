@@ -761,8 +761,12 @@ contract InferenceCoordinator {
 
     // ------------------------------------------------------------------ dispute
 
-    function dispute(uint256 requestId, address accused) external {
+    /// @notice A revealer says another's reveal is faulty; a strict majority of the quorum excludes it.
+    /// @param requestHash the hash of the request the dispute was made for, as for `commit`: a
+    ///        dispute mined again after a reorg that gave the id to another request is refused
+    function dispute(uint256 requestId, bytes32 requestHash, address accused) external {
         Request storage request = _openRequest(requestId);
+        if (uint48(uint256(requestHash)) != request.hashTag) revert StaleRequest(requestId);
         if (accused == msg.sender) revert SelfDispute();
         uint40 closesAt = _disputeDeadline(request);
         if (request.revealCount == 0 || block.timestamp > closesAt) revert DisputeWindowClosed(requestId, closesAt);

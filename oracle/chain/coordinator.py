@@ -173,8 +173,11 @@ class CoordinatorBinding:
     ) -> bytes:
         return self._encode("reveal", [request_id, output, model_index, bits, salt])
 
-    def encode_dispute(self, request_id: int, accused: str) -> bytes:
-        return self._encode("dispute", [request_id, Web3.to_checksum_address(accused)])
+    def encode_dispute(self, request_id: int, request_hash: bytes, accused: str) -> bytes:
+        """Calldata for ``dispute``: ``request_hash`` names the request, as for ``commit``."""
+        return self._encode(
+            "dispute", [request_id, request_hash, Web3.to_checksum_address(accused)]
+        )
 
     def encode_finalize(
         self,

@@ -419,10 +419,13 @@ def _dispute_if_faulty(step: Step, seat: Seat, result: dict[str, Any]) -> None:
 
 
 def _dispute(step: Step, seat: Seat, why: str) -> None:
+    request_hash = step.request.request_hash
+    if request_hash is None:  # stored before protocol v2: this node never revealed on it
+        return
     if _send(
         step,
         "dispute",
-        step.chain.encode_dispute(step.request.id, seat.oracle),
+        step.chain.encode_dispute(step.request.id, request_hash, seat.oracle),
         dedupe_key=seat.oracle,
     ):
         logger.warning(

@@ -649,8 +649,12 @@ def test_a_strict_majority_of_the_quorum_excludes_a_reveal_and_slashes_it(
     oracles = protocol.oracles[:3]
     protocol.run_round(rid, list(zip(oracles, [ANSWER] * 3, bits, strict=True)))
     liar = oracles[0]
+    stale = protocol.dispute_call(rid, liar, request_hash=b"\x01" * 32)  # another request's
+    assert revert_reason(lambda: stale.call({"from": oracles[1]})) == (
+        f"StaleRequest(requestId={rid})"
+    )
     protocol.dispute(oracles[1], rid, liar)
-    again = protocol.coordinator.functions.dispute(rid, liar)
+    again = protocol.dispute_call(rid, liar)
     assert revert_reason(lambda: again.call({"from": oracles[1]})) == (
         f"AlreadyDisputed(requestId={rid}, accused={liar}, disputer={oracles[1]})"
     )
@@ -663,9 +667,7 @@ def test_a_strict_majority_of_the_quorum_excludes_a_reveal_and_slashes_it(
     (view, _) = protocol.coordinator.functions.getSeat(rid, 0).call()
     assert view[4] == 0b110  # disputedBy seats 1 and 2
     protocol.close_disputes(rid)
-    late = revert_reason(
-        lambda: protocol.coordinator.functions.dispute(rid, oracles[1]).call({"from": liar})
-    )
+    late = revert_reason(lambda: protocol.dispute_call(rid, oracles[1]).call({"from": liar}))
     assert late.startswith(f"DisputeWindowClosed(requestId={rid}")
     before = [protocol.worth(a) for a in [*oracles, protocol.requester]]
     receipt = protocol.finalize(rid, bits, ANSWER)

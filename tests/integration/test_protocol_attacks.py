@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from eth_account import Account
 from eth_typing import ChecksumAddress
 
+from oracle.chain.anvil import dev_private_key
 from tests.support.protocol import (
     CALLBACK_GAS_PRICE,
     DIM_BYTES,
@@ -637,3 +639,42 @@ def test_the_example_consumer_keeps_its_own_requests_and_refunds(
     assert call_reverts(cfn.withdraw(intruder), intruder, 0, "ExampleConsumer") == "OnlyOwner()"
     p.transact("withdraw", cfn.withdraw(payee), p.owner)
     assert (p.balance(payee), p.balance(consumer.address)) == (FEE + prepay, 0)
+
+
+def test_a_dispute_mined_again_after_a_reorg_gave_the_id_to_another_request_is_refused(
+    chain: Any, rng: random.Random
+) -> None:
+    """On the orphaned chain two nodes disputed a third's reveal of request 1. On the new
+    chain id 1 is another request where all three answer alike; the old signed disputes,
+    broadcast again by anyone, would exclude and slash the third. They name the old
+    request's hash and are refused."""
+    p = Protocol.deploy(chain.w3)
+    a_node, b_node, c_node = p.register_oracles(3)
+    keys = {Account.from_key(dev_private_key(i)).address: dev_private_key(i) for i in range(10)}
+    bits = random_bits(rng)
+    before_reorg = chain.rpc("evm_snapshot")
+    old = p.request(fee=FEE, quorum=3, prompt="What is the capital of France?")
+    p.run_round(old, [(n, PARIS, bits) for n in (a_node, b_node, c_node)])
+
+    def signed_dispute(disputer: str) -> bytes:
+        tx = p.dispute_call(old, b_node).build_transaction(
+            {"from": disputer, "nonce": chain.w3.eth.get_transaction_count(disputer)}
+        )
+        return bytes(Account.sign_transaction(tx, keys[disputer]).raw_transaction)
+
+    replays = [signed_dispute(n) for n in (a_node, c_node)]
+    assert chain.rpc("evm_revert", before_reorg) is True
+    p.terms.clear()
+    p.revealed.clear()
+    new = p.request(fee=FEE, quorum=3, prompt="What is the capital of Germany?")
+    assert new == old
+    berlin = "The capital of Germany is Berlin."
+    p.run_round(new, [(n, berlin, bits) for n in (a_node, b_node, c_node)])
+    for raw in replays:  # each holds its sender's next nonce on the new chain too
+        sent = chain.w3.eth.send_raw_transaction(raw)
+        assert chain.w3.eth.wait_for_transaction_receipt(sent)["status"] == 0
+    p.close_disputes(new)
+    receipt = p.finalize(new, p.seat_bits(new), berlin)
+    assert p.events(receipt, "Slashed") == ()
+    (event,) = p.events(receipt, "InferenceFinalized")
+    assert event["args"]["clusterMask"] == 0b111

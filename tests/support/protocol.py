@@ -316,10 +316,13 @@ class Protocol:
         self.revealed[(answer.request_id, answer.oracle)] = answer
         return receipt
 
+    def dispute_call(self, request_id: int, accused: str, request_hash: bytes | None = None) -> Any:
+        """``dispute`` naming the request's hash (or ``request_hash``)."""
+        named = self.request_hash(request_id) if request_hash is None else request_hash
+        return self.coordinator.functions.dispute(request_id, named, accused)
+
     def dispute(self, disputer: ChecksumAddress, request_id: int, accused: ChecksumAddress) -> Any:
-        return self.transact(
-            "dispute", self.coordinator.functions.dispute(request_id, accused), disputer
-        )
+        return self.transact("dispute", self.dispute_call(request_id, accused), disputer)
 
     def close_disputes(self, request_id: int) -> None:
         closes_at = self.coordinator.functions.disputeDeadline(request_id).call()
