@@ -558,8 +558,11 @@ class TxSender:
         missing for ``lost_after_s``.
         """
         self._next_recheck = time.monotonic() + self._recheck_interval_s
-        with rpc_errors("eth_blockNumber"):
-            head = self._w3.eth.block_number
+        with self._sessions() as session:
+            head = highest_checkpoint(session)  # the listener's: no call (a little behind)
+        if head is None:
+            with rpc_errors("eth_blockNumber"):
+                head = self._w3.eth.block_number
         with self._sessions() as session:
             mined = recent_confirmed_txs(session, self.address, head - self._recheck_blocks)
         self._rechecked = {

@@ -415,6 +415,7 @@ def test_a_sent_transaction_is_looked_up_once_a_block_not_every_poll(
         chain.rpc("evm_setAutomine", True)
     assert len(proxy.requests_for("eth_getTransactionReceipt")) == looks + 1
     assert outbox.row("commit", request_id).status == "confirmed"
+    assert proxy.requests_for("eth_blockNumber") == []  # the listener's block is the head
 
 
 def test_a_mined_transaction_is_looked_up_again_as_it_ages_and_after_a_reorg(
