@@ -76,7 +76,7 @@ def _requested(
     binding: CoordinatorBinding, request_id: int, prompt: bytes, model: bytes
 ) -> RequestedEvent:
     frame = (1, 30_000, 3500, 6700, b"all-MiniLM-L6-v2")
-    terms = (keccak(prompt + model), 7, 3_800, 0, 1, 1000)
+    terms = (keccak(prompt + model), 7, 3_800, 0, 1, 1000, 384)
     data = [prompt, [model], 700, 64, frame, "0x" + "00" * 20, 0, 10**15, 100, 130, 10, terms]
     (event,) = binding.decode_logs(
         [_log(binding, "InferenceRequested", [request_id, "0x" + "0b" * 20], data)]
