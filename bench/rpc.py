@@ -32,13 +32,10 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from web3 import Web3
-
 from bench._common import add_smoke_flag, apply_smoke, postgres_server, print_machine
 from oracle.chain.anvil import dev_private_key, start_anvil
-from oracle.chain.deploy import deploy_all
 from oracle.client import RequestOptions, send_request
-from oracle.devnet import EXPIRY_GRACE_S, UNBONDING_PERIOD_S, LocalNetwork
+from oracle.devnet import LocalNetwork, deploy_local
 from tests.support.rpc_proxy import Recorded, RpcProxy
 
 PACKAGES = ("web3", "llama-cpp-python", "sentence-transformers")
@@ -76,14 +73,7 @@ def main() -> None:
         anvil = start_anvil("--block-time", str(args.block_time), "--accounts", "4")
         proxy = RpcProxy(anvil.url).start()
         try:
-            deployment = deploy_all(
-                anvil.w3,
-                sender=Web3.to_checksum_address(anvil.w3.eth.accounts[0]),
-                reveal_window_s=window_s,
-                dispute_window_s=window_s,
-                expiry_grace_s=EXPIRY_GRACE_S,
-                unbonding_period_s=UNBONDING_PERIOD_S,
-            )
+            deployment = deploy_local(anvil, reveal_window_s=window_s, dispute_window_s=window_s)
             counted = dataclasses.replace(anvil, url=proxy.url)  # the node's view of the chain
             with LocalNetwork(counted, deployment, server_url, Path(data_dir)) as network:
                 network.start_node(0, "--llm-threads", "1")

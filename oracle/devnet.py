@@ -66,14 +66,19 @@ class DevNode:
     args: tuple[str, ...] = ()
 
 
-def deploy_local(anvil: Anvil) -> Deployment:
+def deploy_local(
+    anvil: Anvil,
+    *,
+    reveal_window_s: int = REVEAL_WINDOW_S,
+    dispute_window_s: int = DISPUTE_WINDOW_S,
+) -> Deployment:
     """The contracts on a local anvil, deployed by its first account, with the short
-    reveal and dispute windows, expiry and unbonding that suit 1 s blocks."""
+    reveal and dispute windows (unless given), expiry and unbonding that suit 1 s blocks."""
     return deploy_all(
         anvil.w3,
         sender=Web3.to_checksum_address(anvil.w3.eth.accounts[0]),
-        reveal_window_s=REVEAL_WINDOW_S,
-        dispute_window_s=DISPUTE_WINDOW_S,
+        reveal_window_s=reveal_window_s,
+        dispute_window_s=dispute_window_s,
         expiry_grace_s=EXPIRY_GRACE_S,
         unbonding_period_s=UNBONDING_PERIOD_S,
     )
