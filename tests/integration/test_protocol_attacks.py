@@ -459,9 +459,9 @@ def test_a_commit_mined_again_after_a_reorg_takes_no_seat_and_costs_no_stake(
     """A reorg drops request A and a node's commit to it; the id goes to another request,
     or to A again with another seed (another block's prevrandao), or to A again with the
     same seed (a block at the same height on the same parent) but the owner's new slash
-    rate ahead of it. The old commit transaction, mined again from a
-    mempool, is refused: it takes no seat, evicts nobody, locks no stake, and the node is
-    not slashed for a seat it could never reveal."""
+    rate ahead of it. The old commit transaction, mined again from a mempool, is refused:
+    it takes no seat, evicts nobody, locks no stake, and the node is not slashed for a
+    seat it could never reveal."""
     p = Protocol.deploy(chain.w3)
     stale_node, honest = p.register_oracles(2)
     before_reorg = chain.rpc("evm_snapshot")
