@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.chain.anvil import Anvil, start_anvil
 from oracle.store import make_engine, upgrade
+from oracle.store.db import make_session_factory
 from tests.support.postgres import (
     create_database,
     drop_database,
@@ -91,3 +93,9 @@ def db_engine(database_url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def sessions(db_engine: Engine) -> sessionmaker[Session]:
+    """Sessions on ``db_engine`` that keep loaded attributes after commit."""
+    return make_session_factory(db_engine)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from eth_account import Account
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 
@@ -40,11 +40,6 @@ def proxy(chain: Anvil, request: pytest.FixtureRequest) -> Iterator[RpcProxy]:
     """A proxy in front of the test's chain, seeded from the test's name."""
     with running_proxy(chain.url, seed=_seed(request.node.name)) as running:
         yield running
-
-
-@pytest.fixture
-def sessions(db_engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(db_engine, expire_on_commit=False)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.chain.anvil import Anvil
@@ -23,11 +23,6 @@ from oracle.store.models import Job, Request
 from tests.support.protocol import MODEL, Protocol
 
 MINILM = "all-MiniLM-L6-v2"
-
-
-@pytest.fixture
-def sessions(db_engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(db_engine, expire_on_commit=False)
 
 
 @pytest.fixture

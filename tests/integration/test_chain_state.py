@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from eth_utils.crypto import keccak
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.domain.events import (
@@ -135,11 +135,6 @@ def finalized(request_id: int, position: EventPosition) -> FinalizedEvent:
         reward_per_oracle=10**15,
         callback_succeeded=False,
     )
-
-
-@pytest.fixture
-def sessions(db_engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(db_engine, expire_on_commit=False)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ sender would), decoded by ``CoordinatorBinding`` and applied to a real Postgres.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,14 +16,13 @@ from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.chain.anvil import Anvil
 from oracle.chain.coordinator import CoordinatorBinding
 from oracle.domain.events import RequestedEvent, RevealedEvent
 from oracle.domain.text import chain_text
-from oracle.store import make_session_factory
 from oracle.store.chain_state import apply_event
 from oracle.store.models import Request, Seat
 
@@ -45,11 +43,6 @@ hostile_bytes = st.one_of(
 @pytest.fixture
 def binding(chain: Anvil) -> CoordinatorBinding:
     return CoordinatorBinding(chain.w3, COORDINATOR)
-
-
-@pytest.fixture
-def sessions(db_engine: Engine) -> Iterator[sessionmaker[Session]]:
-    yield make_session_factory(db_engine)
 
 
 def _log(binding: CoordinatorBinding, name: str, indexed: list[Any], data: list[Any]) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from eth_abi.abi import encode
 from eth_utils.crypto import keccak
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from oracle.chain.anvil import Anvil
@@ -17,7 +17,6 @@ from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.listener import Listener
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.steps import Step, advance
-from oracle.store import make_session_factory
 from oracle.store.models import ChainEvent, OutgoingTx, Request, Seat
 from tests.support.protocol import EMBEDDING_MODEL, MODEL, Protocol, random_bits
 
@@ -27,11 +26,6 @@ EVIL_BYTES = b"\xff\xfe not UTF-8 \xc3"
 @pytest.fixture
 def protocol(chain: Anvil) -> Protocol:
     return Protocol.deploy(chain.w3)
-
-
-@pytest.fixture
-def sessions(db_engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(db_engine)
 
 
 def listener_for(chain: Anvil, protocol: Protocol, sessions: sessionmaker[Session]) -> Listener:

@@ -23,7 +23,6 @@ from oracle.domain.request import RequestId
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
 from oracle.lifecycle.transitions import OUTSIDER_FINALIZE_MAX_BYTES
-from oracle.store import make_session_factory
 from oracle.store.chain_state import apply_event, rollback_after
 from oracle.store.models import Answer, Job, OutgoingTx, Request
 from oracle.store.outbox import mark_failed
@@ -59,11 +58,6 @@ class StubChain(CoordinatorBinding):
 
     def dispute_deadline(self, request_id: int, *, as_of: Hashable = None) -> int:
         return DISPUTES_CLOSE
-
-
-@pytest.fixture
-def sessions(db_engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(db_engine)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.listener import Listener
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
-from oracle.store import make_session_factory
 from oracle.store.models import Request, RequestWake
 from oracle.store.queue import claim_jobs, enqueue_job, fail_job
 from tests.support.protocol import EMBEDDING_MODEL, MODEL, Protocol
@@ -24,11 +23,6 @@ from tests.support.protocol import EMBEDDING_MODEL, MODEL, Protocol
 @pytest.fixture
 def protocol(chain: Anvil) -> Protocol:
     return Protocol.deploy(chain.w3)
-
-
-@pytest.fixture
-def sessions(db_engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(db_engine)
 
 
 def _wakes(sessions: sessionmaker[Session]) -> list[tuple[int, str]]:

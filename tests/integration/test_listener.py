@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 import requests
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import HTTPProvider, Web3
 from web3.types import RPCEndpoint, RPCResponse
@@ -58,11 +58,6 @@ class FaultyProvider(HTTPProvider):
                     {"jsonrpc": "2.0", "id": 1, "error": {"code": -32005, "message": message}},
                 )
         return super().make_request(method, params)
-
-
-@pytest.fixture
-def sessions(db_engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(db_engine, expire_on_commit=False)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 from hexbytes import HexBytes
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
@@ -27,11 +27,6 @@ from oracle.store.outbox import enqueue_tx, find_tx
 from tests.support.protocol import DIM_BYTES, STAKE, Protocol, random_bits
 
 ORACLE_KEY = 2  # anvil's third account: Protocol's first oracle
-
-
-@pytest.fixture
-def sessions(db_engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(db_engine, expire_on_commit=False)
 
 
 @pytest.fixture

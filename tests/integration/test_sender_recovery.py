@@ -28,12 +28,11 @@ from tests.integration.test_sender import (
     manual_mining,
     nonce_of,
     protocol,
-    sessions,
     sync,
 )
 from tests.support.protocol import STAKE, Protocol
 
-__all__ = ["binding", "manual_mining", "protocol", "sessions"]  # fixtures shared with it
+__all__ = ["binding", "manual_mining", "protocol"]  # fixtures shared with it
 
 
 def test_a_transaction_a_reorg_took_off_the_chain_is_sent_again(
