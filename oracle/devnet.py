@@ -25,6 +25,7 @@ from web3 import Web3
 from oracle.chain.anvil import Anvil, dev_private_key, start_anvil
 from oracle.chain.coordinator import CoordinatorBinding
 from oracle.chain.deploy import Deployment, deploy_all
+from oracle.children import start_child
 from oracle.client import RequestOptions, RequestResult, send_request
 from oracle.errors import OracleError
 from oracle.logs import printable
@@ -174,8 +175,8 @@ class LocalNetwork:
             "--data-dir", str(self.data_dir / f"node{index}"), *extra_args,
         ]  # fmt: skip
         env = {**os.environ, "ORACLE_PRIVATE_KEY": key, "ORACLE_DATABASE_URL": database_url}
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with log_path.open("ab") as log:  # a node gets SIGTERM if we die: it stops cleanly
+            process = start_child(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         address = Web3.to_checksum_address(_address_of(key))
         node = DevNode(
             index=index,

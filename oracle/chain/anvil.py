@@ -13,6 +13,8 @@ import requests
 from web3 import Web3
 from web3.types import RPCEndpoint
 
+from oracle.children import start_child
+
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: node_modules lives there
 CHAIN_ID = 31337
 
@@ -92,7 +94,8 @@ def start_anvil(*extra_args: str, attempts: int = 3) -> Anvil:
     for _ in range(attempts):
         port = free_port()
         command = [str(anvil_binary()), "--port", str(port), "--chain-id", str(CHAIN_ID)]
-        process = subprocess.Popen([*command, "--silent", *extra_args])
+        # a child that ends with us: a killed `oracle dev` or test run leaves no anvil behind
+        process = start_child([*command, "--silent", *extra_args])
         url = f"http://127.0.0.1:{port}"
         provider = Web3.HTTPProvider(
             url, request_kwargs={"timeout": 30}, exception_retry_configuration=None
