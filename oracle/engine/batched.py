@@ -88,6 +88,7 @@ from oracle.engine.llm import (
     ModelHasNoChatTemplate,
     ModelLoadFailed,
     PromptTooLong,
+    token_piece,
 )
 from oracle.engine.llm_options import padded_to_kv_cells, slots_for_budget
 from oracle.engine.models import LlmSpec
@@ -753,7 +754,7 @@ class BatchedLlm:
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
         if piece is None:
-            piece = _token_piece(self._vocab, token)
+            piece = token_piece(self._vocab, token)
             self._pieces[token] = piece
         return piece
 
@@ -887,16 +888,6 @@ def _meta_value(model: Any, key: bytes) -> str:
 def _meta_int(model: Any, key: str, default: int) -> int:
     value = _meta_value(model, key.encode("utf-8"))
     return int(value) if value.isdigit() else default
-
-
-def _token_piece(vocab: Any, token: int) -> bytes:
-    size = 32
-    while True:
-        buffer = (ctypes.c_char * size)()
-        length = int(llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False))
-        if length >= 0:
-            return buffer.raw[:length]
-        size = -length
 
 
 def _top_k_chain() -> Any:

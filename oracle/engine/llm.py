@@ -26,6 +26,7 @@ Workers run one runner per process (STYLE.md §8).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import threading
@@ -35,13 +36,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import llama_cpp
 import numpy as np
 import numpy.typing as npt
 from llama_cpp import Llama, LogitsProcessorList, StoppingCriteriaList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from oracle.engine.models import DEFAULT_LLMS, LlmRegistry, LlmSpec, lookup_llm
-from oracle.engine.sampling import MIN_P, TOP_K, TOP_P, choose_token
+from oracle.engine.sampling import MIN_P, TOP_K, TOP_P, candidate_margins, choose_token
 from oracle.errors import OracleError, OutOfRange
 
 __all__ = [
@@ -70,6 +72,9 @@ _REPEAT_PENALTY = 1.0
 _LOAD_SEED = 1  # unused by generation (each call passes its own); 0 would mean "random"
 _CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 _SEED_DOMAIN = b"oracle/llm-seed/v2"
+_MAX_READS = 16
+"""Passes of one answer read back: each reads one way of cutting it into tokens whole
+(honest answers take one to three)."""
 
 FinishReason = Literal["stop", "length"]
 
@@ -204,11 +209,14 @@ class LlmRunner:
         n_ctx: int | None = None,
         model_path: Path | None = None,
         cache_dir: Path | None = None,
+        reads_answers: bool = False,
     ) -> None:
         """Load ``spec``'s model (from ``model_path`` if given, else from the registry).
 
-        ``n_ctx`` overrides the spec's context_tokens. Loading takes a fraction of a
-        second for the default models; it raises ModelNotInstalled or ModelLoadFailed.
+        ``n_ctx`` overrides the spec's context_tokens. ``reads_answers`` keeps the logits
+        of every position read, which :meth:`choice_margins` needs (n_ctx rows of the
+        vocabulary's floats). Loading takes a fraction of a second for the default models;
+        it raises ModelNotInstalled or ModelLoadFailed.
         """
         if n_threads < 1:
             raise InvalidGenerationRequest(field="n_threads", value=n_threads, allowed=">= 1")
@@ -218,6 +226,8 @@ class LlmRunner:
             raise InvalidGenerationRequest(field="n_ctx", value=n_ctx, allowed=">= 1")
         self.model_path = model_path or spec.resolve(cache_dir=cache_dir)
         self._lock = threading.Lock()
+        self.reads_answers = reads_answers
+        self._pieces: dict[int, bytes] = {}
         started = time.perf_counter()
         self._llm = self._load(n_threads)
         self._chat_template = self._chat_formatter() if spec.prompt_style == "chat" else None
@@ -327,6 +337,121 @@ class LlmRunner:
             model=self.spec.name,
         )
 
+    def choice_margins(
+        self, *, prompt: str, output: str, temperature_milli: int, seed: int, max_tokens: int
+    ) -> npt.NDArray[np.float64]:
+        """Read an answer back: for each of its tokens, how far this model's logits, given
+        the prompt and the answer so far, lay from picking it with this seed
+        (:func:`oracle.engine.sampling.candidate_margins`, in logits; 0 where it is the
+        pick).
+
+        The answer's text does not say which tokens wrote it: a model often writes a word
+        in pieces that its tokenizer would not cut it into. So the text is read along the
+        path the model would take to write it: at each step, of the candidates whose
+        bytes continue the text, the one with the smallest margin; where that path comes
+        to a step that no candidate of the top ``TOP_K`` continues, the next one at the
+        latest choice (depth first, at most ``_MAX_READS`` passes); infinity from the
+        step where no path goes on. An answer of fewer than
+        ``max_tokens`` tokens ended by the model's choice: its end-of-generation token is
+        read last. Needs ``reads_answers``. Raises PromptTooLong when prompt and answer
+        do not fit the context.
+        """
+        if not self.reads_answers:
+            raise OracleError("choice_margins needs a runner loaded with reads_answers=True")
+        prompt_tokens = self._prompt_tokens(prompt)
+        text = output.encode("utf-8")
+        eos = self._llm.token_eos()
+        tokens = self._answer_tokens(text, max_tokens, eos)
+        self._check_fits(prompt_tokens, max(1, len(tokens)))
+        # a depth-first search over the ways the model could have cut the text: each pass
+        # reads one path whole. Where several candidates write the text on, the path takes
+        # the one with the smallest margin and keeps the others as a branch; a path that
+        # reaches a step where none does goes back to the latest branch left.
+        branches: list[_Branch] = []
+        decided = 0  # the steps before this one are the path's for good
+        deepest = np.full(len(tokens), np.inf)
+        for _ in range(_MAX_READS):
+            candidates, margins = candidate_margins(
+                self._read_rows(prompt_tokens, tokens),
+                seed=seed,
+                temperature_milli=temperature_milli,
+            )
+            found, turn = self._walk(text, tokens, candidates, margins, decided, branches)
+            if turn is None and np.isfinite(found).all():
+                return found
+            if np.isfinite(found).sum() > np.isfinite(deepest).sum():
+                deepest = found
+            if turn is None:
+                return deepest  # no way of cutting the text that this model writes
+            tokens = [*tokens[: turn.step], turn.tokens[0]]
+            after = turn.offset + len(self._piece_of(turn.tokens[0]))
+            tokens += self._answer_tokens(text[after:], max_tokens - len(tokens), eos)
+            self._check_fits(prompt_tokens, len(tokens))
+            decided = turn.step + 1
+        return deepest
+
+    def _walk(
+        self,
+        text: bytes,
+        tokens: list[int],
+        candidates: npt.NDArray[np.int64],
+        margins: npt.NDArray[np.float64],
+        decided: int,
+        branches: list[_Branch],
+    ) -> tuple[npt.NDArray[np.float64], _Branch | None]:
+        """One pass of :meth:`choice_margins` along ``tokens``: their margins (infinity
+        from a dead end on), and where to turn: the model's own cut where it leaves this
+        path, or after a dead end the latest branch with a token left to try."""
+        eos = self._llm.token_eos()
+        found = np.full(len(tokens), np.inf)
+        offset = 0
+        for step, token in enumerate(tokens):
+            writes_on = sorted(
+                (float(margin), int(candidate))
+                for candidate, margin in zip(candidates[step], margins[step], strict=True)
+                if self._continues(int(candidate), text, offset, eos)
+            )
+            if not writes_on:
+                while branches and not branches[-1].tokens[1:]:
+                    branches.pop()
+                if not branches:
+                    return found, None
+                branches[-1].tokens.pop(0)  # that one led here
+                return found, branches[-1]
+            if step >= decided:
+                branches.append(_Branch(step, offset, [t for _m, t in writes_on]))
+                if writes_on[0][1] != token:  # the model's cut leaves this path here
+                    return found, branches[-1]
+            found[step] = next(m for m, t in writes_on if t == token)
+            offset += len(self._piece_of(token))
+        return found, None
+
+    def _answer_tokens(self, text: bytes, max_tokens: int, eos: int) -> list[int]:
+        tokens = self._llm.tokenize(text, add_bos=False, special=False) if text else []
+        return [*tokens, eos] if len(tokens) < max_tokens else tokens
+
+    def _read_rows(self, prompt_tokens: list[int], tokens: list[int]) -> npt.NDArray[np.float32]:
+        """The logits that chose each of ``tokens`` after the prompt, in one pass."""
+        start = len(prompt_tokens) - 1  # the row that predicts the answer's first token
+        with self._lock:
+            self._llm.reset()  # type: ignore[no-untyped-call]
+            self._llm.eval(prompt_tokens + tokens[:-1])
+            return np.array(self._llm.scores[start : start + len(tokens)], dtype=np.float32)
+
+    def _continues(self, token: int, text: bytes, offset: int, eos: int) -> bool:
+        """Whether ``token`` writes the next bytes of ``text`` (the end of generation only
+        where the text ends)."""
+        if token == eos:
+            return offset == len(text)
+        piece = self._piece_of(token)
+        return bool(piece) and text.startswith(piece, offset)
+
+    def _piece_of(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = token_piece(self._llm._model.vocab, token)
+        return piece
+
     def close(self) -> None:
         """Free the model's memory now rather than at garbage collection."""
         with self._lock:
@@ -348,6 +473,7 @@ class LlmRunner:
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
                 seed=_LOAD_SEED,
+                logits_all=self.reads_answers,
                 verbose=False,
                 # The model's own template, never a format guessed from its metadata.
                 chat_format="chat_template.default" if self.spec.prompt_style == "chat" else None,
@@ -445,6 +571,28 @@ def _last_token_is(token: int) -> Any:
         return bool(input_ids[-1] == token)
 
     return check
+
+
+@dataclass(slots=True)
+class _Branch:
+    """A step of an answer read back where several candidates write the text on: the
+    path took the first of ``tokens`` (smallest margin first); the rest are untried."""
+
+    step: int
+    offset: int
+    """Bytes of the text written before this step."""
+    tokens: list[int]
+
+
+def token_piece(vocab: Any, token: int) -> bytes:
+    """The bytes a token writes (``llama_token_to_piece``, special tokens as nothing)."""
+    size = 32
+    while True:
+        buffer = (ctypes.c_char * size)()
+        length = int(llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False))
+        if length >= 0:
+            return buffer.raw[:length]
+        size = -length
 
 
 def _check_max_tokens(max_tokens: int) -> None:

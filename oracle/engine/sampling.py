@@ -49,6 +49,8 @@ __all__ = [
     "SEED_DOMAIN",
     "TOP_K",
     "TOP_P",
+    "candidate_margins",
+    "choice_margins",
     "choose_among",
     "choose_token",
     "choose_tokens",
@@ -262,3 +264,62 @@ def choose_token(
         temperatures_milli=[temperature_milli],
         ids=None if ids is None else np.asarray(ids)[None, :],
     )[0]
+
+
+def candidate_margins(
+    logits: npt.NDArray[np.floating], *, seed: int, temperature_milli: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Each row's ``TOP_K`` candidates (rule 2's order; row ``j`` is step ``j``) and, for
+    each, how far the row's logits lie from picking it, in logits: 0 for the pick.
+
+    For another candidate: T times its score's shortfall from the pick's (rule 4; at
+    temperature 0, its logit's from the highest), and at least, where the filters drop
+    it, how far its logit lies from what they keep (min-p: ``log(MIN_P) + logit[0] -
+    logit``; top-p: ``log(mass above it / TOP_P)``). Two engines whose logits differ by
+    less than a candidate's margin cannot part over it: the margins of an answer read
+    back say how far another engine's arithmetic would have had to be from this one's
+    for it to write that answer.
+    """
+    rows = np.asarray(logits)
+    values, candidates = top_candidates(rows)
+    values = np.asarray(values, dtype=np.float64)
+    order = np.lexsort((candidates, -values), axis=1)
+    candidates = np.take_along_axis(np.asarray(candidates, dtype=np.int64), order, axis=1)
+    values = np.take_along_axis(values, order, axis=1)
+    if temperature_milli == 0:  # rule 1: the highest logit, whatever the filters
+        return candidates, values[:, :1] - values
+    shifted = np.exp(values - values[:, :1])
+    p = shifted / shifted.sum(axis=1, keepdims=True)
+    above = np.cumsum(p, axis=1) - p
+    keep = (above < TOP_P) & (p >= MIN_P * p[:, :1])
+    keep[:, 0] = True
+    with np.errstate(divide="ignore"):
+        dropped_by = np.maximum(
+            np.log(MIN_P) + values[:, :1] - values, np.log(np.maximum(above, 1e-300) / TOP_P)
+        )
+    shortfall = np.where(keep, 0.0, np.maximum(dropped_by, 1e-12))
+    temperature = temperature_milli / 1000.0
+    steps = np.arange(rows.shape[0], dtype=np.uint64)[:, None]
+    scores = values / temperature - np.log(-np.log(uniforms(np.uint64(seed), steps, candidates)))
+    best = np.where(keep, scores, -np.inf).max(axis=1, keepdims=True)
+    return candidates, np.maximum(shortfall, temperature * np.maximum(best - scores, 0.0))
+
+
+def choice_margins(
+    logits: npt.NDArray[np.floating],
+    tokens: Sequence[int],
+    *,
+    seed: int,
+    temperature_milli: int,
+) -> npt.NDArray[np.float64]:
+    """The margin (:func:`candidate_margins`) of each given token: row ``j`` of
+    ``logits`` is step ``j``'s, ``tokens[j]`` the token taken there; infinity for a
+    token outside the row's ``TOP_K``."""
+    given = np.asarray(tokens, dtype=np.int64)
+    if np.asarray(logits).shape[0] != given.size:
+        raise ValueError(f"{np.asarray(logits).shape[0]} rows of logits for {given.size} tokens")
+    if given.size == 0:
+        return np.zeros(0)
+    candidates, margins = candidate_margins(logits, seed=seed, temperature_milli=temperature_milli)
+    found = np.where(candidates == given[:, None], margins, np.inf)
+    return np.asarray(found.min(axis=1), dtype=np.float64)

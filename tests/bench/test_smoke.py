@@ -31,6 +31,7 @@ LAST_LINES: dict[str, str] = {
     "latency.py": r"p50_ms=\d+ p95_ms=\d+",
     "lifecycle.py": r"ratio=[0-9.]+",
     "pipeline.py": r"ratio=[0-9.]+",
+    "provenance.py": r"honest_pass_min=[0-9.]+ other_prompt_pass_max=[0-9.]+",
     "rpc.py": r"calls_per_idle_block=[0-9.]+ calls_per_request=\d+",
     "seats.py": r"worst_ratio=[0-9.]+ worst_ratio_offline=[0-9.]+ first_come_q5_s20=[0-9.]+",
 }

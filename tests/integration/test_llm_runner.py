@@ -282,6 +282,75 @@ def test_operator_entries_replace_and_extend_the_defaults(tmp_path: Path) -> Non
 # --- seeds ----------------------------------------------------------------------------
 
 
+# --- reading an answer back ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reader(cache_dir: Path) -> Iterator[LlmRunner]:
+    spec = lookup_llm(SMOLLM)
+    with LlmRunner(spec, n_threads=THREADS, cache_dir=cache_dir, reads_answers=True) as runner:
+        yield runner
+
+
+@pytest.mark.parametrize("temperature_milli", [0, 200, 700])
+def test_an_answer_read_back_with_its_own_seed_lies_at_the_picks(
+    smollm: LlmRunner, reader: LlmRunner, temperature_milli: int
+) -> None:
+    """The same model on the same machine, read in one pass instead of token by token:
+    llama.cpp's CPU kernels for a batch are not those for one token, and the logits
+    differ by up to about half a unit (measured), so margins stay below 1."""
+    for prompt, max_tokens in ((POEM, 40), ("What is the capital of Kenya?", 32)):
+        answer = smollm.generate(
+            prompt=prompt, temperature_milli=temperature_milli, max_tokens=max_tokens, seed=21
+        )
+        margins = reader.choice_margins(
+            prompt=prompt,
+            output=answer.text,
+            temperature_milli=temperature_milli,
+            seed=21,
+            max_tokens=max_tokens,
+        )
+        # one margin a token, and the end of generation when it stopped by itself
+        expected = answer.completion_tokens + (answer.finish_reason == "stop")
+        assert len(margins) == expected
+        assert float(margins.max()) < 1.0
+
+
+def test_another_seeds_or_another_prompts_answer_lies_far_from_the_picks(
+    smollm: LlmRunner, reader: LlmRunner
+) -> None:
+    theirs = smollm.generate(prompt=STORY, temperature_milli=700, max_tokens=40, seed=1)
+    ours = smollm.generate(prompt=STORY, temperature_milli=700, max_tokens=40, seed=2)
+    assert theirs.text != ours.text
+    seed_2 = reader.choice_margins(
+        prompt=STORY, output=theirs.text, temperature_milli=700, seed=2, max_tokens=40
+    )
+    assert float(seed_2.max()) > 1.0
+    replayed = reader.choice_margins(
+        prompt=POEM, output=theirs.text, temperature_milli=700, seed=1, max_tokens=40
+    )
+    assert float(replayed.max()) > 1.0
+    written = reader.choice_margins(
+        prompt="What is the capital of Kenya?",
+        output="The capital of Kenya is Mombasa.",
+        temperature_milli=200,
+        seed=21,
+        max_tokens=32,
+    )
+    assert float(written.max()) > 1.0
+
+
+def test_reading_back_needs_a_runner_that_keeps_every_positions_logits(
+    smollm: LlmRunner, reader: LlmRunner
+) -> None:
+    with pytest.raises(OracleError, match="reads_answers"):
+        smollm.choice_margins(prompt=POEM, output="x", temperature_milli=0, seed=1, max_tokens=4)
+    with pytest.raises(PromptTooLong):
+        reader.choice_margins(
+            prompt="word " * 10_000, output="x", temperature_milli=0, seed=1, max_tokens=4
+        )
+
+
 def test_request_seed_is_fixed_per_request_and_coordinator() -> None:
     seed = request_seed(7, COORDINATOR)
     assert seed == request_seed(7, COORDINATOR.lower())

@@ -11,6 +11,8 @@ from oracle.engine.sampling import (
     MIN_P,
     SEED_DOMAIN,
     TOP_K,
+    candidate_margins,
+    choice_margins,
     choose_token,
     choose_tokens,
     top_candidates,
@@ -194,3 +196,65 @@ def test_a_small_difference_in_logits_rarely_changes_the_token(noise: float) -> 
         ordered_changed += inverse_cdf_pick(base, u, 0.7) != inverse_cdf_pick(other, u, 0.7)
     assert coupled_changed <= trials * 0.01
     assert ordered_changed > 5 * max(coupled_changed, 1)
+
+
+# --- reading an answer back: margins -------------------------------------------------
+
+
+def sampled_path(logits: np.ndarray, seed: int, temperature_milli: int) -> list[int]:
+    return [
+        choose_token(row, seed=seed, step=step, temperature_milli=temperature_milli)
+        for step, row in enumerate(logits)
+    ]
+
+
+@pytest.mark.parametrize("temperature_milli", [0, 200, 700, 1500])
+def test_the_tokens_coupled_sampling_picks_have_margin_zero(temperature_milli: int) -> None:
+    logits = np.random.default_rng(3).normal(scale=3.0, size=(12, 2_000)).astype(np.float32)
+    path = sampled_path(logits, 99, temperature_milli)
+    margins = choice_margins(logits, path, seed=99, temperature_milli=temperature_milli)
+    assert margins.tolist() == [0.0] * 12
+    candidates, each = candidate_margins(logits, seed=99, temperature_milli=temperature_milli)
+    assert ((each == 0.0).sum(axis=1) >= 1).all()  # a pick in every row
+    picked = candidates[np.arange(12), np.argmin(each, axis=1)]
+    assert picked.tolist() == path
+
+
+def test_another_seeds_answer_has_large_margins() -> None:
+    logits = np.random.default_rng(4).normal(scale=3.0, size=(40, 2_000)).astype(np.float32)
+    theirs = sampled_path(logits, 1, 700)
+    margins = choice_margins(logits, theirs, seed=2, temperature_milli=700)
+    assert (margins > 0).sum() >= 10  # the draws part wherever the two seeds' noise does
+    assert margins.max() > 1.0
+
+
+def test_a_token_outside_the_top_k_is_infinitely_far_and_one_below_min_p_is_finite() -> None:
+    row = np.full(200, -10.0, dtype=np.float32)
+    row[:TOP_K] = np.linspace(5.0, 0.0, TOP_K)  # 0..39 the candidates, in logit order
+    row[7] = 5.0 + math.log(MIN_P) - 0.3  # below min-p by 0.3 in logits (rounded in float32)
+    margins = choice_margins(row[None, :], [150], seed=5, temperature_milli=700)
+    assert margins.tolist() == [math.inf]
+    dropped = choice_margins(row[None, :], [7], seed=5, temperature_milli=700)[0]
+    assert dropped >= 0.3 - 1e-5
+
+
+def test_a_near_tie_costs_a_margin_about_the_logits_difference() -> None:
+    """Two engines whose logits differ by less than a token's margin cannot part over it:
+    nudging the runner-up's logit by its margin (and a hair) makes it the pick. (The
+    runner-up among the five highest logits, which the filters keep: how far the filters
+    are from keeping a token is estimated, not exact.)"""
+    rng = np.random.default_rng(6)
+    logits = rng.normal(scale=2.0, size=(30, 500))
+    candidates, margins = candidate_margins(logits, seed=8, temperature_milli=700)
+    for step in range(30):
+        top = margins[step][:5]
+        runner_up = int(np.flatnonzero(top > 0)[np.argmin(top[top > 0])])
+        token, margin = int(candidates[step, runner_up]), float(margins[step, runner_up])
+        nudged = logits.copy()
+        nudged[step, token] += margin + 1e-6
+        assert choose_token(nudged[step], seed=8, step=step, temperature_milli=700) == token
+
+
+def test_margins_need_one_row_a_token() -> None:
+    with pytest.raises(ValueError, match="2 rows of logits for 3 tokens"):
+        choice_margins(np.zeros((2, 50)), [1, 2, 3], seed=1, temperature_milli=700)

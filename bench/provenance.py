@@ -1,0 +1,211 @@
+"""Reading an answer back: does it come from this prompt, this model and this seed?
+
+Coupled sampling (``oracle.engine.sampling``) fixes every node's draw: the token taken at
+each step is ``argmax(logit / T + noise(seed, step, token))``, the noise public. A node
+that is given a revealed answer can read it back through the model (the prompt and the
+answer in one pass) and see, token by token, how far each one lay from the token the
+model picks there with the request's seed: its *margin*, in logits (0 where it is the
+pick).
+Another engine's honest answer differs from this engine's only where its logits tipped
+a near tie, so its margins stay small; an answer the model would not write for this
+prompt and seed has large ones, whatever it means. This measures how well the largest
+margin of an answer tells the two apart, on the consensus benchmark's data
+(``bench/data``, see ``bench/consensus.py``):
+
+- *honest*: SmolLM2's answers on other engines (``consensus_answers.<engine>.jsonl``:
+  this project's 2-core CPU through the batched engine, an H200's GPU and its 16-core
+  CPU), each read back here with its own prompt, temperature and seed;
+- *other prompt*: one engine's answers to other prompts (``--others`` a prompt, half
+  of its own task type; prompts whose reference answers are the same left out), with
+  the same temperature and seed, read back as answers to this prompt: a replay; and
+  apart, the replays whose text is none of the honest answers to this request (a bare
+  "No." replayed where the model says "No." too is this request's answer as well);
+- *wrong* and *reference*: the data's hand-written plausible wrong answer and its
+  correct one (the check is about where an answer comes from, not whether it is true).
+
+The verifier is ``LlmRunner.choice_margins`` on this machine's CPU: the answer is read
+along the way the model would cut it into tokens, and an answer shorter than
+``max_tokens`` tokens with the model's end-of-generation token after it. Printed: per
+kind, task type and
+temperature, the share of answers whose largest margin is at most each threshold. The
+last line reads ``honest_pass_min=<fraction> other_prompt_pass_max=<fraction>`` at
+``--margin`` (default ``DEFAULT_MARGIN``): the lowest honest pass rate and the highest
+pass rate of replays with new text, over task types and temperatures.
+
+Run: ``.venv/bin/python bench/provenance.py [--prompts N] [--threads N]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.pop(0)  # bench/ -> the repository root, so that bench._common imports
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import os
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+from bench._common import SMOLLM, add_smoke_flag, apply_smoke, print_machine
+from bench.consensus import (
+    TASKS,
+    TEMPERATURES_MILLI,
+    AnswerSet,
+    Prompt,
+    engine_files,
+    load_answers,
+    load_prompts,
+    other_prompts,
+    round_robin,
+)
+from oracle.engine.llm import LlmRunner
+from oracle.engine.models import lookup_llm
+
+DEFAULT_MARGIN = 2.0
+"""In logits: where 98-100 % of every task type's honest answers from other engines pass
+(docs/consensus.md)."""
+THRESHOLDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+KINDS = ("honest", "other prompt", "other prompt, new text", "wrong", "reference")
+
+
+def read_back(
+    verifier: LlmRunner, prompt: Prompt, text: str, temperature: int, seed: int, max_tokens: int
+) -> float:
+    """The largest margin of an answer read as an answer to ``prompt``."""
+    margins = verifier.choice_margins(
+        prompt=prompt.prompt,
+        output=text,
+        temperature_milli=temperature,
+        seed=seed,
+        max_tokens=max_tokens,
+    )
+    return float(margins.max()) if margins.size else 0.0
+
+
+Found = dict[tuple[str, str, int], list[float]]
+"""(kind, task, temperature) -> the largest margin of each answer read back."""
+
+
+def measure(
+    verifier: LlmRunner,
+    prompts: Sequence[Prompt],
+    engines: dict[str, dict[tuple[str, str, int], AnswerSet]],
+    others: int,
+) -> Found:
+    found: Found = defaultdict(list)
+    by_id = {prompt.id: prompt for prompt in prompts}
+    replayed = {
+        pid: [p for p in chosen if p.id in by_id][:others]
+        for pid, chosen in other_prompts(prompts, random.Random(7)).items()
+    }
+    first_engine = next(iter(engines.values()))
+    for prompt in prompts:
+        for temperature in TEMPERATURES_MILLI:
+            own = first_engine.get((prompt.id, SMOLLM, temperature))
+            if own is None:
+                continue
+            group = (prompt.task, temperature)
+            honest_texts = read_honest(verifier, prompt, own, engines, found[("honest", *group)])
+            for seed in own.seeds:
+                for other in replayed[prompt.id]:
+                    theirs = first_engine.get((other.id, SMOLLM, temperature))
+                    if theirs is None:
+                        continue
+                    replay = theirs.texts[theirs.seeds.index(seed)]
+                    margin = read_back(verifier, prompt, replay, temperature, seed, own.max_tokens)
+                    found[("other prompt", *group)].append(margin)
+                    if replay not in honest_texts[seed]:  # not also this request's own answer
+                        found[("other prompt, new text", *group)].append(margin)
+                for kind, text in (("wrong", prompt.wrong), ("reference", prompt.reference)):
+                    if text is not None:
+                        margin = read_back(
+                            verifier, prompt, text, temperature, seed, own.max_tokens
+                        )
+                        found[(kind, *group)].append(margin)
+    return found
+
+
+def read_honest(
+    verifier: LlmRunner,
+    prompt: Prompt,
+    own: AnswerSet,
+    engines: dict[str, dict[tuple[str, str, int], AnswerSet]],
+    into: list[float],
+) -> dict[int, set[str]]:
+    """Every engine's answers to one request set read back into ``into``; their texts
+    by seed."""
+    texts: dict[int, set[str]] = defaultdict(set)
+    for answers in engines.values():
+        row = answers.get(own.key)
+        if row is None:
+            continue
+        for seed, text in zip(row.seeds, row.texts, strict=True):
+            into.append(
+                read_back(verifier, prompt, text, own.temperature_milli, seed, row.max_tokens)
+            )
+            texts[seed].add(text)
+    return texts
+
+
+def share_within(margins: Sequence[float], threshold: float) -> float:
+    return sum(m <= threshold for m in margins) / len(margins) if margins else float("nan")
+
+
+def print_table(found: Found) -> None:
+    header = " | ".join(f"<= {t:g}" for t in THRESHOLDS)
+    print(f"\n| kind | task | T | answers | {header} |")
+    print("|---|---|---|---|" + "---|" * len(THRESHOLDS))
+    for kind in KINDS:
+        for task in TASKS:
+            for temperature in TEMPERATURES_MILLI:
+                margins = found.get((kind, task, temperature))
+                if not margins:
+                    continue
+                shares = " | ".join(f"{share_within(margins, t):.0%}" for t in THRESHOLDS)
+                print(f"| {kind} | {task} | {temperature / 1000} | {len(margins)} | {shares} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=0, help="at most this many (0: all)")
+    parser.add_argument("--others", type=int, default=4)
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    add_smoke_flag(parser)
+    args = apply_smoke(parser.parse_args(), prompts=7, others=1)
+    print_machine("Reading answers back", ["llama-cpp-python", "numpy"])
+    engines = {label: load_answers(path) for label, path in engine_files().items()}
+    if not engines:
+        raise SystemExit("no answers of another engine in bench/data (consensus.py --generate-on)")
+    answered = {
+        pid for answers in engines.values() for (pid, model, _t) in answers if model == SMOLLM
+    }
+    prompts = round_robin([p for p in load_prompts() if p.id in answered])
+    if args.prompts:
+        prompts = prompts[: args.prompts]
+    print(f"engines: {', '.join(engines)}; {len(prompts)} prompts; threads {args.threads}")
+    started = time.perf_counter()
+    with LlmRunner(
+        lookup_llm(SMOLLM), n_threads=args.threads, n_ctx=512, reads_answers=True
+    ) as verifier:
+        found = measure(verifier, prompts, engines, args.others)
+    reads = sum(len(v) for v in found.values())
+    seconds = time.perf_counter() - started
+    print(f"{reads} answers read back in {seconds:.0f} s ({1000 * seconds / reads:.0f} ms each)")
+    print_table(found)
+    honest = [share_within(v, args.margin) for (k, *_g), v in found.items() if k == "honest"]
+    other = [
+        share_within(v, args.margin)
+        for (k, *_g), v in found.items()
+        if k == "other prompt, new text"
+    ]
+    print(f"\nat margin {args.margin:g}:")
+    print(f"honest_pass_min={min(honest):.3f} other_prompt_pass_max={max(other):.3f}")
+
+
+if __name__ == "__main__":
+    main()
