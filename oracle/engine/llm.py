@@ -73,8 +73,7 @@ _LOAD_SEED = 1  # unused by generation (each call passes its own); 0 would mean 
 _CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 _SEED_DOMAIN = b"oracle/llm-seed/v2"
 _MAX_READS = 16
-"""Passes of one answer read back: each reads one way of cutting it into tokens whole
-(honest answers take one to three)."""
+"""Passes of one answer read back: each reads one way of cutting it into tokens whole."""
 
 FinishReason = Literal["stop", "length"]
 
@@ -363,32 +362,39 @@ class LlmRunner:
         eos = self._llm.token_eos()
         tokens = self._answer_tokens(text, max_tokens, eos)
         self._check_fits(prompt_tokens, max(1, len(tokens)))
-        # a depth-first search over the ways the model could have cut the text: each pass
-        # reads one path whole. Where several candidates write the text on, the path takes
-        # the one with the smallest margin and keeps the others as a branch; a path that
-        # reaches a step where none does goes back to the latest branch left.
+        # a search over the ways the model could have cut the text into tokens, for the
+        # one whose largest margin is smallest. Each pass reads one path whole. Where
+        # several candidates write the text on, the path takes the one with the smallest
+        # margin and keeps the others as a branch. A path that comes to a dead end (no
+        # candidate writes the text on), or to a margin no smaller than the best whole
+        # path's, goes back to the latest branch with a token of a smaller margin left.
         branches: list[_Branch] = []
         decided = 0  # the steps before this one are the path's for good
-        deepest = np.full(len(tokens), np.inf)
+        best = deepest = np.full(len(tokens), np.inf)
         for _ in range(_MAX_READS):
             candidates, margins = candidate_margins(
                 self._read_rows(prompt_tokens, tokens),
                 seed=seed,
                 temperature_milli=temperature_milli,
             )
-            found, turn = self._walk(text, tokens, candidates, margins, decided, branches)
-            if turn is None and np.isfinite(found).all():
-                return found
-            if np.isfinite(found).sum() > np.isfinite(deepest).sum():
-                deepest = found
-            if turn is None:
-                return deepest  # no way of cutting the text that this model writes
-            tokens = [*tokens[: turn.step], turn.tokens[0]]
-            after = turn.offset + len(self._piece_of(turn.tokens[0]))
+            bound = float(best.max()) if np.isfinite(best).all() else np.inf
+            found, turn = self._walk(text, tokens, candidates, margins, decided, branches, bound)
+            if turn is None:  # the path is whole, or stopped: try the latest branch left
+                if np.isfinite(found).all() and float(found.max()) < bound:
+                    best = found
+                    if best.max() == 0.0:
+                        break
+                elif np.isfinite(found).sum() > np.isfinite(deepest).sum():
+                    deepest = found
+                turn = _branch_left(branches, float(best.max()))
+                if turn is None:
+                    break
+            tokens = [*tokens[: turn.step], turn.tokens[0][1]]
+            after = turn.offset + len(self._piece_of(turn.tokens[0][1]))
             tokens += self._answer_tokens(text[after:], max_tokens - len(tokens), eos)
             self._check_fits(prompt_tokens, len(tokens))
             decided = turn.step + 1
-        return deepest
+        return best if np.isfinite(best).all() else deepest
 
     def _walk(
         self,
@@ -398,10 +404,11 @@ class LlmRunner:
         margins: npt.NDArray[np.float64],
         decided: int,
         branches: list[_Branch],
+        bound: float,
     ) -> tuple[npt.NDArray[np.float64], _Branch | None]:
         """One pass of :meth:`choice_margins` along ``tokens``: their margins (infinity
-        from a dead end on), and where to turn: the model's own cut where it leaves this
-        path, or after a dead end the latest branch with a token left to try."""
+        from where the pass stopped: a dead end, or a margin of at least ``bound``), and
+        the branch to turn to where the model's own cut leaves this path."""
         eos = self._llm.token_eos()
         found = np.full(len(tokens), np.inf)
         offset = 0
@@ -412,17 +419,15 @@ class LlmRunner:
                 if self._continues(int(candidate), text, offset, eos)
             )
             if not writes_on:
-                while branches and not branches[-1].tokens[1:]:
-                    branches.pop()
-                if not branches:
-                    return found, None
-                branches[-1].tokens.pop(0)  # that one led here
-                return found, branches[-1]
+                return found, None
             if step >= decided:
-                branches.append(_Branch(step, offset, [t for _m, t in writes_on]))
+                branches.append(_Branch(step, offset, writes_on))
                 if writes_on[0][1] != token:  # the model's cut leaves this path here
                     return found, branches[-1]
-            found[step] = next(m for m, t in writes_on if t == token)
+            margin = next(m for m, t in writes_on if t == token)
+            if margin >= bound:
+                return found, None
+            found[step] = margin
             offset += len(self._piece_of(token))
         return found, None
 
@@ -575,13 +580,26 @@ def _last_token_is(token: int) -> Any:
 
 @dataclass(slots=True)
 class _Branch:
-    """A step of an answer read back where several candidates write the text on: the
-    path took the first of ``tokens`` (smallest margin first); the rest are untried."""
+    """A step of an answer read back where candidates write the text on: the path took
+    the first of ``tokens`` (margin and token, smallest margin first); the rest are
+    untried."""
 
     step: int
     offset: int
     """Bytes of the text written before this step."""
-    tokens: list[int]
+    tokens: list[tuple[float, int]]
+
+
+def _branch_left(branches: list[_Branch], bound: float) -> _Branch | None:
+    """The latest branch with an untried token whose margin is below ``bound``, that
+    token first; the branches after it are dropped."""
+    while branches:
+        branch = branches[-1]
+        branch.tokens.pop(0)  # the token the path took: tried
+        if branch.tokens and branch.tokens[0][0] < bound:
+            return branch
+        branches.pop()
+    return None
 
 
 def token_piece(vocab: Any, token: int) -> bytes:
