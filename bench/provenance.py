@@ -82,6 +82,7 @@ def read_back(
         temperature_milli=temperature,
         seed=seed,
         max_tokens=max_tokens,
+        limit=THRESHOLDS[-1] * 1.01,  # beyond the table's last column, no need to know how far
     )
     return float(margins.max()) if margins.size else 0.0
 
@@ -176,7 +177,7 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     add_smoke_flag(parser)
-    args = apply_smoke(parser.parse_args(), prompts=7, others=1)
+    args = apply_smoke(parser.parse_args(), prompts=2, others=1)
     print_machine("Reading answers back", ["llama-cpp-python", "numpy"])
     engines = {label: load_answers(path) for label, path in engine_files().items()}
     if not engines:

@@ -337,7 +337,14 @@ class LlmRunner:
         )
 
     def choice_margins(
-        self, *, prompt: str, output: str, temperature_milli: int, seed: int, max_tokens: int
+        self,
+        *,
+        prompt: str,
+        output: str,
+        temperature_milli: int,
+        seed: int,
+        max_tokens: int,
+        limit: float = np.inf,
     ) -> npt.NDArray[np.float64]:
         """Read an answer back: for each of its tokens, how far this model's logits, given
         the prompt and the answer so far, lay from picking it with this seed
@@ -352,8 +359,11 @@ class LlmRunner:
         latest choice (depth first, at most ``_MAX_READS`` passes); infinity from the
         step where no path goes on. An answer of fewer than
         ``max_tokens`` tokens ended by the model's choice: its end-of-generation token is
-        read last. Needs ``reads_answers``. Raises PromptTooLong when prompt and answer
-        do not fit the context.
+        read last. Margins from ``limit`` up are not told apart: a cut is not followed
+        past one, and an answer that no cut writes within it gets infinity there (a
+        caller that only asks "within ``limit``?" spares the search on answers that are
+        not). Needs ``reads_answers``. Raises PromptTooLong when prompt and answer do
+        not fit the context.
         """
         if not self.reads_answers:
             raise OracleError("choice_margins needs a runner loaded with reads_answers=True")
@@ -377,7 +387,7 @@ class LlmRunner:
                 seed=seed,
                 temperature_milli=temperature_milli,
             )
-            bound = float(best.max()) if np.isfinite(best).all() else np.inf
+            bound = float(best.max()) if np.isfinite(best).all() else limit
             found, turn = self._walk(text, tokens, candidates, margins, decided, branches, bound)
             if turn is None:  # the path is whole, or stopped: try the latest branch left
                 if np.isfinite(found).all() and float(found.max()) < bound:
@@ -386,7 +396,7 @@ class LlmRunner:
                         break
                 elif np.isfinite(found).sum() > np.isfinite(deepest).sum():
                     deepest = found
-                turn = _branch_left(branches, float(best.max()))
+                turn = _branch_left(branches, min(float(best.max()), limit))
                 if turn is None:
                     break
             tokens = [*tokens[: turn.step], turn.tokens[0][1]]

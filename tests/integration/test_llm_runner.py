@@ -314,6 +314,15 @@ def test_an_answer_read_back_with_its_own_seed_lies_at_the_picks(
         expected = answer.completion_tokens + (answer.finish_reason == "stop")
         assert len(margins) == expected
         assert float(margins.max()) < 1.0
+        limited = reader.choice_margins(
+            prompt=prompt,
+            output=answer.text,
+            temperature_milli=temperature_milli,
+            seed=21,
+            max_tokens=max_tokens,
+            limit=1.0,
+        )
+        assert limited.tolist() == margins.tolist()
 
 
 def test_another_seeds_or_another_prompts_answer_lies_far_from_the_picks(
@@ -330,6 +339,10 @@ def test_another_seeds_or_another_prompts_answer_lies_far_from_the_picks(
         prompt=POEM, output=theirs.text, temperature_milli=700, seed=1, max_tokens=40
     )
     assert float(replayed.max()) > 1.0
+    within_one = reader.choice_margins(
+        prompt=POEM, output=theirs.text, temperature_milli=700, seed=1, max_tokens=40, limit=1.0
+    )
+    assert float(within_one.max()) == float("inf")  # no cut writes it within the limit
     written = reader.choice_margins(
         prompt="What is the capital of Kenya?",
         output="The capital of Kenya is Mombasa.",
