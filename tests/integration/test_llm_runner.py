@@ -303,26 +303,23 @@ def test_an_answer_read_back_with_its_own_seed_lies_at_the_picks(
         answer = smollm.generate(
             prompt=prompt, temperature_milli=temperature_milli, max_tokens=max_tokens, seed=21
         )
-        margins = reader.choice_margins(
-            prompt=prompt,
-            output=answer.text,
-            temperature_milli=temperature_milli,
-            seed=21,
-            max_tokens=max_tokens,
-        )
+        read = {
+            limit: reader.choice_margins(
+                prompt=prompt,
+                output=answer.text,
+                temperature_milli=temperature_milli,
+                seed=21,
+                max_tokens=max_tokens,
+                limit=limit,
+            )
+            for limit in (float("inf"), 1.0)
+        }
+        margins = read[float("inf")]
         # one margin a token, and the end of generation when it stopped by itself
         expected = answer.completion_tokens + (answer.finish_reason == "stop")
         assert len(margins) == expected
         assert float(margins.max()) < 1.0
-        limited = reader.choice_margins(
-            prompt=prompt,
-            output=answer.text,
-            temperature_milli=temperature_milli,
-            seed=21,
-            max_tokens=max_tokens,
-            limit=1.0,
-        )
-        assert limited.tolist() == margins.tolist()
+        assert read[1.0].tolist() == margins.tolist()
 
 
 def test_another_seeds_or_another_prompts_answer_lies_far_from_the_picks(
