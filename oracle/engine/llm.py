@@ -352,18 +352,16 @@ class LlmRunner:
         pick).
 
         The answer's text does not say which tokens wrote it: a model often writes a word
-        in pieces that its tokenizer would not cut it into. So the text is read along the
-        path the model would take to write it: at each step, of the candidates whose
-        bytes continue the text, the one with the smallest margin; where that path comes
-        to a step that no candidate of the top ``TOP_K`` continues, the next one at the
-        latest choice (depth first, at most ``_MAX_READS`` passes); infinity from the
-        step where no path goes on. An answer of fewer than
-        ``max_tokens`` tokens ended by the model's choice: its end-of-generation token is
-        read last. Margins from ``limit`` up are not told apart: a cut is not followed
-        past one, and an answer that no cut writes within it gets infinity there (a
-        caller that only asks "within ``limit``?" spares the search on answers that are
-        not). Needs ``reads_answers``. Raises PromptTooLong when prompt and answer do
-        not fit the context.
+        in pieces that its tokenizer would not cut it into. So of the ways to cut the text
+        into candidates of the top ``TOP_K``, the one whose largest margin is smallest is
+        read (branch and bound, at most ``_MAX_READS`` passes); where no cut writes the
+        whole text, the one that gets furthest, with infinity from where it stops. An
+        answer of fewer than ``max_tokens`` tokens ended by the model's choice: its
+        end-of-generation token is read last. Margins from ``limit`` up are not told
+        apart: a cut is not followed past one, and an answer that no cut writes within it
+        gets infinity there (a caller that only asks "within ``limit``?" spares the search
+        on answers that are not). Needs ``reads_answers``. Raises PromptTooLong when
+        prompt and answer do not fit the context.
         """
         if not self.reads_answers:
             raise OracleError("choice_margins needs a runner loaded with reads_answers=True")
@@ -434,7 +432,9 @@ class LlmRunner:
                 branches.append(_Branch(step, offset, writes_on))
                 if writes_on[0][1] != token:  # the model's cut leaves this path here
                     return found, branches[-1]
-            margin = next(m for m, t in writes_on if t == token)
+            # (a token decided on an earlier pass can fall out of the top TOP_K when a
+            # longer read rounds the prefix's logits otherwise: then it ends this cut)
+            margin = next((m for m, t in writes_on if t == token), np.inf)
             if margin >= bound:
                 return found, None
             found[step] = margin
