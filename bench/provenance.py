@@ -194,7 +194,7 @@ def main() -> None:
         lookup_llm(SMOLLM), n_threads=args.threads, n_ctx=512, reads_answers=True
     ) as verifier:
         found = measure(verifier, prompts, engines, args.others)
-    reads = sum(len(v) for v in found.values())
+    reads = sum(len(v) for (kind, *_g), v in found.items() if kind != "other prompt, new text")
     seconds = time.perf_counter() - started
     print(f"{reads} answers read back in {seconds:.0f} s ({1000 * seconds / reads:.0f} ms each)")
     print_table(found)
