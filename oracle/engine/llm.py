@@ -72,6 +72,10 @@ _REPEAT_PENALTY = 1.0
 _LOAD_SEED = 1  # unused by generation (each call passes its own); 0 would mean "random"
 _CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 _SEED_DOMAIN = b"oracle/llm-seed/v2"
+_READ_WIDTH = 2 * TOP_K
+"""Tokens an answer read back may take at a step: past the top ``TOP_K`` too, at the
+margin that takes them into it (another engine's logits may have ranked one 40th where
+these rank it 41st)."""
 _MAX_READS = 16
 """Passes of one answer read back: each reads one way of cutting it into tokens whole."""
 
@@ -353,7 +357,7 @@ class LlmRunner:
 
         The answer's text does not say which tokens wrote it: a model often writes a word
         in pieces that its tokenizer would not cut it into. So of the ways to cut the text
-        into candidates of the top ``TOP_K``, the one whose largest margin is smallest is
+        into tokens of the top ``_READ_WIDTH``, the one whose largest margin is smallest is
         read (branch and bound, at most ``_MAX_READS`` passes); where no cut writes the
         whole text, the one that gets furthest, with infinity from where it stops. An
         answer of fewer than ``max_tokens`` tokens ended by the model's choice: its
@@ -384,6 +388,7 @@ class LlmRunner:
                 self._read_rows(prompt_tokens, tokens),
                 seed=seed,
                 temperature_milli=temperature_milli,
+                width=_READ_WIDTH,
             )
             bound = float(best.max()) if np.isfinite(best).all() else limit
             found, turn = self._walk(text, tokens, candidates, margins, decided, branches, bound)
@@ -394,7 +399,13 @@ class LlmRunner:
                         break
                 elif np.isfinite(found).sum() > np.isfinite(deepest).sum():
                     deepest = found
-                turn = _branch_left(branches, min(float(best.max()), limit))
+                # only a choice at or before the step that set this path's largest margin
+                # (or where it stopped) can give a smaller one
+                stuck = np.flatnonzero(~np.isfinite(found))
+                worst = (
+                    int(stuck[0]) if stuck.size else len(found) - 1 - int(np.argmax(found[::-1]))
+                )
+                turn = _branch_left(branches, min(float(best.max()), limit), worst)
                 if turn is None:
                     break
             tokens = [*tokens[: turn.step], turn.tokens[0][1]]
@@ -600,9 +611,11 @@ class _Branch:
     tokens: list[tuple[float, int]]
 
 
-def _branch_left(branches: list[_Branch], bound: float) -> _Branch | None:
-    """The latest branch with an untried token whose margin is below ``bound``, that
-    token first; the branches after it are dropped."""
+def _branch_left(branches: list[_Branch], bound: float, upto: int) -> _Branch | None:
+    """The latest branch at step ``upto`` or before with an untried token whose margin
+    is below ``bound``, that token first; the branches after it are dropped."""
+    while branches and branches[-1].step > upto:
+        branches.pop()
     while branches:
         branch = branches[-1]
         branch.tokens.pop(0)  # the token the path took: tried

@@ -267,7 +267,7 @@ def choose_token(
 
 
 def candidate_margins(
-    logits: npt.NDArray[np.floating], *, seed: int, temperature_milli: int
+    logits: npt.NDArray[np.floating], *, seed: int, temperature_milli: int, width: int = TOP_K
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Each row's ``TOP_K`` candidates (rule 2's order; row ``j`` is step ``j``) and, for
     each, how far the row's logits lie from picking it, in logits: 0 for the pick.
@@ -275,13 +275,15 @@ def candidate_margins(
     For another candidate: T times its score's shortfall from the pick's (rule 4; at
     temperature 0, its logit's from the highest), and at least, where the filters drop
     it, how far its logit lies from what they keep (min-p: ``log(MIN_P) + logit[0] -
-    logit``; top-p: ``log(mass above it / TOP_P)``). Two engines whose logits differ by
-    less than a candidate's margin cannot part over it: the margins of an answer read
-    back say how far another engine's arithmetic would have had to be from this one's
-    for it to write that answer.
+    logit``; top-p: ``log(mass above it / TOP_P)``). ``width`` above ``TOP_K`` takes in
+    the next highest logits too, each at least as far as its logit lies below the
+    ``TOP_K``-th: on another engine it might have been a candidate. Two engines whose
+    logits differ by less than a candidate's margin cannot part over it: the margins of
+    an answer read back say how far another engine's arithmetic would have had to be
+    from this one's for it to write that answer.
     """
     rows = np.asarray(logits)
-    values, candidates = top_candidates(rows)
+    values, candidates = _top(rows, max(width, TOP_K))
     values = np.asarray(values, dtype=np.float64)
     order = np.lexsort((candidates, -values), axis=1)
     candidates = np.take_along_axis(np.asarray(candidates, dtype=np.int64), order, axis=1)
@@ -289,13 +291,19 @@ def candidate_margins(
     if temperature_milli == 0:  # rule 1: the highest logit, whatever the filters
         return candidates, values[:, :1] - values
     shifted = np.exp(values - values[:, :1])
+    shifted[:, TOP_K:] = 0.0  # past the top-k: in no candidate's softmax
     p = shifted / shifted.sum(axis=1, keepdims=True)
-    above = np.cumsum(p, axis=1) - p
+    above = np.minimum(np.cumsum(p, axis=1) - p, 1.0)
     keep = (above < TOP_P) & (p >= MIN_P * p[:, :1])
     keep[:, 0] = True
+    keep[:, TOP_K:] = False
     with np.errstate(divide="ignore"):
         dropped_by = np.maximum(
             np.log(MIN_P) + values[:, :1] - values, np.log(np.maximum(above, 1e-300) / TOP_P)
+        )
+    if values.shape[1] > TOP_K:  # below the top-k: at least as far as the last candidate
+        dropped_by[:, TOP_K:] = np.maximum(
+            dropped_by[:, TOP_K:], values[:, TOP_K - 1 : TOP_K] - values[:, TOP_K:]
         )
     shortfall = np.where(keep, 0.0, np.maximum(dropped_by, 1e-12))
     temperature = temperature_milli / 1000.0
@@ -303,6 +311,16 @@ def candidate_margins(
     scores = values / temperature - np.log(-np.log(uniforms(np.uint64(seed), steps, candidates)))
     best = np.where(keep, scores, -np.inf).max(axis=1, keepdims=True)
     return candidates, np.maximum(shortfall, temperature * np.maximum(best - scores, 0.0))
+
+
+def _top(
+    rows: npt.NDArray[np.floating], width: int
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:
+    """Each row's ``width`` highest logits and their token ids (all, when fewer)."""
+    if width == TOP_K or rows.shape[1] <= width:
+        return top_candidates(rows)
+    columns = np.argpartition(rows, rows.shape[1] - width, axis=1)[:, rows.shape[1] - width :]
+    return np.take_along_axis(rows, columns, axis=1), columns.astype(np.int64, copy=False)
 
 
 def choice_margins(

@@ -258,3 +258,20 @@ def test_a_near_tie_costs_a_margin_about_the_logits_difference() -> None:
 def test_margins_need_one_row_a_token() -> None:
     with pytest.raises(ValueError, match="2 rows of logits for 3 tokens"):
         choice_margins(np.zeros((2, 50)), [1, 2, 3], seed=1, temperature_milli=700)
+
+
+def test_a_token_just_past_the_top_k_is_as_far_as_its_logit_lies_below_the_last() -> None:
+    """Another engine may rank a token 40th that this one ranks 41st: read wider, it has
+    a finite margin, at least the logit it would have to gain to be a candidate."""
+    row = np.full(300, -20.0, dtype=np.float32)
+    row[:TOP_K] = np.linspace(1.0, 0.5, TOP_K)  # a flat top: the filters keep all 40
+    row[TOP_K] = 0.5 - 0.25  # 41st, a quarter below the 40th
+    narrow = choice_margins(row[None, :], [TOP_K], seed=3, temperature_milli=700)
+    assert narrow.tolist() == [math.inf]
+    candidates, margins = candidate_margins(
+        row[None, :], seed=3, temperature_milli=700, width=2 * TOP_K
+    )
+    wide = float(margins[0][list(candidates[0]).index(TOP_K)])
+    assert 0.25 - 1e-6 <= wide < math.inf
+    picks = candidates[0][margins[0] == 0.0].tolist()
+    assert picks == candidates[0][:TOP_K][margins[0][:TOP_K] == 0.0].tolist()  # width adds none
