@@ -319,8 +319,10 @@ class Listener:
         seen = {e.position.block_number for e in events}
         for number in range(first, last + 1):
             header = headers.get(number)
-            if header is None or number in seen or not self._binding.may_hold_events(
-                header.logs_bloom
+            if (
+                header is None
+                or number in seen
+                or not self._binding.may_hold_events(header.logs_bloom)
             ):
                 continue
             logs = self._rpc("eth_getLogs", functools.partial(self._logs_of_block, header.hash))
