@@ -66,7 +66,7 @@ from oracle.engine.llm import LlmRunner
 from oracle.engine.models import lookup_llm
 
 DEFAULT_MARGIN = 2.0
-"""In logits: where 98-100 % of every task type's honest answers from other engines pass
+"""In logits: where 95-100 % of every task type's honest answers from other engines pass
 (docs/consensus.md)."""
 THRESHOLDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 KINDS = ("honest", "other prompt", "other prompt, new text", "wrong", "reference")
