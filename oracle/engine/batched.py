@@ -88,7 +88,7 @@ from oracle.engine.llm import (
     ModelHasNoChatTemplate,
     ModelLoadFailed,
     PromptTooLong,
-    token_piece,
+    TokenPieces,
 )
 from oracle.engine.llm_options import padded_to_kv_cells, slots_for_budget
 from oracle.engine.models import LlmSpec
@@ -282,7 +282,7 @@ class BatchedLlm:
             raise
         self.slot_tokens = wanted_slot
         self._turn = 0
-        self._pieces: dict[int, bytes] = {}
+        self._piece = TokenPieces(self._vocab)
         self._end_of_generation: dict[int, bool] = {}
         self.times = StepTimes()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sampler")
@@ -750,13 +750,6 @@ class BatchedLlm:
             if count >= 0:
                 return list(buffer[:count])
             capacity = -count
-
-    def _piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
-        if piece is None:
-            piece = token_piece(self._vocab, token)
-            self._pieces[token] = piece
-        return piece
 
     def _is_end_of_generation(self, token: int) -> bool:
         ends = self._end_of_generation.get(token)

@@ -56,6 +56,7 @@ __all__ = [
     "ModelHasNoChatTemplate",
     "ModelLoadFailed",
     "PromptTooLong",
+    "TokenPieces",
     "request_seed",
 ]
 
@@ -230,10 +231,10 @@ class LlmRunner:
         self.model_path = model_path or spec.resolve(cache_dir=cache_dir)
         self._lock = threading.Lock()
         self.reads_answers = reads_answers
-        self._pieces: dict[int, bytes] = {}
         started = time.perf_counter()
         self._llm = self._load(n_threads)
         self._chat_template = self._chat_formatter() if spec.prompt_style == "chat" else None
+        self._piece_of = TokenPieces(self._llm._model.vocab)
         self.load_seconds = time.perf_counter() - started
         logger.info(
             "loaded model",
@@ -472,12 +473,6 @@ class LlmRunner:
         piece = self._piece_of(token)
         return bool(piece) and text.startswith(piece, offset)
 
-    def _piece_of(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
-        if piece is None:
-            piece = self._pieces[token] = token_piece(self._llm._model.vocab, token)
-        return piece
-
     def close(self) -> None:
         """Free the model's memory now rather than at garbage collection."""
         with self._lock:
@@ -625,8 +620,22 @@ def _branch_left(branches: list[_Branch], bound: float, upto: int) -> _Branch | 
     return None
 
 
-def token_piece(vocab: Any, token: int) -> bytes:
-    """The bytes a token writes (``llama_token_to_piece``, special tokens as nothing)."""
+class TokenPieces:
+    """The bytes each token of a vocabulary writes (``llama_token_to_piece``, special
+    tokens as nothing), each looked up once."""
+
+    def __init__(self, vocab: Any) -> None:
+        self._vocab = vocab
+        self._pieces: dict[int, bytes] = {}
+
+    def __call__(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = _token_piece(self._vocab, token)
+        return piece
+
+
+def _token_piece(vocab: Any, token: int) -> bytes:
     size = 32
     while True:
         buffer = (ctypes.c_char * size)()

@@ -91,24 +91,27 @@ def uniforms(
 
 
 def top_candidates(
-    logits: npt.NDArray[np.floating], ids: npt.NDArray[np.integer] | None = None
+    logits: npt.NDArray[np.floating],
+    ids: npt.NDArray[np.integer] | None = None,
+    *,
+    count: int = TOP_K,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:
-    """Each row's ``TOP_K`` highest logits and their token ids (rule 2's candidates, not
-    yet sorted). ``ids``: the token id of each column; None for the whole vocabulary.
-    The heavy part of a step's sampling, and numpy's partitions and comparisons release
-    the GIL."""
+    """Each row's ``count`` highest logits and their token ids (by default rule 2's
+    candidates, not yet sorted; all, when fewer). ``ids``: the token id of each column;
+    None for the whole vocabulary. The heavy part of a step's sampling, and numpy's
+    partitions and comparisons release the GIL."""
     rows = np.asarray(logits)
     width = rows.shape[1]
-    if width <= TOP_K:
+    if width <= count:
         if ids is None:
             return rows, np.broadcast_to(np.arange(width, dtype=np.int64), rows.shape)
         return rows, np.asarray(ids, dtype=np.int64)
-    if ids is None and rows.shape[0] == 1:
+    if ids is None and rows.shape[0] == 1 and count == TOP_K:
         columns = _top_columns(rows[0])[None, :]
         return np.take_along_axis(rows, columns, axis=1), columns
     # several rows: one partition for the block, the GIL released all along (a loop over
     # the rows, though less work, holds it between calls, and a pool's threads then queue)
-    columns = np.argpartition(rows, width - TOP_K, axis=1)[:, width - TOP_K :]
+    columns = np.argpartition(rows, width - count, axis=1)[:, width - count :]
     values = np.take_along_axis(rows, columns, axis=1)
     if ids is None:  # a column is its token id
         return values, columns.astype(np.int64, copy=False)
@@ -283,7 +286,7 @@ def candidate_margins(
     from this one's for it to write that answer.
     """
     rows = np.asarray(logits)
-    values, candidates = _top(rows, max(width, TOP_K))
+    values, candidates = top_candidates(rows, count=max(width, TOP_K))
     values = np.asarray(values, dtype=np.float64)
     order = np.lexsort((candidates, -values), axis=1)
     candidates = np.take_along_axis(np.asarray(candidates, dtype=np.int64), order, axis=1)
@@ -311,16 +314,6 @@ def candidate_margins(
     scores = values / temperature - np.log(-np.log(uniforms(np.uint64(seed), steps, candidates)))
     best = np.where(keep, scores, -np.inf).max(axis=1, keepdims=True)
     return candidates, np.maximum(shortfall, temperature * np.maximum(best - scores, 0.0))
-
-
-def _top(
-    rows: npt.NDArray[np.floating], width: int
-) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:
-    """Each row's ``width`` highest logits and their token ids (all, when fewer)."""
-    if width == TOP_K or rows.shape[1] <= width:
-        return top_candidates(rows)
-    columns = np.argpartition(rows, rows.shape[1] - width, axis=1)[:, rows.shape[1] - width :]
-    return np.take_along_axis(rows, columns, axis=1), columns.astype(np.int64, copy=False)
 
 
 def choice_margins(
