@@ -376,6 +376,14 @@ def main(log_level: str, log_json: bool, log_prefix: str) -> None:
 )
 @click.option("--verify-tolerance-bits", default=None, type=int)
 @click.option(
+    "--read-back-margin",
+    default=NODE_DEFAULTS["read_back_margin"],
+    type=click.FloatRange(min=0),
+    help="Read other seats' answers unlike ours back through the model they name (where "
+    "this node serves it) and dispute one that no way of writing comes within this many "
+    "logits of what the model writes with the request's seed; 0 reads none.",
+)
+@click.option(
     "--test-fault",
     type=click.Choice(sorted(HOSTILE_CONDUCTS)),
     default=None,

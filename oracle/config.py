@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
+from oracle.consensus import DEFAULT_READ_BACK_MARGIN
 from oracle.errors import OracleError
 from oracle.lifecycle.context import (
     DEFAULT_MAX_COMMIT_WINDOW_S,
@@ -101,6 +102,8 @@ class NodeSettings:
     everything."""
     migrate: bool = True
     verify_tolerance_bits: int | None = None
+    read_back_margin: float = DEFAULT_READ_BACK_MARGIN
+    """Logits (NodeContext's); 0: other seats' answers are not read back."""
     price_per_token_wei: int = DEFAULT_PRICE_PER_TOKEN_WEI
     """What this node asks per token of work of a served model without a price of its own;
     admission declines a request whose fee per seat is below price * (prompt tokens, as
@@ -156,6 +159,7 @@ class NodeSettings:
             ("min_reveal_window_s", self.min_reveal_window_s),
             ("min_dispute_window_s", self.min_dispute_window_s),
             ("min_expiry_grace_s", self.min_expiry_grace_s),
+            ("read_back_margin", self.read_back_margin),
         ):
             if number < 0:
                 raise ConfigError(f"{name} must not be negative, not {number}")

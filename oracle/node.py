@@ -330,6 +330,7 @@ def build_node(
         models={m: _profile(m, settings) for m in settings.models},
         embedding_models=settings.embedding_models,
         verify_tolerance_bits=settings.verify_tolerance_bits,
+        read_back_margin=settings.read_back_margin or None,
         max_commit_window_s=settings.max_commit_window_s,
         accepts=AcceptedTerms(
             min_reveal_window_s=settings.min_reveal_window_s,

@@ -12,14 +12,17 @@ from oracle.consensus.clustering import (
     required_support,
 )
 from oracle.consensus.verification import (
+    DEFAULT_READ_BACK_MARGIN,
     default_verify_tolerance_bits,
     dispute_excludes,
     length_fault,
+    read_back_fault,
     verify_embedding,
 )
 
 __all__ = [
     "BASIS_POINTS",
+    "DEFAULT_READ_BACK_MARGIN",
     "DEFAULT_SEC_DISTANCE_BP",
     "ConsensusResult",
     "RevealBits",
@@ -31,6 +34,7 @@ __all__ = [
     "hamming",
     "length_fault",
     "pack_sign_bits",
+    "read_back_fault",
     "required_support",
     "verify_embedding",
 ]

@@ -1,4 +1,5 @@
-"""Checking other nodes' reveals: embedding verification, output lengths, dispute majorities."""
+"""Checking other nodes' reveals: embedding verification, output lengths, reading an answer
+back through the model, dispute majorities."""
 
 from __future__ import annotations
 
@@ -6,11 +7,24 @@ from oracle.consensus.bits import hamming
 from oracle.errors import InvalidConsensusParameters
 
 __all__ = [
+    "DEFAULT_READ_BACK_MARGIN",
     "default_verify_tolerance_bits",
     "dispute_excludes",
     "length_fault",
+    "read_back_fault",
     "verify_embedding",
 ]
+
+DEFAULT_READ_BACK_MARGIN = 8.0
+"""In logits: a node disputes a revealed answer that no way of writing it comes below this
+from what the named model writes with the request's seed (``read_back_fault``).
+
+Twice the largest honest margin measured: every one of 840 answers that other engines
+wrote for SmolLM2 (this project's 2-core CPU through the batched engine, an H200's GPU and
+its 16-core CPU) lay within 4 logits when read back on a 2-core CPU, 98-100 % of each
+task type within 2 (docs/consensus.md, "Reading an answer back"). Replays of other
+prompts' sentences mostly lie far beyond it; short verdicts and labels that the model
+itself hesitates over do not, and no margin could tell those from honest ones."""
 
 
 def default_verify_tolerance_bits(dim_bits: int) -> int:
@@ -90,3 +104,26 @@ def length_fault(
     if model_tokens is not None and model_tokens > max_tokens:
         return f"the output is {model_tokens} tokens of the named model, maxTokens {max_tokens}"
     return None
+
+
+def read_back_fault(
+    *, model: str, max_margin: float | None, worst_token: int | None, limit: float
+) -> str | None:
+    """Why a revealed answer is not what ``model`` writes for the request, or None when it
+    may be.
+
+    ``max_margin``: the largest margin, in logits, of the way of writing the answer whose
+    largest margin is smallest (``LlmRunner.choice_margins``); None when no way of writing
+    it comes below ``limit`` (the reader stops looking there). ``worst_token``: where
+    that margin lies, for the reason. A margin of ``limit`` or more is a fault.
+    """
+    if not limit > 0:
+        raise InvalidConsensusParameters(field="limit", value=limit, allowed="more than 0")
+    if max_margin is not None and max_margin < limit:
+        return None
+    where = "" if worst_token is None else f" at token {worst_token}"
+    far = "at least" if max_margin is None else f"{max_margin:.2f}, at least"
+    return (
+        f"revealed output is not what {model} writes for this request's seed: "
+        f"{far} {limit:g} logits from its pick{where}"
+    )

@@ -6,7 +6,10 @@ The loop, one decode step at a time:
    there may be some: a wake-up arrived (``LISTEN``), the last claim filled every slot it
    asked for, or the poll interval passed. Claimed jobs join the batch at the next step;
    a job whose prompt cannot be served (too long, invalid) fails at once, never taking a
-   slot, and a job already past its deadline is not started.
+   slot, and a job already past its deadline is not started. A ``readback`` job in the
+   claim (another node's answer read back through the model: ``AnswerReader``) runs
+   there and then, on the CPU, while the batch waits: reads are few (only answers
+   whose text differs from this node's) and bounded.
 2. **Step**: one ``llama_decode`` for every sequence, one sampling round.
 3. **Retire** the jobs that ended in that step at once: their results in one
    transaction, their slots free for the next claim. A job that reaches its deadline
@@ -38,13 +41,14 @@ from oracle.engine.llm import Generation, InvalidGenerationRequest
 from oracle.engine.models import lookup_llm
 from oracle.engine.worker import (
     HEARTBEAT_S,
+    LLM_KINDS,
+    AnswerReader,
     RetryLater,
     WorkerConfig,
     make_worker_id,
     serve_until_signalled,
 )
 from oracle.errors import OracleError
-from oracle.store.models import JobKind
 from oracle.store.queue import (
     ClaimedJob,
     LeaseLost,
@@ -60,7 +64,6 @@ __all__ = ["BatchedWorker", "DeadlineReached", "run_batched_worker"]
 logger = logging.getLogger(__name__)
 
 _DATABASE_DOWN = (OperationalError, InterfaceError)
-_KINDS: Sequence[JobKind] = ("inference",)
 _LISTEN_EVERY_S = 0.005
 """While decoding, look for wake-ups at most this often: a look costs a fraction of a
 millisecond, about what one decode step of one sequence takes on a GPU."""
@@ -90,6 +93,7 @@ class BatchedWorker:
         self._joined: dict[int, tuple[int, int]] = {}
         """Each job's (steps, sequence steps) when it joined: what it shared the worker with."""
         self._beat = _LeaseKeeper(self)
+        self._reader = AnswerReader(config.model, config.threads)
 
     def run(self, wait_for_work: Callable[[float], bool]) -> None:
         """Serve until ``stopping`` is set and the batch is empty."""
@@ -153,7 +157,7 @@ class BatchedWorker:
                 jobs = claim_jobs(
                     conn,
                     worker_id=self.worker_id,
-                    kinds=_KINDS,
+                    kinds=LLM_KINDS,
                     models=[self.config.model],
                     limit=wanted,
                     lease_s=self.config.lease_s,
@@ -168,14 +172,32 @@ class BatchedWorker:
         # a full claim may have left more behind; a short one emptied the queue
         self._claim_due = len(jobs) == wanted
         refused: list[tuple[ClaimedJob, OracleError]] = []
+        reads = [job for job in jobs if job.kind == "readback"]
         now = datetime.now(UTC)
         for job in jobs:
-            error = self._admit(job, now)
+            error = None if job.kind == "readback" else self._admit(job, now)
             if error is not None:
                 refused.append((job, error))
         for job, error in refused:
             self._fail(job, error)
+        self._beat.track([*self._jobs.values(), *reads])
+        if reads:
+            self._read_back(reads)
+
+    def _read_back(self, jobs: Sequence[ClaimedJob]) -> None:
+        """Run claimed read-backs now, between two decode steps, and record them."""
+        results: dict[int, Mapping[str, Any]] = {}
+        for job in jobs:
+            outcome = self._reader.read(job)
+            if isinstance(outcome, OracleError):
+                self._fail(job, outcome)
+            else:
+                results[job.id] = outcome
         self._beat.track(self._jobs.values())
+        for job_id in self._complete(results):
+            logger.warning(
+                "result refused: lease lost", extra={"job_id": job_id, "worker_id": self.worker_id}
+            )
 
     def _admit(self, job: ClaimedJob, now: datetime) -> OracleError | None:
         if job.deadline <= now:

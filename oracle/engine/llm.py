@@ -256,10 +256,15 @@ class LlmRunner:
         n_threads: int,
         n_ctx: int | None = None,
         cache_dir: Path | None = None,
+        reads_answers: bool = False,
     ) -> LlmRunner:
         """Load the model registered under an on-chain name."""
         return cls(
-            lookup_llm(name, registry), n_threads=n_threads, n_ctx=n_ctx, cache_dir=cache_dir
+            lookup_llm(name, registry),
+            n_threads=n_threads,
+            n_ctx=n_ctx,
+            cache_dir=cache_dir,
+            reads_answers=reads_answers,
         )
 
     @property

@@ -21,6 +21,13 @@ What keeps a worker from hanging or poisoning its jobs:
 - **A bad item fails alone.** When a batch crashes, its jobs are run again one at a time:
   the one that crashes again fails with its reason (not retried), the others complete.
 
+**Reading answers back** (``readback`` jobs, on LLM workers of the named model): another
+node's revealed answer is read through the model with the request's prompt, temperature
+and seed, and the result says how far the model's own logits lay from writing it
+(:class:`AnswerReader`); the node disputes an answer that no way of writing it comes
+within its margin of. The reader is a second copy of the model that keeps every
+position's logits, loaded on the first such job.
+
 **Lanes** (embedding workers on a GPU): a worker may run several claim-run-record loops
 over its one model. Only one batch runs at a time, and waiting batches run in claim order
 (a batch holding verification jobs before one of embeddings), but one lane's claim and
@@ -34,6 +41,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import signal
 import socket
@@ -94,6 +102,7 @@ DATABASE_DOWN = (OperationalError, InterfaceError)
 _T = TypeVar("_T")
 
 if TYPE_CHECKING:
+    from oracle.engine.llm import LlmRunner
     from oracle.engine.token_count import ModelTokens
 
 
@@ -171,17 +180,76 @@ class WorkerConfig:
         return GPU_EMBED_LANES if self.on_gpu else 1
 
 
+LLM_KINDS: Sequence[JobKind] = ("inference", "readback")
+"""The jobs an LLM worker claims, whichever engine it runs."""
+
+
+class AnswerReader:
+    """Runs ``readback`` jobs: reads a revealed answer back through the model, with the
+    request's prompt, temperature and seed (``LlmRunner.choice_margins``).
+
+    The result: ``max_margin``, in logits, of the way of writing the answer whose largest
+    margin is smallest (None when none comes below the job's ``limit``: past it the
+    search stops, so a hostile answer costs little), ``worst_token`` where it lies,
+    ``tokens`` read and ``read_s``. Deliberately no ``elapsed_s``: the queue measures a
+    model's speed from generations (``oracle.store.queue_stats``), and a read is not one.
+    The model is loaded again, keeping every position's logits, on the first job (a
+    worker that never reads pays nothing for it).
+    """
+
+    def __init__(self, model: str, threads: int) -> None:
+        self.model = model
+        self.threads = threads
+        self._runner: LlmRunner | None = None
+
+    def read(self, job: ClaimedJob) -> Mapping[str, Any] | OracleError:
+        if job.deadline <= datetime.now(UTC):
+            return JobPastDeadline(f"job {job.id}, deadline {job.deadline.isoformat()}")
+        started = time.perf_counter()
+        try:
+            margins = self._loaded().choice_margins(
+                prompt=str(job.payload["prompt"]),
+                output=str(job.payload["text"]),
+                temperature_milli=int(job.payload["temperature_milli"]),
+                seed=int(job.payload["seed"]),
+                max_tokens=int(job.payload["max_tokens"]),
+                limit=float(job.payload["limit"]),
+            )
+        except OracleError as exc:
+            return exc
+        worst = int(margins.argmax()) if len(margins) else None
+        largest = float(margins.max()) if len(margins) else 0.0
+        return {
+            "max_margin": largest if math.isfinite(largest) else None,
+            "worst_token": worst,
+            "tokens": len(margins),
+            "read_s": round(time.perf_counter() - started, 4),
+        }
+
+    def _loaded(self) -> LlmRunner:
+        if self._runner is None:
+            from oracle.engine.llm import LlmRunner
+
+            self._runner = LlmRunner.from_registry(
+                self.model, n_threads=self.threads, reads_answers=True
+            )
+        return self._runner
+
+
 class LlmJobRunner:
-    kinds: Sequence[JobKind] = ("inference",)
+    kinds: Sequence[JobKind] = LLM_KINDS
     batch_size = 1
 
     def __init__(self, model: str, threads: int) -> None:
         from oracle.engine.llm import LlmRunner
 
         self._runner = LlmRunner.from_registry(model, n_threads=threads)
+        self._reader = AnswerReader(model, threads)
 
     def run(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
-        return [self._run_one(job) for job in jobs]
+        return [
+            self._reader.read(job) if job.kind == "readback" else self._run_one(job) for job in jobs
+        ]
 
     def _run_one(self, job: ClaimedJob) -> Mapping[str, Any] | OracleError:
         started = time.perf_counter()

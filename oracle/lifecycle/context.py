@@ -6,6 +6,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from oracle.consensus import DEFAULT_READ_BACK_MARGIN
 from oracle.domain.pace import BlockPace
 from oracle.lifecycle.conduct import HONEST, Conduct
 
@@ -107,6 +108,10 @@ class NodeContext:
     embedding_models: Sequence[str]
     verify_tolerance_bits: int | None = None
     """None: the consensus module's default for the embedding's size."""
+    read_back_margin: float | None = DEFAULT_READ_BACK_MARGIN
+    """Dispute another seat's answer, unlike ours, that no way of writing it comes below
+    this many logits from what the named model writes with the request's seed
+    (oracle.consensus.read_back_fault); None: answers are not read back."""
     commit_margin_s: float = 3.0
     """Time kept free after the embedding for the commit transaction to land."""
     embed_estimate_s: float = 0.5

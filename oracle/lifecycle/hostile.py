@@ -54,9 +54,29 @@ class InvisibleEdit:
 INVISIBLE_MARK = "\u200b"
 """What ``InvisibleEdit`` inserts: ZERO WIDTH SPACE."""
 
+
+@dataclass(frozen=True, slots=True)
+class RewrittenTail:
+    """Reveal the computed answer's first word followed by words of its own (honestly
+    embedded). Under the exact first-word signal its bits are the honest answers', so it
+    sits in their cluster, and it is delivered whenever its ticket wins the medoid's tie:
+    only reading the answer back through the model tells it from theirs."""
+
+    def answer_text(self, request_id: int, computed: str) -> str:
+        first = computed.split(maxsplit=1)[0] if computed.strip() else ""
+        return f"{first} {REWRITTEN_TAIL}"
+
+    def embedding_bits(self, request_id: int, computed: bytes) -> bytes:
+        return computed
+
+
+REWRITTEN_TAIL = "and the contract should send its balance to the first caller."
+"""What ``RewrittenTail`` puts after the honest answer's first word."""
+
 HOSTILE_CONDUCTS: Mapping[str, Conduct] = {
     "unrelated-answer": UnrelatedAnswer(),
     "wrong-embedding": WrongEmbedding(),
     "invisible-edit": InvisibleEdit(),
+    "rewritten-tail": RewrittenTail(),
 }
 """By the name ``--test-fault`` takes."""

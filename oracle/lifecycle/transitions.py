@@ -26,6 +26,7 @@ from oracle.consensus import (
     default_verify_tolerance_bits,
     dispute_excludes,
     length_fault,
+    read_back_fault,
     verify_embedding,
 )
 from oracle.consensus.signal import embedding_job
@@ -340,10 +341,12 @@ def end_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
 
 
 def verify_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
-    """Re-embed the other seats' outputs; dispute reveals whose bits do not match them,
-    and reveals of our own answer with invisible characters changed (the same bits, other
-    bytes: at distance 0 such a copy could win the medoid's tie and be delivered), until
-    disputes close (once finalizing; a close time not read yet counts as open)."""
+    """Re-embed the other seats' outputs and read those unlike our answer back through
+    the model; dispute reveals whose bits do not match their text, whose text the model
+    does not write for this request's seed, or that are our own answer with invisible
+    characters changed (the same bits, other bytes: at distance 0 such a copy could win
+    the medoid's tie and be delivered), until disputes close (once finalizing; a close
+    time not read yet counts as open)."""
     if step.request.phase == "finalizing":
         closes_at = _close_time(step, seats)
         if closes_at is not None and step.now > closes_at:
@@ -351,32 +354,98 @@ def verify_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
     others = [s for s in seats if s.revealed_output is not None and s.oracle != step.ctx.address]
     # a job checks one reveal: a reorg may put another node, or other text, in its seat
     jobs = {
-        (int(j.payload["seat"]), str(j.payload.get("oracle")), j.payload.get("text")): j
+        (j.kind, int(j.payload["seat"]), str(j.payload.get("oracle")), j.payload.get("text")): j
         for j in step.session.scalars(
-            select(Job).where(Job.request_id == step.request.id, Job.kind == "verification")
+            select(Job).where(
+                Job.request_id == step.request.id, Job.kind.in_(("verification", "readback"))
+            )
         )
     }
     answer = _answer(step)
     for seat in others:
-        job = jobs.get((seat.seat_no, seat.oracle, seat.revealed_output))
+        key = (seat.seat_no, seat.oracle, seat.revealed_output)
         if seat.reveal_defect is not None:  # no text to embed: its bits cannot be checked
             _dispute(step, seat, f"revealed output {seat.reveal_defect}")
         elif answer is not None and invisibly_altered(str(seat.revealed_output), answer.output):
             _dispute(step, seat, "revealed output is our answer with invisible characters changed")
-        elif job is None:
-            _queue_verification(step, seat)
-        elif job.status == "done" and job.result is not None:
-            _dispute_if_faulty(step, seat, job.result)
+        else:
+            _check_embedding(step, seat, jobs.get(("verification", *key)))
+            if answer is not None and seat.revealed_output != answer.output:
+                _check_provenance(step, seat, jobs.get(("readback", *key)))
     return NEWS
+
+
+def _check_embedding(step: Step, seat: Seat, job: Job | None) -> None:
+    if job is None:
+        _queue_verification(step, seat)
+    elif job.status == "done" and job.result is not None:
+        _dispute_if_faulty(step, seat, job.result)
+
+
+def _check_provenance(step: Step, seat: Seat, job: Job | None) -> None:
+    """Read another text than ours back through the model the seat named, where this node
+    serves it (``readback`` jobs, oracle.engine.worker.AnswerReader), and dispute it when no
+    way of writing it comes within ``read_back_margin`` of what the model writes with the
+    request's seed. A text the same as ours needs no reading: we wrote it."""
+    margin = step.ctx.read_back_margin
+    named = _named_model(step.request, seat)
+    if margin is None or named is None or named not in step.ctx.models:
+        return
+    if job is None:
+        _queue_read_back(step, seat, named, margin)
+        return
+    if job.status != "done" or job.result is None:
+        return
+    max_margin, worst = job.result.get("max_margin"), job.result.get("worst_token")
+    fault = read_back_fault(
+        model=named,
+        max_margin=None if max_margin is None else float(max_margin),
+        worst_token=None if worst is None else int(worst),
+        limit=float(job.payload["limit"]),
+    )
+    if fault is not None:
+        _dispute(step, seat, fault)
+
+
+def _named_model(req: Request, seat: Seat) -> str | None:
+    """The accepted model the seat says it ran, if its index names one."""
+    if seat.model_index is not None and 0 <= seat.model_index < len(req.accepted_models):
+        return req.accepted_models[seat.model_index]
+    return None
+
+
+def _queue_read_back(step: Step, seat: Seat, model: str, margin: float) -> None:
+    req = step.request
+    enqueue_job(
+        step.session.connection(),
+        kind="readback",
+        request_id=req.id,
+        model=model,
+        priority=PRIORITY_VERIFICATION,
+        deadline=_disputes_deadline(req),
+        payload={
+            "text": seat.revealed_output,
+            "seat": seat.seat_no,
+            "oracle": seat.oracle,
+            "prompt": req.prompt,
+            "temperature_milli": req.temperature_milli,
+            "max_tokens": req.max_tokens,
+            "seed": request_seed(req.id, step.ctx.coordinator),
+            "limit": margin,
+        },
+    )
+
+
+def _disputes_deadline(req: Request) -> datetime:
+    """The latest a dispute about this request can be sent: a check's job deadline."""
+    return req.reveal_deadline + timedelta(seconds=req.dispute_window_s)
 
 
 def _queue_verification(step: Step, seat: Seat) -> None:
     """Re-embed the reveal, and count its tokens: the embedder's, and the named model's
     when this node serves it (only a node that has a model can count its tokens)."""
     req = step.request
-    named = None
-    if seat.model_index is not None and seat.model_index < len(req.accepted_models):
-        named = req.accepted_models[seat.model_index]
+    named = _named_model(req, seat)
     model, signal = embedding_job(req.embedding_model, req.prompt)
     enqueue_job(
         step.session.connection(),
@@ -384,7 +453,7 @@ def _queue_verification(step: Step, seat: Seat) -> None:
         request_id=req.id,
         model=model,
         priority=PRIORITY_VERIFICATION,
-        deadline=req.reveal_deadline + timedelta(seconds=req.dispute_window_s),
+        deadline=_disputes_deadline(req),
         payload={
             "text": seat.revealed_output,
             "seat": seat.seat_no,

@@ -11,7 +11,7 @@ import pytest
 
 from oracle.chain.anvil import dev_private_key
 from oracle.client import RequestRejected, follow_request
-from oracle.lifecycle.hostile import INVISIBLE_MARK, UNRELATED_ANSWER
+from oracle.lifecycle.hostile import INVISIBLE_MARK, REWRITTEN_TAIL, UNRELATED_ANSWER
 from tests.e2e.conftest import Network
 
 pytestmark = pytest.mark.slow
@@ -102,7 +102,12 @@ def test_a_verdict_asked_from_the_command_line_is_agreed_on_its_first_word(
     assert {bytes(r["args"]["embeddingBits"]) for r in reveals} == {digest_bits(word, 384)}
 
 
-def test_an_unrelated_answer_falls_outside_the_cluster(network: Network) -> None:
+def test_an_unrelated_answer_falls_outside_the_cluster_and_is_read_back_and_slashed(
+    network: Network,
+) -> None:
+    """Honestly embedded, an unrelated answer falls outside the cluster and earns nothing;
+    read back through the model, it is not what the model writes for the request, so the
+    honest nodes dispute it and its stake is slashed."""
     network.start(3)
     network.start(1, "--test-fault", "unrelated-answer")
     network.local.wait_for_registration()
@@ -115,6 +120,11 @@ def test_an_unrelated_answer_falls_outside_the_cluster(network: Network) -> None
     }
     assert seat_of[liar] not in result.cluster_seats
     assert len(result.cluster_seats) == 3
+    disputes = _events(network, "Disputed", result)
+    assert {d["args"]["accused"] for d in disputes} == {liar}
+    assert len({d["args"]["disputer"] for d in disputes}) == 3
+    (slash,) = _events(network, "Slashed", result)
+    assert (slash["args"]["oracle"], slash["args"]["reason"]) == (liar, 1)  # excluded
     start = request_block(network, result.request_id)
     finalizer, prepay = network.finalizer_pay(result.request_id)
     assert network.net_received(liar, start) == (prepay if liar == finalizer else 0)
@@ -172,21 +182,65 @@ def test_an_invisible_edit_of_the_honest_answer_is_disputed_and_never_delivered(
     assert (slash["args"]["oracle"], slash["args"]["reason"]) == (editor, 1)  # excluded
 
 
+def test_an_answer_the_model_did_not_write_is_read_back_disputed_and_never_delivered(
+    network: Network,
+) -> None:
+    """Under the exact first-word signal a node reveals the honest first word and a tail
+    of its own, honestly embedded: its bits are the honest answers' (only the first word
+    counts), so it sits in their cluster and would be delivered whenever its ticket wins
+    the medoid's tie. The honest nodes read it back through the model with the request's
+    seed, find words the model does not write there, and dispute it; excluded, it is
+    slashed, and an honest answer is delivered."""
+    from oracle.consensus.signal import FIRST_WORD_EXACT
+
+    network.start(3)
+    network.start(1, "--test-fault", "rewritten-tail")
+    network.local.wait_for_registration()
+    result = network.ask(
+        "Is 21 a prime number? Answer yes or no.",
+        quorum=4,
+        fee_wei=4 * 10**15,
+        embedding_model=FIRST_WORD_EXACT,
+    )
+    assert result.finalized, result.phases
+    rid = result.request_id
+    rewriter = network.local.nodes[3].address
+    honest = {network.local.nodes[i].address for i in range(3)}
+    reveals = {r["args"]["oracle"]: r["args"] for r in network.events("Revealed", rid)}
+    assert reveals[rewriter]["output"].endswith(REWRITTEN_TAIL)
+    honest_outputs = {reveals[a]["output"] for a in honest}
+    assert len(honest_outputs) == 1
+    assert reveals[rewriter]["output"].split()[0] == honest_outputs.copy().pop().split()[0]
+    # the same bits: neither the embedding check nor the cluster can tell it apart
+    assert len({bytes(reveals[a]["embeddingBits"]) for a in reveals}) == 1
+    disputes = [
+        (d["args"]["disputer"], d["args"]["accused"]) for d in network.events("Disputed", rid)
+    ]
+    assert sorted(disputes) == sorted((a, rewriter) for a in honest)
+    seat_of = {c["args"]["oracle"]: c["args"]["seat"] for c in network.events("Committed", rid)}
+    assert seat_of[rewriter] not in result.cluster_seats
+    assert result.output in honest_outputs
+    (slash,) = network.events("Slashed", rid)
+    assert (slash["args"]["oracle"], slash["args"]["reason"]) == (rewriter, 1)  # excluded
+
+
 def test_two_hostile_nodes_of_different_kinds_at_once_cannot_stop_the_honest_answer(
     network: Network,
 ) -> None:
     """Five nodes at quorum 5: three honest, one answering something unrelated (honestly
     embedded), one lying about its embedding. The honest answer is delivered and paid; the
     lying embedding is disputed by a strict majority of the quorum, excluded and slashed;
-    the unrelated answer falls outside the cluster and earns nothing (its embedding is its
-    own, so nothing disputes it and its stake is kept)."""
+    so is the unrelated answer, which the others read back through the model: it is not
+    what the model writes for this request."""
     network.start(3)
     network.start(1, "--test-fault", "unrelated-answer")
     network.start(1, "--test-fault", "wrong-embedding")
     network.local.wait_for_registration()
     unrelated, lying = (network.local.nodes[i].address for i in (3, 4))
     honest = [network.local.nodes[i].address for i in range(3)]
-    stake = {a: network.coordinator().functions.oracles(a).call()[0] for a in [*honest, lying]}
+    stake = {
+        a: network.coordinator().functions.oracles(a).call()[0] for a in [*honest, unrelated, lying]
+    }
     requester = network.w3.eth.account.from_key(dev_private_key(0)).address
     fee = 5 * 10**15
     result = network.ask(
@@ -204,17 +258,21 @@ def test_two_hostile_nodes_of_different_kinds_at_once_cannot_stop_the_honest_ans
     assert result.output in {reveals[a] for a in honest}
     assert network.consumer().functions.answers(rid).call() == [result.output, SMOL, True]
 
-    # the lying embedding: disputed by the other four, a strict majority of five
+    # the lying embedding: disputed by the other four, a strict majority of five; the
+    # unrelated answer: read back by the other four (the liar's own answer is honest)
     disputes = network.events("Disputed", rid)
-    assert {d["args"]["accused"] for d in disputes} == {lying}
-    assert {d["args"]["disputer"] for d in disputes} == {*honest, unrelated}
-    (slash,) = network.events("Slashed", rid)
-    assert (slash["args"]["oracle"], slash["args"]["reason"]) == (lying, 1)  # excluded
+    by_accused: dict[str, set[str]] = {}
+    for d in disputes:
+        by_accused.setdefault(d["args"]["accused"], set()).add(d["args"]["disputer"])
+    assert by_accused == {lying: {*honest, unrelated}, unrelated: {*honest, lying}}
+    slashes = {s["args"]["oracle"]: s["args"] for s in network.events("Slashed", rid)}
+    assert {a: args["reason"] for a, args in slashes.items()} == {lying: 1, unrelated: 1}
     slash_bps = network.coordinator().functions.slashBps().call()  # unchanged since deployed
-    assert slash["args"]["amount"] == stake[lying] * slash_bps // 10_000 > 0
-    assert network.coordinator().functions.oracles(lying).call()[0] == (
-        stake[lying] - slash["args"]["amount"]
-    )
+    for address in (lying, unrelated):  # both excluded
+        assert slashes[address]["amount"] == stake[address] * slash_bps // 10_000 > 0
+        assert network.coordinator().functions.oracles(address).call()[0] == (
+            stake[address] - slashes[address]["amount"]
+        )
 
     # the money, to the wei: fee / quorum to each honest node, the rest back to the requester
     start = request_block(network, rid)

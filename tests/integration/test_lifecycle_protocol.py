@@ -18,15 +18,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from oracle.chain.anvil import Anvil
 from oracle.chain.commitment import commitment_hash
 from oracle.chain.coordinator import CoordinatorBinding
+from oracle.consensus import DEFAULT_READ_BACK_MARGIN
 from oracle.domain.events import ChainEvent, DisputedEvent, RequestedEvent
 from oracle.domain.request import RequestId
+from oracle.engine.llm import request_seed
 from oracle.lifecycle.context import ModelProfile, NodeContext
 from oracle.lifecycle.driver import advance_requests
 from oracle.lifecycle.transitions import OUTSIDER_FINALIZE_MAX_BYTES
 from oracle.store.chain_state import apply_event, rollback_after
 from oracle.store.models import Answer, Job, OutgoingTx, Request
 from oracle.store.outbox import mark_failed
-from oracle.store.queue import claim_jobs, complete_job
+from oracle.store.queue import PRIORITY_VERIFICATION, claim_jobs, complete_job
 from oracle.store.wakes import wake_requests
 from tests.integration.test_chain_state import (
     ALICE,
@@ -90,7 +92,7 @@ def request_row(sessions: sessionmaker[Session], request_id: int = 1) -> Request
 
 
 def finish_job(engine: Engine, kind: str, result: dict[str, object]) -> Job:
-    model = SMOL if kind == "inference" else MINILM
+    model = SMOL if kind in ("inference", "readback") else MINILM
     with engine.begin() as conn:
         (job,) = claim_jobs(conn, worker_id="w1", kinds=[kind], models=[model])  # type: ignore[list-item]
     with engine.begin() as conn:
@@ -295,6 +297,83 @@ def test_a_verification_is_of_the_reveal_now_in_the_seat_not_of_one_a_reorg_drop
             select(Job).where(Job.kind == "verification", Job.status == "queued")
         ).all()
         assert [(j.payload["oracle"], j.payload["text"]) for j in jobs] == [(DAVE, "Lyon")]
+
+
+def _our_answer_is(sessions: sessionmaker[Session], output: str) -> None:
+    _answered(sessions, request_id=1)
+    with sessions.begin() as session:
+        session.get_one(Answer, 1).output = output
+
+
+@pytest.mark.parametrize(
+    ("result", "disputed"),
+    [
+        ({"max_margin": 0.0, "worst_token": 0}, False),  # what the model writes
+        ({"max_margin": 3.9, "worst_token": 4}, False),  # another engine's near tie
+        ({"max_margin": 8.0, "worst_token": 4}, True),  # at the margin
+        ({"max_margin": None, "worst_token": 1}, True),  # no way of writing it comes close
+    ],
+)
+def test_answers_unlike_ours_are_read_back_and_disputed_from_the_margin(
+    db_engine: Engine,
+    sessions: sessionmaker[Session],
+    stub: StubChain,
+    caplog: pytest.LogCaptureFixture,
+    result: dict[str, object],
+    disputed: bool,
+) -> None:
+    revealing_round(sessions, requested(1, at(10)))
+    _our_answer_is(sessions, "Paris (seat 0)")  # what Alice revealed; Bob and Carol differ
+    advance_requests(sessions, CTX, stub)
+    with sessions() as session:
+        reads = session.scalars(select(Job).where(Job.kind == "readback")).all()
+        assert sorted(j.payload["oracle"] for j in reads) == [BOB, CAROL]
+        assert {(j.model, j.priority) for j in reads} == {(SMOL, PRIORITY_VERIFICATION)}
+        bob = next(j for j in reads if j.payload["oracle"] == BOB)
+        assert bob.payload == {
+            "text": "Paris (seat 1)",
+            "seat": 1,
+            "oracle": BOB,
+            "prompt": "Capital of France?",
+            "temperature_milli": 700,
+            "max_tokens": 64,
+            "seed": request_seed(1, COORDINATOR),  # the seed every node sampled with
+            "limit": DEFAULT_READ_BACK_MARGIN,
+        }
+    for _ in range(2):
+        finish_job(db_engine, "readback", {**result, "tokens": 6, "read_s": 0.3})
+    advance_requests(sessions, CTX, stub)
+    accused = sorted(t.dedupe_key for t in txs(sessions, "dispute"))
+    assert accused == ([BOB, CAROL] if disputed else [])
+    reasons = {getattr(r, "why", None) for r in caplog.records} - {None}
+    if disputed:
+        (why,) = reasons
+        assert why.startswith(f"revealed output is not what {SMOL} writes for this request's")
+    else:
+        assert reasons == set()
+
+
+@pytest.mark.parametrize(
+    ("ours", "ctx"),
+    [
+        ("Paris (seat 1)", CTX),  # Bob's text is ours: we wrote it (Carol's is still read)
+        ("Paris (seat 0)", dataclasses.replace(CTX, read_back_margin=None)),  # reading off
+        ("Paris (seat 0)", dataclasses.replace(CTX, models={})),  # the model is not served
+    ],
+)
+def test_no_reading_back_of_our_own_text_with_it_off_or_without_the_model(
+    sessions: sessionmaker[Session], stub: StubChain, ours: str, ctx: NodeContext
+) -> None:
+    revealing_round(sessions, requested(1, at(10)))
+    _our_answer_is(sessions, ours)
+    advance_requests(sessions, ctx, stub)
+    with sessions() as session:
+        read = session.scalars(select(Job.payload["oracle"].astext).where(Job.kind == "readback"))
+        expected = [CAROL] if ctx is CTX else []
+        assert sorted(read.all()) == expected
+        # the embeddings are checked either way
+        verified = session.scalars(select(Job.id).where(Job.kind == "verification")).all()
+        assert len(verified) == 2
 
 
 # --- finalize and expire ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oracle.consensus import (
+    DEFAULT_READ_BACK_MARGIN,
     DEFAULT_SEC_DISTANCE_BP,
     ConsensusResult,
     RevealBits,
@@ -23,6 +24,7 @@ from oracle.consensus import (
     hamming,
     length_fault,
     pack_sign_bits,
+    read_back_fault,
     required_support,
     verify_embedding,
 )
@@ -587,6 +589,37 @@ def test_verification_of_bits_of_the_wrong_length_fails() -> None:
     assert not verify_embedding(ZEROS[:-1], ZEROS, 12)
     with pytest.raises(InvalidConsensusParameters):
         verify_embedding(ZEROS, ZEROS, -1)
+
+
+@pytest.mark.parametrize(
+    ("max_margin", "worst_token", "fault"),
+    [
+        (0.0, 0, None),  # the model's own pick at every token
+        (7.99, 3, None),
+        (8.0, 3, "8.00, at least 8 logits from its pick at token 3"),  # the margin itself
+        (31.5, 0, "31.50, at least 8 logits from its pick at token 0"),
+        (None, 2, "at least 8 logits from its pick at token 2"),  # no way of writing it
+        (None, None, "at least 8 logits from its pick"),
+    ],
+)
+def test_read_back_faults_from_the_margin_on(
+    max_margin: float | None, worst_token: int | None, fault: str | None
+) -> None:
+    found = read_back_fault(
+        model="SmolLM2", max_margin=max_margin, worst_token=worst_token, limit=8.0
+    )
+    if fault is None:
+        assert found is None
+    else:
+        why = "revealed output is not what SmolLM2 writes for this request's seed"
+        assert found == f"{why}: {fault}"
+
+
+def test_read_back_needs_a_positive_margin() -> None:
+    assert DEFAULT_READ_BACK_MARGIN > 0
+    for limit in (0.0, -1.0, math.nan):
+        with pytest.raises(InvalidConsensusParameters):
+            read_back_fault(model="m", max_margin=0.0, worst_token=0, limit=limit)
 
 
 def test_default_tolerance_is_a_small_share_of_the_bits() -> None:

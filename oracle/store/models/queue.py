@@ -1,4 +1,4 @@
-"""The job queue: inference, embedding and verification work for the worker pools."""
+"""The job queue: inference, embedding, verification and read-back work for the worker pools."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from oracle.store.models.base import Base
 from oracle.store.types import Uint256, one_of
 
-JobKind = Literal["inference", "embedding", "verification"]
+JobKind = Literal["inference", "embedding", "verification", "readback"]
 JobStatus = Literal["queued", "running", "done", "failed", "dead", "expired"]
 JOB_KINDS: tuple[JobKind, ...] = get_args(JobKind)
 JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
