@@ -30,7 +30,11 @@ kind, task type and
 temperature, the share of answers whose largest margin is at most each threshold. The
 last line reads ``honest_pass_min=<fraction> other_prompt_pass_max=<fraction>`` at
 ``--margin`` (default ``DEFAULT_MARGIN``): the lowest honest pass rate and the highest
-pass rate of replays with new text, over task types and temperatures.
+pass rate of replays with new text, over task types and temperatures. Before it, the
+share of each kind and task type that a node disputes (``DEFAULT_READ_BACK_MARGIN``),
+and the consensus benchmark's other-prompt acceptance (pairs of a replay and an honest
+answer within secDistance 0.35 of MiniLM's bits) by the embedding alone and once nodes
+dispute what reads back past their margin.
 
 Run: ``.venv/bin/python bench/provenance.py [--prompts N] [--threads N]``.
 """
@@ -62,6 +66,13 @@ from bench.consensus import (
     other_prompts,
     round_robin,
 )
+from oracle.consensus import (
+    DEFAULT_READ_BACK_MARGIN,
+    DEFAULT_SEC_DISTANCE_BP,
+    are_neighbours,
+    hamming,
+)
+from oracle.engine.embedder import Embedder
 from oracle.engine.llm import LlmRunner
 from oracle.engine.models import lookup_llm
 
@@ -82,13 +93,17 @@ def read_back(
         temperature_milli=temperature,
         seed=seed,
         max_tokens=max_tokens,
-        limit=THRESHOLDS[-1] * 1.01,  # beyond the table's last column, no need to know how far
+        # past the table's last column and the nodes' margin, no need to know how far
+        limit=max(THRESHOLDS[-1], DEFAULT_READ_BACK_MARGIN) * 1.01,
     )
     return float(margins.max()) if margins.size else 0.0
 
 
 Found = dict[tuple[str, str, int], list[float]]
 """(kind, task, temperature) -> the largest margin of each answer read back."""
+Replays = dict[tuple[str, int], list[tuple[str, set[str], float]]]
+"""(task, temperature) -> each replay with new text: its text, the honest answers to the
+request it was replayed for (every engine's, the same seed), its largest margin."""
 
 
 def measure(
@@ -96,8 +111,9 @@ def measure(
     prompts: Sequence[Prompt],
     engines: dict[str, dict[tuple[str, str, int], AnswerSet]],
     others: int,
-) -> Found:
+) -> tuple[Found, Replays]:
     found: Found = defaultdict(list)
+    replays: Replays = defaultdict(list)
     by_id = {prompt.id: prompt for prompt in prompts}
     replayed = {
         pid: [p for p in chosen if p.id in by_id][:others]
@@ -121,13 +137,14 @@ def measure(
                     found[("other prompt", *group)].append(margin)
                     if replay not in honest_texts[seed]:  # not also this request's own answer
                         found[("other prompt, new text", *group)].append(margin)
+                        replays[group].append((replay, honest_texts[seed], margin))
                 for kind, text in (("wrong", prompt.wrong), ("reference", prompt.reference)):
                     if text is not None:
                         margin = read_back(
                             verifier, prompt, text, temperature, seed, own.max_tokens
                         )
                         found[(kind, *group)].append(margin)
-    return found
+    return found, replays
 
 
 def read_honest(
@@ -170,6 +187,58 @@ def print_table(found: Found) -> None:
                 print(f"| {kind} | {task} | {temperature / 1000} | {len(margins)} | {shares} |")
 
 
+def print_disputes(found: Found) -> None:
+    """The share of each kind a node disputes (margin at or past its dispute margin)."""
+    limit = DEFAULT_READ_BACK_MARGIN
+    print(f"\ndisputed by a node (largest margin {limit:g} logits or more), both temperatures:")
+    print("\n| kind | " + " | ".join(TASKS) + " |")
+    print("|---|" + "---|" * len(TASKS))
+    for kind in KINDS:
+        cells = []
+        for task in TASKS:
+            margins = [m for t in TEMPERATURES_MILLI for m in found.get((kind, task, t), [])]
+            disputed = sum(m >= limit for m in margins)
+            cells.append(f"{disputed / len(margins):.0%} of {len(margins)}" if margins else "-")
+        print(f"| {kind} | " + " | ".join(cells) + " |")
+
+
+SEC_DISTANCES_BP = (DEFAULT_SEC_DISTANCE_BP, 4_000, 4_500)
+"""Where other-prompt acceptance is shown: the default, and looser frames that read-back
+may make safe."""
+
+
+def print_acceptance(replays: Replays) -> float:
+    """Other-prompt acceptance as the consensus benchmark counts it (pairs of a replay and
+    an honest answer within secDistance of MiniLM's sign bits), by the embedding alone and
+    once nodes dispute what reads back past their margin; returns the highest of the
+    latter at the default secDistance."""
+    texts = sorted({t for rows in replays.values() for r, h, _m in rows for t in (r, *h)})
+    bits = dict(zip(texts, Embedder("all-MiniLM-L6-v2").embed(texts), strict=True))
+    print(
+        "\nreplays of another prompt's answer (new text): pairs with an honest answer within "
+        "secDistance (MiniLM sign bits), by the embedding alone / and not disputed:"
+    )
+    columns = " | ".join(f"{bp / 10_000:g}" for bp in SEC_DISTANCES_BP)
+    print(f"\n| task | T | pairs | {columns} |")
+    print("|---|---|---|" + "---|" * len(SEC_DISTANCES_BP))
+    worst = 0.0
+    for task in TASKS:
+        for temperature in TEMPERATURES_MILLI:
+            rows = replays.get((task, temperature))
+            if not rows:
+                continue
+            pairs = [(hamming(bits[r], bits[h]), m) for r, honest, m in rows for h in honest]
+            cells = []
+            for bp in SEC_DISTANCES_BP:
+                near = [m for d, m in pairs if are_neighbours(d, bp, 384)]
+                kept = sum(m < DEFAULT_READ_BACK_MARGIN for m in near) / len(pairs)
+                cells.append(f"{len(near) / len(pairs):.0%} / {kept:.0%}")
+                if bp == DEFAULT_SEC_DISTANCE_BP:
+                    worst = max(worst, kept)
+            print(f"| {task} | {temperature / 1000} | {len(pairs)} | " + " | ".join(cells) + " |")
+    return worst
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=0, help="at most this many (0: all)")
@@ -193,18 +262,29 @@ def main() -> None:
     with LlmRunner(
         lookup_llm(SMOLLM), n_threads=args.threads, n_ctx=512, reads_answers=True
     ) as verifier:
-        found = measure(verifier, prompts, engines, args.others)
+        found, replays = measure(verifier, prompts, engines, args.others)
     reads = sum(len(v) for (kind, *_g), v in found.items() if kind != "other prompt, new text")
     seconds = time.perf_counter() - started
     print(f"{reads} answers read back in {seconds:.0f} s ({1000 * seconds / reads:.0f} ms each)")
     print_table(found)
+    print_disputes(found)
+    accepted = print_acceptance(replays)
     honest = [share_within(v, args.margin) for (k, *_g), v in found.items() if k == "honest"]
     other = [
         share_within(v, args.margin)
         for (k, *_g), v in found.items()
         if k == "other prompt, new text"
     ]
-    print(f"\nat margin {args.margin:g}:")
+    disputed = max(
+        sum(m >= DEFAULT_READ_BACK_MARGIN for m in v) / len(v)
+        for (k, *_g), v in found.items()
+        if k == "honest"
+    )
+    print(
+        f"\nat the nodes' margin ({DEFAULT_READ_BACK_MARGIN:g}): honest_disputed_max="
+        f"{disputed:.3f} other_prompt_accepted_max={accepted:.3f}"
+    )
+    print(f"at margin {args.margin:g}:")
     print(f"honest_pass_min={min(honest):.3f} other_prompt_pass_max={max(other):.3f}")
 
 
