@@ -12,7 +12,7 @@ prompt and seed has large ones, whatever it means. This measures how well the la
 margin of an answer tells the two apart, on the consensus benchmark's data
 (``bench/data``, see ``bench/consensus.py``):
 
-- *honest*: SmolLM2's answers on other engines (``consensus_answers.<engine>.jsonl``:
+- *honest*: the model's answers on other engines (``consensus_answers.<engine>.jsonl``:
   this project's 2-core CPU through the batched engine, an H200's GPU and its 16-core
   CPU), each read back here with its own prompt, temperature and seed;
 - *other prompt*: one engine's answers to other prompts (``--others`` a prompt, half
@@ -23,7 +23,9 @@ margin of an answer tells the two apart, on the consensus benchmark's data
 - *wrong* and *reference*: the data's hand-written plausible wrong answer and its
   correct one (the check is about where an answer comes from, not whether it is true).
 
-The verifier is ``LlmRunner.choice_margins`` on this machine's CPU: the answer is read
+``--model`` picks whose answers (SmolLM2's by default; gemma-3-270m's were answered on
+the H200's two engines only). The verifier is ``LlmRunner.choice_margins`` on this
+machine's CPU: the answer is read
 along the way the model would cut it into tokens, and an answer shorter than
 ``max_tokens`` tokens with the model's end-of-generation token after it. Printed: per
 kind, task type and
@@ -63,6 +65,7 @@ from bench.consensus import (
     engine_files,
     load_answers,
     load_prompts,
+    model_prompt,
     other_prompts,
     round_robin,
 )
@@ -88,7 +91,7 @@ def read_back(
 ) -> float:
     """The largest margin of an answer read as an answer to ``prompt``."""
     margins = verifier.choice_margins(
-        prompt=prompt.prompt,
+        prompt=model_prompt(prompt, verifier.spec.prompt_style),
         output=text,
         temperature_milli=temperature,
         seed=seed,
@@ -112,6 +115,9 @@ def measure(
     engines: dict[str, dict[tuple[str, str, int], AnswerSet]],
     others: int,
 ) -> tuple[Found, Replays]:
+    """Read back the answers of ``verifier``'s model: every engine's, replays (from the
+    first engine that answered with it), wrong and reference."""
+    model = verifier.model
     found: Found = defaultdict(list)
     replays: Replays = defaultdict(list)
     by_id = {prompt.id: prompt for prompt in prompts}
@@ -119,17 +125,17 @@ def measure(
         pid: [p for p in chosen if p.id in by_id][:others]
         for pid, chosen in other_prompts(prompts, random.Random(7)).items()
     }
-    first_engine = next(iter(engines.values()))
+    first_engine = next(a for a in engines.values() if any(k[1] == model for k in a))
     for prompt in prompts:
         for temperature in TEMPERATURES_MILLI:
-            own = first_engine.get((prompt.id, SMOLLM, temperature))
+            own = first_engine.get((prompt.id, model, temperature))
             if own is None:
                 continue
             group = (prompt.task, temperature)
             honest_texts = read_honest(verifier, prompt, own, engines, found[("honest", *group)])
             for seed in own.seeds:
                 for other in replayed[prompt.id]:
-                    theirs = first_engine.get((other.id, SMOLLM, temperature))
+                    theirs = first_engine.get((other.id, model, temperature))
                     if theirs is None:
                         continue
                     replay = theirs.texts[theirs.seeds.index(seed)]
@@ -245,6 +251,7 @@ def main() -> None:
     parser.add_argument("--others", type=int, default=4)
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--model", default=SMOLLM, help="whose answers to read back")
     add_smoke_flag(parser)
     args = apply_smoke(parser.parse_args(), prompts=2, others=1)
     print_machine("Reading answers back", ["llama-cpp-python", "numpy"])
@@ -252,15 +259,20 @@ def main() -> None:
     if not engines:
         raise SystemExit("no answers of another engine in bench/data (consensus.py --generate-on)")
     answered = {
-        pid for answers in engines.values() for (pid, model, _t) in answers if model == SMOLLM
+        pid for answers in engines.values() for (pid, model, _t) in answers if model == args.model
     }
+    if not answered:
+        raise SystemExit(f"no answers of {args.model} on another engine in bench/data")
     prompts = round_robin([p for p in load_prompts() if p.id in answered])
     if args.prompts:
         prompts = prompts[: args.prompts]
-    print(f"engines: {', '.join(engines)}; {len(prompts)} prompts; threads {args.threads}")
+    print(
+        f"{args.model}; engines: {', '.join(engines)}; {len(prompts)} prompts; "
+        f"threads {args.threads}"
+    )
     started = time.perf_counter()
     with LlmRunner(
-        lookup_llm(SMOLLM), n_threads=args.threads, n_ctx=512, reads_answers=True
+        lookup_llm(args.model), n_threads=args.threads, n_ctx=512, reads_answers=True
     ) as verifier:
         found, replays = measure(verifier, prompts, engines, args.others)
     reads = sum(len(v) for (kind, *_g), v in found.items() if kind != "other prompt, new text")
