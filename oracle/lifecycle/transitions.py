@@ -42,7 +42,7 @@ from oracle.lifecycle.admission import (
 )
 from oracle.lifecycle.turn import DeadlineQuestion, Move, Step, Verdict, Wait
 from oracle.store.chain_state import disputes_against
-from oracle.store.models import Answer, Job, OutgoingTx, Request, Seat
+from oracle.store.models import Answer, Job, JobKind, OutgoingTx, Request, Seat
 from oracle.store.outbox import enqueue_tx
 from oracle.store.queue import (
     PRIORITY_EMBEDDING,
@@ -416,50 +416,44 @@ def _named_model(req: Request, seat: Seat) -> str | None:
 
 def _queue_read_back(step: Step, seat: Seat, model: str, margin: float) -> None:
     req = step.request
-    enqueue_job(
-        step.session.connection(),
-        kind="readback",
-        request_id=req.id,
-        model=model,
-        priority=PRIORITY_VERIFICATION,
-        deadline=_disputes_deadline(req),
-        payload={
-            "text": seat.revealed_output,
-            "seat": seat.seat_no,
-            "oracle": seat.oracle,
-            "prompt": req.prompt,
-            "temperature_milli": req.temperature_milli,
-            "max_tokens": req.max_tokens,
-            "seed": request_seed(req.id, step.ctx.coordinator),
-            "limit": margin,
-        },
+    _queue_check(
+        step,
+        seat,
+        "readback",
+        model,
+        prompt=req.prompt,
+        temperature_milli=req.temperature_milli,
+        max_tokens=req.max_tokens,
+        seed=request_seed(req.id, step.ctx.coordinator),
+        limit=margin,
     )
-
-
-def _disputes_deadline(req: Request) -> datetime:
-    """The latest a dispute about this request can be sent: a check's job deadline."""
-    return req.reveal_deadline + timedelta(seconds=req.dispute_window_s)
 
 
 def _queue_verification(step: Step, seat: Seat) -> None:
     """Re-embed the reveal, and count its tokens: the embedder's, and the named model's
     when this node serves it (only a node that has a model can count its tokens)."""
+    named = _named_model(step.request, seat)
+    model, signal = embedding_job(step.request.embedding_model, step.request.prompt)
+    count_model = named if named in step.ctx.models else None
+    _queue_check(step, seat, "verification", model, count_model=count_model, **signal)
+
+
+def _queue_check(step: Step, seat: Seat, kind: JobKind, model: str, **payload: Any) -> None:
+    """A job that checks one reveal (its seat, node and text: a reorg may put others
+    there), ahead of inference and due when disputes can close at the latest."""
     req = step.request
-    named = _named_model(req, seat)
-    model, signal = embedding_job(req.embedding_model, req.prompt)
     enqueue_job(
         step.session.connection(),
-        kind="verification",
+        kind=kind,
         request_id=req.id,
         model=model,
         priority=PRIORITY_VERIFICATION,
-        deadline=_disputes_deadline(req),
+        deadline=req.reveal_deadline + timedelta(seconds=req.dispute_window_s),
         payload={
             "text": seat.revealed_output,
             "seat": seat.seat_no,
             "oracle": seat.oracle,
-            "count_model": named if named in step.ctx.models else None,
-            **signal,
+            **payload,
         },
     )
 
