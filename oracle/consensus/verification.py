@@ -22,10 +22,10 @@ from what the named model writes with the request's seed (``read_back_fault``).
 Twice the largest honest margin measured: every one of 840 answers that other engines
 wrote for SmolLM2 (this project's 2-core CPU through the batched engine, an H200's GPU and
 its 16-core CPU) lay within 4 logits when read back on a 2-core CPU, 98-100 % of each
-task type within 2, and all 224 of gemma-3-270m's (the H200's two engines) within 2 (docs/consensus.md, "The dispute rule"). At 8, replayed summaries
-and free text are disputed 89-99 % of the time, factual sentences 56 %; labels and
-numbers that the model itself nearly writes mostly pass, and no margin could tell those
-from honest ones."""
+task type within 2, and all 224 of gemma-3-270m's (the H200's two engines) within 2
+(docs/consensus.md, "The dispute rule"). At 8, replayed summaries and free text are
+disputed 89-99 % of the time, factual sentences 56 %; labels and numbers that the model
+itself nearly writes mostly pass, and no margin could tell those from honest ones."""
 
 
 def default_verify_tolerance_bits(dim_bits: int) -> int:
