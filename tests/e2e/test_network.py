@@ -193,6 +193,14 @@ def test_an_answer_the_model_did_not_write_is_read_back_disputed_and_never_deliv
     slashed, and an honest answer is delivered."""
     from oracle.consensus.signal import FIRST_WORD_EXACT
 
+    # Disputes must land within the dispute window, and three nodes reading on this
+    # machine's two cores (one thread each) beside the others need more than the
+    # development chain's 8 s; 30 s, as a chain of 12 s blocks needs anyway.
+    coordinator = network.coordinator()
+    reveal_window = coordinator.functions.revealWindow().call()
+    owner = network.w3.eth.accounts[0]  # deploy_local's deployer
+    set_windows = coordinator.functions.setWindows(reveal_window, 30).transact({"from": owner})
+    network.w3.eth.wait_for_transaction_receipt(set_windows)
     network.start(3)
     network.start(1, "--test-fault", "rewritten-tail")
     network.local.wait_for_registration()
