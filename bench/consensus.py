@@ -1023,8 +1023,9 @@ def best_point(d: Distances, *, shared: bool = False) -> tuple[int, Summary]:
 
 def shared_consensus(d: Distances, group: Group, bp: int, need: int) -> float:
     """The share of the group's requests, each answered by one node on every engine,
-    where at least ``need`` of the answers sit in one cluster at ``bp``."""
-    requests = d.shared_requests.get(group, [])
+    where at least ``need`` of the answers sit in one cluster at ``bp`` (nan where the
+    group's model was answered on fewer engines than ``need``)."""
+    requests = [m for m in d.shared_requests.get(group, []) if len(m) >= need]
     if not requests:
         return float("nan")
     reached = [int((m * BASIS_POINTS <= bp + 1e-9).sum(axis=1).max()) >= need for m in requests]
