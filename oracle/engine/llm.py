@@ -468,17 +468,11 @@ class LlmRunner:
         The tokens the last pass read up to where these part from them are not read again:
         their cache and logits stand (the same tokens after the same ones give the same
         rows), so a search over cuts of an answer reads each cut from where it turns, and
-        the prompt once. A hostile answer's search went from 16 whole passes to mostly
-        short ones."""
+        the prompt once (docs/consensus.md, "The dispute rule": 3.4 times faster)."""
         start = len(prompt_tokens) - 1  # the row that predicts the answer's first token
         wanted = prompt_tokens + tokens[:-1]
         with self._lock:
-            held = self._llm.input_ids[: self._llm.n_tokens]
-            same = 0
-            for had, want in zip(held, wanted, strict=False):
-                if had != want:
-                    break
-                same += 1
+            same = Llama.longest_token_prefix(self._llm._input_ids.tolist(), wanted)
             # eval drops the cache from n_tokens on and reads the rest after it
             self._llm.n_tokens = min(same, len(wanted) - 1)
             self._llm.eval(wanted[self._llm.n_tokens :])

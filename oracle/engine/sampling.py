@@ -272,7 +272,7 @@ def choose_token(
 def candidate_margins(
     logits: npt.NDArray[np.floating], *, seed: int, temperature_milli: int, width: int = TOP_K
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """Each row's ``TOP_K`` candidates (rule 2's order; row ``j`` is step ``j``) and, for
+    """Each row's ``width`` candidates (rule 2's order; row ``j`` is step ``j``) and, for
     each, how far the row's logits lie from picking it, in logits: 0 for the pick.
 
     For another candidate: T times its score's shortfall from the pick's (rule 4; at
