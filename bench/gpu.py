@@ -75,6 +75,7 @@ from bench._common import (
     scratch_database,
     wait_until,
 )
+from oracle.engine.batched import StepTimes
 from oracle.engine.llm_options import LlmEngineOptions
 from oracle.engine.supervisor import WorkerSpec
 from oracle.store import make_engine
@@ -289,21 +290,32 @@ def run_engine_alone(
                 outcomes = llm.generate(requests)
                 seconds = time.perf_counter() - started
             tokens = sum(getattr(o, "completion_tokens", 0) for o in outcomes)
-            t = llm.times
-            steps = t.steps - before.steps
-            decode, sample = t.decode_s - before.decode_s, t.sample_s - before.sample_s
-            wait = t.wait_s - before.wait_s
-            rest = (t.total_s - before.total_s) - decode - sample
-            ms = 1000 / steps
-            notes[n] = (
-                f"{tokens / seconds:,.0f} tokens/s; {steps} decodes of "
-                f"{(t.tokens - before.tokens) / steps:.0f} sequences, per decode "
-                f"{seconds * ms:.2f} ms: launch {(decode - wait) * ms:.2f}, waiting for the "
-                f"device {wait * ms:.2f}, sampling {sample * ms:.2f}, assembly and bookkeeping "
-                f"{rest * ms:.2f}"
+            notes[n] = f"{tokens / seconds:,.0f} tokens/s; " + describe_steps(
+                llm.times, before, seconds
             )
             print(f"  engine alone [{variant}], {n} at once: {notes[n]}", flush=True)
     return notes
+
+
+def describe_steps(times: StepTimes, before: StepTimes, seconds: float) -> str:
+    """Where a decode's time went between two readings of the engine's StepTimes: the
+    owner's thread (its wait for the other context's read is where the collector's
+    thread was longer), then the read (on the collector's thread with two contexts)."""
+    steps = times.steps - before.steps
+
+    def per_decode(name: str) -> str:
+        return f"{(getattr(times, name) - getattr(before, name)) * 1000 / steps:.2f}"
+
+    rest = seconds - (times.total_s - before.total_s)
+    return (
+        f"{steps} decodes of {(times.tokens - before.tokens) / steps:.0f} sequences, "
+        f"per decode {seconds * 1000 / steps:.2f} ms: building the batch "
+        f"{per_decode('fill_s')}, launch {per_decode('launch_s')}, waiting for the read "
+        f"{per_decode('join_s')}, recording {per_decode('advance_s')}, between steps "
+        f"{rest * 1000 / steps:.2f}; the read: handed over after {per_decode('handoff_s')}, "
+        f"waiting for the device "
+        f"{per_decode('wait_s')}, sampling {per_decode('sample_s')}"
+    )
 
 
 # --- llama.cpp's own tools ------------------------------------------------------------------

@@ -38,20 +38,36 @@ waits on its own results and shares the sampling threads with the other.)
 
 **The KV cache: a stream a sequence on a CPU, one shared on a GPU (``kv_unified``).**
 With a stream of its own, a sequence's attention reads only its own cells, and its
-logits do not depend on the batch at all. But a multi-stream cache puts only consecutive
-sequence ids with equal token counts into one micro-batch (so a step holding admitted
-prompts is several, each launched apart), and its CPU work per decode grows when the
-sequences' lengths differ, as real prompts do. On a GPU, where that CPU work is most of
-a decode, one shared cache (each sequence's attention masked to its own cells) decodes
-every step as one micro-batch (H200, 256 requests through two contexts: 10,379-10,852
-tokens/s against 7,490-9,045). The masked cells add exact zeros, so a sequence's answer
-still never depends on what the others say, only (in the last bits) on how many cells
-they hold. It wants flash attention (a GPU context takes it where the device has it):
-without it, a micro-batch's attention scores span the whole shared cache, and llama.cpp
-reserves for them (128 slots of 512 tokens: a 1,286 MiB compute buffer against 98 MiB
-with flash attention or with streams, measured on the CPU). So where llama.cpp does not
-report flash attention on for a GPU context (its log says so when it resolves it), the
-engine gives every sequence a stream of its own instead, and says so in a warning.
+logits do not depend on the other sequences' tokens. But a multi-stream cache puts only
+consecutive sequence ids with equal token counts into one micro-batch, each launched as
+a graph of its own. On a GPU, where launching is most of a decode, the engine therefore
+packs the streams (``pack_streams``): a free slot between busy ones reads a placeholder
+token, and prompts admitted together take their slots longest first, so that what is
+left of them after each micro-batch is again a run of consecutive ids. Packed, streams
+decode 256 requests on an H200 at 9,993-10,308 tokens/s in six runs over two lendings
+(launch 5.8-6.6 ms a decode), against 7,490-9,045 unpacked on earlier lendings. One
+shared cache (each sequence's attention masked to its own cells) decodes every step as
+one micro-batch without packing, but fills a mask over all its cells on the CPU at every
+decode (launch 9.7-10.7 ms): 9,583-10,101 tokens/s in three runs beside them. That is
+within the run-to-run noise of streams, so a GPU keeps the shared cache, the layout its
+worker was measured in through the queue. The masked cells add exact zeros, so a
+sequence's answer never depends on what the others say, only (in the last bits) on how
+many cells they hold. It wants flash attention (a GPU context takes it where the device
+has it): without it, a micro-batch's attention scores span the whole shared cache, and
+llama.cpp reserves for them (128 slots of 512 tokens: a 1,286 MiB compute buffer against
+98 MiB with flash attention or with streams, measured on the CPU). So where llama.cpp
+does not report flash attention on for a GPU context (its log says so when it resolves
+it), the engine gives every sequence a stream of its own instead, packed, and says so in
+a warning.
+
+**On a CPU, streams are not packed.** Packing measured nothing there (SmolLM2, 8
+requests on 2 cores: 64 and 60 tokens/s packed, 63 and 59 not), and it changes how
+prompts are cut into micro-batches. That matters to exactness: a prompt token read in a
+micro-batch that holds one token of its sequence takes llama.cpp's one-token path, whose
+rounding differs from a longer micro-batch's (seen with SmolLM2: a prompt fed a token at
+a time gives another answer; any chunk of two or more gives the same). Which cuts a
+prompt gets depends on the prompts admitted with it, so a CPU engine's answer to a
+request can depend on its company in the last bits, as a GPU's does through its kernels.
 
 **Top-k on the device (``device_top_k``).** Each slot's context is created with a
 backend sampler (llama.cpp's experimental backend sampling) that keeps the 40 highest
@@ -113,6 +129,9 @@ _FLASH_ATTN_OFF = 0
 _FLASH_ATTN_ON = b"Flash Attention enabled"
 """What llama.cpp logs when it resolves automatic flash attention to on."""
 _GPU_DECODE_THREADS = 4
+_PLACEHOLDER_TOKEN = 0
+"""What a free slot between busy ones reads with a KV stream a sequence (any token will
+do: it has no logits, and its cell is removed before the next step)."""
 _ROWS_PER_TASK = 8
 """Sequences one sampling task takes over the whole vocabulary (160-220 us each on one
 core); fewer than two tasks' worth are sampled on the calling thread, since a pool
@@ -152,19 +171,30 @@ class Finished:
 
 @dataclass(slots=True)
 class StepTimes:
-    """Where the steps' time went, summed since the engine started (for benchmarks)."""
+    """Where the steps' time went, summed since the engine started (for benchmarks).
+
+    The owner's thread builds a batch (``fill_s``), launches it (``launch_s``), waits for
+    the other context's results to be read and sampled (``join_s``; with one context it
+    reads them itself) and records them (``advance_s``). Reading is waiting for the
+    device (``wait_s``) and sampling (``sample_s``), on the collector's thread when there
+    are several contexts, so that it overlaps the owner's fill and launch.
+    """
 
     steps: int = 0
     """Decode calls (with two contexts, each step launches one and reads the other's)."""
     tokens: int = 0
     """Tokens sampled."""
-    decode_s: float = 0.0
-    """In llama_decode (building and launching the graph), and waiting for its results."""
+    fill_s: float = 0.0
+    launch_s: float = 0.0
+    """In llama_decode: building and launching the graph."""
+    join_s: float = 0.0
+    handoff_s: float = 0.0
+    """From handing a read to the collector's thread to its start."""
     wait_s: float = 0.0
-    """Of decode_s, waiting for the results (the device's work not hidden by the CPU's)."""
     sample_s: float = 0.0
+    advance_s: float = 0.0
     total_s: float = 0.0
-    """Whole steps: the rest is batch assembly and bookkeeping."""
+    """Whole steps."""
 
 
 @dataclass(slots=True, eq=False)
@@ -183,6 +213,8 @@ class _Part:
     sequences: dict[int, _Sequence] = field(default_factory=dict)
     in_flight: list[tuple[_Sequence, int]] | None = None
     """Launched and not read yet: the sequences that will have logits, and their index."""
+    placeholders: list[int] = field(default_factory=list)
+    """Free sequence ids that read a placeholder token in the last step (streams only)."""
     dropped: set[int] = field(default_factory=set)
     """``id`` of each in-flight sequence cancelled since its launch: its logits stay in
     their row (the rows are the launched outputs, in order) and its token is not used."""
@@ -194,6 +226,8 @@ class _Read:
 
     outputs: list[tuple[_Sequence, int]]
     tokens: list[int]
+    started: float
+    """When the read began (``time.perf_counter``)."""
     wait_s: float
     sample_s: float
 
@@ -232,6 +266,7 @@ class BatchedLlm:
         contexts: int = 1,
         device_top_k: bool = False,
         kv_unified: bool | None = None,
+        pack_streams: bool | None = None,
         model_path: Path | None = None,
         cache_dir: Path | None = None,
     ) -> None:
@@ -241,7 +276,8 @@ class BatchedLlm:
         context) is rounded up to a multiple of 256. ``threads`` serve both llama.cpp's
         CPU work and sampling. ``contexts`` (at most one a slot) share the slots;
         ``kv_unified`` (default: on a GPU) gives each context one KV cache for all its
-        sequences instead of a stream each; see the module's notes for these and
+        sequences instead of a stream each; ``pack_streams`` (default: on a GPU) keeps a
+        step over streams one micro-batch; see the module's notes for these and
         ``device_top_k``. Raises ModelNotInstalled, ModelLoadFailed,
         ModelHasNoChatTemplate or KvBudgetTooSmall.
         """
@@ -253,6 +289,7 @@ class BatchedLlm:
         self.model_path = model_path or spec.resolve(cache_dir=cache_dir)
         self.device_top_k = device_top_k
         self.kv_unified = gpu_layers != 0 if kv_unified is None else kv_unified
+        self.pack_streams = gpu_layers != 0 if pack_streams is None else pack_streams
         self._parts: list[_Part] = []
         self._by_key: dict[int, _Sequence] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -399,9 +436,15 @@ class BatchedLlm:
             # the context launched a step before is read and sampled on the collector
             # thread while this one builds and launches the next context's graph
             assert self._collector is not None
+            handed = time.perf_counter()
             reading = self._collector.submit(self._read, parts[index - 1])
             finished = self._launch(parts[index])
-            finished += self._advance_all(reading.result())
+            joining = time.perf_counter()
+            read = reading.result()
+            self.times.join_s += time.perf_counter() - joining
+            if read is not None:
+                self.times.handoff_s += read.started - handed
+            finished += self._advance_all(read)
         self.times.total_s += time.perf_counter() - started
         return finished
 
@@ -452,11 +495,14 @@ class BatchedLlm:
         the requests that failed with it."""
         if not part.sequences or part.in_flight is not None:
             return []
+        filling = time.perf_counter()
         outputs = self._fill_batch(part)
         launching = time.perf_counter()
         code = llama_cpp.llama_decode(part.ctx, part.batch)
-        self.times.decode_s += time.perf_counter() - launching
-        self.times.steps += 1
+        times = self.times
+        times.fill_s += launching - filling
+        times.launch_s += time.perf_counter() - launching
+        times.steps += 1
         if code != 0:
             return self._fail_part(part, DecodeFailed(f"llama_decode returned {code}"))
         part.in_flight = outputs
@@ -479,12 +525,13 @@ class BatchedLlm:
             ]
             outputs, sampled = [outputs[k] for k in kept], [sampled[k] for k in kept]
             part.dropped.clear()
-        return _Read(outputs, sampled, sampling - waiting, time.perf_counter() - sampling)
+        return _Read(outputs, sampled, waiting, sampling - waiting, time.perf_counter() - sampling)
 
     def _advance_all(self, read: _Read | None) -> list[Finished]:
         """Record a context's sampled tokens; the requests that ended with them."""
         if read is None:
             return []
+        advancing = time.perf_counter()
         finished = []
         for (sequence, _index), token in zip(read.outputs, read.tokens, strict=True):
             done = self._advance(sequence, token)
@@ -492,38 +539,57 @@ class BatchedLlm:
                 finished.append(done)
         times = self.times
         times.tokens += len(read.tokens)
-        times.decode_s += read.wait_s
         times.wait_s += read.wait_s
         times.sample_s += read.sample_s
+        times.advance_s += time.perf_counter() - advancing
         return finished
 
     def _fill_batch(self, part: _Part) -> list[tuple[_Sequence, int]]:
         """The next token of every decoding sequence, and prompt tokens while room is
         left; returns the sequences that will have logits, with their batch index.
 
-        Tokens go in sequence-id order: with one KV stream per sequence, llama.cpp puts
-        only consecutive sequence ids into one micro-batch (slots are handed out lowest
-        first, so the busy ones stay together); a shared cache takes any order.
+        Tokens go in sequence-id order. With a KV stream a sequence, llama.cpp puts only
+        consecutive sequence ids with equal token counts into one micro-batch, and every
+        micro-batch is a graph of its own; so, packing streams, a free slot between busy
+        ones reads a placeholder token (no logits, removed before the next step), and the
+        prompts that start together take their ids longest first
+        (:meth:`_order_new_prompts`). A shared cache takes any order.
         """
-        ordered = [part.sequences[seq_id] for seq_id in sorted(part.sequences)]
-        if not any(sequence.pending for sequence in ordered):  # the usual step: one token each
+        packed = self.pack_streams and not self.kv_unified
+        if packed:
+            self._order_new_prompts(part)
+            for seq_id in part.placeholders:
+                llama_cpp.llama_memory_seq_rm(part.memory, seq_id, -1, -1)
+            part.placeholders.clear()
+        ids = sorted(part.sequences)
+        holes = ids[-1] + 1 - len(ids) if packed else 0
+        if not holes and not any(part.sequences[seq_id].pending for seq_id in ids):
+            ordered = [part.sequences[seq_id] for seq_id in ids]  # the usual step
             positions = [sequence.n_past for sequence in ordered]
             for sequence in ordered:
                 sequence.n_past += 1
             part.views.fill(
                 [sequence.next_token for sequence in ordered],
                 positions,
-                [sequence.seq_id for sequence in ordered],
+                ids,
                 range(len(ordered)),
             )
             part.batch.n_tokens = len(ordered)
             return [(sequence, index) for index, sequence in enumerate(ordered)]
-        room = self.batch_tokens - sum(1 for s in ordered if not s.pending)
+        decoding = sum(1 for seq_id in ids if not part.sequences[seq_id].pending)
+        room = self.batch_tokens - decoding - holes
         tokens: list[int] = []
         positions = []
         seq_ids: list[int] = []
         outputs: list[tuple[_Sequence, int]] = []
-        for sequence in ordered:
+        for seq_id in range(ids[-1] + 1) if packed else ids:
+            if seq_id not in part.sequences:  # a free slot between busy ones: a placeholder
+                tokens.append(_PLACEHOLDER_TOKEN)
+                positions.append(0)
+                seq_ids.append(seq_id)
+                part.placeholders.append(seq_id)
+                continue
+            sequence = part.sequences[seq_id]
             if sequence.pending:
                 if room <= 0:
                     continue
@@ -534,13 +600,32 @@ class BatchedLlm:
                 chunk = [sequence.next_token]
             tokens.extend(chunk)
             positions.extend(range(sequence.n_past, sequence.n_past + len(chunk)))
-            seq_ids.extend([sequence.seq_id] * len(chunk))
+            seq_ids.extend([seq_id] * len(chunk))
             sequence.n_past += len(chunk)
             if not sequence.pending:
                 outputs.append((sequence, len(tokens) - 1))
         part.views.fill(tokens, positions, seq_ids, [index for _s, index in outputs])
         part.batch.n_tokens = len(tokens)
         return outputs
+
+    @staticmethod
+    def _order_new_prompts(part: _Part) -> None:
+        """Give the prompts admitted since the last step (none of them read yet) their
+        slots again, longest first, lowest id first.
+
+        A micro-batch takes as many tokens of each of its sequences as the shortest has
+        left; with the longest prompts on the lowest ids, the prompts still unread after
+        it are again consecutive ids and go on in one micro-batch, where prompts in
+        admission order would leave gaps and part into a micro-batch per run of ids.
+        """
+        new = [s for s in part.sequences.values() if s.n_past == 0]
+        if len(new) < 2:
+            return
+        ids = sorted(sequence.seq_id for sequence in new)
+        new.sort(key=lambda sequence: (-len(sequence.pending), sequence.seq_id))
+        for sequence, seq_id in zip(new, ids, strict=True):
+            sequence.seq_id = seq_id
+            part.sequences[seq_id] = sequence
 
     def _sample(self, ctx: Any, outputs: Sequence[tuple[_Sequence, int]]) -> list[int]:
         """The token of each output, by coupled sampling: its logits (the vocabulary's,
