@@ -126,14 +126,18 @@ def test_a_row_alone_chooses_as_it_does_in_a_batch(width: int) -> None:
 
 @pytest.mark.parametrize("width", [41, 300, 5_000, 49_152])
 def test_the_candidates_are_each_rows_highest_logits(width: int) -> None:
-    """Rule 2, for a row alone (the threshold read off a sample of it) and for a block
-    of rows (one partition), checked against a sort, on rows of every shape: flat,
-    peaked, and one whose sample misleads (four sampled logits far above the rest leave
-    too few above the threshold: the whole row is partitioned)."""
+    """Rule 2, for a row alone and for a block of rows (each row's threshold read off a
+    sample of it), checked against a sort, on rows of every shape: flat, peaked, one
+    whose sample misleads (four sampled logits far above the rest leave too few above
+    the threshold: the whole row is partitioned), and one of -inf but for 50 logits
+    (its threshold is -inf: partitioned whole too)."""
     rng = np.random.default_rng(width + 1)
     rows = rng.normal(scale=2.0, size=(30, width)).astype(np.float32)
     rows[1::3, rng.integers(width)] += 20.0
     rows[2, 0 : min(width, 256) : 64] = 50.0
+    finite = rows[4, rng.choice(width, size=min(width, 50), replace=False)]
+    rows[4] = -np.inf
+    rows[4, rng.choice(width, size=finite.size, replace=False)] = finite
     in_a_block = top_candidates(rows)
     for index, row in enumerate(rows):
         expected = sorted(np.argsort(-row, kind="stable")[:TOP_K].tolist())
