@@ -53,6 +53,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -286,35 +287,57 @@ def run_engine_alone(
                     for i, p in enumerate(prompts(n))
                 ]
                 before = dataclasses.replace(llm.times)
+                llm.step_log = []
                 started = time.perf_counter()
                 outcomes = llm.generate(requests)
                 seconds = time.perf_counter() - started
             tokens = sum(getattr(o, "completion_tokens", 0) for o in outcomes)
-            notes[n] = f"{tokens / seconds:,.0f} tokens/s; " + describe_steps(
-                llm.times, before, seconds
+            notes[n] = (
+                f"{tokens / seconds:,.0f} tokens/s; "
+                + describe_steps(llm.times.since(before), seconds)
+                + describe_spread(llm.step_log or [])
             )
+            llm.step_log = None
             print(f"  engine alone [{variant}], {n} at once: {notes[n]}", flush=True)
     return notes
 
 
-def describe_steps(times: StepTimes, before: StepTimes, seconds: float) -> str:
-    """Where a decode's time went between two readings of the engine's StepTimes: the
-    owner's thread (its wait for the other context's read is where the collector's
-    thread was longer), then the read (on the collector's thread with two contexts)."""
-    steps = times.steps - before.steps
-
-    def per_decode(name: str) -> str:
-        return f"{(getattr(times, name) - getattr(before, name)) * 1000 / steps:.2f}"
-
-    rest = seconds - (times.total_s - before.total_s)
+def describe_steps(times: StepTimes, seconds: float) -> str:
+    """Where a decode's time went, from the engine's StepTimes over a run: the owner's
+    thread (its wait for the other context's read is where the collector's thread was
+    longer), then the read (on the collector's thread with two contexts)."""
+    ms = 1000 / times.steps
+    rest = seconds - times.total_s
     return (
-        f"{steps} decodes of {(times.tokens - before.tokens) / steps:.0f} sequences, "
-        f"per decode {seconds * 1000 / steps:.2f} ms: building the batch "
-        f"{per_decode('fill_s')}, launch {per_decode('launch_s')}, waiting for the read "
-        f"{per_decode('join_s')}, recording {per_decode('advance_s')}, between steps "
-        f"{rest * 1000 / steps:.2f}; the read: handed over after {per_decode('handoff_s')}, "
-        f"waiting for the device "
-        f"{per_decode('wait_s')}, sampling {per_decode('sample_s')}"
+        f"{times.steps} decodes of {times.tokens / times.steps:.0f} sequences, per decode "
+        f"{seconds * ms:.2f} ms: building the batch {times.fill_s * ms:.2f}, launch "
+        f"{times.launch_s * ms:.2f}, waiting for the read {times.join_s * ms:.2f}, recording "
+        f"{times.advance_s * ms:.2f}, between steps {rest * ms:.2f}; the read: handed over "
+        f"after {times.handoff_s * ms:.2f}, waiting for the device {times.wait_s * ms:.2f}, "
+        f"sampling {times.sample_s * ms:.2f}"
+    )
+
+
+def describe_spread(steps: Sequence[StepTimes]) -> str:
+    """The median and 90th percentile of a step's parts, step by step (a mean over the
+    run hides whether the owner waits a little on every step or a lot on a few)."""
+    if len(steps) < 2:
+        return ""
+
+    def spread(values: list[float]) -> str:
+        deciles = statistics.quantiles(values, n=10)
+        p50, p90 = deciles[4], deciles[8]
+        return f"{p50 * 1000:.2f}/{p90 * 1000:.2f}"
+
+    return (
+        "; a step, median/p90 ms: launch "
+        + spread([s.launch_s for s in steps])
+        + ", the read from hand-over to its end "
+        + spread([s.handoff_s + s.wait_s + s.sample_s for s in steps])
+        + ", waiting for the read "
+        + spread([s.join_s for s in steps])
+        + ", whole "
+        + spread([s.total_s for s in steps])
     )
 
 

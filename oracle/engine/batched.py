@@ -88,7 +88,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +130,13 @@ _FLASH_ATTN_ON = b"Flash Attention enabled"
 """What llama.cpp logs when it resolves automatic flash attention to on."""
 _GPU_DECODE_THREADS = 4
 _PLACEHOLDER_TOKEN = 0
-"""What a free slot between busy ones reads with a KV stream a sequence (any token will
-do: it has no logits, and its cell is removed before the next step)."""
+"""What a free slot between busy ones reads in packed streams (any token will do: it has
+no logits, and its cell is removed before the next step)."""
 _ROWS_PER_TASK = 8
-"""Sequences one sampling task takes over the whole vocabulary (160-220 us each on one
-core); fewer than two tasks' worth are sampled on the calling thread, since a pool
-round trip costs more."""
+"""Sequences one sampling task takes over the whole vocabulary (about 65 us each on a
+core of the 2-core development machine, 160-220 us before candidates were found by a
+sampled threshold); fewer than two tasks' worth are sampled on the calling thread, since
+a pool round trip costs more."""
 _ROWS_PER_TASK_TOP_K = 64
 """The same over the 40 candidates of device top-k (a few microseconds each)."""
 
@@ -196,6 +197,12 @@ class StepTimes:
     total_s: float = 0.0
     """Whole steps."""
 
+    def since(self, before: StepTimes) -> StepTimes:
+        """What was added to these times since ``before`` was copied from them."""
+        return StepTimes(
+            *(now - then for now, then in zip(astuple(self), astuple(before), strict=True))
+        )
+
 
 @dataclass(slots=True, eq=False)
 class _Part:
@@ -214,7 +221,7 @@ class _Part:
     in_flight: list[tuple[_Sequence, int]] | None = None
     """Launched and not read yet: the sequences that will have logits, and their index."""
     placeholders: list[int] = field(default_factory=list)
-    """Free sequence ids that read a placeholder token in the last step (streams only)."""
+    """Free sequence ids that read a placeholder token in the last step (packed streams)."""
     dropped: set[int] = field(default_factory=set)
     """``id`` of each in-flight sequence cancelled since its launch: its logits stay in
     their row (the rows are the launched outputs, in order) and its token is not used."""
@@ -322,6 +329,8 @@ class BatchedLlm:
         self._piece = TokenPieces(self._vocab)
         self._end_of_generation: dict[int, bool] = {}
         self.times = StepTimes()
+        self.step_log: list[StepTimes] | None = None
+        """A list to append each step's own times to (for benchmarks); None: not kept."""
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sampler")
         self._collector = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector")
@@ -425,6 +434,7 @@ class BatchedLlm:
         """
         if not self._by_key:
             return []
+        before = None if self.step_log is None else replace(self.times)
         started = time.perf_counter()
         parts, index = self._parts, self._turn
         self._turn = (index + 1) % len(parts)
@@ -446,6 +456,8 @@ class BatchedLlm:
                 self.times.handoff_s += read.started - handed
             finished += self._advance_all(read)
         self.times.total_s += time.perf_counter() - started
+        if self.step_log is not None and before is not None:
+            self.step_log.append(self.times.since(before))
         return finished
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | OracleError]:

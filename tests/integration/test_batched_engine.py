@@ -11,6 +11,7 @@ micro-batches can make one of them fail without any error in the engine's bookke
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 
@@ -441,3 +442,18 @@ def test_without_flash_attention_a_gpu_context_takes_a_stream_a_sequence(
         outcomes = gpu.generate([request(1, max_tokens=5), request(2, max_tokens=3, seed=2)])
         assert [answer(o).completion_tokens for o in outcomes] == [5, 3]
     assert caplog.text.count("no flash attention for this model on this device") == 1
+
+
+def test_a_step_log_holds_each_steps_own_times(split_host_llm: BatchedLlm) -> None:
+    """What benchmarks read step by step adds up to the engine's running totals."""
+    before = dataclasses.replace(split_host_llm.times)
+    split_host_llm.step_log = []
+    reqs = [request(key, max_tokens=5, seed=key) for key in range(1, 5)]
+    assert all(isinstance(o, Generation) for o in split_host_llm.generate(reqs))
+    log, split_host_llm.step_log = split_host_llm.step_log, None
+    run = split_host_llm.times.since(before)
+    assert len(log) > 1 and all(entry.steps <= 1 for entry in log)  # a launch a step at most
+    assert sum(entry.steps for entry in log) == run.steps
+    assert sum(entry.tokens for entry in log) == run.tokens == 4 * 5
+    assert sum(entry.join_s for entry in log) == pytest.approx(run.join_s)
+    assert sum(entry.total_s for entry in log) == pytest.approx(run.total_s)
