@@ -49,12 +49,15 @@ from oracle.store.queue import (
     PRIORITY_INFERENCE,
     PRIORITY_VERIFICATION,
     enqueue_job,
+    expire_queued_jobs,
 )
 from oracle.store.queue_stats import inference_loads
 
 logger = logging.getLogger(__name__)
 
 FAILED_JOB_STATES = ("dead", "expired", "failed")
+CHECK_KINDS: tuple[JobKind, ...] = ("verification", "readback")
+"""The jobs that check other seats' reveals."""
 COMMIT_LANDING_GRACE_S = 10.0
 OUTSIDER_FINALIZE_MAX_BYTES = 8192
 """The longest winning output a node without a seat finalizes: finalize carries the
@@ -350,15 +353,14 @@ def verify_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
     if step.request.phase == "finalizing":
         closes_at = _close_time(step, seats)
         if closes_at is not None and step.now > closes_at:
+            _drop_late_checks(step)
             return NEWS
     others = [s for s in seats if s.revealed_output is not None and s.oracle != step.ctx.address]
     # a job checks one reveal: a reorg may put another node, or other text, in its seat
     jobs = {
         (j.kind, int(j.payload["seat"]), str(j.payload.get("oracle")), j.payload.get("text")): j
         for j in step.session.scalars(
-            select(Job).where(
-                Job.request_id == step.request.id, Job.kind.in_(("verification", "readback"))
-            )
+            select(Job).where(Job.request_id == step.request.id, Job.kind.in_(CHECK_KINDS))
         )
     }
     answer = _answer(step)
@@ -373,6 +375,26 @@ def verify_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
             if answer is not None and seat.revealed_output != answer.output:
                 _check_provenance(step, seat, jobs.get(("readback", *key)))
     return NEWS
+
+
+def _drop_late_checks(step: Step) -> None:
+    """Disputes have closed: a check no worker has taken can change nothing now. Expire
+    it, so that it does not run ahead of inference until its own deadline (disputes close
+    a window after the last reveal, which can be well before the reveal deadline's
+    window), and say which reveals stand unchecked and why."""
+    dropped = expire_queued_jobs(
+        step.session.connection(),
+        request_id=step.request.id,
+        kinds=CHECK_KINDS,
+        reason="disputes closed before a worker took it",
+    )
+    if dropped:
+        unchecked = sorted(f"{kind} of seat {payload['seat']}" for kind, payload in dropped)
+        logger.warning(
+            "disputes closed before these checks ran: the reveals stand unchecked (more "
+            "workers for these kinds, or a longer dispute window, would have checked them)",
+            extra={**step.log, "unchecked": unchecked},
+        )
 
 
 def _check_embedding(step: Step, seat: Seat, job: Job | None) -> None:

@@ -385,6 +385,24 @@ def expire_overdue_jobs(conn: Connection) -> int:
     return len(rows)
 
 
+def expire_queued_jobs(
+    conn: Connection, *, request_id: int, kinds: Sequence[JobKind], reason: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """Expire a request's jobs of these kinds that no worker has taken yet (what they
+    would compute can no longer be used); their kinds and payloads."""
+    rows = conn.execute(
+        text(
+            """
+            UPDATE jobs SET status = 'expired', finished_at = now(), last_error = :reason
+            WHERE request_id = :request_id AND kind = ANY(:kinds) AND status = 'queued'
+            RETURNING kind, payload
+            """
+        ),
+        {"request_id": request_id, "kinds": list(kinds), "reason": reason},
+    ).all()
+    return [(str(row.kind), dict(row.payload)) for row in rows]
+
+
 def prune_finished_jobs(conn: Connection, *, older_than: timedelta) -> int:
     """Delete finished jobs so the table does not grow without bound."""
     return conn.execute(

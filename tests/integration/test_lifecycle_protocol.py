@@ -376,6 +376,44 @@ def test_no_reading_back_of_our_own_text_with_it_off_or_without_the_model(
         assert len(verified) == 2
 
 
+def test_checks_no_worker_took_before_disputes_closed_are_expired_and_said_once(
+    db_engine: Engine,
+    sessions: sessionmaker[Session],
+    stub: StubChain,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Disputes can close a window after the last reveal, before the checks' own deadline:
+    a check still queued then would only run ahead of inference for nothing."""
+    revealing_round(sessions, requested(1, at(10)))
+    _our_answer_is(sessions, "Paris (seat 0)")
+    advance_requests(sessions, CTX, stub)  # Bob's and Carol's reveals: embeddings and reads
+    with db_engine.begin() as conn:  # a worker has taken one read; it runs on
+        (taken,) = claim_jobs(conn, worker_id="w1", kinds=["readback"], models=[SMOL], limit=1)
+    with sessions.begin() as session:
+        session.get_one(Request, 1).phase = "finalizing"
+    after_close = datetime.fromtimestamp(DISPUTES_CLOSE, tz=UTC) + timedelta(minutes=5)
+    for minutes in (0, 1):  # a second pass finds nothing left to drop
+        with sessions.begin() as session:
+            wake_requests(session.connection(), [1], "test")
+        advance_requests(sessions, CTX, stub, after_close + timedelta(minutes=minutes))
+    with sessions() as session:
+        checks = session.scalars(select(Job).where(Job.kind.in_(("verification", "readback"))))
+        states = {(j.kind, j.payload["seat"]): (j.status, j.last_error) for j in checks}
+    dropped = ("expired", "disputes closed before a worker took it")
+    taken_key = ("readback", taken.payload["seat"])
+    assert states == {
+        (kind, seat): ("running", None) if (kind, seat) == taken_key else dropped
+        for kind in ("verification", "readback")
+        for seat in (1, 2)
+    }
+    (warning,) = [r for r in caplog.records if hasattr(r, "unchecked")]
+    assert warning.levelname == "WARNING"
+    assert warning.unchecked == sorted(
+        f"{kind} of seat {seat}" for (kind, seat), state in states.items() if state == dropped
+    )
+    assert txs(sessions, "dispute") == []
+
+
 # --- finalize and expire ---------------------------------------------------------------------
 
 
