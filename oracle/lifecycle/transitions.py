@@ -349,7 +349,7 @@ def verify_reveals(step: Step, seats: Sequence[Seat]) -> Verdict:
     does not write for this request's seed, or that are our own answer with invisible
     characters changed (the same bits, other bytes: at distance 0 such a copy could win
     the medoid's tie and be delivered), until disputes close (once finalizing; a close
-    time not read yet counts as open)."""
+    time not read yet counts as open); then drop the checks no worker has taken."""
     if step.request.phase == "finalizing":
         closes_at = _close_time(step, seats)
         if closes_at is not None and step.now > closes_at:
