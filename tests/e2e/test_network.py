@@ -102,12 +102,25 @@ def test_a_verdict_asked_from_the_command_line_is_agreed_on_its_first_word(
     assert {bytes(r["args"]["embeddingBits"]) for r in reveals} == {digest_bits(word, 384)}
 
 
+def _time_to_read_back(network: Network) -> None:
+    """A dispute window long enough for reading back: disputes must land within it, and
+    several nodes reading on this machine's two cores (one thread each) beside the others
+    need more than the development chain's 8 s; 30 s, as a chain of 12 s blocks needs
+    anyway."""
+    coordinator = network.coordinator()
+    reveal_window = coordinator.functions.revealWindow().call()
+    owner = network.w3.eth.accounts[0]  # deploy_local's deployer
+    set_windows = coordinator.functions.setWindows(reveal_window, 30).transact({"from": owner})
+    network.w3.eth.wait_for_transaction_receipt(set_windows)
+
+
 def test_an_unrelated_answer_falls_outside_the_cluster_and_is_read_back_and_slashed(
     network: Network,
 ) -> None:
     """Honestly embedded, an unrelated answer falls outside the cluster and earns nothing;
     read back through the model, it is not what the model writes for the request, so the
     honest nodes dispute it and its stake is slashed."""
+    _time_to_read_back(network)
     network.start(3)
     network.start(1, "--test-fault", "unrelated-answer")
     network.local.wait_for_registration()
@@ -193,14 +206,7 @@ def test_an_answer_the_model_did_not_write_is_read_back_disputed_and_never_deliv
     slashed, and an honest answer is delivered."""
     from oracle.consensus.signal import FIRST_WORD_EXACT
 
-    # Disputes must land within the dispute window, and three nodes reading on this
-    # machine's two cores (one thread each) beside the others need more than the
-    # development chain's 8 s; 30 s, as a chain of 12 s blocks needs anyway.
-    coordinator = network.coordinator()
-    reveal_window = coordinator.functions.revealWindow().call()
-    owner = network.w3.eth.accounts[0]  # deploy_local's deployer
-    set_windows = coordinator.functions.setWindows(reveal_window, 30).transact({"from": owner})
-    network.w3.eth.wait_for_transaction_receipt(set_windows)
+    _time_to_read_back(network)
     network.start(3)
     network.start(1, "--test-fault", "rewritten-tail")
     network.local.wait_for_registration()
@@ -240,6 +246,7 @@ def test_two_hostile_nodes_of_different_kinds_at_once_cannot_stop_the_honest_ans
     lying embedding is disputed by a strict majority of the quorum, excluded and slashed;
     so is the unrelated answer, which the others read back through the model: it is not
     what the model writes for this request."""
+    _time_to_read_back(network)
     network.start(3)
     network.start(1, "--test-fault", "unrelated-answer")
     network.start(1, "--test-fault", "wrong-embedding")
