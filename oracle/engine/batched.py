@@ -44,7 +44,7 @@ a graph of its own. On a GPU, where launching is most of a decode, the engine th
 packs the streams (``pack_streams``): a free slot between busy ones reads a placeholder
 token, and prompts admitted together take their slots longest first, so that what is
 left of them after each micro-batch is again a run of consecutive ids. Packed, streams
-decode 256 requests on an H200 at 9,993-10,308 tokens/s in six runs over two lendings
+decode 256 requests on an H200 at 9,993-10,308 tokens/s in six runs over three lendings
 (launch 5.8-6.6 ms a decode), against 7,490-9,045 unpacked on earlier lendings. One
 shared cache (each sequence's attention masked to its own cells) decodes every step as
 one micro-batch without packing, but fills a mask over all its cells on the CPU at every
