@@ -111,13 +111,21 @@ def top_candidates(
         return np.take_along_axis(rows, columns, axis=1), columns
     if ids is None and count == TOP_K:
         return _top_of_block(rows)
-    # one partition for the block, the GIL released all along (a loop over the rows,
-    # though less work, holds it between calls, and a pool's threads then queue)
-    columns = np.argpartition(rows, width - count, axis=1)[:, width - count :]
-    values = np.take_along_axis(rows, columns, axis=1)
+    values, columns = _partitioned(rows, count)
     if ids is None:  # a column is its token id
-        return values, columns.astype(np.int64, copy=False)
+        return values, columns
     return values, np.take_along_axis(np.asarray(ids, dtype=np.int64), columns, axis=1)
+
+
+def _partitioned(
+    rows: npt.NDArray[np.floating], count: int
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:
+    """Each row's ``count`` highest logits and their columns, by one partition of the
+    whole block (the GIL released all along: a loop over the rows, though less work,
+    holds it between calls, and a pool's threads then queue)."""
+    width = rows.shape[1]
+    columns = np.argpartition(rows, width - count, axis=1)[:, width - count :]
+    return np.take_along_axis(rows, columns, axis=1), columns.astype(np.int64, copy=False)
 
 
 def _top_of_block(
@@ -131,8 +139,7 @@ def _top_of_block(
     count, width = rows.shape
     sample = rows[:, ::_SAMPLE_STRIDE]
     if sample.shape[1] < _SAMPLE_RANK:
-        columns = np.argpartition(rows, width - TOP_K, axis=1)[:, width - TOP_K :]
-        return np.take_along_axis(rows, columns, axis=1), columns.astype(np.int64, copy=False)
+        return _partitioned(rows, TOP_K)
     cut = sample.shape[1] - _SAMPLE_RANK
     thresholds = np.partition(sample, cut, axis=1)[:, cut]
     near = rows >= thresholds[:, None]
@@ -154,10 +161,7 @@ def _top_of_block(
     values = np.take_along_axis(near_values, top, axis=1)
     columns = np.take_along_axis(near_columns, top, axis=1)
     if whole.any():
-        rest = rows[whole]
-        top_rest = np.argpartition(rest, width - TOP_K, axis=1)[:, width - TOP_K :]
-        values[whole] = np.take_along_axis(rest, top_rest, axis=1)
-        columns[whole] = top_rest
+        values[whole], columns[whole] = _partitioned(rows[whole], TOP_K)
     return values, columns
 
 
