@@ -19,13 +19,13 @@ round's; the first warms everything up):
 
 ``--variants`` names the engine settings the engine-alone runs compare, each
 ``CONTEXTS:SAMPLING`` (``2:host``: two contexts decoded in turn, top-k on the CPU;
-``2:device``: top-k 40 on the device; ``2:host/streams``: with a KV stream a sequence
-instead of the GPU's one shared cache; by default ``2:host/streams 2:host`` on a GPU,
-``1:host/shared 1:host`` on a CPU); ``--worker-variants`` those of the queue runs (by
-default the last engine variant, with the device's own layout),
-where ``2:host:2`` starts two worker processes on the device, each with half the slots
-and half the threads (two processes launch their graphs in parallel, where one
-process's contexts take turns on one thread).
+``2:device``: top-k 40 on the device; ``2:host/shared``: one KV cache shared by a
+context's sequences instead of a stream each; by default ``2:host/shared 2:host`` on a
+GPU, ``1:host/shared 1:host`` on a CPU); ``--worker-variants`` those of the queue runs
+(by default the last engine variant; a layout named there is the worker's
+``--kv-layout``), where ``2:host:2`` starts two worker processes on the device, each
+with half the slots and half the threads (two processes launch their graphs in
+parallel, where one process's contexts take turns on one thread).
 
 ``--device cpu`` (and ``--smoke``) runs ours against the sequential engine through the
 same queue instead of the llama.cpp tools. The last line reads
@@ -77,7 +77,7 @@ from bench._common import (
     wait_until,
 )
 from oracle.engine.batched import StepTimes
-from oracle.engine.llm_options import LlmEngineOptions
+from oracle.engine.llm_options import KV_LAYOUTS, KvLayout, LlmEngineOptions
 from oracle.engine.supervisor import WorkerSpec
 from oracle.store import make_engine
 from oracle.store.queue import PRIORITY_INFERENCE, NewJob, enqueue_jobs
@@ -108,22 +108,18 @@ def prompts(count: int) -> list[str]:
 # --- ours, through the queue --------------------------------------------------------------
 
 
-KV_LAYOUTS = {"shared": True, "streams": False}
-"""``/shared``: one KV cache for a context's sequences; ``/streams``: a stream each."""
-
-
 @dataclass(frozen=True, slots=True)
 class Variant:
     """Batched engine settings under comparison: ``CONTEXTS:host`` or ``CONTEXTS:device``,
     for the queue runs ``:PROCESSES`` after it (worker processes sharing the device and
-    the queue, the slots split among them; default 1), and for the engine-alone runs
-    ``/shared`` or ``/streams`` at the end (the KV cache's layout; default the engine's
-    own choice for the device)."""
+    the queue, the slots split among them; default 1), then ``/shared`` or ``/streams``
+    (the KV cache's layout, ``--kv-layout``; default the engine's own choice for the
+    device)."""
 
     contexts: int
     device_top_k: bool
     processes: int = 1
-    kv_unified: bool | None = None
+    kv_layout: KvLayout | None = None
 
     @classmethod
     def parse(cls, text_: str) -> Variant:
@@ -140,12 +136,16 @@ class Variant:
                 f"{text_!r}: CONTEXTS:host or CONTEXTS:device, then :PROCESSES or nothing, "
                 "then /shared, /streams or nothing"
             )
-        kv_unified = KV_LAYOUTS[layout] if layout else None
-        return cls(int(contexts), sampling == "device", int(processes or "1"), kv_unified)
+        kv_layout = next((known for known in KV_LAYOUTS if known == layout), None)
+        return cls(int(contexts), sampling == "device", int(processes or "1"), kv_layout)
+
+    @property
+    def kv_unified(self) -> bool | None:
+        return None if self.kv_layout is None else self.kv_layout == "shared"
 
     def __str__(self) -> str:
         processes = f":{self.processes}" if self.processes > 1 else ""
-        layout = "".join(f"/{n}" for n, unified in KV_LAYOUTS.items() if unified is self.kv_unified)
+        layout = f"/{self.kv_layout}" if self.kv_layout else ""
         return f"{self.contexts}:{'device' if self.device_top_k else 'host'}{processes}{layout}"
 
 
@@ -454,14 +454,12 @@ def main() -> None:
     args.gpu_layers = -1 if args.device == "cuda" else 0
     counts = sorted(set(args.concurrency))
     # by default the engine alone in both KV layouts, the device's own last
-    contexts, other_layout = (2, False) if args.device == "cuda" else (1, True)
-    default = [Variant(contexts, False, kv_unified=other_layout), Variant(contexts, False)]
+    contexts = 2 if args.device == "cuda" else 1
+    default = [Variant(contexts, False, kv_layout="shared"), Variant(contexts, False)]
     variants = args.variants or default
-    worker_variants = args.worker_variants or [dataclasses.replace(variants[-1], kv_unified=None)]
+    worker_variants = args.worker_variants or [dataclasses.replace(variants[-1], kv_layout=None)]
     if any(variant.processes != 1 for variant in variants):
         parser.error("--variants run the engine in this process: no :PROCESSES there")
-    if any(variant.kv_unified is not None for variant in worker_variants):
-        parser.error("--worker-variants: a worker picks its KV layout by device: no /LAYOUT")
 
     with postgres_server() as server_url:
         print_machine("LLM engines on one device", ["sqlalchemy", "psycopg"], server_url)
@@ -480,10 +478,11 @@ def main() -> None:
                 slot_tokens=args.slot_tokens,
                 contexts=variant.contexts,
                 device_top_k=variant.device_top_k,
+                kv_layout=variant.kv_layout,
             )
             threads = max(1, args.threads // variant.processes)
             spec = WorkerSpec(role="llm", model=SMOLLM, threads=threads, llm=options)
-            name = f"gpu-bench-worker-{str(variant).replace(':', '-')}"
+            name = f"gpu-bench-worker-{str(variant).replace(':', '-').replace('/', '-')}"
             print(f"worker [{variant}]:", flush=True)
             ours[variant] = run_ours(server_url, spec, counts, args, name, variant.processes)
     notes = {variant: run_engine_alone(counts, args, variant) for variant in variants}

@@ -26,6 +26,7 @@ from oracle.config import (
     parse_wei,
     unknown_environment,
 )
+from oracle.engine.llm_options import KV_LAYOUTS, KvLayout
 from oracle.errors import OracleError
 from oracle.lifecycle.conduct import HONEST
 from oracle.lifecycle.hostile import HOSTILE_CONDUCTS
@@ -534,6 +535,13 @@ def _serve(make: Any) -> None:
     help="Batched: top-k 40 of each sequence on the GPU (llama.cpp's experimental samplers).",
 )
 @click.option(
+    "--kv-layout",
+    default=None,
+    type=click.Choice(KV_LAYOUTS),
+    help="Batched: a context's KV cache, a stream a sequence or shared by its sequences "
+    "[default: streams].",
+)
+@click.option(
     "--supervisor-pid",
     default=None,
     type=click.IntRange(min=1),
@@ -558,6 +566,7 @@ def worker(
     embed_lanes: int | None,
     contexts: int | None,
     device_top_k: bool,
+    kv_layout: KvLayout | None,
     supervisor_pid: int | None,
 ) -> None:
     """Run workers (one process per model); they share only the database with the node."""
@@ -572,6 +581,7 @@ def worker(
         slot_tokens=slot_tokens,
         contexts=contexts,
         device_top_k=device_top_k,
+        kv_layout=kv_layout,
     )
     names = [*models, *more_models]
     if not names:

@@ -22,7 +22,11 @@ two best candidates nearly tie.
 vocabulary's logits, the filters, the draw), done with numpy over a block of sequences
 at once; numpy's partition releases the GIL, so the blocks of one step are sampled by a
 pool of threads. The main thread reads the logits once first (which synchronises the
-device and reorders the outputs); the blocks only read them.
+device and reorders the outputs); the blocks only read them. With a few threads (a
+CPU's), a row's top 40 are looked for among the logits above a threshold read off a
+sample of the row, a quarter of the work; with many (a GPU machine's), each block's rows
+are partitioned whole, in one call that releases the GIL throughout, since the
+threshold's many small calls make the threads queue (``_WHOLE_ROWS_THREADS``).
 
 **Two contexts in turn (``contexts=2``, for GPUs).** ``llama_decode`` returns once the
 device has the work; the results are waited for when they are read. With the slots
@@ -36,29 +40,27 @@ the contexts together instead, each waited for and sampled on a thread of its ow
 slower on an H200: 8,807 tokens/s against 9,716 at 256 requests; each context then
 waits on its own results and shares the sampling threads with the other.)
 
-**The KV cache: a stream a sequence on a CPU, one shared on a GPU (``kv_unified``).**
-With a stream of its own, a sequence's attention reads only its own cells, and its
-logits do not depend on the other sequences' tokens. But a multi-stream cache puts only
-consecutive sequence ids with equal token counts into one micro-batch, each launched as
-a graph of its own. On a GPU, where launching is most of a decode, the engine therefore
-packs the streams (``pack_streams``): a free slot between busy ones reads a placeholder
-token, and prompts admitted together take their slots longest first, so that what is
-left of them after each micro-batch is again a run of consecutive ids. Packed, streams
-decode 256 requests on an H200 at 9,993-10,308 tokens/s in six runs over three lendings
-(launch 5.8-6.6 ms a decode), against 7,490-9,045 unpacked on earlier lendings. One
-shared cache (each sequence's attention masked to its own cells) decodes every step as
-one micro-batch without packing, but fills a mask over all its cells on the CPU at every
-decode (launch 9.7-10.7 ms): 9,583-10,101 tokens/s in three runs beside them. That is
-within the run-to-run noise of streams, so a GPU keeps the shared cache, the layout its
-worker was measured in through the queue. The masked cells add exact zeros, so a
-sequence's answer never depends on what the others say, only (in the last bits) on how
-many cells they hold. It wants flash attention (a GPU context takes it where the device
-has it): without it, a micro-batch's attention scores span the whole shared cache, and
-llama.cpp reserves for them (128 slots of 512 tokens: a 1,286 MiB compute buffer against
-98 MiB with flash attention or with streams, measured on the CPU). So where llama.cpp
-does not report flash attention on for a GPU context (its log says so when it resolves
-it), the engine gives every sequence a stream of its own instead, packed, and says so in
-a warning.
+**The KV cache: a stream a sequence, packed on a GPU.** With a stream of its own, a
+sequence's attention reads only its own cells, and its logits do not depend on the other
+sequences' tokens. But a multi-stream cache puts only consecutive sequence ids with equal
+token counts into one micro-batch, each launched as a graph of its own. On a GPU the
+engine therefore packs the streams (``pack_streams``): a free slot between busy ones
+reads a placeholder token, and prompts admitted together take their slots longest first,
+so that what is left of them after each micro-batch is again a run of consecutive ids.
+Packed, a step of decoding has one shape from one step to the next, and llama.cpp's CUDA
+back end replays the graph it captured instead of launching every kernel: on an H200, a
+decode of 122 sequences launched in a median 1.7-1.9 ms. Prompts are read in large
+micro-batches for the same reason (``_GPU_BATCH_TOKENS``). One cache shared by a context's
+sequences (``kv_unified``, ``--kv-layout shared``; each sequence's attention masked to its
+own cells) fills a mask over all its cells on the CPU at every decode and changes shape
+as it grows (launch 10.8 ms a decode, median): the worker made 10,074 tokens/s at 256
+requests with it against 12,056 with packed streams in the same run. It wants flash
+attention (a GPU context takes it where the device has it): without it, a micro-batch's
+attention scores span the whole shared cache, and llama.cpp reserves for them (128 slots
+of 512 tokens: a 1,286 MiB compute buffer against 98 MiB with flash attention or with
+streams, measured on the CPU). So where llama.cpp does not report flash attention on for
+a GPU context asked for a shared cache (its log says so when it resolves it), the engine
+gives every sequence a stream of its own instead, and says so in a warning.
 
 **On a CPU, streams are not packed.** Packing measured nothing there (SmolLM2, 8
 requests on 2 cores: 64 and 60 tokens/s packed, 63 and 59 not), and it changes how
@@ -106,7 +108,12 @@ from oracle.engine.llm import (
     PromptTooLong,
     TokenPieces,
 )
-from oracle.engine.llm_options import padded_to_kv_cells, slots_for_budget
+from oracle.engine.llm_options import (
+    MIN_MICRO_BATCH,
+    gpu_micro_batch_tokens,
+    padded_to_kv_cells,
+    slots_for_budget,
+)
 from oracle.engine.models import LlmSpec
 from oracle.engine.sampling import TOP_K, choose_among, top_candidates
 from oracle.errors import OracleError
@@ -129,6 +136,16 @@ _FLASH_ATTN_OFF = 0
 _FLASH_ATTN_ON = b"Flash Attention enabled"
 """What llama.cpp logs when it resolves automatic flash attention to on."""
 _GPU_DECODE_THREADS = 4
+_GPU_BATCH_TOKENS = 8192
+"""Tokens one decode takes on a GPU, in micro-batches of ``gpu_micro_batch_tokens``: every
+micro-batch is a graph built and launched, and only decodes of one shape replay a
+captured CUDA graph, so a GPU reads the prompts admitted together in few large ones
+(H200, 256 requests, the engine alone: 13,102 tokens/s with 8,192 against 11,142 with
+2,048 and 10,496 with 2,048 in micro-batches of 512; the ten longest steps, the prompts',
+took 291 against 456 ms)."""
+_CPU_BATCH_TOKENS = 2048
+"""The same on a CPU, in llama.cpp's default micro-batches (``MIN_MICRO_BATCH``): how a
+prompt is cut decides the last bits of its keys (the module's notes)."""
 _PLACEHOLDER_TOKEN = 0
 """What a free slot between busy ones reads in packed streams (any token will do: it has
 no logits, and its cell is removed before the next step)."""
@@ -139,6 +156,13 @@ sampled threshold); fewer than two tasks' worth are sampled on the calling threa
 a pool round trip costs more."""
 _ROWS_PER_TASK_TOP_K = 64
 """The same over the 40 candidates of device top-k (a few microseconds each)."""
+_WHOLE_ROWS_THREADS = 8
+"""From this many sampler threads, a block's rows are partitioned whole (``top_candidates``'s
+``whole_rows``). The sampled threshold does a quarter of the work, but its many small numpy
+calls hold the GIL between them, and 16 threads queue: on an H200 machine's 16 cores the
+engine at 256 requests sampled 122 rows a decode in 11 ms that way against 4.4-5.0 whole
+(random logits, 128 rows in blocks of 8: 7.0-10.2 ms against 3.0-3.4 on 16 threads, and
+9.7-10.7 against 41-49 on one)."""
 
 
 class DecodeFailed(OracleError):
@@ -269,7 +293,7 @@ class BatchedLlm:
         gpu_layers: int = 0,
         kv_budget_mib: float | None = None,
         slot_tokens: int | None = None,
-        batch_tokens: int = 2048,
+        batch_tokens: int | None = None,
         contexts: int = 1,
         device_top_k: bool = False,
         kv_unified: bool | None = None,
@@ -295,7 +319,7 @@ class BatchedLlm:
         self.spec = spec
         self.model_path = model_path or spec.resolve(cache_dir=cache_dir)
         self.device_top_k = device_top_k
-        self.kv_unified = gpu_layers != 0 if kv_unified is None else kv_unified
+        self.kv_unified = False if kv_unified is None else kv_unified
         self.pack_streams = gpu_layers != 0 if pack_streams is None else pack_streams
         self._parts: list[_Part] = []
         self._by_key: dict[int, _Sequence] = {}
@@ -316,7 +340,13 @@ class BatchedLlm:
                 slot_tokens=wanted_slot,
                 kv_bytes_per_token=kv_bytes_per_token(self._model),
             )
-            self.batch_tokens = max(batch_tokens, self.slots + 1)
+            default_batch = _GPU_BATCH_TOKENS if gpu_layers != 0 else _CPU_BATCH_TOKENS
+            self.batch_tokens = max(batch_tokens or default_batch, self.slots + 1)
+            self.micro_batch_tokens = (
+                gpu_micro_batch_tokens(self.batch_tokens, self._n_vocab)
+                if gpu_layers != 0
+                else min(MIN_MICRO_BATCH, self.batch_tokens)
+            )
             count = min(contexts, self.slots)
             for index in range(count):
                 capacity = self.slots // count + (1 if index < self.slots % count else 0)
@@ -661,6 +691,7 @@ class BatchedLlm:
                     lambda start: top_candidates(
                         logits[start : start + size],
                         None if ids is None else ids[start : start + size],
+                        whole_rows=self._threads >= _WHOLE_ROWS_THREADS,
                     ),
                     starts,
                 )
@@ -761,7 +792,7 @@ class BatchedLlm:
         params.n_seq_max = capacity
         params.kv_unified = self.kv_unified  # see the module's notes
         params.n_batch = self.batch_tokens
-        params.n_ubatch = min(512, self.batch_tokens)
+        params.n_ubatch = self.micro_batch_tokens
         # with the layers on a GPU, llama.cpp's CPU threads only start each graph, and more
         # of them cost time (H200, 256 sequences: 6.2 ms a decode call with 16, 3.4 with 4)
         decode_threads = threads if gpu_layers == 0 else min(threads, _GPU_DECODE_THREADS)

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 
-from oracle.engine.llm_options import LlmEngineOptions, slots_for_budget
+from oracle.engine.llm_options import GPU_LOGITS_BUDGET_MIB, LlmEngineOptions, slots_for_budget
 from oracle.errors import OracleError
 
 __all__ = [
@@ -61,8 +61,9 @@ class GpuPlacementError(OracleError):
 
 def llm_gpu_mib(model: str, options: LlmEngineOptions, context_tokens: int) -> float:
     """GPU memory of one LLM worker with layers on the GPU: weights, the KV cache of its
-    slots (``kv_budget_mib`` when set, else slots x slot tokens), and the CUDA overhead.
-    0 when it runs on the CPU (``gpu_layers`` 0)."""
+    slots (``kv_budget_mib`` when set, else slots x slot tokens), the CUDA overhead, and
+    for the batched engine each context's logits of a micro-batch. 0 when it runs on the
+    CPU (``gpu_layers`` 0)."""
     if options.gpu_layers == 0:
         return 0.0
     weights = LLM_WEIGHTS_MIB.get(model, DEFAULT_LLM_WEIGHTS_MIB)
@@ -70,6 +71,7 @@ def llm_gpu_mib(model: str, options: LlmEngineOptions, context_tokens: int) -> f
     slot_tokens = options.slot_tokens or context_tokens
     if options.engine == "sequential":
         kv_mib = slot_tokens * per_token / 2**20
+        logits_mib = 0.0
     else:
         slots = slots_for_budget(
             parallel=options.parallel,
@@ -78,7 +80,8 @@ def llm_gpu_mib(model: str, options: LlmEngineOptions, context_tokens: int) -> f
             kv_bytes_per_token=per_token,
         )
         kv_mib = slots * slot_tokens * per_token / 2**20
-    return weights + kv_mib + CUDA_OVERHEAD_MIB
+        logits_mib = min(slots, options.resolved_contexts) * GPU_LOGITS_BUDGET_MIB
+    return weights + kv_mib + logits_mib + CUDA_OVERHEAD_MIB
 
 
 def embedding_gpu_mib(model: str) -> float:

@@ -21,21 +21,36 @@ __all__ = [
     "DEFAULT_PARALLEL",
     "ENGINES",
     "GPU_CONTEXTS",
+    "GPU_LOGITS_BUDGET_MIB",
     "KV_CELL_PAD",
+    "KV_LAYOUTS",
+    "MIN_MICRO_BATCH",
     "EngineKind",
     "KvBudgetTooSmall",
+    "KvLayout",
     "LlmEngineOptions",
+    "gpu_micro_batch_tokens",
     "padded_to_kv_cells",
     "slots_for_budget",
 ]
 
 EngineKind = Literal["batched", "sequential"]
 ENGINES: tuple[EngineKind, ...] = get_args(EngineKind)
+KvLayout = Literal["shared", "streams"]
+KV_LAYOUTS: tuple[KvLayout, ...] = get_args(KvLayout)
 
 GPU_CONTEXTS = 2
 """Contexts a batched worker with layers on a GPU decodes in turn unless told otherwise."""
 KV_CELL_PAD = 256
 """llama.cpp rounds each sequence's context up to a multiple of this."""
+GPU_LOGITS_BUDGET_MIB = 1024.0
+"""What one GPU context's compute buffer may hold for a micro-batch's logits. llama.cpp
+reserves a row of logits for every token a micro-batch can hold (``n_ubatch`` x the
+vocabulary x 4 bytes, measured: 98, 393 and 1,572 MiB for SmolLM2 at 512, 2,048 and 8,192
+tokens), so a GPU context's micro-batch is as many tokens as this holds
+(:func:`gpu_micro_batch_tokens`)."""
+MIN_MICRO_BATCH = 512
+"""llama.cpp's default micro-batch, and the least a GPU context gets."""
 DEFAULT_PARALLEL = 8
 """Sequences a batched worker decodes together unless told otherwise: enough to keep a
 CPU's cores busy between sampling steps; on a GPU, use 64 to 256 (README, GPU section)."""
@@ -72,6 +87,10 @@ class LlmEngineOptions:
     device_top_k: bool = False
     """Keep each sequence's 40 highest logits on the device (llama.cpp's experimental
     backend sampling): 40 candidates come back instead of the vocabulary."""
+    kv_layout: KvLayout | None = None
+    """A context's KV cache: ``streams``, one a sequence (packed into one micro-batch a step
+    on a GPU), or ``shared`` by its sequences; None: streams (:mod:`oracle.engine.batched`'s
+    notes)."""
 
     def job_context_tokens(self, model_context_tokens: int) -> int:
         """The context one job gets (prompt plus max_tokens): the model's under the
@@ -95,6 +114,10 @@ class LlmEngineOptions:
             raise OutOfRange(field="slot_tokens", value=self.slot_tokens, allowed=">= 16")
         if self.contexts is not None and self.contexts < 1:
             raise OutOfRange(field="contexts", value=self.contexts, allowed=">= 1")
+        if self.kv_layout is not None and self.kv_layout not in KV_LAYOUTS:
+            raise OutOfRange(
+                field="kv_layout", value=self.kv_layout, allowed=" or ".join(KV_LAYOUTS)
+            )
 
     @property
     def resolved_contexts(self) -> int:
@@ -115,11 +138,21 @@ class LlmEngineOptions:
             args += ["--contexts", str(self.contexts)]
         if self.device_top_k:
             args.append("--device-top-k")
+        if self.kv_layout is not None:
+            args += ["--kv-layout", self.kv_layout]
         return args
 
 
 DEFAULT_LLM_ENGINE = LlmEngineOptions()
 """A worker's LLM settings unless told otherwise."""
+
+
+def gpu_micro_batch_tokens(batch_tokens: int, n_vocab: int) -> int:
+    """The micro-batch of a GPU context: as many tokens as ``GPU_LOGITS_BUDGET_MIB`` holds
+    logits for, in multiples of 256, at least ``MIN_MICRO_BATCH`` and at most the batch
+    (SmolLM2's 49,152-token vocabulary: 5,376; Gemma 3's 262,144: 1,024)."""
+    fits = int(GPU_LOGITS_BUDGET_MIB * 2**20 // (4 * n_vocab)) // KV_CELL_PAD * KV_CELL_PAD
+    return min(batch_tokens, max(MIN_MICRO_BATCH, fits))
 
 
 def padded_to_kv_cells(tokens: int) -> int:

@@ -95,17 +95,23 @@ def top_candidates(
     ids: npt.NDArray[np.integer] | None = None,
     *,
     count: int = TOP_K,
+    whole_rows: bool = False,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:
     """Each row's ``count`` highest logits and their token ids (by default rule 2's
     candidates, not yet sorted; all, when fewer). ``ids``: the token id of each column;
     None for the whole vocabulary. The heavy part of a step's sampling, and numpy's
-    partitions and comparisons release the GIL."""
+    partitions and comparisons release the GIL. ``whole_rows``: partition each row's
+    whole vocabulary in one numpy call, which releases the GIL throughout; for blocks
+    sampled on many threads at once, where the sampled threshold's many small numpy
+    calls (some holding the GIL) make the threads queue."""
     rows = np.asarray(logits)
     width = rows.shape[1]
     if width <= count:
         if ids is None:
             return rows, np.broadcast_to(np.arange(width, dtype=np.int64), rows.shape)
         return rows, np.asarray(ids, dtype=np.int64)
+    if ids is None and whole_rows:
+        return _partitioned(rows, count)
     if ids is None and rows.shape[0] == 1 and count == TOP_K:
         columns = _top_columns(rows[0])[None, :]
         return np.take_along_axis(rows, columns, axis=1), columns

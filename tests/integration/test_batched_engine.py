@@ -416,27 +416,43 @@ def test_the_kv_budget_decides_the_slots() -> None:
         BatchedLlm(SMOLLM, parallel=8, threads=1, slot_tokens=256, kv_budget_mib=5)
 
 
-def test_a_context_with_its_layers_offloaded_shares_its_cache_where_flash_attention_is_on(
+def test_a_context_with_its_layers_offloaded_takes_the_gpu_s_settings(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``gpu_layers=-1`` on a build without a GPU: the layers stay on the CPU, but the
-    engine takes the GPU's settings (flash attention where llama.cpp resolves it on, one
-    shared cache), and llama.cpp reports flash attention on."""
+    engine takes the GPU's settings (packed streams, large micro-batches bounded by their
+    logits, flash attention where llama.cpp resolves it on), and a shared cache where
+    asked for one, which llama.cpp's flash attention lets it keep."""
     with BatchedLlm(SMOLLM, parallel=2, threads=2, slot_tokens=SLOT_TOKENS, gpu_layers=-1) as gpu:
-        assert gpu.kv_unified
+        assert (gpu.kv_unified, gpu.pack_streams) == (False, True)
+        assert (gpu.batch_tokens, gpu.micro_batch_tokens) == (8192, 5376)  # 49,152 logits
         assert answer(gpu.generate([request(1, max_tokens=5)])[0]).completion_tokens == 5
+    with BatchedLlm(
+        SMOLLM, parallel=2, threads=2, slot_tokens=SLOT_TOKENS, gpu_layers=-1, kv_unified=True
+    ) as shared:
+        assert shared.kv_unified
+        assert answer(shared.generate([request(1, max_tokens=5)])[0]).completion_tokens == 5
     assert "no flash attention" not in caplog.text
+    with BatchedLlm(SMOLLM, parallel=2, threads=2, slot_tokens=SLOT_TOKENS) as cpu:
+        assert (cpu.kv_unified, cpu.pack_streams) == (False, False)
+        assert (cpu.batch_tokens, cpu.micro_batch_tokens) == (2048, 512)
 
 
 def test_without_flash_attention_a_gpu_context_takes_a_stream_a_sequence(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Where llama.cpp does not report flash attention on (injected: no device here lacks
-    it), a shared cache would reserve attention scores over all its cells: the engine
-    falls back to a stream a sequence, says so, and answers."""
+    it), a shared cache asked for would reserve attention scores over all its cells: the
+    engine falls back to a stream a sequence, says so, and answers."""
     monkeypatch.setattr(batched, "_FLASH_ATTN_ON", b"not a line llama.cpp logs")
     with BatchedLlm(
-        SMOLLM, parallel=2, threads=2, slot_tokens=SLOT_TOKENS, gpu_layers=-1, contexts=2
+        SMOLLM,
+        parallel=2,
+        threads=2,
+        slot_tokens=SLOT_TOKENS,
+        gpu_layers=-1,
+        contexts=2,
+        kv_unified=True,
     ) as gpu:
         assert not gpu.kv_unified
         outcomes = gpu.generate([request(1, max_tokens=5), request(2, max_tokens=3, seed=2)])

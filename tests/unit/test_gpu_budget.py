@@ -16,7 +16,13 @@ from oracle.engine.gpus import (
     pick_gpu,
     place_all,
 )
-from oracle.engine.llm_options import KvBudgetTooSmall, LlmEngineOptions
+from oracle.engine.llm_options import (
+    GPU_LOGITS_BUDGET_MIB,
+    MIN_MICRO_BATCH,
+    KvBudgetTooSmall,
+    LlmEngineOptions,
+    gpu_micro_batch_tokens,
+)
 from oracle.engine.supervisor import WorkerSpec, autoscaling_for
 from tests.unit.test_autoscale import (
     GEMMA,
@@ -34,24 +40,42 @@ from tests.unit.test_autoscale import (
 SMOLLM2 = "SmolLM2-135M-Instruct-Q4_1"
 KV_SMOLLM2 = 22.5 / 1024  # MiB a token
 BATCHED_GPU = LlmEngineOptions(engine="batched", parallel=256, gpu_layers=-1, slot_tokens=512)
+LOGITS_2 = 2 * GPU_LOGITS_BUDGET_MIB  # a GPU worker's two contexts
 
 
 # --- a worker's need ------------------------------------------------------------------------
 
 
-def test_a_batched_worker_needs_weights_its_slots_kv_cache_and_the_cuda_overhead() -> None:
+def test_a_batched_worker_needs_weights_its_slots_kv_cache_logits_and_the_cuda_overhead() -> None:
     need = llm_gpu_mib(SMOLLM2, BATCHED_GPU, context_tokens=4096)
-    assert need == pytest.approx(100 + 256 * 512 * KV_SMOLLM2 + CUDA_OVERHEAD_MIB)  # 2.8 GiB KV
+    assert need == pytest.approx(100 + 256 * 512 * KV_SMOLLM2 + LOGITS_2 + CUDA_OVERHEAD_MIB)
+    one_context = replace(BATCHED_GPU, contexts=1)
+    assert llm_gpu_mib(SMOLLM2, one_context, context_tokens=4096) == pytest.approx(
+        need - GPU_LOGITS_BUDGET_MIB
+    )
+    sequential = replace(BATCHED_GPU, engine="sequential")  # llama-cpp-python's own context
+    assert llm_gpu_mib(SMOLLM2, sequential, context_tokens=4096) == pytest.approx(
+        100 + 512 * KV_SMOLLM2 + CUDA_OVERHEAD_MIB
+    )
+
+
+def test_a_gpu_micro_batch_holds_what_the_logits_budget_allows() -> None:
+    assert GPU_LOGITS_BUDGET_MIB * 2**20 // (4 * 49_152) == 5461  # SmolLM2's vocabulary
+    assert gpu_micro_batch_tokens(8192, 49_152) == 5376  # in multiples of 256
+    assert gpu_micro_batch_tokens(8192, 262_144) == 1024  # Gemma 3's
+    assert gpu_micro_batch_tokens(2048, 49_152) == 2048  # never more than the batch
+    assert gpu_micro_batch_tokens(8192, 4_000_000) == MIN_MICRO_BATCH  # nor less than this
+    assert gpu_micro_batch_tokens(300, 4_000_000) == 300
 
 
 def test_slot_tokens_default_to_the_context_and_a_kv_budget_caps_the_slots() -> None:
     whole_context = replace(BATCHED_GPU, slot_tokens=None, parallel=8)
     assert llm_gpu_mib(SMOLLM2, whole_context, context_tokens=4096) == pytest.approx(
-        100 + 8 * 4096 * KV_SMOLLM2 + CUDA_OVERHEAD_MIB
+        100 + 8 * 4096 * KV_SMOLLM2 + LOGITS_2 + CUDA_OVERHEAD_MIB
     )
     capped = replace(BATCHED_GPU, kv_budget_mib=1000)  # holds 88 slots of 512 tokens
     assert llm_gpu_mib(SMOLLM2, capped, context_tokens=4096) == pytest.approx(
-        100 + 88 * 512 * KV_SMOLLM2 + CUDA_OVERHEAD_MIB
+        100 + 88 * 512 * KV_SMOLLM2 + LOGITS_2 + CUDA_OVERHEAD_MIB
     )
     with pytest.raises(KvBudgetTooSmall):
         llm_gpu_mib(SMOLLM2, replace(BATCHED_GPU, kv_budget_mib=1), context_tokens=4096)
@@ -154,7 +178,7 @@ def test_the_supervisor_budget_holds_each_gpu_model_s_estimate() -> None:
         specs, min_workers={}, max_workers=4, gpus={0: 143_771.0}, idle_unload_s=60
     )
     assert scaling.budget.gpu_memory_mib == {
-        SMOLLM2: pytest.approx(100 + 256 * 512 * KV_SMOLLM2 + CUDA_OVERHEAD_MIB),
+        SMOLLM2: pytest.approx(100 + 256 * 512 * KV_SMOLLM2 + LOGITS_2 + CUDA_OVERHEAD_MIB),
         "all-MiniLM-L6-v2": 1024.0,
     }
     assert scaling.budget.gpu_need == {SMOLLM2: 1, "all-MiniLM-L6-v2": 1}

@@ -148,6 +148,19 @@ def test_the_candidates_are_each_rows_highest_logits(width: int) -> None:
             assert np.array_equal(values[0], row[tokens[0]])
 
 
+def test_whole_rows_finds_the_same_candidates_as_the_sampled_threshold() -> None:
+    """``whole_rows`` partitions each row whole, as a pool of many threads has it: the
+    same candidates as the sampled threshold's, each row's highest by a sort."""
+    rng = np.random.default_rng(7)
+    block = rng.normal(scale=2.0, size=(8, 5_000)).astype(np.float32)
+    whole_values, whole = top_candidates(block, whole_rows=True)
+    _values, sampled = top_candidates(block)
+    for index, row in enumerate(block):
+        expected = sorted(np.argsort(-row, kind="stable")[:TOP_K].tolist())
+        assert sorted(whole[index].tolist()) == sorted(sampled[index].tolist()) == expected
+        assert np.array_equal(whole_values[index], row[whole[index]])
+
+
 def test_tokens_below_min_p_are_never_chosen() -> None:
     # token 2's probability is below MIN_P of the best's at temperature 1
     logits = np.array([3.0, 3.0 + math.log(0.5), 3.0 + math.log(MIN_P / 2), -50.0])
