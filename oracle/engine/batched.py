@@ -142,7 +142,8 @@ micro-batch is a graph built and launched, and only decodes of one shape replay 
 captured CUDA graph, so a GPU reads the prompts admitted together in few large ones
 (H200, 256 requests, the engine alone: 13,102 tokens/s with 8,192 against 11,142 with
 2,048 and 10,496 with 2,048 in micro-batches of 512; the ten longest steps, the prompts',
-took 291 against 456 ms)."""
+took 291 against 456 ms). The micro-batch is bounded by the memory of its logits (5,376
+tokens for SmolLM2): that bound was measured through the queue only (README)."""
 _CPU_BATCH_TOKENS = 2048
 """The same on a CPU, in llama.cpp's default micro-batches (``MIN_MICRO_BATCH``): how a
 prompt is cut decides the last bits of its keys (the module's notes)."""
