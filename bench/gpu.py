@@ -139,10 +139,6 @@ class Variant:
         kv_layout = next((known for known in KV_LAYOUTS if known == layout), None)
         return cls(int(contexts), sampling == "device", int(processes or "1"), kv_layout)
 
-    @property
-    def kv_unified(self) -> bool | None:
-        return None if self.kv_layout is None else self.kv_layout == "shared"
-
     def __str__(self) -> str:
         processes = f":{self.processes}" if self.processes > 1 else ""
         layout = f"/{self.kv_layout}" if self.kv_layout else ""
@@ -272,7 +268,7 @@ def run_engine_alone(
         slot_tokens=args.slot_tokens,
         contexts=variant.contexts,
         device_top_k=variant.device_top_k,
-        kv_unified=variant.kv_unified,
+        kv_unified=variant.kv_layout == "shared",
     ) as llm:
         for n in counts:
             for _ in range(args.rounds):

@@ -297,7 +297,7 @@ class BatchedLlm:
         batch_tokens: int | None = None,
         contexts: int = 1,
         device_top_k: bool = False,
-        kv_unified: bool | None = None,
+        kv_unified: bool = False,
         pack_streams: bool | None = None,
         model_path: Path | None = None,
         cache_dir: Path | None = None,
@@ -306,12 +306,13 @@ class BatchedLlm:
 
         ``slot_tokens`` (prompt plus max_tokens of one request; default the model's
         context) is rounded up to a multiple of 256. ``threads`` serve both llama.cpp's
-        CPU work and sampling. ``contexts`` (at most one a slot) share the slots;
-        ``kv_unified`` (default: on a GPU) gives each context one KV cache for all its
-        sequences instead of a stream each; ``pack_streams`` (default: on a GPU) keeps a
-        step over streams one micro-batch; see the module's notes for these and
-        ``device_top_k``. Raises ModelNotInstalled, ModelLoadFailed,
-        ModelHasNoChatTemplate or KvBudgetTooSmall.
+        CPU work and sampling. ``batch_tokens`` is the most tokens one decode takes
+        (default 8,192 on a GPU, 2,048 on a CPU). ``contexts`` (at most one a slot) share
+        the slots; ``kv_unified`` gives each context one KV cache for all its sequences
+        instead of a stream each; ``pack_streams`` (default: on a GPU) keeps a step over
+        streams one micro-batch; see the module's notes for these and ``device_top_k``.
+        Raises ModelNotInstalled, ModelLoadFailed, ModelHasNoChatTemplate or
+        KvBudgetTooSmall.
         """
         if threads < 1:
             raise InvalidGenerationRequest(field="threads", value=threads, allowed=">= 1")
@@ -320,7 +321,7 @@ class BatchedLlm:
         self.spec = spec
         self.model_path = model_path or spec.resolve(cache_dir=cache_dir)
         self.device_top_k = device_top_k
-        self.kv_unified = False if kv_unified is None else kv_unified
+        self.kv_unified = kv_unified
         self.pack_streams = gpu_layers != 0 if pack_streams is None else pack_streams
         self._parts: list[_Part] = []
         self._by_key: dict[int, _Sequence] = {}

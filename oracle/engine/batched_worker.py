@@ -436,7 +436,7 @@ def load_batched_llm(config: WorkerConfig) -> BatchedLlm:
         slot_tokens=options.slot_tokens,
         contexts=options.resolved_contexts,
         device_top_k=options.device_top_k,
-        kv_unified=None if options.kv_layout is None else options.kv_layout == "shared",
+        kv_unified=options.kv_layout == "shared",
     )
 
 
