@@ -50,7 +50,7 @@ so that what is left of them after each micro-batch is again a run of consecutiv
 Packed, a step of decoding has one shape from one step to the next, and llama.cpp's CUDA
 back end replays the graph it captured instead of launching every kernel: on an H200, a
 decode of 122 sequences launched in a median 1.7-1.9 ms. Prompts are read in large
-micro-batches for the same reason (``_GPU_BATCH_TOKENS``). One cache shared by a context's
+micro-batches for the same reason (``GPU_BATCH_TOKENS``). One cache shared by a context's
 sequences (``kv_unified``, ``--kv-layout shared``; each sequence's attention masked to its
 own cells) fills a mask over all its cells on the CPU at every decode and changes shape
 as it grows (launch 10.8 ms a decode, median): the worker made 10,074 tokens/s at 256
@@ -110,6 +110,7 @@ from oracle.engine.llm import (
 )
 from oracle.engine.llm_options import (
     MIN_MICRO_BATCH,
+    gpu_batch_tokens,
     gpu_micro_batch_tokens,
     padded_to_kv_cells,
     slots_for_budget,
@@ -136,17 +137,10 @@ _FLASH_ATTN_OFF = 0
 _FLASH_ATTN_ON = b"Flash Attention enabled"
 """What llama.cpp logs when it resolves automatic flash attention to on."""
 _GPU_DECODE_THREADS = 4
-_GPU_BATCH_TOKENS = 8192
-"""Tokens one decode takes on a GPU, in micro-batches of ``gpu_micro_batch_tokens``: every
-micro-batch is a graph built and launched, and only decodes of one shape replay a
-captured CUDA graph, so a GPU reads the prompts admitted together in few large ones
-(H200, 256 requests, the engine alone: 13,102 tokens/s with 8,192 against 11,142 with
-2,048 and 10,496 with 2,048 in micro-batches of 512; the ten longest steps, the prompts',
-took 291 against 456 ms). The micro-batch is bounded by the memory of its logits (5,376
-tokens for SmolLM2): that bound was measured through the queue only (README)."""
 _CPU_BATCH_TOKENS = 2048
-"""The same on a CPU, in llama.cpp's default micro-batches (``MIN_MICRO_BATCH``): how a
-prompt is cut decides the last bits of its keys (the module's notes)."""
+"""Tokens one decode takes on a CPU, in llama.cpp's default micro-batches
+(``MIN_MICRO_BATCH``): how a prompt is cut decides the last bits of its keys (the
+module's notes). A GPU's: ``gpu_batch_tokens``."""
 _PLACEHOLDER_TOKEN = 0
 """What a free slot between busy ones reads in packed streams (any token will do: it has
 no logits, and its cell is removed before the next step)."""
@@ -307,10 +301,11 @@ class BatchedLlm:
         ``slot_tokens`` (prompt plus max_tokens of one request; default the model's
         context) is rounded up to a multiple of 256. ``threads`` serve both llama.cpp's
         CPU work and sampling. ``batch_tokens`` is the most tokens one decode takes
-        (default 8,192 on a GPU, 2,048 on a CPU). ``contexts`` (at most one a slot) share
-        the slots; ``kv_unified`` gives each context one KV cache for all its sequences
-        instead of a stream each; ``pack_streams`` (default: on a GPU) keeps a step over
-        streams one micro-batch; see the module's notes for these and ``device_top_k``.
+        (default: on a GPU ``gpu_batch_tokens``, on a CPU 2,048). ``contexts`` (at most
+        one a slot) share the slots; ``kv_unified`` gives each context one KV cache for
+        all its sequences instead of a stream each; ``pack_streams`` (default: on a GPU)
+        keeps a step over streams one micro-batch; see the module's notes for these and
+        ``device_top_k``.
         Raises ModelNotInstalled, ModelLoadFailed, ModelHasNoChatTemplate or
         KvBudgetTooSmall.
         """
@@ -342,8 +337,9 @@ class BatchedLlm:
                 slot_tokens=wanted_slot,
                 kv_bytes_per_token=kv_bytes_per_token(self._model),
             )
-            default_batch = _GPU_BATCH_TOKENS if gpu_layers != 0 else _CPU_BATCH_TOKENS
-            self.batch_tokens = max(batch_tokens or default_batch, self.slots + 1)
+            if batch_tokens is None and gpu_layers != 0:
+                batch_tokens = gpu_batch_tokens(self.slots, wanted_slot)
+            self.batch_tokens = max(batch_tokens or _CPU_BATCH_TOKENS, self.slots + 1)
             self.micro_batch_tokens = (
                 gpu_micro_batch_tokens(self.batch_tokens, self._n_vocab)
                 if gpu_layers != 0

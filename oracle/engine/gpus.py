@@ -18,7 +18,14 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 
-from oracle.engine.llm_options import GPU_LOGITS_BUDGET_MIB, LlmEngineOptions, slots_for_budget
+from oracle.engine.llm_options import (
+    LlmEngineOptions,
+    gpu_batch_tokens,
+    gpu_logits_mib,
+    gpu_micro_batch_tokens,
+    padded_to_kv_cells,
+    slots_for_budget,
+)
 from oracle.errors import OracleError
 
 __all__ = [
@@ -53,6 +60,13 @@ KV_BYTES_PER_TOKEN: Mapping[str, int] = {
 """KV-cache bytes one token takes, by model (what oracle.engine.batched reads from the
 loaded model: 22.5 KiB for SmolLM2)."""
 DEFAULT_KV_BYTES_PER_TOKEN = 128 * 1024
+LLM_VOCAB_TOKENS: Mapping[str, int] = {
+    "SmolLM2-135M-Instruct-Q4_1": 49_152,
+    "gemma-3-270m-Q4_K_M": 262_144,
+}
+"""The vocabulary, by model: a batched worker's contexts reserve a row of logits for every
+token of a micro-batch."""
+DEFAULT_LLM_VOCAB_TOKENS = 262_144
 
 
 class GpuPlacementError(OracleError):
@@ -80,7 +94,10 @@ def llm_gpu_mib(model: str, options: LlmEngineOptions, context_tokens: int) -> f
             kv_bytes_per_token=per_token,
         )
         kv_mib = slots * slot_tokens * per_token / 2**20
-        logits_mib = min(slots, options.resolved_contexts) * GPU_LOGITS_BUDGET_MIB
+        vocab = LLM_VOCAB_TOKENS.get(model, DEFAULT_LLM_VOCAB_TOKENS)
+        batch = gpu_batch_tokens(slots, padded_to_kv_cells(slot_tokens))
+        micro_batch = gpu_micro_batch_tokens(batch, vocab)
+        logits_mib = min(slots, options.resolved_contexts) * gpu_logits_mib(micro_batch, vocab)
     return weights + kv_mib + logits_mib + CUDA_OVERHEAD_MIB
 
 

@@ -420,12 +420,13 @@ def test_a_context_with_its_layers_offloaded_takes_the_gpu_s_settings(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``gpu_layers=-1`` on a build without a GPU: the layers stay on the CPU, but the
-    engine takes the GPU's settings (packed streams, large micro-batches bounded by their
-    logits, flash attention where llama.cpp resolves it on), and a shared cache where
-    asked for one, which llama.cpp's flash attention lets it keep."""
+    engine takes the GPU's settings (packed streams, a batch of all its slots' tokens up to
+    ``GPU_BATCH_TOKENS``, read in one micro-batch, flash attention where llama.cpp
+    resolves it on), and a shared cache where asked for one, which llama.cpp's flash
+    attention lets it keep."""
     with BatchedLlm(SMOLLM, parallel=2, threads=2, slot_tokens=SLOT_TOKENS, gpu_layers=-1) as gpu:
         assert (gpu.kv_unified, gpu.pack_streams) == (False, True)
-        assert (gpu.batch_tokens, gpu.micro_batch_tokens) == (8192, 5376)  # 49,152 logits
+        assert (gpu.batch_tokens, gpu.micro_batch_tokens) == (512, 512)  # what 2 slots hold
         assert answer(gpu.generate([request(1, max_tokens=5)])[0]).completion_tokens == 5
     with BatchedLlm(
         SMOLLM, parallel=2, threads=2, slot_tokens=SLOT_TOKENS, gpu_layers=-1, kv_unified=True

@@ -43,7 +43,7 @@ GPU_NODE = NodeSettings(
     slot_tokens=256,
     gpu_layers=-1,
     gpus=(0, 1),
-    gpu_memory_mib=1_000.0,  # one worker's estimate (about 890 MiB) each, not two
+    gpu_memory_mib=1_500.0,  # one worker's estimate (about 1,280 MiB) each, not two
 )
 
 

@@ -17,10 +17,12 @@ from oracle.engine.gpus import (
     place_all,
 )
 from oracle.engine.llm_options import (
+    GPU_BATCH_TOKENS,
     GPU_LOGITS_BUDGET_MIB,
     MIN_MICRO_BATCH,
     KvBudgetTooSmall,
     LlmEngineOptions,
+    gpu_batch_tokens,
     gpu_micro_batch_tokens,
 )
 from oracle.engine.supervisor import WorkerSpec, autoscaling_for
@@ -40,7 +42,7 @@ from tests.unit.test_autoscale import (
 SMOLLM2 = "SmolLM2-135M-Instruct-Q4_1"
 KV_SMOLLM2 = 22.5 / 1024  # MiB a token
 BATCHED_GPU = LlmEngineOptions(engine="batched", parallel=256, gpu_layers=-1, slot_tokens=512)
-LOGITS_2 = 2 * GPU_LOGITS_BUDGET_MIB  # a GPU worker's two contexts
+LOGITS_2 = 2 * 5376 * 49_152 * 4 / 2**20  # two contexts' micro-batch of logits: 2 x 1,008 MiB
 
 
 # --- a worker's need ------------------------------------------------------------------------
@@ -51,12 +53,25 @@ def test_a_batched_worker_needs_weights_its_slots_kv_cache_logits_and_the_cuda_o
     assert need == pytest.approx(100 + 256 * 512 * KV_SMOLLM2 + LOGITS_2 + CUDA_OVERHEAD_MIB)
     one_context = replace(BATCHED_GPU, contexts=1)
     assert llm_gpu_mib(SMOLLM2, one_context, context_tokens=4096) == pytest.approx(
-        need - GPU_LOGITS_BUDGET_MIB
+        need - LOGITS_2 / 2
     )
+    few = replace(BATCHED_GPU, parallel=4, slot_tokens=256)  # prompts of 1,024 tokens at most
+    assert llm_gpu_mib(SMOLLM2, few, context_tokens=4096) == pytest.approx(
+        100 + 4 * 256 * KV_SMOLLM2 + 2 * 1024 * 49_152 * 4 / 2**20 + CUDA_OVERHEAD_MIB
+    )
+    gemma = llm_gpu_mib("gemma-3-270m-Q4_K_M", BATCHED_GPU, context_tokens=32_768)
+    gemma_kv = 256 * 512 * 18 * 2 * 256 * 2 / 2**20
+    assert gemma == pytest.approx(260 + gemma_kv + 2 * 1024 + CUDA_OVERHEAD_MIB)  # 1,024 tokens
     sequential = replace(BATCHED_GPU, engine="sequential")  # llama-cpp-python's own context
     assert llm_gpu_mib(SMOLLM2, sequential, context_tokens=4096) == pytest.approx(
         100 + 512 * KV_SMOLLM2 + CUDA_OVERHEAD_MIB
     )
+
+
+def test_a_gpu_decode_takes_what_its_slots_hold_up_to_a_bound() -> None:
+    assert gpu_batch_tokens(256, 512) == GPU_BATCH_TOKENS
+    assert gpu_batch_tokens(4, 256) == 1024
+    assert gpu_batch_tokens(2, 1) == 3  # a token a slot and one more, always
 
 
 def test_a_gpu_micro_batch_holds_what_the_logits_budget_allows() -> None:
