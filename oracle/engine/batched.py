@@ -50,11 +50,13 @@ so that what is left of them after each micro-batch is again a run of consecutiv
 Packed, a step of decoding has one shape from one step to the next, and llama.cpp's CUDA
 back end replays the graph it captured instead of launching every kernel: on an H200, a
 decode of 122 sequences launched in a median 1.7-1.9 ms. Prompts are read in large
-micro-batches for the same reason (``GPU_BATCH_TOKENS``). One cache shared by a context's
-sequences (``kv_unified``, ``--kv-layout shared``; each sequence's attention masked to its
-own cells) fills a mask over all its cells on the CPU at every decode and changes shape
-as it grows (launch 10.8 ms a decode, median): the worker made 10,074 tokens/s at 256
-requests with it against 12,056 with packed streams in the same run. It wants flash
+micro-batches for the same reason (``oracle.engine.llm_options.GPU_BATCH_TOKENS``). One
+cache shared by a context's sequences (``kv_unified``, ``--kv-layout shared``; each
+sequence's attention masked to its own cells, which add exact zeros, so that the others
+change its answer only in the last bits, through how many cells they hold) fills a mask
+over all its cells on the CPU at every decode and changes shape as it grows (launch
+10.8 ms a decode, median): the worker made 10,074 tokens/s at 256 requests with it
+against 12,056 with packed streams in the same run. It wants flash
 attention (a GPU context takes it where the device has it): without it, a micro-batch's
 attention scores span the whole shared cache, and llama.cpp reserves for them (128 slots
 of 512 tokens: a 1,286 MiB compute buffer against 98 MiB with flash attention or with
