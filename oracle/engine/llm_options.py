@@ -57,7 +57,7 @@ longest steps, the prompts', took 291 against 456 ms). The bound on the micro-ba
 GPU_LOGITS_BUDGET_MIB = 1024.0
 """What one GPU context's compute buffer may hold for a micro-batch's logits. llama.cpp
 reserves a row of logits for every token a micro-batch can hold (``n_ubatch`` x the
-vocabulary x 4 bytes, measured: 98, 393 and 1,572 MiB for SmolLM2 at 512, 2,048 and 8,192
+vocabulary x 4 bytes; on the CPU: 98, 393 and 1,572 MiB for SmolLM2 at 512, 2,048 and 8,192
 tokens), so a GPU context's micro-batch is as many tokens as this holds
 (:func:`gpu_micro_batch_tokens`)."""
 MIN_MICRO_BATCH = 512
