@@ -61,7 +61,7 @@ vocabulary x 4 bytes; on the CPU: 98, 393 and 1,572 MiB for SmolLM2 at 512, 2,04
 tokens), so a GPU context's micro-batch is as many tokens as this holds
 (:func:`gpu_micro_batch_tokens`)."""
 MIN_MICRO_BATCH = 512
-"""llama.cpp's default micro-batch, and the least a GPU context gets."""
+"""llama.cpp's default micro-batch, and the least a GPU context gets (unless its batch is less)."""
 DEFAULT_PARALLEL = 8
 """Sequences a batched worker decodes together unless told otherwise: enough to keep a
 CPU's cores busy between sampling steps; on a GPU, use 64 to 256 (README, GPU section)."""
