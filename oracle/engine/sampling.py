@@ -110,12 +110,10 @@ def top_candidates(
         if ids is None:
             return rows, np.broadcast_to(np.arange(width, dtype=np.int64), rows.shape)
         return rows, np.asarray(ids, dtype=np.int64)
-    if ids is None and whole_rows:
-        return _partitioned(rows, count)
-    if ids is None and rows.shape[0] == 1 and count == TOP_K:
-        columns = _top_columns(rows[0])[None, :]
-        return np.take_along_axis(rows, columns, axis=1), columns
-    if ids is None and count == TOP_K:
+    if ids is None and count == TOP_K and not whole_rows:  # by a sampled threshold
+        if rows.shape[0] == 1:
+            columns = _top_columns(rows[0])[None, :]
+            return np.take_along_axis(rows, columns, axis=1), columns
         return _top_of_block(rows)
     values, columns = _partitioned(rows, count)
     if ids is None:  # a column is its token id
