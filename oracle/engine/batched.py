@@ -369,6 +369,7 @@ class BatchedLlm:
         )
         self._threads = threads
         self._rows_per_task = _ROWS_PER_TASK_TOP_K if device_top_k else _ROWS_PER_TASK
+        self._whole_rows = threads >= _WHOLE_ROWS_THREADS
         self._formatter = self._chat_formatter() if spec.prompt_style == "chat" else None
         self.load_seconds = time.perf_counter() - started
         logger.info(
@@ -691,7 +692,7 @@ class BatchedLlm:
                     lambda start: top_candidates(
                         logits[start : start + size],
                         None if ids is None else ids[start : start + size],
-                        whole_rows=self._threads >= _WHOLE_ROWS_THREADS,
+                        whole_rows=self._whole_rows,
                     ),
                     starts,
                 )
