@@ -62,6 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
@@ -136,7 +137,7 @@ class Variant:
                 f"{text_!r}: CONTEXTS:host or CONTEXTS:device, then :PROCESSES or nothing, "
                 "then /shared, /streams or nothing"
             )
-        kv_layout = next((known for known in KV_LAYOUTS if known == layout), None)
+        kv_layout = cast(KvLayout, layout) if layout else None  # one of KV_LAYOUTS: checked
         return cls(int(contexts), sampling == "device", int(processes or "1"), kv_layout)
 
     def __str__(self) -> str:
