@@ -151,6 +151,8 @@ _ROWS_PER_TASK = 8
 core of the 2-core development machine, 160-220 us before candidates were found by a
 sampled threshold); fewer than two tasks' worth are sampled on the calling thread, since
 a pool round trip costs more."""
+_LOGITS_VIEWS = 1024
+"""At most this many views of a context's logits are kept (one for each number of rows)."""
 _ROWS_PER_TASK_TOP_K = 64
 """The same over the 40 candidates of device top-k (a few microseconds each)."""
 _WHOLE_ROWS_THREADS = 8
@@ -246,6 +248,23 @@ class _Part:
     dropped: set[int] = field(default_factory=set)
     """``id`` of each in-flight sequence cancelled since its launch: its logits stay in
     their row (the rows are the launched outputs, in order) and its token is not used."""
+    _logits: dict[tuple[int, int], npt.NDArray[np.float32]] = field(default_factory=dict)
+
+    def logits_rows(self, rows: int, width: int) -> npt.NDArray[np.float32]:
+        """The last decode's logits, a row an output in batch order, as a numpy view.
+
+        Views are kept by the buffer's address and the number of rows, since making one
+        costs tens of microseconds right after a decode, on every token of a request
+        decoded alone; llama.cpp moves the buffer only when it needs a larger one.
+        """
+        pointer = llama_cpp.llama_get_logits(self.ctx)
+        key = (ctypes.cast(pointer, ctypes.c_void_p).value or 0, rows)
+        view = self._logits.get(key)
+        if view is None:
+            if len(self._logits) > _LOGITS_VIEWS:  # a moved buffer's views are dead
+                self._logits.clear()
+            view = self._logits[key] = np.ctypeslib.as_array(pointer, shape=(rows, width))
+        return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,8 +479,10 @@ class BatchedLlm:
     def step(self) -> list[Finished]:
         """Decode and sample; the requests that ended in this step.
 
-        With one context: decode every sequence, then sample them. With several: launch
-        the next context's decode, then read and sample the one launched a step before.
+        With one busy context: read and sample the decode launched a step before, then
+        launch the next, which is still on the device when this returns. With several:
+        launch the next context's decode, then read and sample the one launched a step
+        before.
         """
         if not self._by_key:
             return []
@@ -470,9 +491,14 @@ class BatchedLlm:
         parts, index = self._parts, self._turn
         self._turn = (index + 1) % len(parts)
         busy = [part for part in parts if part.sequences or part.in_flight is not None]
-        if len(busy) == 1:  # nothing to overlap: launch and read it in this step
-            finished = self._launch(busy[0])
-            finished += self._advance_all(self._read(busy[0]))
+        if len(busy) == 1:
+            # one context: read the decode launched a step before (or, with none in flight,
+            # launch one and read it), record it and launch the next at once, so that the
+            # device decodes while the caller does its own work between steps
+            part = busy[0]
+            finished = self._launch(part) if part.in_flight is None else []
+            finished += self._advance_all(self._read(part))
+            finished += self._launch(part)
         else:
             # the context launched a step before is read and sampled on the collector
             # thread while this one builds and launches the next context's graph
@@ -561,7 +587,7 @@ class BatchedLlm:
         waiting = time.perf_counter()
         llama_cpp.llama_get_logits(part.ctx)  # synchronise and reorder once, here
         sampling = time.perf_counter()
-        sampled = self._sample(part.ctx, outputs)
+        sampled = self._sample(part, outputs)
         if part.dropped:  # sampled in their rows with the others, then left out
             kept = [
                 k for k, (sequence, _i) in enumerate(outputs) if id(sequence) not in part.dropped
@@ -670,17 +696,16 @@ class BatchedLlm:
             sequence.seq_id = seq_id
             part.sequences[seq_id] = sequence
 
-    def _sample(self, ctx: Any, outputs: Sequence[tuple[_Sequence, int]]) -> list[int]:
+    def _sample(self, part: _Part, outputs: Sequence[tuple[_Sequence, int]]) -> list[int]:
         """The token of each output, by coupled sampling: its logits (the vocabulary's,
         or the 40 candidates top-k on the device kept), its request's seed and
         temperature, and the tokens it generated so far."""
         if not outputs:
             return []
         if self.device_top_k:
-            logits, ids = _device_candidates(ctx, [index for _s, index in outputs])
+            logits, ids = _device_candidates(part.ctx, [index for _s, index in outputs])
         else:
-            view = llama_cpp.llama_get_logits(ctx)  # the outputs' rows, in batch order
-            logits, ids = np.ctypeslib.as_array(view, shape=(len(outputs), self._n_vocab)), None
+            logits, ids = part.logits_rows(len(outputs), self._n_vocab), None
         tasks = min(self._threads * 2, len(outputs) // self._rows_per_task)
         if tasks < 2 or self._pool is None:
             values, tokens = top_candidates(logits, ids)

@@ -65,6 +65,8 @@ SEED_DOMAIN = 0x6F7261636C652F31  # b"oracle/1"
 # one row's top-k looks first among the logits above a threshold read off a sample
 _SAMPLE_STRIDE = 64
 _SAMPLE_RANK = 4
+_PAIRWISE_BLOCK = 128
+"""The longest array numpy sums without splitting it (``_numpy_sum``)."""
 
 _MASK = 2**64 - 1
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -112,8 +114,8 @@ def top_candidates(
         return rows, np.asarray(ids, dtype=np.int64)
     if ids is None and count == TOP_K and not whole_rows:  # by a sampled threshold
         if rows.shape[0] == 1:
-            columns = _top_columns(rows[0])[None, :]
-            return np.take_along_axis(rows, columns, axis=1), columns
+            columns = _top_columns(rows[0])
+            return rows[0][columns][None, :], columns[None, :]
         return _top_of_block(rows)
     values, columns = _partitioned(rows, count)
     if ids is None:  # a column is its token id
@@ -250,24 +252,67 @@ def _choose_one(
     step: int,
     temperature_milli: int,
 ) -> int:
-    """``choose_among`` for one row, with the same numpy arithmetic, element for element,
-    but uniforms only for the tokens the filters keep (usually a handful of the 40),
-    computed in plain integers: a request decoded alone pays numpy's fixed cost per
-    call on every token, and this takes a third of the calls."""
+    """``choose_among`` for one row, to the bit, in a few numpy calls.
+
+    A request decoded alone pays this on every token, and after a decode each numpy call
+    costs several times what it does in a loop (its code and data are no longer in the
+    caches: 9.6 us for one small ufunc call after reading 64 MB on the 2-core development
+    machine). So only the sort and the transcendentals (exp, log) are numpy's; the rest is
+    Python floats, whose additions, subtractions, products and quotients round as
+    numpy's do, with the sum in numpy's pairwise order (``_numpy_sum``) and the
+    cumulative sum in order; uniforms only for the tokens the filters keep.
+    """
     order = np.lexsort((tokens, -values))  # logit descending, then token id ascending
-    tokens = tokens[order]
-    values = values[order]
     if temperature_milli == 0:
-        return int(tokens[0])
-    shifted = np.exp(values - values[0])
-    p = shifted / shifted.sum()
-    keep = (np.cumsum(p) - p < TOP_P) & (p >= MIN_P * p[0])
-    keep[0] = True
-    kept = np.flatnonzero(keep)
+        return int(tokens[order[0]])
+    ranked = values[order]
+    ids = tokens[order].tolist()
+    logits = ranked.tolist()
+    shifted = np.exp(ranked - ranked[0]).tolist()
+    total = _numpy_sum(shifted)
+    p = [value / total for value in shifted]
+    floor = MIN_P * p[0]
+    kept = [0]
+    cumulative = p[0]
+    for index in range(1, len(p)):
+        cumulative += p[index]
+        if cumulative - p[index] < TOP_P and p[index] >= floor:
+            kept.append(index)
     seed, step = int(np.uint64(seed)), int(np.uint64(step))  # ``uniforms``' range checks
-    u = np.array([_uniform(seed, step, int(token)) for token in tokens[kept]])
-    scores = values[kept] / (temperature_milli / 1000.0) - np.log(-np.log(u))
-    return int(tokens[kept[int(np.argmax(scores))]])
+    u = np.array([_uniform(seed, step, ids[index]) for index in kept])
+    noise = np.log(-np.log(u)).tolist()
+    temperature = temperature_milli / 1000.0
+    best, best_score = kept[0], logits[kept[0]] / temperature - noise[0]
+    for index, gumbel in zip(kept[1:], noise[1:], strict=True):
+        score = logits[index] / temperature - gumbel
+        if score > best_score:  # the first of equal scores, as argmax takes
+            best, best_score = index, score
+    return int(ids[best])
+
+
+def _numpy_sum(values: list[float]) -> float:
+    """``numpy.sum`` of float64 values, to the bit: numpy adds up to 128 values in eight
+    running sums, one for each position modulo 8, combines them in pairs, then adds the
+    remainder in order (its ``pairwise_sum``); fewer than eight, in order."""
+    count = len(values)
+    if count > _PAIRWISE_BLOCK:  # numpy halves longer arrays first
+        return float(np.sum(values))
+    if count < 8:
+        total = 0.0
+        for value in values:
+            total += value
+        return total
+    sums = values[:8]
+    whole = count - count % 8
+    for start in range(8, whole, 8):
+        for lane in range(8):
+            sums[lane] += values[start + lane]
+    total = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + (
+        (sums[4] + sums[5]) + (sums[6] + sums[7])
+    )
+    for value in values[whole:]:
+        total += value
+    return total
 
 
 def _uniform(seed: int, step: int, token: int) -> float:

@@ -11,8 +11,10 @@ from oracle.engine.sampling import (
     MIN_P,
     SEED_DOMAIN,
     TOP_K,
+    _numpy_sum,  # the one-row path's sum, against numpy's
     candidate_margins,
     choice_margins,
+    choose_among,
     choose_token,
     choose_tokens,
     top_candidates,
@@ -146,6 +148,52 @@ def test_the_candidates_are_each_rows_highest_logits(width: int) -> None:
         for values, tokens in (alone, block):
             assert sorted(tokens[0].tolist()) == expected
             assert np.array_equal(values[0], row[tokens[0]])
+
+
+def test_one_rows_sum_is_numpys_to_the_bit() -> None:
+    """A row alone sums its probabilities in Python floats, in numpy's order: the same
+    bits as ``numpy.sum`` for every length (a batch's rows are summed by numpy)."""
+    rng = np.random.default_rng(11)
+    for length in [*range(1, 42), 127, 128, 129, 300]:
+        for _ in range(40):
+            values = np.exp(-rng.random(length) * rng.choice([1.0, 20.0, 300.0]))
+            assert _numpy_sum(values.tolist()) == values.sum(), length
+            assert _numpy_sum(values.tolist()) == np.stack([values, values]).sum(axis=1)[0]
+
+
+def test_one_rows_choice_is_the_batchs_over_many_candidate_sets() -> None:
+    """The one-row choice (Python floats but for exp and log) against the batch's arrays,
+    on candidate sets of every shape: flat, peaked, tied, a few -inf, at the top-p and
+    min-p edges, and with fewer candidates than the top-k."""
+    rng = np.random.default_rng(12)
+    for case in range(3_000):
+        width = TOP_K if case % 9 else int(rng.integers(1, TOP_K))
+        values = rng.normal(scale=[0.05, 0.5, 2.0, 8.0][case % 4], size=width)
+        if case % 5 == 0:
+            values[: width // 2] = values[0]  # ties, broken by token id
+        if case % 7 == 0 and width > 2:
+            values[-2:] = -np.inf
+        if case % 11 == 0 and width > 3:  # the second just at min-p of the first
+            values[1] = values[0] + math.log(MIN_P)
+        values = values.astype(np.float32)
+        tokens = rng.permutation(49_152)[:width]
+        seed, step = int(rng.integers(2**63)), int(rng.integers(1_000))
+        temperature = [1, 200, 700, 1000, 2500][case % 5]
+        alone = choose_among(
+            values[None, :],
+            tokens[None, :],
+            seeds=[seed],
+            steps=[step],
+            temperatures_milli=[temperature],
+        )
+        batch = choose_among(
+            np.stack([values, values[::-1]]),
+            np.stack([tokens, tokens[::-1]]),
+            seeds=[seed, seed],
+            steps=[step, step],
+            temperatures_milli=[temperature, temperature],
+        )
+        assert alone == batch[:1] and batch[0] == batch[1], case
 
 
 def test_whole_rows_finds_the_same_candidates_as_the_sampled_threshold() -> None:
