@@ -118,7 +118,7 @@ from oracle.engine.llm_options import (
     slots_for_budget,
 )
 from oracle.engine.models import LlmSpec
-from oracle.engine.sampling import TOP_K, choose_among, top_candidates
+from oracle.engine.sampling import TOP_K, choose_among, choose_token, top_candidates
 from oracle.errors import OracleError
 
 __all__ = [
@@ -706,6 +706,16 @@ class BatchedLlm:
             logits, ids = _device_candidates(part.ctx, [index for _s, index in outputs])
         else:
             logits, ids = part.logits_rows(len(outputs), self._n_vocab), None
+            if len(outputs) == 1:  # a request decoded alone: every numpy call counts
+                sequence, _index = outputs[0]
+                return [
+                    choose_token(
+                        logits[0],
+                        seed=sequence.request.seed,
+                        step=len(sequence.tokens),
+                        temperature_milli=sequence.request.temperature_milli,
+                    )
+                ]
         tasks = min(self._threads * 2, len(outputs) // self._rows_per_task)
         if tasks < 2 or self._pool is None:
             values, tokens = top_candidates(logits, ids)

@@ -172,25 +172,26 @@ def _top_of_block(
 
 
 def _top_columns(row: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
-    """The columns of one row's ``TOP_K`` highest logits (more than ``TOP_K`` of them).
+    """The columns of one row's ``TOP_K`` highest logits (more than ``TOP_K`` of them), in
+    rule 2's order.
 
     First among the logits at or above a threshold read off a sample of the row: every
     logit below it is below every logit above it, so when ``TOP_K`` or more pass, their
     top ``TOP_K`` are the row's. The threshold is the ``_SAMPLE_RANK``-th highest of
     every ``_SAMPLE_STRIDE``-th logit: on SmolLM2's answers about 240 logits pass it, and
     fewer than 40 (then the whole row is partitioned) in 0.2 % of tokens. A sample's
-    partition, one comparison and a partition of a few hundred cost a fraction of
+    partition, one comparison and a sort of a few hundred cost a fraction of
     partitioning the whole vocabulary (13 against 57 us on a 2-core EPYC).
     """
     width = row.size
     sample = row[::_SAMPLE_STRIDE]
+    near = None
     if sample.size >= _SAMPLE_RANK:
         cut = sample.size - _SAMPLE_RANK
-        near = np.flatnonzero(row >= np.partition(sample, cut)[cut])
-        if near.size >= TOP_K:
-            top = np.argpartition(row[near], near.size - TOP_K)[near.size - TOP_K :]
-            return near[top].astype(np.int64, copy=False)
-    return np.argpartition(row, width - TOP_K)[width - TOP_K :].astype(np.int64, copy=False)
+        near = (row >= np.partition(sample, cut)[cut]).nonzero()[0]
+    if near is None or near.size < TOP_K:
+        near = np.argpartition(row, width - TOP_K)[width - TOP_K :]
+    return near[np.lexsort((near, -row[near]))[:TOP_K]].astype(np.int64, copy=False)
 
 
 def choose_among(
@@ -252,23 +253,34 @@ def _choose_one(
     step: int,
     temperature_milli: int,
 ) -> int:
-    """``choose_among`` for one row, to the bit, in a few numpy calls.
-
-    A request decoded alone pays this on every token, and after a decode each numpy call
-    costs several times what it does in a loop (its code and data are no longer in the
-    caches: 9.6 us for one small ufunc call after reading 64 MB on the 2-core development
-    machine). So only the sort and the transcendentals (exp, log) are numpy's; the rest is
-    Python floats, whose additions, subtractions, products and quotients round as
-    numpy's do, with the sum in numpy's pairwise order (``_numpy_sum``) and the
-    cumulative sum in order; uniforms only for the tokens the filters keep.
-    """
+    """``choose_among`` for one row: rule 2's order, then ``_choose_ranked``."""
     order = np.lexsort((tokens, -values))  # logit descending, then token id ascending
+    return _choose_ranked(
+        values[order].tolist(),
+        tokens[order].tolist(),
+        seed=seed,
+        step=step,
+        temperature_milli=temperature_milli,
+    )
+
+
+def _choose_ranked(
+    logits: list[float], ids: list[int], *, seed: int, step: int, temperature_milli: int
+) -> int:
+    """Rules 1 and 3-5 for one row's candidates in rule 2's order, to the bit of the
+    batch's arrays (``choose_among``), in a few numpy calls.
+
+    A request decoded alone pays this on every token, where each numpy call costs
+    microseconds (more right after a decode, with its code and data out of the caches:
+    9.6 us for one small ufunc call after reading 64 MB on the 2-core development
+    machine). So only the transcendentals (exp, log) are numpy's; the rest is Python
+    floats, whose sums, differences, products and quotients round as numpy's do, with
+    the sum in numpy's pairwise order (``_numpy_sum``) and the cumulative sum in order;
+    uniforms only for the tokens the filters keep.
+    """
     if temperature_milli == 0:
-        return int(tokens[order[0]])
-    ranked = values[order]
-    ids = tokens[order].tolist()
-    logits = ranked.tolist()
-    shifted = np.exp(ranked - ranked[0]).tolist()
+        return ids[0]
+    shifted = np.exp(np.array(logits) - logits[0]).tolist()
     total = _numpy_sum(shifted)
     p = [value / total for value in shifted]
     floor = MIN_P * p[0]
@@ -287,7 +299,7 @@ def _choose_one(
         score = logits[index] / temperature - gumbel
         if score > best_score:  # the first of equal scores, as argmax takes
             best, best_score = index, score
-    return int(ids[best])
+    return ids[best]
 
 
 def _numpy_sum(values: list[float]) -> float:
@@ -356,6 +368,16 @@ def choose_token(
 ) -> int:
     """``choose_tokens`` for one sequence (``logits`` one row over the vocabulary, or
     over the candidates ``ids``)."""
+    row = np.asarray(logits)
+    if ids is None and row.size > TOP_K:  # the one-row path, with no arrays of rows
+        columns = _top_columns(row)
+        return _choose_ranked(
+            row[columns].tolist(),
+            columns.tolist(),
+            seed=seed,
+            step=step,
+            temperature_milli=temperature_milli,
+        )
     return choose_tokens(
         np.asarray(logits)[None, :],
         seeds=[seed],
