@@ -379,7 +379,7 @@ def choose_token(
             temperature_milli=temperature_milli,
         )
     return choose_tokens(
-        np.asarray(logits)[None, :],
+        row[None, :],
         seeds=[seed],
         steps=[step],
         temperatures_milli=[temperature_milli],
