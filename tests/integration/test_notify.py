@@ -40,12 +40,22 @@ def test_a_notification_arrives_when_its_transaction_commits(
     assert waiter.wait(5) is True
 
 
-def test_a_burst_of_notifications_wakes_once(db_engine: Engine, waiter: NotificationWaiter) -> None:
-    for payload in ("1", "2", "3"):
+def test_a_burst_of_notifications_wakes_a_few_times_not_once_each(
+    db_engine: Engine, waiter: NotificationWaiter
+) -> None:
+    """One wake-up consumes every notification that has arrived. Postgres delivers each
+    committed notification on its own, so on a loaded machine a straggler may still be
+    on its way after the first wake-up and wake the waiter again: a few wake-ups for the
+    burst, never one each."""
+    burst = 20
+    for payload in range(burst):
         with db_engine.begin() as conn:
-            notify(conn, CHAIN_CHANNEL, payload)
+            notify(conn, CHAIN_CHANNEL, str(payload))
     assert waiter.wait(5) is True
-    assert waiter.wait(0.1) is False  # the other two were consumed by the same wake-up
+    stragglers = 0
+    while waiter.wait(0.5):  # until half a second passes with nothing new
+        stragglers += 1
+    assert stragglers <= 2, f"{1 + stragglers} wake-ups for a burst of {burst}"
 
 
 def test_a_finished_job_wakes_the_node(db_engine: Engine, waiter: NotificationWaiter) -> None:
