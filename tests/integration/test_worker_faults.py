@@ -8,6 +8,7 @@ second) against a real database and a real model.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -183,6 +184,17 @@ def test_a_worker_stays_present_while_a_job_outlasts_the_presence_window(
         if time.monotonic() > checked_from:
             assert worker.worker_id in live
         time.sleep(0.2)
+
+
+def test_a_ready_worker_has_exempted_its_start_up_objects_from_collection(
+    start_worker: Callable[[str], Worker],
+) -> None:
+    """Before it serves, the worker freezes what loading left alive (``settle_heap``), so
+    that Python's full collections no longer walk the model's and the modules' objects."""
+    worker = start_worker(SMOLLM)
+    settled = re.findall(r"heap settled objects_exempt_from_collection=(\d+)", worker.log())
+    assert len(settled) == 1, worker.log()
+    assert int(settled[0]) > 10_000
 
 
 def test_a_generation_still_running_at_its_deadline_is_stopped_and_fails_with_the_reason(
