@@ -40,15 +40,17 @@ the contexts together instead, each waited for and sampled on a thread of its ow
 slower on an H200: 8,807 tokens/s against 9,716 at 256 requests; each context then
 waits on its own results and shares the sampling threads with the other.)
 
-**One busy context launches ahead.** When only one context has work (always on a CPU;
-on a GPU, a request decoded alone), a step reads the decode launched the step before,
-records it and launches the next before returning, so the device decodes while the
-caller does its own work between steps (a worker's claims, deadlines, leases, results).
-What is left between two decodes is reading the logits, sampling and building the
-batch; a row decoded alone is sampled without arrays of rows
-(``oracle.engine.sampling.choose_token``), since each numpy call costs microseconds
-there. On an H200 this took a worker's one request from 0.80-0.85 of llama-server's
-tokens/s to 0.91-1.10 (``README.md``).
+**One busy context on a GPU launches ahead.** When only one context has work (a
+request decoded alone, say), a step reads the decode launched the step before, records
+it and launches the next before returning, so the device decodes while the caller does
+its own work between steps (a worker's claims, deadlines, leases, results). What is
+left between two decodes is reading the logits, sampling and building the batch; a row
+decoded alone is sampled without arrays of rows (``oracle.engine.sampling.choose_token``),
+since each numpy call costs microseconds there. On an H200 this took a worker's one
+request from 0.80-0.85 of llama-server's tokens/s to 0.91-1.10 (``README.md``). The
+price is that requests admitted between two steps join one decode later. On a CPU the
+decode is done when ``llama_decode`` returns, so there is nothing to overlap: a step
+launches the context's decode and reads it, and new requests join the next decode.
 
 **The KV cache: a stream a sequence, packed on a GPU.** With a stream of its own, a
 sequence's attention reads only its own cells, and its logits do not depend on the other
@@ -324,6 +326,7 @@ class BatchedLlm:
         device_top_k: bool = False,
         kv_unified: bool = False,
         pack_streams: bool | None = None,
+        launch_ahead: bool | None = None,
         model_path: Path | None = None,
         cache_dir: Path | None = None,
     ) -> None:
@@ -335,8 +338,9 @@ class BatchedLlm:
         (default: on a GPU ``gpu_batch_tokens``, on a CPU 2,048). ``contexts`` (at most
         one a slot) share the slots; ``kv_unified`` gives each context one KV cache for
         all its sequences instead of a stream each; ``pack_streams`` (default: on a GPU)
-        keeps a step over streams one micro-batch; see the module's notes for these and
-        ``device_top_k``.
+        keeps a step over streams one micro-batch; ``launch_ahead`` (default: on a GPU)
+        has a step with one busy context launch the next decode before it returns; see
+        the module's notes for these and ``device_top_k``.
         Raises ModelNotInstalled, ModelLoadFailed, ModelHasNoChatTemplate or
         KvBudgetTooSmall.
         """
@@ -349,6 +353,7 @@ class BatchedLlm:
         self.device_top_k = device_top_k
         self.kv_unified = kv_unified
         self.pack_streams = gpu_layers != 0 if pack_streams is None else pack_streams
+        self._launch_ahead = gpu_layers != 0 if launch_ahead is None else launch_ahead
         self._parts: list[_Part] = []
         self._by_key: dict[int, _Sequence] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -489,8 +494,9 @@ class BatchedLlm:
     def step(self) -> list[Finished]:
         """Decode and sample; the requests that ended in this step.
 
-        With one busy context: read and sample the decode launched a step before, then
-        launch the next, which is still on the device when this returns. With several:
+        With one busy context on a GPU: read and sample the decode launched a step
+        before, then launch the next, which is still on the device when this returns (on
+        a CPU: decode every sequence, then sample them). With several:
         launch the next context's decode, then read and sample the one launched a step
         before.
         """
@@ -501,14 +507,17 @@ class BatchedLlm:
         parts, index = self._parts, self._turn
         self._turn = (index + 1) % len(parts)
         busy = [part for part in parts if part.sequences or part.in_flight is not None]
-        if len(busy) == 1:
-            # one context: read the decode launched a step before (or, with none in flight,
-            # launch one and read it), record it and launch the next at once, so that the
-            # device decodes while the caller does its own work between steps
+        if len(busy) == 1 and self._launch_ahead:
+            # one context on a device: read the decode launched a step before (or, with
+            # none in flight, launch one and read it), record it and launch the next at
+            # once, so that the device decodes while the caller works between steps
             part = busy[0]
             finished = self._launch(part) if part.in_flight is None else []
             finished += self._advance_all(self._read(part))
             finished += self._launch(part)
+        elif len(busy) == 1:  # on a CPU the decode is done when llama_decode returns
+            finished = self._launch(busy[0])
+            finished += self._advance_all(self._read(busy[0]))
         else:
             # the context launched a step before is read and sampled on the collector
             # thread while this one builds and launches the next context's graph

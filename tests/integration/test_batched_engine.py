@@ -73,12 +73,22 @@ def packed_llm() -> Iterator[BatchedLlm]:
         yield engine
 
 
-@pytest.fixture(params=["streams", "shared"])
+@pytest.fixture(scope="module")
+def ahead_llm() -> Iterator[BatchedLlm]:
+    """A step that launches the next decode before it returns, as on a GPU (here on the
+    CPU, where the decode is done by then)."""
+    with BatchedLlm(
+        SMOLLM, parallel=4, threads=2, slot_tokens=SLOT_TOKENS, launch_ahead=True
+    ) as engine:
+        yield engine
+
+
+@pytest.fixture(params=["streams", "shared", "ahead"])
 def engine(request: pytest.FixtureRequest) -> BatchedLlm:
-    """The engine with a KV stream a sequence (a CPU's), then with one shared cache."""
-    chosen: BatchedLlm = request.getfixturevalue(
-        "llm" if request.param == "streams" else "unified_llm"
-    )
+    """The engine with a KV stream a sequence (a CPU's), with one shared cache, and
+    launching ahead."""
+    names = {"streams": "llm", "shared": "unified_llm", "ahead": "ahead_llm"}
+    chosen: BatchedLlm = request.getfixturevalue(names[request.param])
     return chosen
 
 
@@ -232,6 +242,32 @@ def test_a_request_joining_a_running_batch_changes_nothing(llm: BatchedLlm) -> N
     outcomes = {done.key: answer(done.outcome) for done in finished}
     assert outcomes[1] == alone(llm, first)
     assert outcomes[2] == alone(llm, joiner)
+
+
+def test_launching_ahead_answers_as_launching_each_step(
+    llm: BatchedLlm, ahead_llm: BatchedLlm
+) -> None:
+    """The same decodes in the same batches, launched a step earlier: the same answers,
+    for requests admitted together, for one that joins a running batch and for one
+    cancelled while the decode launched ahead holds its row."""
+    together = [request(i, temperature_milli=900, max_tokens=9 + i, seed=i) for i in range(3)]
+    assert ahead_llm.generate(together) == llm.generate(together)
+    first = request(1, temperature_milli=700, max_tokens=24, seed=11)
+    joiner = request(2, "Count to ten.", temperature_milli=700, max_tokens=8, seed=12)
+    doomed = request(3, "Name three colours.", max_tokens=30, seed=13)
+    ahead_llm.admit(first)
+    ahead_llm.admit(doomed)
+    finished = ahead_llm.step() + ahead_llm.step()
+    assert not finished and ahead_llm.active == 2
+    assert ahead_llm.cancel(3)  # its token's decode is in flight
+    ahead_llm.admit(joiner)
+    while ahead_llm.active:
+        finished += ahead_llm.step()
+    outcomes = {done.key: answer(done.outcome) for done in finished}
+    assert sorted(outcomes) == [1, 2]
+    assert outcomes[1] == alone(llm, first)
+    assert outcomes[2] == alone(llm, joiner)
+    assert ahead_llm.free_slots == ahead_llm.slots
 
 
 def test_a_free_slot_between_busy_ones_reads_a_placeholder_and_changes_nothing(
