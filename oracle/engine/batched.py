@@ -47,7 +47,8 @@ its own work between steps (a worker's claims, deadlines, leases, results). What
 left between two decodes is reading the logits, sampling and building the batch; a row
 decoded alone is sampled without arrays of rows (``oracle.engine.sampling.choose_token``),
 since each numpy call costs microseconds there. On an H200 this took a worker's one
-request from 0.80-0.85 of llama-server's tokens/s to 0.91-1.10 (``README.md``). The
+request from a median 0.84 of llama-server's tokens/s (0.77-0.99, six runs) to 0.97
+(0.91-1.10, seven runs; ``README.md``). The
 price is that requests admitted between two steps join one decode later. On a CPU the
 decode is done when ``llama_decode`` returns, so there is nothing to overlap: a step
 launches the context's decode and reads it, and new requests join the next decode.
