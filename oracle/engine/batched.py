@@ -495,9 +495,9 @@ class BatchedLlm:
     def step(self) -> list[Finished]:
         """Decode and sample; the requests that ended in this step.
 
-        With one busy context on a GPU: read and sample the decode launched a step
-        before, then launch the next, which is still on the device when this returns (on
-        a CPU: decode every sequence, then sample them). With several:
+        With one busy context: decode every sequence, then sample them; launching ahead
+        (on a GPU), read and sample the decode launched a step before instead, then
+        launch the next, which is still on the device when this returns. With several:
         launch the next context's decode, then read and sample the one launched a step
         before.
         """
@@ -508,17 +508,15 @@ class BatchedLlm:
         parts, index = self._parts, self._turn
         self._turn = (index + 1) % len(parts)
         busy = [part for part in parts if part.sequences or part.in_flight is not None]
-        if len(busy) == 1 and self._launch_ahead:
-            # one context on a device: read the decode launched a step before (or, with
-            # none in flight, launch one and read it), record it and launch the next at
-            # once, so that the device decodes while the caller works between steps
+        if len(busy) == 1:
+            # one context: read the decode launched ahead a step before, or launch one
+            # now and read it; launching ahead, the next is launched at once, so that the
+            # device decodes while the caller works between steps
             part = busy[0]
             finished = self._launch(part) if part.in_flight is None else []
             finished += self._advance_all(self._read(part))
-            finished += self._launch(part)
-        elif len(busy) == 1:  # on a CPU the decode is done when llama_decode returns
-            finished = self._launch(busy[0])
-            finished += self._advance_all(self._read(busy[0]))
+            if self._launch_ahead:
+                finished += self._launch(part)
         else:
             # the context launched a step before is read and sampled on the collector
             # thread while this one builds and launches the next context's graph
