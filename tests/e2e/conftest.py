@@ -110,14 +110,20 @@ class Network:
 
     def txs_to_coordinator(self, address: str, from_block: int) -> list[str]:
         """Function names of the address's transactions to the coordinator since ``from_block``."""
+        return [name for name, _ in self.calls_to_coordinator(address, from_block)]
+
+    def calls_to_coordinator(self, address: str, from_block: int) -> list[tuple[str, bool]]:
+        """The address's mined transactions to the coordinator since ``from_block``: each
+        one's function name and whether it succeeded."""
         coordinator = self.coordinator()
-        names = []
+        calls = []
         for number in range(from_block, self.w3.eth.block_number + 1):
             for tx in self.w3.eth.get_block(number, full_transactions=True)["transactions"]:
                 if tx["from"] == address and tx["to"] == coordinator.address:  # type: ignore[index]
                     function, _ = coordinator.decode_function_input(tx["input"])  # type: ignore[index]
-                    names.append(function.fn_name)
-        return names
+                    receipt = self.w3.eth.get_transaction_receipt(tx["hash"])  # type: ignore[index]
+                    calls.append((function.fn_name, receipt["status"] == 1))
+        return calls
 
 
 @pytest.fixture

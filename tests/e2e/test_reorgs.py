@@ -1,5 +1,5 @@
-"""Reorgs that drop mined commits and reveals: the nodes send them again, once, and the
-request still reaches its honest outcome."""
+"""Reorgs that drop mined commits and reveals: the nodes send them again, each lands
+once, and the request still reaches its honest outcome."""
 
 from __future__ import annotations
 
@@ -61,8 +61,13 @@ def test_mined_commits_and_reveals_dropped_by_a_reorg_are_sent_again_once(
         raise AssertionError("no outcome after the reorg")
 
     for node in network.local.nodes.values():
-        sent = network.txs_to_coordinator(node.address, start)
-        assert sent.count("commit") == 1, sent
-        assert sent.count("reveal") == 1, sent
+        calls = network.calls_to_coordinator(node.address, start)
+        landed = [name for name, succeeded in calls if succeeded]
+        assert landed.count("commit") == 1, calls
+        assert landed.count("reveal") == 1, calls
+        # A reveal still in the pool when the reorg dropped its commit is mined right
+        # behind the commit sent again, before the other nodes' commits are back, and
+        # reverts as too early; the node sends it once more, and nothing else fails.
+        assert [name for name, succeeded in calls if not succeeded] in ([], ["reveal"]), calls
     assert len(_events(network, "Committed", result.request_id, start)) == 3
     assert len(_events(network, "Revealed", result.request_id, start)) == 3
