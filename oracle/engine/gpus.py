@@ -23,7 +23,6 @@ from oracle.engine.llm_options import (
     gpu_batch_tokens,
     gpu_logits_mib,
     gpu_micro_batch_tokens,
-    padded_to_kv_cells,
     slots_for_budget,
 )
 from oracle.errors import OracleError
@@ -77,16 +76,17 @@ def llm_gpu_mib(model: str, options: LlmEngineOptions, context_tokens: int) -> f
     """GPU memory of one LLM worker with layers on the GPU: weights, the KV cache of its
     slots (``kv_budget_mib`` when set, else slots x slot tokens), the CUDA overhead, and
     for the batched engine each context's logits of a micro-batch. 0 when it runs on the
-    CPU (``gpu_layers`` 0)."""
+    CPU (``gpu_layers`` 0). The batched engine's slots are counted as it allocates them,
+    rounded up to whole KV cells (``padded_to_kv_cells``)."""
     if options.gpu_layers == 0:
         return 0.0
     weights = LLM_WEIGHTS_MIB.get(model, DEFAULT_LLM_WEIGHTS_MIB)
     per_token = KV_BYTES_PER_TOKEN.get(model, DEFAULT_KV_BYTES_PER_TOKEN)
-    slot_tokens = options.slot_tokens or context_tokens
     if options.engine == "sequential":
-        kv_mib = slot_tokens * per_token / 2**20
+        kv_mib = (options.slot_tokens or context_tokens) * per_token / 2**20
         logits_mib = 0.0
     else:
+        slot_tokens = options.job_context_tokens(context_tokens)  # padded, as allocated
         slots = slots_for_budget(
             parallel=options.parallel,
             kv_budget_mib=options.kv_budget_mib,
@@ -95,7 +95,7 @@ def llm_gpu_mib(model: str, options: LlmEngineOptions, context_tokens: int) -> f
         )
         kv_mib = slots * slot_tokens * per_token / 2**20
         vocab = LLM_VOCAB_TOKENS.get(model, DEFAULT_LLM_VOCAB_TOKENS)
-        batch = gpu_batch_tokens(slots, padded_to_kv_cells(slot_tokens))
+        batch = gpu_batch_tokens(slots, slot_tokens)
         micro_batch = gpu_micro_batch_tokens(batch, vocab)
         logits_mib = min(slots, options.resolved_contexts) * gpu_logits_mib(micro_batch, vocab)
     return weights + kv_mib + logits_mib + CUDA_OVERHEAD_MIB

@@ -96,6 +96,20 @@ def test_slot_tokens_default_to_the_context_and_a_kv_budget_caps_the_slots() -> 
         llm_gpu_mib(SMOLLM2, replace(BATCHED_GPU, kv_budget_mib=1), context_tokens=4096)
 
 
+def test_slots_are_counted_as_the_engine_allocates_them_in_whole_kv_cells() -> None:
+    """The engine rounds a slot of 600 tokens up to 768 (three cells of 256): the estimate
+    counts those, for the cache and for how many slots a KV budget holds."""
+    odd = replace(BATCHED_GPU, parallel=8, slot_tokens=600)
+    assert odd.job_context_tokens(4096) == 768
+    assert llm_gpu_mib(SMOLLM2, odd, context_tokens=4096) == pytest.approx(
+        100 + 8 * 768 * KV_SMOLLM2 + LOGITS_2 + CUDA_OVERHEAD_MIB
+    )
+    budgeted = replace(odd, kv_budget_mib=100)  # 5 slots of 768 tokens; 600 would give 7
+    assert llm_gpu_mib(SMOLLM2, budgeted, context_tokens=4096) == pytest.approx(
+        100 + 5 * 768 * KV_SMOLLM2 + 2 * 3840 * 49_152 * 4 / 2**20 + CUDA_OVERHEAD_MIB
+    )
+
+
 def test_a_worker_on_the_cpu_needs_no_gpu() -> None:
     on_cpu = replace(BATCHED_GPU, gpu_layers=0)
     assert llm_gpu_mib(SMOLLM2, on_cpu, context_tokens=4096) == 0.0
