@@ -18,6 +18,11 @@ queue order: ``encode`` sorts texts by length inside one call, so the one-call b
 pads less than any smaller call. Both ways must give the same sign bits for every text.
 A third line times the worker's own path without the queue (``Embedder.embed`` a claim
 at a time, which on a GPU runs encode's batches itself: ``oracle.engine.embedder``).
+A last line times the other half, the queue without the encoding: the worker's lanes
+(``Worker``, ``EmbeddingJobRunner``) in this process over the same jobs, with an
+embedder that already knows each text's sign bits (the baseline's). What it makes is
+the most the worker could make were encoding free; the interpreter work it measures
+holds the GIL that a GPU encoder, whose host work is mostly Python, needs too.
 
 Both ways use ``--threads`` torch threads (default 2; the node gives its embedding
 workers 1, beside the LLM workers).
@@ -50,8 +55,9 @@ import argparse
 import os
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,10 +77,11 @@ from bench._common import (
     wait_until,
 )
 from oracle.consensus import pack_sign_bits
-from oracle.engine.embedder import DEFAULT_BATCH_SIZE
+from oracle.consensus.signal import Centre
+from oracle.engine.embedder import DEFAULT_BATCH_SIZE, Embedder
 from oracle.engine.embedding_models import resolve_embedding_model
 from oracle.engine.supervisor import WorkerSpec
-from oracle.engine.worker import WorkerConfig
+from oracle.engine.worker import EmbeddingJobRunner, Worker, WorkerConfig, settle_heap
 from oracle.store import make_engine
 from oracle.store.queue import PRIORITY_EMBEDDING, NewJob, enqueue_job, enqueue_jobs
 
@@ -292,14 +299,19 @@ def wait_for_completions(engine: Engine, ids: list[int], timeout_s: float) -> fl
     """Wait until every job is done; when the last one finished (epoch seconds, the
     database's clock, which is this machine's). Polled: the finish times come from rows."""
 
+    # The ids as one array literal, written once: psycopg's list dumper takes about 7 us an
+    # element, a tenth of a second a poll of 16,384 that the queue-alone lanes would wait
+    # for (the GIL) and a 2-core machine's encoder would share.
+    id_array = "{" + ",".join(map(str, ids)) + "}"
+
     def finished() -> float | None:
         with engine.connect() as conn:
             done, last = conn.execute(
                 text(
                     "SELECT count(*), extract(epoch FROM max(finished_at)) FROM jobs "
-                    "WHERE id = ANY(:ids) AND status = 'done'"
+                    "WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'done'"
                 ),
-                {"ids": ids},
+                {"ids": id_array},
             ).one()
         return float(last) if done == len(ids) else None
 
@@ -337,6 +349,71 @@ def embed_through_engine(
         claims[result["batch"]] = claims.get(result["batch"], 0) + 1
     shape = ", ".join(f"{n // size} x {size}" for size, n in sorted(claims.items(), reverse=True))
     return enqueue_s, done_s, bits, shape
+
+
+class KnownBits(Embedder):
+    """The worker's embedder with the encoding done already: the sign bits of the texts
+    it was given, looked up (others, such as the runner's warm-up, it encodes)."""
+
+    def __init__(self, bits: Mapping[str, bytes], device: str, batch_size: int) -> None:
+        super().__init__(MINILM, device=device, batch_size=batch_size)
+        self._bits = dict(bits)
+
+    def embed(self, texts: Sequence[str], centre: Centre | None = None) -> list[bytes]:
+        missing = [t for t in texts if t not in self._bits]
+        if missing:
+            self._bits.update(zip(missing, super().embed(missing, centre), strict=True))
+        return [self._bits[t] for t in texts]
+
+
+def queue_alone(
+    url: URL,
+    texts: Sequence[str],
+    args: argparse.Namespace,
+    variant: Variant,
+    bits: Sequence[bytes],
+) -> tuple[float, float, list[bytes]]:
+    """Seconds until the last completion, this process's CPU seconds meanwhile (the
+    lanes' interpreter work; the database's is another process's), and the bits, for
+    the worker's lanes in this process, warmed up on a claim's worth of jobs, over jobs
+    enqueued in one transaction before the clock, with encoding already done."""
+    config = WorkerConfig(
+        database_url=url.render_as_string(hide_password=False),
+        role="embedding",
+        model=MINILM,
+        device=args.device,
+        embed_claim=variant.claim,
+        embed_batch=args.embed_batch,
+        embed_lanes=variant.lanes,
+        poll_interval_s=0.01,
+    )
+    known = KnownBits(dict(zip(texts, bits, strict=True)), args.device, args.embed_batch)
+    runner = EmbeddingJobRunner(
+        MINILM, args.device, args.threads, claim=config.claim, embedder=known
+    )
+    engine = make_engine(url, pool_size=config.lanes + 1)
+    try:
+        worker = Worker(config, runner, engine)
+        lanes = threading.Thread(target=worker.run, args=(time.sleep,), name="queue-alone")
+        settle_heap()  # as a worker does before it serves
+        lanes.start()
+        try:  # a claim's worth first: the lanes connect and warm up off the clock
+            wait_for_completions(engine, enqueue_at_once(engine, texts[: variant.claim]), 60)
+            ids = enqueue_at_once(engine, texts)
+            started, cpu_started = time.time(), time.process_time()  # at the commit
+            done_s = wait_for_completions(engine, ids, timeout_s=600) - started
+            cpu_s = time.process_time() - cpu_started
+        finally:
+            worker.stopping.set()
+            lanes.join()
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT id, result FROM jobs WHERE id = ANY(:ids)"), {"ids": ids}
+            ).all()
+    finally:
+        engine.dispose()
+    results = {row.id: row.result for row in rows}
+    return done_s, cpu_s, [bytes.fromhex(results[i]["bits"]) for i in ids]
 
 
 def main() -> None:
@@ -411,6 +488,16 @@ def main() -> None:
                 flush=True,
             )
             ratios.append(ratio(engine_rate, baseline))
+        alone_s, alone_cpu_s, alone_bits = queue_alone(url, texts, args, variants[0], direct_bits)
+        same = sum(a == b for a, b in zip(direct_bits, alone_bits, strict=True))
+        per_claim_ms = 1000 * alone_cpu_s * variants[0].claim / n
+        print(
+            f"the queue alone (encoding done), {variants[0]}: {n / alone_s:7.1f} "
+            f"embeddings/s ({alone_s:.2f} s; the lanes' CPU {per_claim_ms:.1f} ms a claim "
+            f"of {variants[0].claim}; sign bits identical for {same} of {n}); "
+            f"queue alone/one call {ratio(n / alone_s, baseline):.3f}",
+            flush=True,
+        )
     print(f"ratio={ratios[0]:.3f}")
 
 

@@ -103,6 +103,7 @@ DATABASE_DOWN = (OperationalError, InterfaceError)
 _T = TypeVar("_T")
 
 if TYPE_CHECKING:
+    from oracle.engine.embedder import Embedder
     from oracle.engine.llm import LlmRunner
     from oracle.engine.token_count import ModelTokens
 
@@ -304,11 +305,14 @@ class EmbeddingJobRunner:
         *,
         claim: int = EMBED_BATCH,
         forward_batch: int | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
+        """``embedder``: one loaded already (``bench/embed.py`` times the queue around
+        one whose bits are known); None loads ``model``."""
         from oracle.engine.embedder import DEFAULT_BATCH_SIZE, Embedder
 
         self.batch_size = claim
-        self._embedder = Embedder(
+        self._embedder = embedder or Embedder(
             model, device=device, threads=threads, batch_size=forward_batch or DEFAULT_BATCH_SIZE
         )
         # torch initialises lazily: pay for it before announcing readiness, not on a deadline

@@ -287,3 +287,72 @@ def test_a_batch_enqueues_and_completes_in_one_statement_each(db_engine: Engine)
             text("SELECT payload->>'text' FROM jobs WHERE id = :id"), {"id": ids[2]}
         )
     assert payload == "c"
+
+
+def test_a_claimed_job_reads_back_exactly_what_was_queued(db_engine: Engine) -> None:
+    """The claim returns its jobs as one JSON document: every value must come back as it
+    went in, whatever the session's time zone, a uint256 request id, an infinite pay."""
+    deadline = datetime(2031, 5, 6, 7, 8, 9, 123457, tzinfo=UTC)
+    payload = {"text": 'Ça va? \u2603 "quoted"\n', "n": 2**70, "f": 0.1, "nested": [None, True]}
+    queued = {
+        "kind": "inference",
+        "model": MODEL,
+        "priority": 1,
+        "deadline": deadline,
+        "payload": payload,
+        "request_id": 2**256 - 1,
+        "max_attempts": 5,
+    }
+    with db_engine.begin() as conn:
+        exact = enqueue_job(conn, **queued, pay_per_token_wei=1234.5678901234567)  # type: ignore[arg-type]
+        endless = enqueue_job(conn, **queued, pay_per_token_wei=float("inf"))  # type: ignore[arg-type]
+    with db_engine.begin() as conn:
+        conn.execute(text("SET LOCAL TIME ZONE 'Asia/Kolkata'"))
+        jobs = claim_jobs(conn, worker_id="w", kinds=["inference"], models=[MODEL], limit=5)
+    assert [job.id for job in jobs] == [endless, exact]  # the better pay first
+    for job, pay in zip(jobs, (float("inf"), 1234.5678901234567), strict=True):
+        assert (job.kind, job.model, job.priority, job.request_id) == (
+            "inference",
+            MODEL,
+            1,
+            2**256 - 1,
+        )
+        assert job.deadline == deadline
+        assert job.deadline.utcoffset() is not None
+        assert job.payload == payload
+        assert (job.attempts, job.max_attempts) == (1, 5)
+        assert job.pay_per_token_wei == pay
+
+
+def test_a_batch_completion_wakes_each_request_once_and_refuses_what_is_not_ours(
+    db_engine: Engine,
+) -> None:
+    deadline = datetime.now(UTC) + timedelta(seconds=60)
+    owners = [7, 7, None, 2**256 - 1, 9]
+    jobs = [
+        NewJob(
+            kind="embedding",
+            model="emb",
+            priority=1,
+            deadline=deadline,
+            payload={},
+            request_id=owner,
+        )
+        for owner in owners
+    ]
+    with db_engine.begin() as conn:
+        ids = enqueue_jobs(conn, jobs)
+    assert _claim(db_engine, worker="w1", kinds=["embedding"], models=["emb"], limit=4) == ids[:4]
+    with db_engine.begin() as conn:
+        refused = complete_jobs(
+            conn, worker_id="w1", results={i: {"bits": f"{n:02x}"} for n, i in enumerate(ids)}
+        )
+    assert refused == [ids[4]]  # request 9's job was never claimed: no wake for it
+    with db_engine.connect() as conn:
+        wakes = conn.execute(text("SELECT request_id, reason FROM request_wakes")).all()
+        results = conn.execute(
+            text("SELECT result->>'bits' FROM jobs WHERE id = ANY(:ids) ORDER BY id"),
+            {"ids": ids},
+        ).scalars()
+        assert list(results) == ["00", "01", "02", "03", None]
+    assert sorted((int(w.request_id), w.reason) for w in wakes) == [(7, "job"), (2**256 - 1, "job")]
