@@ -21,8 +21,8 @@ at a time, which on a GPU runs encode's batches itself: ``oracle.engine.embedder
 A last line times the other half, the queue without the encoding: the worker's lanes
 (``Worker``, ``EmbeddingJobRunner``) in this process over the same jobs, with an
 embedder that already knows each text's sign bits (the baseline's). What it makes is
-the most the worker could make were encoding free; the interpreter work it measures
-holds the GIL that a GPU encoder, whose host work is mostly Python, needs too.
+the most the worker could make were encoding free, and the CPU it reports a claim is
+interpreter time that holds the GIL, which a GPU encoder's host work needs too.
 
 Both ways use ``--threads`` torch threads (default 2; the node gives its embedding
 workers 1, beside the LLM workers).
