@@ -57,10 +57,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, text
@@ -83,7 +84,13 @@ from oracle.engine.embedding_models import resolve_embedding_model
 from oracle.engine.supervisor import WorkerSpec
 from oracle.engine.worker import EmbeddingJobRunner, Worker, WorkerConfig, settle_heap
 from oracle.store import make_engine
-from oracle.store.queue import PRIORITY_EMBEDDING, NewJob, enqueue_job, enqueue_jobs
+from oracle.store.queue import (
+    PRIORITY_EMBEDDING,
+    NewJob,
+    bigint_array,
+    enqueue_job,
+    enqueue_jobs,
+)
 
 PACKAGES = ("sentence-transformers", "torch", "transformers", "psycopg", "SQLAlchemy")
 FAR_DEADLINE = datetime(2100, 1, 1, tzinfo=UTC)
@@ -299,10 +306,9 @@ def wait_for_completions(engine: Engine, ids: list[int], timeout_s: float) -> fl
     """Wait until every job is done; when the last one finished (epoch seconds, the
     database's clock, which is this machine's). Polled: the finish times come from rows."""
 
-    # The ids as one array literal, written once: psycopg's list dumper takes about 7 us an
-    # element, a tenth of a second a poll of 16,384 that the queue-alone lanes would wait
-    # for (the GIL) and a 2-core machine's encoder would share.
-    id_array = "{" + ",".join(map(str, ids)) + "}"
+    # written once: through psycopg's list dumper, each poll of 16,384 ids would hold the
+    # GIL that the queue-alone lanes need for a tenth of a second
+    id_array = bigint_array(ids)
 
     def finished() -> float | None:
         with engine.connect() as conn:
@@ -316,6 +322,16 @@ def wait_for_completions(engine: Engine, ids: list[int], timeout_s: float) -> fl
         return float(last) if done == len(ids) else None
 
     return float(wait_until(finished, timeout_s=timeout_s, interval_s=0.2, what="embedding jobs"))
+
+
+def read_results(engine: Engine, ids: Sequence[int]) -> dict[int, Any]:
+    """The jobs' results by id."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, result FROM jobs WHERE id = ANY(CAST(:ids AS bigint[]))"),
+            {"ids": bigint_array(ids)},
+        ).all()
+    return {row.id: row.result for row in rows}
 
 
 def embed_through_engine(
@@ -337,12 +353,8 @@ def embed_through_engine(
             ids = enqueue(engine, texts, ARRIVAL)
             enqueue_s = time.time() - started
         done_s = wait_for_completions(engine, ids, timeout_s=600) - started
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT id, result FROM jobs WHERE id = ANY(:ids)"), {"ids": ids}
-        ).all()
+    results = read_results(engine, ids)
     engine.dispose()
-    results = {row.id: row.result for row in rows}
     bits = [bytes.fromhex(results[i]["bits"]) for i in ids]
     claims: dict[int, int] = {}
     for result in results.values():
@@ -355,9 +367,11 @@ class KnownBits(Embedder):
     """The worker's embedder with the encoding done already: the sign bits of the texts
     it was given, looked up (others, such as the runner's warm-up, it encodes)."""
 
-    def __init__(self, bits: Mapping[str, bytes], device: str, batch_size: int) -> None:
+    def __init__(
+        self, texts: Sequence[str], bits: Sequence[bytes], device: str, batch_size: int
+    ) -> None:
         super().__init__(MINILM, device=device, batch_size=batch_size)
-        self._bits = dict(bits)
+        self._bits = dict(zip(texts, bits, strict=True))
 
     def embed(self, texts: Sequence[str], centre: Centre | None = None) -> list[bytes]:
         missing = [t for t in texts if t not in self._bits]
@@ -387,7 +401,7 @@ def queue_alone(
         embed_lanes=variant.lanes,
         poll_interval_s=0.01,
     )
-    known = KnownBits(dict(zip(texts, bits, strict=True)), args.device, args.embed_batch)
+    known = KnownBits(texts, bits, args.device, args.embed_batch)
     runner = EmbeddingJobRunner(
         MINILM, args.device, args.threads, claim=config.claim, embedder=known
     )
@@ -406,13 +420,9 @@ def queue_alone(
         finally:
             worker.stopping.set()
             lanes.join()
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text("SELECT id, result FROM jobs WHERE id = ANY(:ids)"), {"ids": ids}
-            ).all()
+        results = read_results(engine, ids)
     finally:
         engine.dispose()
-    results = {row.id: row.result for row in rows}
     return done_s, cpu_s, [bytes.fromhex(results[i]["bits"]) for i in ids]
 
 
