@@ -36,7 +36,9 @@ of the time).
 The worker runs ``--embed-lanes`` claim-run-record loops (default: the worker's, 1 on the
 CPU and 3 on a GPU): one batch is encoded at a time while other lanes claim and record.
 ``--variants 1:1024,3:1024,3:2048`` runs the engine once for each LANES:CLAIM pair
-against the same baselines (a per-claim baseline for each claim size).
+against the same baselines (a per-claim baseline for each claim size); ``:apart`` or
+``:one`` after a pair puts the model in a process of its own or keeps it in the
+worker's (default: apart on a GPU, ``oracle/engine/runner_process.py``).
 
 Run: ``.venv/bin/python bench/embed.py [--texts 512] [--threads 2]`` (``--smoke``: 64
 texts); on a GPU ``bench/embed.py --device cuda --texts 16384``. The last line reads
@@ -169,18 +171,23 @@ def short_answers(count: int) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """How the worker runs: claim-run-record loops and texts claimed at once."""
+    """How the worker runs: claim-run-record loops, texts claimed at once, and whether
+    the model runs in a process of its own (None: the worker's default for the device)."""
 
     lanes: int
     claim: int
+    apart: bool | None = None
 
     @classmethod
     def parse(cls, text_: str) -> Variant:
-        lanes, claim = text_.split(":")
-        return cls(int(lanes), int(claim))
+        lanes, claim, *where = text_.split(":")
+        if where not in ([], ["apart"], ["one"]):
+            raise argparse.ArgumentTypeError(f"{text_!r}: LANES:CLAIM[:apart|:one]")
+        return cls(int(lanes), int(claim), None if not where else where == ["apart"])
 
     def __str__(self) -> str:
-        return f"{self.lanes} lane(s), claims of {self.claim}"
+        where = {None: "", True: ", model apart", False: ", one process"}[self.apart]
+        return f"{self.lanes} lane(s), claims of {self.claim}{where}"
 
 
 # --- baseline -----------------------------------------------------------------------------
@@ -248,6 +255,7 @@ def embedding_worker(
         embed_claim=variant.claim,
         embed_batch=args.embed_batch,
         embed_lanes=variant.lanes,
+        embed_process=variant.apart,
     ).command()
     env = {**os.environ, "ORACLE_DATABASE_URL": url.render_as_string(hide_password=False)}
     with tempfile.TemporaryFile() as log:
@@ -435,7 +443,9 @@ def main() -> None:
     parser.add_argument("--embed-claim", type=int, default=None, help="texts a claim")
     parser.add_argument("--embed-lanes", type=int, default=None, help="the worker's lanes")
     parser.add_argument(
-        "--variants", default=None, help="LANES:CLAIM,... engine runs against the same baselines"
+        "--variants",
+        default=None,
+        help="LANES:CLAIM[:apart|:one],... engine runs against the same baselines",
     )
     add_smoke_flag(parser)
     args = apply_smoke(parser.parse_args(), texts=64)

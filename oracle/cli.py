@@ -524,6 +524,12 @@ def _serve(make: Any) -> None:
     "records while a batch runs [default: 1; on a GPU, 3].",
 )
 @click.option(
+    "--embed-process/--no-embed-process",
+    default=None,
+    help="Embedding: the model runs in a process of its own, the queue work in this one "
+    "[default: on a GPU only].",
+)
+@click.option(
     "--contexts",
     default=None,
     type=click.IntRange(min=1),
@@ -564,6 +570,7 @@ def worker(
     embed_claim: int | None,
     embed_batch: int | None,
     embed_lanes: int | None,
+    embed_process: bool | None,
     contexts: int | None,
     device_top_k: bool,
     kv_layout: KvLayout | None,
@@ -597,6 +604,7 @@ def worker(
             embed_claim=embed_claim,
             embed_batch=embed_batch,
             embed_lanes=embed_lanes,
+            embed_process=embed_process,
         )
         for name in names
     ]
@@ -623,6 +631,7 @@ def _run_one_worker(database_url: str, spec: WorkerSpec, supervisor_pid: int | N
         embed_claim=spec.embed_claim,
         embed_batch=spec.embed_batch,
         embed_lanes=spec.embed_lanes,
+        embed_process=spec.embed_process,
         supervisor_pid=supervisor_pid,
     )
     try:

@@ -10,6 +10,8 @@ particular case travels as typed attributes, set by the subclass's keyword-only
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "EmbeddingLengthMismatch",
     "EmbeddingModelMissing",
@@ -41,6 +43,18 @@ class OracleError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}: {self.detail}" if self.detail else self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its attributes, rebuilt without ``__init__``: a subclass's
+        keyword-only ``__init__`` cannot take back the one detail string that
+        ``Exception`` would pass it (an error crosses to a worker's runner process)."""
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[OracleError], args: tuple[Any, ...], state: dict[str, Any]) -> OracleError:
+    error = cls.__new__(cls, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class OutOfRange(OracleError):

@@ -137,6 +137,9 @@ class WorkerSpec:
     """An embedding worker's texts a forward pass; None: the Embedder's."""
     embed_lanes: int | None = None
     """An embedding worker's claim-run-record loops; None: by device (worker.py)."""
+    embed_process: bool | None = None
+    """Whether an embedding worker runs its model in a process of its own; None: by
+    device (worker.py)."""
 
     @property
     def key(self) -> ModelKey:
@@ -187,6 +190,8 @@ class WorkerSpec:
             args += ["--embed-batch", str(self.embed_batch)]
         if self.embed_lanes is not None:
             args += ["--embed-lanes", str(self.embed_lanes)]
+        if self.embed_process is not None:
+            args.append("--embed-process" if self.embed_process else "--no-embed-process")
         return args
 
 

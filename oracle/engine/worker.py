@@ -61,6 +61,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from oracle.consensus.signal import SIGNALS, Centre, EmbeddingSignal, digest_bits, load_centre
 from oracle.domain.retry import backoff_s
 from oracle.engine.llm_options import DEFAULT_LLM_ENGINE, LlmEngineOptions
+from oracle.engine.runner_process import RunnerProcess, RunnerProcessGone
 from oracle.errors import OracleError, UnknownEmbeddingModel
 from oracle.store import make_engine
 from oracle.store.models import JobKind
@@ -149,6 +150,9 @@ class WorkerConfig:
     """Claim-run-record loops of an embedding worker (the module docstring); None: 1 on
     the CPU (its cores encode, there is nothing to overlap), :data:`GPU_EMBED_LANES` on a
     GPU."""
+    embed_process: bool | None = None
+    """Whether an embedding worker runs its model in a process of its own, its lanes'
+    queue work in this one (``runner_process.py``); None: on a GPU only."""
     supervisor_pid: int | None = None
     """The process that started this worker (its parent): once it is gone, the worker
     stops as on SIGTERM (``watch_supervisor``). None: a worker of its own."""
@@ -171,6 +175,13 @@ class WorkerConfig:
         if self.embed_batch is not None:
             return self.embed_batch
         return GPU_EMBED_BATCH if self.on_gpu else None
+
+    @property
+    def runs_apart(self) -> bool:
+        """Whether the model runs in a process of its own (embedding workers only)."""
+        if self.role != "embedding":
+            return False
+        return self.on_gpu if self.embed_process is None else self.embed_process
 
     @property
     def lanes(self) -> int:
@@ -439,6 +450,8 @@ def make_worker_id(model: str, pid: int | None = None, hostname: str | None = No
 def make_runner(config: WorkerConfig) -> JobRunner:
     if config.role == "llm":
         return LlmJobRunner(config.model, config.threads)
+    if config.runs_apart:
+        return RunnerProcess(config)
     return EmbeddingJobRunner(
         config.model,
         config.device,
@@ -459,6 +472,7 @@ class Worker:
         self.stopping = threading.Event()
         self._heartbeat = _Heartbeat(self)
         self._turns = Turnstile()
+        self._lane_failure: BaseException | None = None
 
     def run(self, wait_for_work: Callable[[float], object]) -> None:
         """Serve until ``stopping``: ``config.lanes`` loops, this thread one of them (the
@@ -472,7 +486,7 @@ class Worker:
         self._heartbeat.start()
         wakes = _Wakes(wait_for_work)
         others = [
-            threading.Thread(target=self._lane, args=(wakes.follow, wakes), name=f"lane-{n}")
+            threading.Thread(target=self._follow, args=(wakes,), name=f"lane-{n}")
             for n in range(1, lanes)
         ]
         try:
@@ -487,6 +501,17 @@ class Worker:
             self._heartbeat.stop()
             self._retire()
         logger.info("worker stopped", extra={"worker_id": self.worker_id})
+        if self._lane_failure is not None:  # what stopped it, raised where this lane runs
+            raise self._lane_failure
+
+    def _follow(self, wakes: _Wakes) -> None:
+        """A lane other than the first: what ends it in error stops the worker too."""
+        try:
+            self._lane(wakes.follow, wakes)
+        except BaseException as exc:
+            self._lane_failure = self._lane_failure or exc
+            self.stopping.set()
+            wakes.release()
 
     def _lane(self, wait: Callable[[float], object], wakes: _Wakes) -> None:
         while not self.stopping.is_set():
@@ -541,9 +566,16 @@ class Worker:
             return 0
         if not jobs:
             return 0
+        gone: RunnerProcessGone | None = None
         with self._heartbeat.covering(jobs), self._turns.turn(jobs[0].claim_order):
-            outcomes = self._run_batch(jobs)
+            try:
+                outcomes = self._run_batch(jobs)
+            except RunnerProcessGone as exc:  # the jobs go back to the queue; the worker stops
+                gone = exc
+                outcomes = [RetryLater(str(exc))] * len(jobs)
         self._database_retrying(lambda: self._finish_batch(jobs, outcomes), "record results")
+        if gone is not None:
+            raise gone
         return len(jobs)
 
     def _run_batch(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
@@ -564,6 +596,8 @@ class Worker:
             return []
         try:
             return self.runner.run(jobs)
+        except RunnerProcessGone:  # no job's fault, and no job can run here any more
+            raise
         except Exception as exc:  # a crash in the model must not kill the worker
             fields = {"worker_id": self.worker_id, "batch": len(jobs), "error": _describe(exc)}
             if len(jobs) == 1:
@@ -575,6 +609,8 @@ class Worker:
     def _run_alone(self, job: ClaimedJob) -> Mapping[str, Any] | OracleError:
         try:
             (outcome,) = self.runner.run([job])
+        except RunnerProcessGone:
+            raise
         except Exception as exc:
             logger.exception(
                 "job crashed on its own",
@@ -837,12 +873,16 @@ def run_worker(config: WorkerConfig) -> None:
         run_batched_worker(config)
         return
     runner = make_runner(config)
-    serve_until_signalled(
-        config,
-        lambda engine: Worker(config, runner, engine),
-        pool_size=config.lanes + 1,
-        on_signal="stopping after the current batch",
-    )
+    try:
+        serve_until_signalled(
+            config,
+            lambda engine: Worker(config, runner, engine),
+            pool_size=config.lanes + 1,
+            on_signal="stopping after the current batch",
+        )
+    finally:
+        if isinstance(runner, RunnerProcess):
+            runner.close()
 
 
 def settle_heap() -> int:

@@ -1,6 +1,8 @@
 """An embedding worker with several lanes (claim-run-record loops over one model): every
 job embedded once with the bits a lone encoder gives, verifications still first, and a
-killed worker's claims, one per lane, back in the queue for another worker.
+killed worker's claims, one per lane, back in the queue for another worker. The same with
+the model in a process of its own (``--embed-process``, a GPU worker's default): its
+crashes and its death.
 
 Real ``oracle worker`` processes on the CPU, a real database and a real model.
 """
@@ -8,6 +10,7 @@ Real ``oracle worker`` processes on the CPU, a real database and a real model.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from sqlalchemy import Engine, text
 
@@ -40,11 +44,12 @@ def _wait_for(condition: Callable[[], bool], what: str) -> None:
 
 
 class _Worker:
-    def __init__(self, database_url: str, log: Path) -> None:
+    def __init__(self, database_url: str, log: Path, apart: bool) -> None:
         command = [
             sys.executable, "-m", "oracle.cli", "worker", "--role", "embedding",
             "--model", MINILM, "--threads", "1", "--lease-s", str(LEASE_S),
             "--embed-lanes", str(LANES), "--embed-claim", str(CLAIM), "--embed-batch", "4",
+            "--embed-process" if apart else "--no-embed-process",
         ]  # fmt: skip
         self.log_path = log
         with log.open("wb") as out:
@@ -55,6 +60,13 @@ class _Worker:
                 env={**os.environ, "ORACLE_DATABASE_URL": database_url},
             )
 
+    def runner_pid(self) -> int:
+        """The model's process (``--embed-process``): the worker's child that multiprocessing
+        spawned (beside it runs multiprocessing's resource tracker)."""
+        children = psutil.Process(self.process.pid).children()
+        (runner,) = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        return int(runner.pid)
+
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -64,11 +76,11 @@ class _Worker:
 @pytest.fixture
 def start_worker(
     database_url: str, db_engine: Engine, tmp_path: Path
-) -> Iterator[Callable[[], _Worker]]:
+) -> Iterator[Callable[..., _Worker]]:
     started: list[_Worker] = []
 
-    def start() -> _Worker:
-        worker = _Worker(database_url, tmp_path / f"worker{len(started)}.log")
+    def start(*, apart: bool = False) -> _Worker:
+        worker = _Worker(database_url, tmp_path / f"worker{len(started)}.log", apart)
         started.append(worker)
 
         def ready() -> bool:
@@ -120,12 +132,13 @@ def _count(engine: Engine, status: str) -> int:
         )
 
 
+@pytest.mark.parametrize("apart", [False, True], ids=["one process", "model apart"])
 def test_lanes_embed_each_job_once_as_a_lone_encoder_would_and_verifications_go_first(
-    db_engine: Engine, start_worker: Callable[[], _Worker]
+    db_engine: Engine, start_worker: Callable[..., _Worker], apart: bool
 ) -> None:
     from oracle.engine.embedder import Embedder
 
-    start_worker()
+    start_worker(apart=apart)
     texts = [f"The capital of country number {i} is city number {i * 7}." for i in range(300)]
     embedding_ids = _enqueue(db_engine, texts)
     _wait_for(lambda: _count(db_engine, "done") >= CLAIM, "the first batch")
@@ -179,7 +192,7 @@ def _bits_apart(hex_bits: str, expected: bytes) -> int:
 
 
 def test_a_killed_worker_s_claims_go_back_to_the_queue_and_another_worker_ends_them(
-    db_engine: Engine, start_worker: Callable[[], _Worker]
+    db_engine: Engine, start_worker: Callable[..., _Worker]
 ) -> None:
     first = start_worker()
     texts = [f"An answer that needs embedding, number {i}." for i in range(400)]
@@ -200,3 +213,70 @@ def test_a_killed_worker_s_claims_go_back_to_the_queue_and_another_worker_ends_t
     jobs = _jobs(db_engine, ids)
     assert {jobs[i].attempts for i in held} == {2}  # claimed again, once
     assert {j.status for j in jobs.values()} == {"done"}
+
+
+def test_a_crash_in_the_model_s_process_fails_only_the_job_that_causes_it(
+    db_engine: Engine, start_worker: Callable[..., _Worker]
+) -> None:
+    """The runner raises inside the child on a payload that is not text: the batch comes
+    back crashed, its jobs run one at a time there, and only that job fails."""
+    start_worker(apart=True)
+    good = _enqueue(db_engine, [f"A good answer, number {i}." for i in range(CLAIM - 1)])
+    with db_engine.begin() as conn:
+        (bad,) = enqueue_jobs(
+            conn,
+            [
+                NewJob(
+                    kind="embedding",
+                    model=MINILM,
+                    priority=PRIORITY_EMBEDDING,
+                    deadline=datetime.now(UTC) + timedelta(minutes=10),
+                    payload={"text": 42},
+                )
+            ],
+        )
+    _wait_for(lambda: _count(db_engine, "done") + _count(db_engine, "dead") == CLAIM, "all")
+
+    jobs = _jobs(db_engine, [*good, bad])
+    assert {jobs[i].status for i in good} == {"done"}
+    with db_engine.connect() as conn:
+        status, error = conn.execute(
+            text("SELECT status, last_error FROM jobs WHERE id = :id"), {"id": bad}
+        ).one()
+    assert status == "dead"
+    assert "TypeError" in error and "payload text is a int" in error
+
+
+def test_when_the_model_s_process_dies_its_batch_goes_back_and_the_worker_stops(
+    db_engine: Engine, start_worker: Callable[..., _Worker]
+) -> None:
+    first = start_worker(apart=True)
+    texts = [f"An answer that needs embedding, number {i}." for i in range(400)]
+    ids = _enqueue(db_engine, texts)
+    _wait_for(lambda: _count(db_engine, "running") > CLAIM, "several lanes holding claims")
+    held = {i for i, j in _jobs(db_engine, ids).items() if j.status == "running"}
+    os.kill(first.runner_pid(), signal.SIGKILL)
+
+    assert first.process.wait(timeout=TIMEOUT_S) != 0
+    log = first.log_path.read_text()
+    assert "job runner process is gone" in log, log
+    # every claim a lane held went back at once with the reason (none failed for good),
+    # but for a batch that was recorded before the kill
+    with db_engine.connect() as conn:
+        returned = {
+            int(row.id): row.last_error
+            for row in conn.execute(
+                text("SELECT id, last_error FROM jobs WHERE status = 'queued' AND attempts = 1")
+            )
+        }
+    jobs = _jobs(db_engine, ids)
+    assert {j.status for j in jobs.values()} <= {"done", "queued"}
+    assert {i for i in held if jobs[i].status != "done"} <= returned.keys()
+    assert len(returned) >= CLAIM
+    assert all("job runner process is gone" in error for error in returned.values())
+
+    start_worker(apart=True)
+    _wait_for(lambda: _count(db_engine, "done") == len(ids), "every job")
+    jobs = _jobs(db_engine, ids)
+    assert {j.status for j in jobs.values()} == {"done"}
+    assert {jobs[i].attempts for i in returned} == {2}

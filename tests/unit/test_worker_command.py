@@ -55,3 +55,25 @@ def test_an_unknown_kv_layout_is_refused() -> None:
             ["--model", SMOLLM2, "--database-url", "postgresql://x@y/z", "--kv-layout", "ring"],
             standalone_mode=False,
         )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        WorkerSpec(role="embedding", model="all-MiniLM-L6-v2"),
+        WorkerSpec(
+            role="embedding",
+            model="all-MiniLM-L6-v2",
+            device="cuda",
+            embed_claim=4096,
+            embed_batch=512,
+            embed_lanes=4,
+            embed_process=False,
+        ),
+        WorkerSpec(role="embedding", model="all-MiniLM-L6-v2", embed_process=True),
+    ],
+)
+def test_every_embedding_setting_reaches_the_worker(
+    spec: WorkerSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _spec_the_worker_reads(spec.command(), monkeypatch) == spec

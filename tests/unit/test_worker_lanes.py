@@ -34,6 +34,29 @@ def test_lanes_by_role_and_device(role: Role, device: str, asked: int | None, la
     assert _config(role, device, asked).lanes == lanes
 
 
+@pytest.mark.parametrize(
+    ("role", "device", "asked", "apart"),
+    [
+        ("embedding", "cpu", None, False),  # torch's threads leave the interpreter anyway
+        ("embedding", "cuda", None, True),  # the encoder's host work needs the interpreter
+        ("embedding", "cpu", True, True),
+        ("embedding", "cuda:1", False, False),
+        ("llm", "cuda", True, False),  # an LLM worker's runners are not built for it
+    ],
+)
+def test_the_model_runs_in_a_process_of_its_own_on_a_gpu_unless_told(
+    role: Role, device: str, asked: bool | None, apart: bool
+) -> None:
+    config = WorkerConfig(
+        database_url="postgresql://unused",
+        role=role,
+        model="m",
+        device=device,
+        embed_process=asked,
+    )
+    assert config.runs_apart is apart
+
+
 def test_waiting_batches_run_one_at_a_time_in_claim_order() -> None:
     turns = Turnstile()
     ran: list[str] = []
