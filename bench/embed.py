@@ -342,10 +342,23 @@ def read_results(engine: Engine, ids: Sequence[int]) -> dict[int, Any]:
     return {row.id: row.result for row in rows}
 
 
+@dataclass(frozen=True, slots=True)
+class EngineRun:
+    enqueue_s: float
+    done_s: float
+    """From the clock's start to the last completion."""
+    bits: list[bytes]
+    claims: str
+    """The claim sizes: ``8 x 2048``."""
+    runner_s: float
+    """The worker's runner, summed over its batches (each result's ``elapsed_s``)."""
+    recorded_at: list[float]
+    """When each batch was recorded (its transaction's start), seconds after the clock's."""
+
+
 def embed_through_engine(
     url: URL, texts: Sequence[str], args: argparse.Namespace, variant: Variant
-) -> tuple[float, float, list[bytes], str]:
-    """Seconds to enqueue, seconds until the last completion, the bits, the claim sizes."""
+) -> EngineRun:
     engine = make_engine(url)
     with embedding_worker(url, args, variant) as worker:
         warm_up = enqueue(engine, texts[: variant.claim], variant.claim)  # loads the model
@@ -362,13 +375,29 @@ def embed_through_engine(
             enqueue_s = time.time() - started
         done_s = wait_for_completions(engine, ids, timeout_s=600) - started
     results = read_results(engine, ids)
+    with engine.connect() as conn:
+        batches = conn.execute(
+            text(
+                "SELECT extract(epoch FROM finished_at) AS at, min(result->>'elapsed_s') AS s"
+                " FROM jobs WHERE id = ANY(CAST(:ids AS bigint[]))"
+                " GROUP BY finished_at ORDER BY finished_at"
+            ),
+            {"ids": bigint_array(ids)},
+        ).all()
     engine.dispose()
-    bits = [bytes.fromhex(results[i]["bits"]) for i in ids]
     claims: dict[int, int] = {}
     for result in results.values():
         claims[result["batch"]] = claims.get(result["batch"], 0) + 1
-    shape = ", ".join(f"{n // size} x {size}" for size, n in sorted(claims.items(), reverse=True))
-    return enqueue_s, done_s, bits, shape
+    return EngineRun(
+        enqueue_s=enqueue_s,
+        done_s=done_s,
+        bits=[bytes.fromhex(results[i]["bits"]) for i in ids],
+        claims=", ".join(
+            f"{n // size} x {size}" for size, n in sorted(claims.items(), reverse=True)
+        ),
+        runner_s=sum(float(row.s) for row in batches),
+        recorded_at=[float(row.at) - started for row in batches],
+    )
 
 
 class KnownBits(Embedder):
@@ -488,23 +517,23 @@ def main() -> None:
         ratios = []
         for variant in variants:
             try:
-                enqueue_s, engine_s, engine_bits, batches = embed_through_engine(
-                    url, texts, args, variant
-                )
+                run = embed_through_engine(url, texts, args, variant)
             except Exception as exc:  # one variant failing leaves the others' figures
                 print(f"engine, {variant}: failed: {type(exc).__name__}: {exc}", flush=True)
                 ratios.append(float("nan"))
                 continue
-            engine_rate = n / engine_s
-            same = sum(a == b for a, b in zip(direct_bits, engine_bits, strict=True))
+            engine_rate = n / run.done_s
+            same = sum(a == b for a, b in zip(direct_bits, run.bits, strict=True))
             overlap = "before the clock" if args.at_once else "overlapped"
             print(
-                f"engine, {variant}: {engine_rate:7.1f} embeddings/s ({engine_s:.2f} s; "
-                f"enqueueing {enqueue_s:.2f} s, {overlap}); claims: {batches}; "
+                f"engine, {variant}: {engine_rate:7.1f} embeddings/s ({run.done_s:.2f} s; "
+                f"enqueueing {run.enqueue_s:.2f} s, {overlap}); claims: {run.claims}; "
                 f"sign bits identical for {same} of {n}; "
                 f"engine/per-{variant.claim} baseline "
                 f"{ratio(engine_rate, n / chunked_s[variant.claim]):.3f}; "
-                f"engine/one call {ratio(engine_rate, baseline):.3f}",
+                f"engine/one call {ratio(engine_rate, baseline):.3f}\n"
+                f"  the runner's own time {run.runner_s:.2f} s of the {run.done_s:.2f}; "
+                f"batches recorded at {', '.join(f'{t:.2f}' for t in run.recorded_at)} s",
                 flush=True,
             )
             ratios.append(ratio(engine_rate, baseline))
