@@ -567,7 +567,7 @@ class Worker:
         if not jobs:
             return 0
         gone: RunnerProcessGone | None = None
-        with self._heartbeat.covering(jobs), self._turns.turn(jobs[0].claim_order):
+        with self._heartbeat.covering(jobs):
             try:
                 outcomes = self._run_batch(jobs)
             except RunnerProcessGone as exc:  # the jobs go back to the queue; the worker stops
@@ -579,23 +579,44 @@ class Worker:
         return len(jobs)
 
     def _run_batch(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
-        """The runner's outcome for each job; jobs already past their deadline are not run,
-        and a batch that crashes runs again one job at a time."""
-        now = datetime.now(UTC)
-        outcomes: dict[int, Mapping[str, Any] | OracleError] = {
-            job.id: JobPastDeadline(f"job {job.id}, deadline {job.deadline.isoformat()}")
-            for job in jobs
-            if job.deadline <= now
-        }
-        runnable = [job for job in jobs if job.id not in outcomes]
-        outcomes.update(zip((j.id for j in runnable), self._run_guarded(runnable), strict=True))
+        """The runner's outcome for each job, in the batch's turn; jobs past their deadline
+        when the turn comes are not run, and a batch that crashes runs again one job at a
+        time."""
+        with self._turns.turn(jobs[0].claim_order):
+            now = datetime.now(UTC)
+            outcomes: dict[int, Mapping[str, Any] | OracleError] = {
+                job.id: JobPastDeadline(f"job {job.id}, deadline {job.deadline.isoformat()}")
+                for job in jobs
+                if job.deadline <= now
+            }
+            runnable = [job for job in jobs if job.id not in outcomes]
+            collect = self._start(runnable)
+        outcomes.update(zip((j.id for j in runnable), collect(), strict=True))
         return [outcomes[job.id] for job in jobs]
 
-    def _run_guarded(self, jobs: Sequence[ClaimedJob]) -> list[Mapping[str, Any] | OracleError]:
+    def _start(
+        self, jobs: Sequence[ClaimedJob]
+    ) -> Callable[[], list[Mapping[str, Any] | OracleError]]:
+        """Hand the batch to the runner, in its turn; the call returned gives each job's
+        outcome. A runner in a process of its own runs batches in the order they reach it,
+        so the turn passes on once the batch is there: the next lane's batch then waits in
+        the pipe while this one runs, and the process goes from one to the next at once.
+        A runner in this process runs the batch here, in the turn."""
         if not jobs:
-            return []
+            return list
+        if isinstance(self.runner, RunnerProcess):
+            outcomes_of = self.runner.submit(jobs)
+            return lambda: self._run_guarded(jobs, outcomes_of)
+        outcomes = self._run_guarded(jobs, lambda: self.runner.run(jobs))
+        return lambda: outcomes
+
+    def _run_guarded(
+        self,
+        jobs: Sequence[ClaimedJob],
+        run: Callable[[], list[Mapping[str, Any] | OracleError]],
+    ) -> list[Mapping[str, Any] | OracleError]:
         try:
-            return self.runner.run(jobs)
+            return run()
         except RunnerProcessGone:  # no job's fault, and no job can run here any more
             raise
         except Exception as exc:  # a crash in the model must not kill the worker
