@@ -7,8 +7,11 @@ lanes' queue work (reading a claim, building results, recording them): in one pr
 they take turns. Measured on an H200 (README, GPU section): the worker's encoding alone
 made 1.09-1.30 times one ``encode`` call's throughput and the queue alone 2.7 times, but
 the two together 0.82-0.87 times; the time was close to the sum of the two. Apart, each
-has an interpreter of its own. An embedding worker on a GPU runs its model this way
-unless told otherwise (``WorkerConfig.runs_apart``).
+has an interpreter of its own: ahead of one process in six runs of seven on the H200, by
+4.5 % on average (README, GPU section; the rest was not the shared interpreter). An
+embedding worker on a GPU runs its model this way unless told otherwise
+(``WorkerConfig.runs_apart``); it also keeps torch out of the worker's process, and a
+CUDA fault that ends the model's process returns the worker's batches to the queue.
 
 **What crosses the pipe.** A claim's jobs as tuples of their fields (the frozen records
 pickled as records cost twice as much), and back each job's outcome: its result, or the

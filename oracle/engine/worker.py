@@ -34,6 +34,8 @@ over its one model. Only one batch runs at a time, and waiting batches run in cl
 another's recording go on while the model runs: on a GPU, the queue's statements took
 twice as long as encoding a claim, one after the other (README, GPU section). Each lane
 holds at most one claim; the heartbeat renews every lane's jobs, waiting ones included.
+On a GPU the model itself runs in a process of its own (``runner_process.py``), so that
+the lanes' queue work and the encoder's host work do not share one interpreter.
 """
 
 from __future__ import annotations
