@@ -29,7 +29,7 @@ the worker's threads.
 - ends when the parent's end of the pipe closes, however the parent ended.
 
 A batch that crashes inside the runner comes back as :class:`RunnerCrashed`, and the
-worker runs its jobs one at a time, as with a runner in its own process. The child's
+worker runs its jobs one at a time, as with a runner in the worker's process. The child's
 death comes back as ``RunnerProcessGone``, which stops the worker: its batch goes back
 to the queue, and the supervisor starts a worker again.
 """
@@ -217,11 +217,21 @@ def _logging_here() -> _Logging:
     named = logging.root.manager.loggerDict.items()
     return _Logging(
         level=root.level,
-        formatters=tuple(handler.formatter for handler in root.handlers),
+        formatters=tuple(_portable(handler.formatter) for handler in root.handlers),
         levels={
             name: log.level for name, log in named if isinstance(log, logging.Logger) and log.level
         },
     )
+
+
+def _portable(formatter: logging.Formatter | None) -> logging.Formatter | None:
+    """The formatter, if it can cross to the child (one holding a stream cannot: the
+    child's handler then formats as logging does by default)."""
+    try:
+        pickle.dumps(formatter)
+    except (TypeError, AttributeError, pickle.PicklingError):
+        return None
+    return formatter
 
 
 def _log_as(settings: _Logging) -> None:

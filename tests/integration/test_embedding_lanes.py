@@ -280,3 +280,20 @@ def test_when_the_model_s_process_dies_its_batch_goes_back_and_the_worker_stops(
     jobs = _jobs(db_engine, ids)
     assert {j.status for j in jobs.values()} == {"done"}
     assert {jobs[i].attempts for i in returned} == {2}
+
+
+def test_a_model_that_cannot_load_in_its_own_process_fails_the_worker_with_its_own_error() -> None:
+    from oracle.engine.runner_process import RunnerProcess
+    from oracle.engine.worker import WorkerConfig
+    from oracle.errors import UnknownEmbeddingModel
+
+    config = WorkerConfig(
+        database_url="postgresql://unused",
+        role="embedding",
+        model="no-such-embedder",
+        embed_process=True,
+    )
+    with pytest.raises(UnknownEmbeddingModel) as raised:
+        RunnerProcess(config)
+    assert raised.value.model == "no-such-embedder"
+    assert MINILM in str(raised.value)  # the known models, as the worker would print them
