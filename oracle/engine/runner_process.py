@@ -26,7 +26,9 @@ the worker's threads.
   fails (an unknown model, a missing package) reaches the parent as the error it was;
 - logs as the parent does, and ignores SIGINT: a terminal's Ctrl-C reaches the whole
   process group, and the parent finishes its batch before it stops the child;
-- ends when the parent's end of the pipe closes, however the parent ended.
+- ends when the parent's end of the pipe closes, however the parent ended, and when the
+  parent is gone while it runs a batch (``watch_supervisor``: a worker killed because its
+  model hung in a device call must not leave the model loaded on the GPU behind it).
 
 A batch that crashes inside the runner comes back as :class:`RunnerCrashed`, and the
 worker runs its jobs one at a time, as with a runner in the worker's process. The child's
@@ -39,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import sys
@@ -84,7 +87,7 @@ class RunnerProcess:
         ours, theirs = _SPAWN.Pipe()
         self._process = _SPAWN.Process(
             target=_serve,
-            args=(theirs, config, _logging_here()),
+            args=(theirs, config, _logging_here(), os.getpid()),
             name=f"runner {config.model}",
             daemon=True,  # ended at this process's exit, if still running
         )
@@ -246,13 +249,15 @@ def _log_as(settings: _Logging) -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def _serve(conn: Connection, config: WorkerConfig, log: _Logging) -> None:
+def _serve(conn: Connection, config: WorkerConfig, log: _Logging, worker_pid: int) -> None:
     """The child: load the runner, say so, then run each batch that arrives until the
-    pipe closes."""
-    from oracle.engine.worker import make_runner, settle_heap
+    pipe closes, or until the worker is gone while a batch runs (a worker killed while
+    its model is stuck in a device call must not leave the model loaded behind it)."""
+    from oracle.engine.worker import make_runner, settle_heap, watch_supervisor
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _log_as(log)
+    watch_supervisor(worker_pid)
     try:
         runner = make_runner(dataclasses.replace(config, embed_process=False))
     except OracleError as exc:

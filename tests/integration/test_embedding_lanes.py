@@ -297,3 +297,24 @@ def test_a_model_that_cannot_load_in_its_own_process_fails_the_worker_with_its_o
         RunnerProcess(config)
     assert raised.value.model == "no-such-embedder"
     assert MINILM in str(raised.value)  # the known models, as the worker would print them
+
+
+def test_a_killed_worker_leaves_no_model_process_behind(
+    db_engine: Engine, start_worker: Callable[..., _Worker]
+) -> None:
+    """What a supervisor does to a wedged worker (SIGKILL): its model's process ends too,
+    so that the worker started in its place does not load the model twice."""
+    worker = start_worker(apart=True)
+    runner = psutil.Process(worker.runner_pid())
+    ids = _enqueue(db_engine, [f"An answer, number {i}." for i in range(400)])
+    _wait_for(lambda: _count(db_engine, "running") > 0, "a batch running")
+    worker.kill()
+    _wait_for(lambda: not runner.is_running() or runner.status() == psutil.STATUS_ZOMBIE, "exit")
+
+    def reclaimed() -> bool:
+        maintain_queue(db_engine)
+        return _count(db_engine, "running") == 0
+
+    _wait_for(reclaimed, "the killed worker's leases to lapse")
+    start_worker(apart=True)
+    _wait_for(lambda: _count(db_engine, "done") == len(ids), "every job")
