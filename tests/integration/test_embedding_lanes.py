@@ -98,7 +98,8 @@ def start_worker(
             worker.kill()
 
 
-def _enqueue(engine: Engine, texts: list[str]) -> list[int]:
+def _enqueue(engine: Engine, texts: list[Any]) -> list[int]:
+    """Embedding jobs of these texts (a text that is not a string makes a malformed job)."""
     deadline = datetime.now(UTC) + timedelta(minutes=10)
     jobs = [
         NewJob(
@@ -222,19 +223,7 @@ def test_a_crash_in_the_model_s_process_fails_only_the_job_that_causes_it(
     back crashed, its jobs run one at a time there, and only that job fails."""
     start_worker(apart=True)
     good = _enqueue(db_engine, [f"A good answer, number {i}." for i in range(CLAIM - 1)])
-    with db_engine.begin() as conn:
-        (bad,) = enqueue_jobs(
-            conn,
-            [
-                NewJob(
-                    kind="embedding",
-                    model=MINILM,
-                    priority=PRIORITY_EMBEDDING,
-                    deadline=datetime.now(UTC) + timedelta(minutes=10),
-                    payload={"text": 42},
-                )
-            ],
-        )
+    (bad,) = _enqueue(db_engine, [42])
     _wait_for(lambda: _count(db_engine, "done") + _count(db_engine, "dead") == CLAIM, "all")
 
     jobs = _jobs(db_engine, [*good, bad])
