@@ -333,13 +333,17 @@ def wait_for_completions(engine: Engine, ids: list[int], timeout_s: float) -> fl
 
 
 def read_results(engine: Engine, ids: Sequence[int]) -> dict[int, Any]:
-    """The jobs' results by id."""
+    """The jobs' rows by id: ``result``, and ``at``, when it was recorded (epoch seconds,
+    the recording transaction's start: one value a batch)."""
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT id, result FROM jobs WHERE id = ANY(CAST(:ids AS bigint[]))"),
+            text(
+                "SELECT id, result, extract(epoch FROM finished_at) AS at"
+                " FROM jobs WHERE id = ANY(CAST(:ids AS bigint[]))"
+            ),
             {"ids": bigint_array(ids)},
         ).all()
-    return {row.id: row.result for row in rows}
+    return {row.id: row for row in rows}
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,29 +378,22 @@ def embed_through_engine(
             ids = enqueue(engine, texts, ARRIVAL)
             enqueue_s = time.time() - started
         done_s = wait_for_completions(engine, ids, timeout_s=600) - started
-    results = read_results(engine, ids)
-    with engine.connect() as conn:
-        batches = conn.execute(
-            text(
-                "SELECT extract(epoch FROM finished_at) AS at, min(result->>'elapsed_s') AS s"
-                " FROM jobs WHERE id = ANY(CAST(:ids AS bigint[]))"
-                " GROUP BY finished_at ORDER BY finished_at"
-            ),
-            {"ids": bigint_array(ids)},
-        ).all()
+    rows = read_results(engine, ids)
     engine.dispose()
     claims: dict[int, int] = {}
-    for result in results.values():
-        claims[result["batch"]] = claims.get(result["batch"], 0) + 1
+    runner_s: dict[float, float] = {}  # a batch's runner time, by when it was recorded
+    for row in rows.values():
+        claims[row.result["batch"]] = claims.get(row.result["batch"], 0) + 1
+        runner_s[float(row.at)] = float(row.result["elapsed_s"])
     return EngineRun(
         enqueue_s=enqueue_s,
         done_s=done_s,
-        bits=[bytes.fromhex(results[i]["bits"]) for i in ids],
+        bits=[bytes.fromhex(rows[i].result["bits"]) for i in ids],
         claims=", ".join(
             f"{n // size} x {size}" for size, n in sorted(claims.items(), reverse=True)
         ),
-        runner_s=sum(float(row.s) for row in batches),
-        recorded_at=[float(row.at) - started for row in batches],
+        runner_s=sum(runner_s.values()),
+        recorded_at=[at - started for at in sorted(runner_s)],
     )
 
 
@@ -460,7 +457,7 @@ def queue_alone(
         results = read_results(engine, ids)
     finally:
         engine.dispose()
-    return done_s, cpu_s, [bytes.fromhex(results[i]["bits"]) for i in ids]
+    return done_s, cpu_s, [bytes.fromhex(results[i].result["bits"]) for i in ids]
 
 
 def main() -> None:

@@ -186,6 +186,12 @@ def test_lanes_embed_each_job_once_as_a_lone_encoder_would_and_verifications_go_
     assert len(overtaking) <= (LANES - 1) * CLAIM
 
 
+def _reclaimed(engine: Engine) -> bool:
+    """The queue's upkeep has run, and no job is held any more."""
+    maintain_queue(engine)
+    return _count(engine, "running") == 0
+
+
 def _bits_apart(hex_bits: str, expected: bytes) -> int:
     return sum(
         bin(a ^ b).count("1") for a, b in zip(bytes.fromhex(hex_bits), expected, strict=True)
@@ -204,11 +210,7 @@ def test_a_killed_worker_s_claims_go_back_to_the_queue_and_another_worker_ends_t
     held = [i for i, j in _jobs(db_engine, ids).items() if j.status == "running"]
     assert len(held) > CLAIM
 
-    def reclaimed() -> bool:
-        maintain_queue(db_engine)
-        return _count(db_engine, "running") == 0
-
-    _wait_for(reclaimed, "the killed worker's leases to lapse")
+    _wait_for(lambda: _reclaimed(db_engine), "the killed worker's leases to lapse")
     start_worker()
     _wait_for(lambda: _count(db_engine, "done") == len(ids), "every job")
     jobs = _jobs(db_engine, ids)
@@ -300,10 +302,6 @@ def test_a_killed_worker_leaves_no_model_process_behind(
     worker.kill()
     _wait_for(lambda: not runner.is_running() or runner.status() == psutil.STATUS_ZOMBIE, "exit")
 
-    def reclaimed() -> bool:
-        maintain_queue(db_engine)
-        return _count(db_engine, "running") == 0
-
-    _wait_for(reclaimed, "the killed worker's leases to lapse")
+    _wait_for(lambda: _reclaimed(db_engine), "the killed worker's leases to lapse")
     start_worker(apart=True)
     _wait_for(lambda: _count(db_engine, "done") == len(ids), "every job")
