@@ -37,6 +37,14 @@ nodes reveal them), at every secDistance from 0.10 to 0.50:
   Other prompts whose reference answer is the same (two reviews both "Positive") are
   left out: that answer is right for both.
 
+What the misses say, for the signals nodes serve (today's, the proposed one and the
+exact one): the honest pairs under the shared seed that a signal keeps apart, and how
+many of them say the same thing (the same yes or no, the same label, both holding the
+known answer); the ones it merges though they say different things; and the other
+prompts' answers it lets in, all of them and those that say something else than the
+honest answer (neither its text nor its verdict: a replayed "No." where the honest
+answer is "No." is one no signal of the answer can refuse).
+
 Then the same figures for the candidate signals (``--variants``, the transforms of
 ``oracle.consensus.signal``), side by side with today's: answers normalised before
 embedding (case, whitespace, trailing periods), the request's prompt echo stripped from
@@ -44,7 +52,8 @@ the answer, ``"Q: <prompt>\nA: <answer>"`` embedded, bits taken against a centre
 mean embedding of a held-out corpus: the answers to the other half of the prompts, or
 that half's prompts and reference answers; or the shipped centre file, built from the
 reference split and measured on the test split), their combinations, the exact signal
-(``first-word``: the digest of the answer's first word, no embedding), and
+(``first-word``: the digest of the answer's first word, no embedding; measured by
+default with today's and the proposed one, the three signals nodes serve), and
 all-mpnet-base-v2 when it is unpacked (``--mpnet-dir``). For each: the summary at 0.35
 and over secDistance, and each task type at its own secDistance; for today's signal and
 the proposed one (``PROPOSED``, at ``PROPOSED_SEC_DISTANCE_BP``), the curves, the table
@@ -97,6 +106,7 @@ from oracle.consensus.signal import (
     digest_bits,
     embedding_text,
     load_centre,
+    normalise_answer,
     strip_question_echo,
 )
 
@@ -465,6 +475,8 @@ def first_sentence(text: str) -> str:
 
 
 TODAY = Signal(name="today: the answer, raw sign bits")
+EXACT = "first-word"
+"""The exact signal (``FIRST_WORD_EXACT``), served when a request names it."""
 PROPOSED = "echo+norm+centred"
 """The variant docs/consensus.md recommends: ``SIGNALS[PROPOSED_SIGNAL]`` measured on
 every prompt, each half centred on the other."""
@@ -505,7 +517,7 @@ VARIANTS = {
         centre="shipped",
         test_split=True,
     ),
-    "first-word": Signal(
+    EXACT: Signal(
         name="exact: first word of the answer (echo stripped), digested",
         model=FIRST_WORD_EXACT,
         strip_echo=True,
@@ -540,7 +552,9 @@ VARIANTS = {
         centre="held-out",
     ),
 }
-SMOKE_VARIANTS = f"today,{PROPOSED}"
+SERVED_VARIANTS = f"today,{PROPOSED},{EXACT}"
+"""The signals nodes serve (today's by default, the others when a request names them):
+what a run measures unless ``--variants`` says otherwise."""
 
 
 @dataclass
@@ -660,6 +674,15 @@ class Distances:
     (``ENGINE_FILES``): what honest pairs are under the protocol's shared seed."""
     shared_identical: dict[Group, list[bool]] = field(default_factory=dict)
     """Of those pairs, the ones whose texts are the same bytes."""
+    shared_same_verdict_pairs: dict[Group, list[float]] = field(default_factory=dict)
+    """Shared-seed pairs that say the same thing (``_verdict``; prompts with a known
+    answer only): what the signal should merge."""
+    shared_other_verdict_pairs: dict[Group, list[float]] = field(default_factory=dict)
+    """Shared-seed pairs whose engines parted in substance: what it should keep apart."""
+    other_saying_else: dict[Group, list[float]] = field(default_factory=dict)
+    """The ``other`` pairs whose replayed answer says something else than the honest one
+    (``_says_the_same``): a replay with the honest answer's text or verdict is one no
+    signal of the answer can refuse, and delivering it is no worse than the honest one."""
     shared_requests: dict[Group, list[npt.NDArray[np.float64]]] = field(default_factory=dict)
     """One request answered by one node on each engine (an answer set and one seed): the
     engines' normalised distances, a matrix."""
@@ -759,22 +782,30 @@ def measure(
             wrong_texts[prompt.id] = signal.text(prompt.prompt, prompt.wrong)
     # Another prompt's answer revealed for this request is embedded as this request's
     # answer: with this request's prompt (its echo stripped, or framed with it).
-    other_texts: dict[tuple[str, str, int], list[str]] = {
+    other_raw: dict[tuple[str, str, int], list[str]] = {
         (prompt_id, model, temperature): [
-            signal.text(by_id[prompt_id].prompt, answers[(other.id, model, temperature)].texts[0])
+            answers[(other.id, model, temperature)].texts[0]
             for other in others[model].get(prompt_id, [])
             if (other.id, model, temperature) in answers
         ]
         for prompt_id, model, temperature in texts
     }
+    other_texts = {
+        key: [signal.text(by_id[key[0]].prompt, replay) for replay in replays]
+        for key, replays in other_raw.items()
+    }
     # the same answer sets on the other engines, seed by seed beside the reference's
-    elsewhere: dict[tuple[str, str, int], list[list[str]]] = {
+    elsewhere_raw: dict[tuple[str, str, int], list[tuple[str, ...]]] = {
         key: [
-            [signal.text(by_id[key[0]].prompt, a) for a in engine[key].texts]
+            engine[key].texts
             for engine in engines.values()
             if key in engine and engine[key].seeds == answers[key].seeds
         ]
         for key in texts
+    }
+    elsewhere = {
+        key: [[signal.text(by_id[key[0]].prompt, a) for a in run] for run in runs]
+        for key, runs in elsewhere_raw.items()
     }
     encoders.encode(
         signal.model,
@@ -798,12 +829,28 @@ def measure(
             wrong = sign_bits(encoders.matrix(signal.model, [wrong_texts[prompt_id]]), offset)
             out.wrong.setdefault(group, []).extend((hamming_matrix(wrong, honest) / dim).ravel())
         _shared_pairs(
-            out, group, elsewhere[(prompt_id, model, temperature)], encoders, signal, offset
+            out,
+            group,
+            prompt,
+            elsewhere_raw[(prompt_id, model, temperature)],
+            elsewhere[(prompt_id, model, temperature)],
+            encoders,
+            signal,
+            offset,
         )
         replayed = other_texts[(prompt_id, model, temperature)]
         if replayed:
             other = sign_bits(encoders.matrix(signal.model, replayed), offset)
-            out.other.setdefault(group, []).extend((hamming_matrix(other, honest) / dim).ravel())
+            apart = hamming_matrix(other, honest) / dim
+            out.other.setdefault(group, []).extend(apart.ravel())
+            raw_replayed = other_raw[(prompt_id, model, temperature)]
+            raw_honest = answers[(prompt_id, model, temperature)].texts
+            out.other_saying_else.setdefault(group, []).extend(
+                float(apart[i, j])
+                for i, replay in enumerate(raw_replayed)
+                for j, answer in enumerate(raw_honest)
+                if not _says_the_same(prompt, replay, answer)
+            )
         if prompt.key is not None:
             raw = answers[(prompt_id, model, temperature)].texts
             out.correct.setdefault(group, []).extend(_is_correct(prompt, a) for a in raw)
@@ -819,12 +866,15 @@ def measure(
 def _shared_pairs(
     out: Distances,
     group: Group,
+    prompt: Prompt,
+    raw_runs: Sequence[Sequence[str]],
     runs: Sequence[Sequence[str]],
     encoders: Encoders,
     signal: Signal,
     offset: Offset | None,
 ) -> None:
-    """The pairs of one answer set's runs on two engines, seed by seed."""
+    """The pairs of one answer set's runs on two engines, seed by seed (``raw_runs``: the
+    answers as written, ``runs``: as the signal embeds them)."""
     if len(runs) < 2:
         return
     bits = [sign_bits(encoders.matrix(signal.model, list(run)), offset) for run in runs]
@@ -838,6 +888,12 @@ def _shared_pairs(
         out.shared_identical.setdefault(group, []).extend(
             x == y for x, y in zip(runs[a], runs[b], strict=True)
         )
+        if prompt.key is None:
+            continue
+        for x, y, distance in zip(raw_runs[a], raw_runs[b], apart.tolist(), strict=True):
+            agree = _verdict(prompt, x) == _verdict(prompt, y)
+            table = out.shared_same_verdict_pairs if agree else out.shared_other_verdict_pairs
+            table.setdefault(group, []).append(distance)
 
 
 LABELS = ("positive", "negative", "sports", "politics", "business", "science")
@@ -854,6 +910,20 @@ def _verdict(prompt: Prompt, answer: str) -> str:
     if prompt.task == "classification":
         return next((label for label in LABELS if label in text), "none")
     return "holds the answer" if _is_correct(prompt, answer) else "does not"
+
+
+def _says_the_same(prompt: Prompt, replay: str, answer: str) -> bool:
+    """Whether an answer to another prompt, replayed for this one, says what this
+    prompt's honest answer says: the same text (normalised), or, read as ``_verdict``
+    reads it, the same yes or no or label, or both holding this prompt's known answer."""
+    if normalise_answer(replay) == normalise_answer(answer):
+        return True
+    if prompt.key is None:
+        return False
+    verdict = _verdict(prompt, replay)
+    return verdict in {"yes", "no", "holds the answer", *LABELS} and verdict == _verdict(
+        prompt, answer
+    )
 
 
 def _half(prompt_id: str) -> int:
@@ -975,6 +1045,8 @@ class Summary:
     """Independent seeds (one per node, as before the shared seed), at 0.2."""
     honest_short_min_hot: float
     other_prompt_max: float
+    other_saying_else_max: float
+    """``other_prompt_max`` over the replays that say something else (``_says_the_same``)."""
     wrong_max: float
     shared_short_min: float
     """The request's seed on two engines (``Distances.shared``), at 0.2; nan without them."""
@@ -995,6 +1067,9 @@ def summarise(d: Distances, bp: int) -> Summary:
         honest_short_min=_short_min(d.honest, bp, 200),
         honest_short_min_hot=_short_min(d.honest, bp, 700),
         other_prompt_max=max((within(v, bp) for v in d.other.values()), default=float("nan")),
+        other_saying_else_max=max(
+            (within(v, bp) for v in d.other_saying_else.values()), default=float("nan")
+        ),
         wrong_max=max((within(v, bp) for v in d.wrong.values()), default=float("nan")),
         shared_short_min=_short_min(d.shared, bp, 200),
         shared_short_min_hot=_short_min(d.shared, bp, 700),
@@ -1084,6 +1159,54 @@ def print_shared(d: Distances, models: Sequence[str], engines: Sequence[str], bp
             )
         mark = " **<-**" if threshold == bp else ""
         print(f"| {threshold / BASIS_POINTS:.2f}{mark} | " + " | ".join(cells) + " |")
+
+
+def print_misses(d: Distances, models: Sequence[str], bp: int, signal: str) -> None:
+    """What a signal gets wrong at one threshold, read by what the answers say: honest
+    pairs under the shared seed that it keeps apart though they say the same thing, and
+    that it merges though they do not; replays of other prompts' answers it lets in, all
+    of them and those that say something else than the honest answer."""
+    print(f"\n## What the misses say: {signal}, at secDistance {bp / BASIS_POINTS:.3f}")
+    print(
+        "Shared-seed honest pairs apart (of all pairs), and how many of those say the same "
+        "thing (_verdict: yes/no, label, known answer present; prompts with a known answer "
+        "only); pairs merged though they say different things; replayed answers of other "
+        "prompts let in, all of them and those that say something else (neither the honest "
+        "answer's text nor its verdict)"
+    )
+    print(
+        "| task | model | apart 0.2 / 0.7 | of them the same verdict 0.2 / 0.7 "
+        "| different verdicts merged 0.2 / 0.7 | other prompt: all / saying something else |"
+    )
+    print("|---|---|---|---|---|---|")
+
+    def apart(values: Sequence[float]) -> int:
+        return int(sum(v * BASIS_POINTS > bp + 1e-9 for v in values))
+
+    def same_apart(group: Group) -> str:
+        return str(apart(d.shared_same_verdict_pairs.get(group, [])))
+
+    def merged(group: Group) -> str:
+        parted = d.shared_other_verdict_pairs.get(group, [])
+        return f"{len(parted) - apart(parted)} of {len(parted)}"
+
+    for task in TASKS:
+        for model in models:
+            cold, hot = Group(task, model, 200), Group(task, model, 700)
+            if cold not in d.shared and hot not in d.shared:
+                continue
+            groups = (cold, hot)
+            total = " / ".join(
+                f"{apart(d.shared.get(g, []))} of {len(d.shared.get(g, []))}" for g in groups
+            )
+            short = task in SHORT_TASKS
+            same = " / ".join(same_apart(g) if short else "-" for g in groups)
+            merged_ = " / ".join(merged(g) if short else "-" for g in groups)
+            other = (
+                f"{_pct(within(pooled(d.other, task=task, model=model), bp))} / "
+                f"{_pct(within(pooled(d.other_saying_else, task=task, model=model), bp))}"
+            )
+            print(f"| {task} | {model.split('-')[0]} | {total} | {same} | {merged_} | {other} |")
 
 
 def print_curves(d: Distances, models: Sequence[str], marked_bp: int) -> None:
@@ -1387,7 +1510,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--variants",
-        default=f"today,{PROPOSED}",
+        default=SERVED_VARIANTS,
         help=f"comma-separated signals to compare, or 'all' ({', '.join(VARIANTS)})",
     )
     parser.add_argument("--prompts-per-task", type=int, default=0, help="0: all of them")
@@ -1427,7 +1550,7 @@ def parse_args() -> argparse.Namespace:
         help=f"write the centre file of {PROPOSED_SIGNAL} from the reference split, and stop",
     )
     add_smoke_flag(parser)
-    return apply_smoke(parser.parse_args(), prompts_per_task=2, variants=SMOKE_VARIANTS)
+    return apply_smoke(parser.parse_args(), prompts_per_task=2, variants=SERVED_VARIANTS)
 
 
 def select(prompts: Sequence[Prompt], per_task: int) -> list[Prompt]:
@@ -1528,8 +1651,7 @@ def main() -> None:
     report(results, list(engines), gas=args.gas)
 
 
-def report(results: dict[str, Distances], engines: Sequence[str], *, gas: bool) -> None:
-    today = results["today"]
+def report_today(today: Distances, engines: Sequence[str]) -> None:
     print(f"\n## Today's signal: {MINILM} sign bits of the answer, as nodes reveal them")
     if today.shared:
         print_shared(today, MODELS, engines, DEFAULT_SEC_DISTANCE_BP)
@@ -1539,17 +1661,26 @@ def report(results: dict[str, Distances], engines: Sequence[str], *, gas: bool) 
             f"honest short min {best.shared_short_min:.3f} / {best.shared_short_min_hot:.3f}, "
             f"other max {best.other_prompt_max:.3f}, wrong max {best.wrong_max:.3f}"
         )
+        print_misses(today, MODELS, DEFAULT_SEC_DISTANCE_BP, "today's signal")
     print_curves(today, MODELS, DEFAULT_SEC_DISTANCE_BP)
     print_task_table(today, MODELS, DEFAULT_SEC_DISTANCE_BP)
     print_frames(today, "today's signal, independent seeds")
     if today.shared:
         print_shared_frames(today)
+
+
+def report(results: dict[str, Distances], engines: Sequence[str], *, gas: bool) -> None:
+    today = results["today"]
+    report_today(today, engines)
     proposed = results.get(PROPOSED)
     if proposed is not None:
         print(f"\n## Proposed signal: {VARIANTS[PROPOSED].name}")
         print_curves(proposed, MODELS, PROPOSED_SEC_DISTANCE_BP)
         print_task_table(proposed, MODELS, PROPOSED_SEC_DISTANCE_BP)
         print_frames(proposed, "proposed signal")
+    for name, bp in ((PROPOSED, PROPOSED_SEC_DISTANCE_BP), (EXACT, DEFAULT_SEC_DISTANCE_BP)):
+        if name in results and results[name].shared:
+            print_misses(results[name], MODELS, bp, VARIANTS[name].name)
     if len(results) > 1:
         print_variants(results)
     if gas:
@@ -1570,7 +1701,9 @@ def report(results: dict[str, Distances], engines: Sequence[str], *, gas: bool) 
         f"independent seeds (one per node) honest short min {summary.honest_short_min:.3f} "
         f"/ {summary.honest_short_min_hot:.3f} at 0.2 / 0.7; shared seed at 0.7 "
         f"{summary.shared_short_min_hot:.3f}; plausible wrong answers accepted up to "
-        f"{summary.wrong_max:.3f} (per task type and model)"
+        f"{summary.wrong_max:.3f} (per task type and model); other prompts' answers that "
+        f"say something else than the honest one accepted up to "
+        f"{summary.other_saying_else_max:.3f}"
     )
     if not shared:
         print("no answers of a second engine: honest_short_min is of independent seeds")
