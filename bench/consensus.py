@@ -337,6 +337,91 @@ def generate_on_engine(
     print(f"{label}: generated {done} answer sets in {time.perf_counter() - started:.0f} s")
 
 
+def compare_simulated(
+    prompts: Sequence[Prompt],
+    answers: dict[tuple[str, str, int], AnswerSet],
+    engines: dict[str, dict[tuple[str, str, int], AnswerSet]],
+    sigmas: Sequence[float],
+    encoders: Encoders,
+    *,
+    threads: int,
+) -> None:
+    """``oracle calibrate``'s simulated machines against real ones: SmolLM2's answer sets
+    that two or more engines answered are answered again on this machine twice per
+    noise level, with ``LogitNoise`` seeds 1 and 2 (two simulated machines), and the
+    pairs compared with the engines' pairs of the same sets and seeds: the share that
+    are the same text, and that agree at the default secDistance."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    from oracle.engine.llm import LlmRunner
+    from oracle.engine.sampling import LogitNoise
+
+    by_id = {p.id: p for p in prompts}
+    sets = [
+        (row, runs)
+        for key, row in answers.items()
+        if key[1] == SMOLLM
+        and key[0] in by_id
+        and len(
+            runs := [e[key] for e in engines.values() if key in e and e[key].seeds == row.seeds]
+        )
+        >= 2
+    ]
+    pairs: dict[tuple[str, int, str], list[tuple[str, str]]] = {}
+    for row, runs in sets:
+        where = (by_id[row.prompt_id].task, row.temperature_milli)
+        for a, b in itertools.combinations(runs, 2):
+            pairs.setdefault((*where, "engines"), []).extend(zip(a.texts, b.texts, strict=True))
+    started = time.perf_counter()
+    with LlmRunner.from_registry(SMOLLM, n_threads=threads, n_ctx=1024) as runner:
+        for sigma in sigmas:
+            for row, _runs in sets:
+                prompt = by_id[row.prompt_id]
+                for seed in row.seeds:
+                    texts = [
+                        runner.generate(
+                            prompt=model_prompt(prompt, runner.spec.prompt_style),
+                            temperature_milli=row.temperature_milli,
+                            max_tokens=row.max_tokens,
+                            seed=seed,
+                            logit_noise=LogitNoise(sigma, machine),
+                        ).text
+                        for machine in (1, 2)
+                    ]
+                    key = (prompt.task, row.temperature_milli, f"noise {sigma:g}")
+                    pairs.setdefault(key, []).append((texts[0], texts[1]))
+            print(f"  noise {sigma:g}: {time.perf_counter() - started:.0f} s", flush=True)
+    encoders.encode(MINILM, [t for group in pairs.values() for pair in group for t in pair])
+    kinds = ["engines", *(f"noise {sigma:g}" for sigma in sigmas)]
+    print(
+        f"\n## Simulated machines against real ones: {len(sets)} answer sets of SmolLM2 "
+        f"({', '.join(engines)}); per kind of pair: the same text, within "
+        f"{DEFAULT_SEC_DISTANCE_BP / BASIS_POINTS:.2f} (pairs)"
+    )
+    print("| task | temperature | " + " | ".join(kinds) + " |")
+    print("|---|---|" + "---|" * len(kinds))
+    totals: dict[str, list[tuple[str, str]]] = {}
+    for task in TASKS:
+        for temperature in TEMPERATURES_MILLI:
+            cells = []
+            for kind in kinds:
+                group = pairs.get((task, temperature, kind), [])
+                totals.setdefault(kind, []).extend(group)
+                cells.append(_pair_figures(group, encoders))
+            print(f"| {task} | {temperature / 1000:.1f} | " + " | ".join(cells) + " |")
+    print("| all | both | " + " | ".join(_pair_figures(totals[k], encoders) for k in kinds) + " |")
+
+
+def _pair_figures(pairs: Sequence[tuple[str, str]], encoders: Encoders) -> str:
+    if not pairs:
+        return "-"
+    left = encoders.matrix(MINILM, [a for a, _b in pairs]) > 0
+    right = encoders.matrix(MINILM, [b for _a, b in pairs]) > 0
+    apart = (left != right).mean(axis=1)
+    same = np.mean([a == b for a, b in pairs])
+    agree = within(apart.tolist(), DEFAULT_SEC_DISTANCE_BP)
+    return f"{_pct(float(same))}, {_pct(agree)} ({len(pairs)})"
+
+
 def answer(runner: LlmRunner, prompt: Prompt, temperature: int) -> AnswerSet:
     text = model_prompt(prompt, runner.spec.prompt_style)
     max_tokens = MAX_TOKENS[prompt.task]
@@ -1542,6 +1627,12 @@ def parse_args() -> argparse.Namespace:
         "--gas", action="store_true", help="also the gas of 768-bit reveals (starts anvil)"
     )
     parser.add_argument(
+        "--simulate-noise",
+        metavar="SIGMAS",
+        help="comma-separated logit noise levels: answer SmolLM2's sets on two simulated "
+        "machines each and compare them with the engines' pairs (oracle calibrate), and stop",
+    )
+    parser.add_argument(
         "--cache", type=Path, help="an .npz file keeping the embeddings between runs"
     )
     parser.add_argument(
@@ -1628,6 +1719,12 @@ def main() -> None:
     engines = {label: load_answers(path) for label, path in engine_files().items()}
     for label, engine in engines.items():
         print(f"  same seeds on {label}: {sum(k in answers for k in engine)} answer sets")
+    if args.simulate_noise:
+        sigmas = [float(sigma) for sigma in args.simulate_noise.split(",")]
+        encoders = Encoders(threads=args.threads, cache=args.cache)
+        compare_simulated(prompts, answers, engines, sigmas, encoders, threads=args.llm_threads)
+        encoders.save()
+        return
     print(
         f"{len(prompts)} prompts ({task_counts(prompts)}), {len(TEMPERATURES_MILLI)} "
         f"temperatures x {len(SEEDS)} seeds, answers read from {args.answers.name} "

@@ -6,14 +6,14 @@ template filled with values), several seeds each, reduces every answer to the si
 nodes reveal, and recommends:
 
 - **secDistance**: the smallest (in steps of 50 bp) at which at least the target share
-  of pairs of honest answers to the same prompt lie within it. Pairs cross models and
-  seeds: a quorum may mix every accepted model. For an exact signal never above 0.35
+  of pairs of honest answers to the same request lie within it. Pairs cross models: a
+  quorum may mix every accepted model. For an exact signal never above 0.35
   (``oracle.consensus.signal.useful_sec_distance_bp``): beyond it different words would
   agree, so a target that needs more is reported as not reached.
-- **secPercentage**: at that distance, the share of the answers that the worst prompt's
-  largest cluster held, rounded down to 100 bp; never below a strict majority (5100),
-  since a smaller share lets a minority decide, and flagged when honest answers do not
-  reach a majority.
+- **secPercentage**: at that distance, the share of the answers that the worst
+  request's largest cluster held, rounded down to 100 bp; never below a strict majority
+  (5100), since a smaller share lets a minority decide, and flagged when honest answers
+  do not reach a majority.
 
 It shows what that threshold lets through: the share of pairs of answers to *different*
 example prompts that lie within it, and the closest such pair. Agreement is not truth:
@@ -23,10 +23,14 @@ a plausible wrong answer to the same prompt can lie as close as an honest one
 Honest nodes answer a request with its one seed and coupled sampling, so nodes on the
 same build give the same text, and nodes on other hardware part only where their logits
 tip a near tie (on SmolLM2's benchmark answers, 35-54 % of answers were the same text
-across machines; docs/consensus.md). One machine cannot show how far its answers would
-part on another, so the pairs here are of different seeds: each pair as far apart as
-two nodes that part at the first token. The recommendation is on the safe side; the
-benchmark's shared-seed curves show how much.
+across machines; docs/consensus.md). One machine stands in for several: each request
+(a prompt and a seed) is answered ``engines`` times, each time with independent Gaussian
+noise of ``logit_noise`` logits added to every logit (``LogitNoise``), and the honest
+pairs are those answers: one request on simulated machines that part where a near tie
+tips. ``DEFAULT_LOGIT_NOISE`` was chosen against answers of three real machines
+(docs/consensus.md, "oracle calibrate's simulated machines"). With
+``independent_seeds`` the pairs are of different seeds instead, each as far apart as two
+nodes that part at the first token: the worst case, as nodes drew before the shared seed.
 
 The calibration itself (``calibrate``) is pure; running the models is ``answer_prompts``.
 """
@@ -36,6 +40,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +64,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_ENGINES = 3
+"""Simulated machines answering each request."""
+DEFAULT_LOGIT_NOISE = 0.2
+"""The simulated machines' logit noise (standard deviation, in logits)."""
 MAJORITY_BP = BASIS_POINTS // 2 + 100
 """The smallest secPercentage recommended: a strict majority, in 100 bp steps."""
 CURVE_BP = tuple(range(1000, 5001, 500))
@@ -84,6 +93,8 @@ class CalibrationAnswer:
     seed: int
     text: str
     bits: bytes
+    engine: int = 0
+    """Which simulated machine answered (``LogitNoise``'s seed); 0: this one, no noise."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -92,7 +103,8 @@ class PromptFigures:
     honest_agreement: float
     """Share of this prompt's honest pairs within the recommended secDistance."""
     cluster_share: float
-    """Share of this prompt's answers in its largest cluster at that distance."""
+    """Share of the answers in the largest cluster at that distance, for this prompt's
+    worst request (all of its answers, with independent seeds)."""
     max_distance: float
 
 
@@ -116,6 +128,8 @@ class Calibration:
 
     target: float
     dim_bits: int
+    shared_seed: bool
+    """Honest pairs are one request's answers on simulated machines (else: different seeds)."""
     sec_distance_bp: int
     sec_percentage_bp: int
     honest_agreement: float
@@ -131,15 +145,35 @@ class Calibration:
 
 
 def calibrate(
-    answers: Sequence[CalibrationAnswer], *, target: float, max_sec_distance_bp: int = BASIS_POINTS
+    answers: Sequence[CalibrationAnswer],
+    *,
+    target: float,
+    max_sec_distance_bp: int = BASIS_POINTS,
+    shared_seed: bool = True,
 ) -> Calibration:
     """Recommend a frame for these answers (pure: no model is run here). The
     recommended secDistance is never above ``max_sec_distance_bp`` (an exact signal's
     useful range ends below the distance of two different words); where the target
-    needs more, the recommendation stops there and falls short of it."""
+    needs more, the recommendation stops there and falls short of it.
+
+    ``shared_seed``: a request is a prompt and a seed, and honest pairs are its answers
+    (other models, other simulated machines); else a request is a prompt, and its
+    answers of every seed pair up."""
     by_prompt = _by_prompt(answers)
     dim_bits = len(answers[0].bits) * 8
-    honest = {p: _pair_distances(group) for p, group in by_prompt.items()}
+    requests = {
+        prompt: _requests(group) if shared_seed else [group] for prompt, group in by_prompt.items()
+    }
+    small = [p for p, groups in requests.items() if any(len(g) < 2 for g in groups)]
+    if small:
+        raise CalibrationInputError(
+            reason=f"{len(small)} prompts have a request with fewer than two answers "
+            "(with the shared seed: more than one model or simulated machine)"
+        )
+    honest = {
+        prompt: [d for group in groups for d in _pair_distances(group)]
+        for prompt, groups in requests.items()
+    }
     all_honest = [d for distances in honest.values() for d in distances]
     sec_distance_bp = min(
         smallest_sec_distance(all_honest, dim_bits, target=target, step_bp=STEP_BP),
@@ -150,16 +184,20 @@ def calibrate(
         PromptFigures(
             prompt=prompt,
             honest_agreement=share_within(honest[prompt], sec_distance_bp, dim_bits),
-            cluster_share=cluster_share([a.bits for a in group], sec_distance_bp),
+            cluster_share=min(
+                cluster_share([a.bits for a in group], sec_distance_bp)
+                for group in requests[prompt]
+            ),
             max_distance=max(honest[prompt], default=0) / dim_bits,
         )
-        for prompt, group in by_prompt.items()
+        for prompt in by_prompt
     )
     worst_share = min(figures.cluster_share for figures in per_prompt)
     rounded = int(worst_share * BASIS_POINTS) // 100 * 100
     return Calibration(
         target=target,
         dim_bits=dim_bits,
+        shared_seed=shared_seed,
         sec_distance_bp=sec_distance_bp,
         sec_percentage_bp=max(rounded, MAJORITY_BP),
         honest_agreement=share_within(all_honest, sec_distance_bp, dim_bits),
@@ -187,10 +225,15 @@ def _by_prompt(answers: Sequence[CalibrationAnswer]) -> dict[str, list[Calibrati
     by_prompt: dict[str, list[CalibrationAnswer]] = {}
     for answer in answers:
         by_prompt.setdefault(answer.prompt, []).append(answer)
-    small = [p for p, group in by_prompt.items() if len(group) < 2]
-    if small:
-        raise CalibrationInputError(reason=f"{len(small)} prompts have fewer than two answers")
     return by_prompt
+
+
+def _requests(group: Sequence[CalibrationAnswer]) -> list[list[CalibrationAnswer]]:
+    """One prompt's answers by request: a seed, answered by every model and machine."""
+    by_seed: dict[int, list[CalibrationAnswer]] = {}
+    for answer in group:
+        by_seed.setdefault(answer.seed, []).append(answer)
+    return list(by_seed.values())
 
 
 def _pair_distances(group: Sequence[CalibrationAnswer]) -> list[int]:
@@ -237,40 +280,55 @@ def answer_prompts(
     seeds: Sequence[int],
     embedding_model: str,
     threads: int,
+    engines: int = 1,
+    logit_noise: float = 0.0,
 ) -> list[CalibrationAnswer]:
-    """Every prompt answered by every model once per seed, embedded as nodes embed it
+    """Every prompt answered by every model once per seed and simulated machine
+    (``engines`` of them, each with its own ``LogitNoise`` of ``logit_noise`` logits;
+    one and no noise: this machine as it is), embedded as nodes embed it
     (``embedding_model`` may name a registered signal: its model reads each answer as
     the signal does, bits against its centre)."""
     from oracle.consensus.signal import SIGNALS, digest_bits, load_centre
     from oracle.engine.embedder import Embedder
     from oracle.engine.llm import LlmRunner
+    from oracle.engine.sampling import LogitNoise
 
-    answered: list[tuple[str, str, int, str]] = []
+    if engines < 1 or (engines > 1 and not logit_noise > 0):
+        raise CalibrationInputError(
+            reason="simulated machines need logit noise above 0 (without it they answer alike)"
+        )
+    noises = [
+        LogitNoise(logit_noise, engine) if logit_noise else None for engine in range(1, engines + 1)
+    ]
+    answered: list[tuple[str, str, int, int, str]] = []
     for model in models:
         with LlmRunner.from_registry(model, n_threads=threads) as runner:
             for prompt in prompts:
                 for seed in seeds:
-                    generation = runner.generate(
-                        prompt=prompt,
-                        temperature_milli=temperature_milli,
-                        max_tokens=max_tokens,
-                        seed=seed,
-                    )
-                    answered.append((prompt, model, seed, generation.text))
+                    for noise in noises:
+                        generation = runner.generate(
+                            prompt=prompt,
+                            temperature_milli=temperature_milli,
+                            max_tokens=max_tokens,
+                            seed=seed,
+                            logit_noise=noise,
+                        )
+                        engine = 0 if noise is None else noise.seed
+                        answered.append((prompt, model, seed, engine, generation.text))
         logger.info("answered", extra={"model": model, "prompts": len(prompts)})
     signal = SIGNALS.get(embedding_model)
     if signal is None or signal.name == signal.model:
         embedder = Embedder(embedding_model, threads=threads)
-        bits = embedder.embed([text for _p, _m, _s, text in answered])
+        bits = embedder.embed([text for *_request, text in answered])
     else:
-        read = [signal.text(prompt, text) for prompt, _m, _s, text in answered]
+        read = [signal.text(prompt, text) for prompt, *_request, text in answered]
         if signal.exact:
             bits = [digest_bits(text, signal.dimensions) for text in read]
         else:
             bits = Embedder(signal.model, threads=threads).embed(read, load_centre(signal))
     return [
-        CalibrationAnswer(prompt=p, model=m, seed=s, text=t, bits=b)
-        for (p, m, s, t), b in zip(answered, bits, strict=True)
+        CalibrationAnswer(prompt=p, model=m, seed=s, engine=e, text=t, bits=b)
+        for (p, m, s, e, t), b in zip(answered, bits, strict=True)
     ]
 
 
@@ -348,11 +406,20 @@ def render(calibration: Calibration) -> list[str]:
             f"  closest answers to different prompts: {c.closest_other.distance:.3f} apart: "
             f"{_quote(c.closest_other.left)} / {_quote(c.closest_other.right)}"
         )
+    if c.shared_seed:
+        lines.append(
+            "honest pairs here are one request's answers (one seed) by other models or "
+            "simulated machines: nodes share the request's seed, and machines part where a "
+            "near tie tips (docs/consensus.md)"
+        )
+    else:
+        lines.append(
+            "honest pairs here are of different seeds: the worst case of two nodes on "
+            "different hardware (nodes share the request's seed; docs/consensus.md)"
+        )
     lines.append(
-        "honest pairs here are of different seeds: the worst case of two nodes on different "
-        "hardware (nodes share the request's seed; docs/consensus.md)"
+        "per prompt: honest pairs within | largest cluster (worst request) | farthest honest pair"
     )
-    lines.append("per prompt: honest pairs within | largest cluster | farthest honest pair")
     for figures in c.per_prompt:
         lines.append(
             f"  {_pct(figures.honest_agreement)} | {_pct(figures.cluster_share)} | "
@@ -378,6 +445,12 @@ def _quote(text: str, limit: int = 60) -> str:
 # --- the command ----------------------------------------------------------------------
 
 
+def _finite(value: float) -> float:
+    if not math.isfinite(value):  # click's range lets nan through
+        raise click.BadParameter(f"{value} is not a number of logits")
+    return value
+
+
 @click.command("calibrate")
 @click.option("--prompt", "prompts", multiple=True, help="An example prompt (repeatable).")
 @click.option(
@@ -395,7 +468,28 @@ def _quote(text: str, limit: int = 60) -> str:
 @click.option("--temperature", default=0.2, type=click.FloatRange(0.0, 2.0))
 @click.option("--max-tokens", default=32, type=click.IntRange(min=1))
 @click.option(
-    "--seeds", default=5, type=click.IntRange(min=2), help="Answers per prompt and model."
+    "--seeds",
+    default=4,
+    type=click.IntRange(min=1),
+    help="Requests per prompt (one seed each); with --independent-seeds, answers per prompt.",
+)
+@click.option(
+    "--engines",
+    default=DEFAULT_ENGINES,
+    type=click.IntRange(min=2),
+    help="Simulated machines answering each request, each with its own logit noise.",
+)
+@click.option(
+    "--logit-noise",
+    default=DEFAULT_LOGIT_NOISE,
+    type=click.FloatRange(min=0.0, min_open=True, max=10.0),
+    callback=lambda _ctx, _param, value: _finite(value),
+    help="The simulated machines' logit noise (standard deviation, in logits).",
+)
+@click.option(
+    "--independent-seeds",
+    is_flag=True,
+    help="Pair answers of different seeds instead (one machine, no noise): the worst case.",
 )
 @click.option(
     "--target", default=0.95, type=click.FloatRange(0.0, 1.0), help="Honest pairs that must agree."
@@ -412,6 +506,9 @@ def calibrate_command(
     temperature: float,
     max_tokens: int,
     seeds: int,
+    engines: int,
+    logit_noise: float,
+    independent_seeds: bool,
     target: float,
     embedding_model: str,
     threads: int,
@@ -429,16 +526,26 @@ def calibrate_command(
         seeds=range(1, seeds + 1),
         embedding_model=embedding_model,
         threads=threads,
+        engines=1 if independent_seeds else engines,
+        logit_noise=0.0 if independent_seeds else logit_noise,
     )
     calibration = calibrate(
-        answers, target=target, max_sec_distance_bp=useful_sec_distance_bp(embedding_model)
+        answers,
+        target=target,
+        max_sec_distance_bp=useful_sec_distance_bp(embedding_model),
+        shared_seed=not independent_seeds,
     )
     if as_json:
         click.echo(json.dumps(asdict(calibration), indent=2))
         return
+    machines = (
+        "one machine, independent seeds"
+        if independent_seeds
+        else f"{engines} simulated machines (logit noise {logit_noise})"
+    )
     click.echo(
-        f"{len(examples)} prompts x {len(models)} models x {seeds} seeds at temperature "
-        f"{temperature}, at most {max_tokens} tokens, {embedding_model} "
+        f"{len(examples)} prompts x {len(models)} models x {seeds} seeds x {machines} at "
+        f"temperature {temperature}, at most {max_tokens} tokens, {embedding_model} "
         f"({calibration.dim_bits} sign bits)"
     )
     for line in render(calibration):

@@ -43,7 +43,14 @@ from llama_cpp import Llama, LogitsProcessorList, StoppingCriteriaList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from oracle.engine.models import DEFAULT_LLMS, LlmRegistry, LlmSpec, lookup_llm
-from oracle.engine.sampling import MIN_P, TOP_K, TOP_P, candidate_margins, choose_token
+from oracle.engine.sampling import (
+    MIN_P,
+    TOP_K,
+    TOP_P,
+    LogitNoise,
+    candidate_margins,
+    choose_token,
+)
 from oracle.errors import OracleError, OutOfRange
 
 __all__ = [
@@ -289,13 +296,15 @@ class LlmRunner:
         max_tokens: int,
         seed: int,
         stop_at: datetime | None = None,
+        logit_noise: LogitNoise | None = None,
     ) -> Generation:
         """Answer a prompt; the same arguments give the same text.
 
         temperature_milli is in thousandths (700 = 0.7; 0 = greedy). At most max_tokens
         tokens are generated. Raises PromptTooLong before any work when it cannot fit,
         and GenerationPastDeadline when ``stop_at`` (timezone-aware) passes before the
-        answer is complete.
+        answer is complete. ``logit_noise`` simulates another machine's arithmetic
+        (``oracle calibrate``; nodes never pass it).
         """
         if temperature_milli < 0:
             raise InvalidGenerationRequest(
@@ -324,7 +333,9 @@ class LlmRunner:
             "stream": False,
             "stop": stop_texts,
             "stopping_criteria": StoppingCriteriaList(stops),
-            "logits_processor": LogitsProcessorList([CoupledChoice(seed, temperature_milli)]),
+            "logits_processor": LogitsProcessorList(
+                [CoupledChoice(seed, temperature_milli, logit_noise)]
+            ),
         }
         with self._lock:
             # Never reuse the previous request's KV cache (llama_cpp leaves reset untyped).
@@ -561,11 +572,13 @@ class CoupledChoice:
     """A logits processor for llama-cpp-python that leaves its sampler one token: the
     one coupled sampling (:mod:`oracle.engine.sampling`) chooses for this step, so the
     sampler's own chain has a single candidate whatever its draw. One per generation:
-    its first call is step 0."""
+    its first call is step 0. With ``noise``, the choice is made on the logits with
+    that step's simulated noise added (``LogitNoise``)."""
 
-    def __init__(self, seed: int, temperature_milli: int) -> None:
+    def __init__(self, seed: int, temperature_milli: int, noise: LogitNoise | None = None) -> None:
         self._seed = seed
         self._temperature_milli = temperature_milli
+        self._noise = noise
         self._prompt_tokens: int | None = None
 
     def __call__(
@@ -573,10 +586,11 @@ class CoupledChoice:
     ) -> npt.NDArray[np.single]:
         if self._prompt_tokens is None:
             self._prompt_tokens = len(input_ids)
+        step = len(input_ids) - self._prompt_tokens
         token = choose_token(
-            logits,
+            logits if self._noise is None else self._noise.applied(logits, step),
             seed=self._seed,
-            step=len(input_ids) - self._prompt_tokens,
+            step=step,
             temperature_milli=self._temperature_milli,
         )
         only = np.full_like(logits, -np.inf)

@@ -40,6 +40,7 @@ llama-cpp-python's completion sampler applies with the settings nodes pin.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +50,7 @@ __all__ = [
     "SEED_DOMAIN",
     "TOP_K",
     "TOP_P",
+    "LogitNoise",
     "candidate_margins",
     "choice_margins",
     "choose_among",
@@ -71,6 +73,29 @@ _PAIRWISE_BLOCK = 128
 _MASK = 2**64 - 1
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+@dataclass(frozen=True, slots=True)
+class LogitNoise:
+    """Another machine's arithmetic, simulated on this one: independent Gaussian noise of
+    standard deviation ``sigma`` (in logits) added to every logit before the choice,
+    drawn from (``seed``, step) alone. Two runs of one request with different noise seeds
+    part where a near tie tips, as two nodes on different hardware do. For ``oracle
+    calibrate`` only: a node never adds it."""
+
+    sigma: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not (self.sigma >= 0 and np.isfinite(self.sigma)):
+            raise ValueError(f"logit noise must be finite and >= 0, not {self.sigma}")
+        if self.seed < 0:
+            raise ValueError(f"a noise seed is >= 0, not {self.seed}")
+
+    def applied(self, logits: npt.NDArray[np.floating], step: int) -> npt.NDArray[np.floating]:
+        """``logits`` with this step's noise added (a new array)."""
+        noise = np.random.default_rng((self.seed, step)).normal(0.0, self.sigma, logits.shape)
+        return (logits + noise).astype(logits.dtype, copy=False)
 
 
 def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:

@@ -24,6 +24,7 @@ def test_calibrate_recommends_a_frame_from_the_models_answers() -> None:
     calibration = json.loads(result.stdout)
 
     assert calibration["dim_bits"] == 384
+    assert calibration["shared_seed"] is True  # one request's answers on simulated machines
     assert [figures["prompt"] for figures in calibration["per_prompt"]] == list(PROMPTS)
     assert calibration["honest_agreement"] >= TARGET
     distance = calibration["sec_distance_bp"]
@@ -61,6 +62,33 @@ def test_calibrate_prints_the_recommendation() -> None:
     assert "recommended secDistance" in result.output
     assert "lets through:" in result.output
     assert "<- recommended" in result.output
+    assert "3 simulated machines (logit noise 0.2)" in result.output
+    assert "one request's answers (one seed)" in result.output
+
+
+def test_calibrate_pairs_different_seeds_when_asked() -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            *("calibrate", "--prompt", PROMPTS[0], "--seeds", "2", "--max-tokens", "8"),
+            "--independent-seeds",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "one machine, independent seeds" in result.output
+    assert "honest pairs here are of different seeds" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--logit-noise", "0"), ("--logit-noise", "nan"), ("--engines", "1")]
+)
+def test_calibrate_refuses_machines_that_cannot_part(option: str, value: str) -> None:
+    """Without noise, or with one machine, a request's answers could not part: the
+    figures would claim agreement that nothing measured."""
+    result = CliRunner().invoke(main, ["calibrate", "--prompt", PROMPTS[0], option, value])
+    assert result.exit_code == 2
+    assert option in result.output
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from oracle.engine.models import (
     registry_with,
     resolve_llm,
 )
+from oracle.engine.sampling import LogitNoise
 from oracle.errors import OracleError
 
 pytestmark = pytest.mark.slow
@@ -79,6 +80,24 @@ def test_different_seeds_give_different_texts(smollm: LlmRunner) -> None:
         for seed in (1, 2, 3, 4)
     }
     assert len(texts) > 1
+
+
+def test_simulated_logit_noise_is_reproducible_and_parts_some_answers(smollm: LlmRunner) -> None:
+    """``oracle calibrate``'s stand-in for another machine: the same noise gives the same
+    text, no noise is the node's own answer, and another noise seed parts some answers
+    (how often is the benchmark's to measure, docs/consensus.md)."""
+
+    def answer(seed: int, noise: LogitNoise | None) -> str:
+        return smollm.generate(
+            prompt=POEM, temperature_milli=700, max_tokens=40, seed=seed, logit_noise=noise
+        ).text
+
+    plain = [answer(seed, None) for seed in (1, 2, 3, 4)]
+    assert [answer(seed, LogitNoise(0.0, 5)) for seed in (1, 2, 3, 4)] == plain
+    noisy = [answer(seed, LogitNoise(0.3, 5)) for seed in (1, 2, 3, 4)]
+    assert [answer(seed, LogitNoise(0.3, 5)) for seed in (1, 2, 3, 4)] == noisy
+    elsewhere = [answer(seed, LogitNoise(0.3, 6)) for seed in (1, 2, 3, 4)]
+    assert noisy != elsewhere
 
 
 def test_max_tokens_is_honoured_exactly(smollm: LlmRunner) -> None:

@@ -23,10 +23,13 @@ def bits_with(ones: int, *, offset: int = 0) -> bytes:
     return value.to_bytes(DIM_BYTES, "big")
 
 
-def answers(prompt: str, bit_values: list[bytes]) -> list[CalibrationAnswer]:
+def answers(prompt: str, bit_values: list[bytes], *, seed: int = 1) -> list[CalibrationAnswer]:
+    """One request (a prompt and a seed) answered on simulated machines 1, 2, ..."""
     return [
-        CalibrationAnswer(prompt=prompt, model="m", seed=i, text=f"{prompt} #{i}", bits=b)
-        for i, b in enumerate(bit_values)
+        CalibrationAnswer(
+            prompt=prompt, model="m", seed=seed, engine=i, text=f"{prompt} #{seed}.{i}", bits=b
+        )
+        for i, b in enumerate(bit_values, start=1)
     ]
 
 
@@ -77,8 +80,9 @@ def test_an_exact_signal_is_never_recommended_a_distance_that_merges_other_words
     ]
     limit = useful_sec_distance_bp(FIRST_WORD_EXACT)
     assert limit == EXACT_SEC_DISTANCE_BP == 3500
-    assert calibrate(flipping, target=0.95).sec_distance_bp > 4000  # uncapped: merges words
-    capped = calibrate(flipping, target=0.95, max_sec_distance_bp=limit)
+    uncapped = calibrate(flipping, target=0.95, shared_seed=False)
+    assert uncapped.sec_distance_bp > 4000  # merges words
+    capped = calibrate(flipping, target=0.95, max_sec_distance_bp=limit, shared_seed=False)
     assert capped.sec_distance_bp == limit
     assert capped.honest_agreement == pytest.approx(4 / 10)  # the pairs of equal words
     assert any("target is not reached" in line for line in render(capped))
@@ -106,11 +110,44 @@ def test_one_prompt_cannot_say_what_gets_through() -> None:
     assert calibration.closest_other is None
 
 
+def test_honest_pairs_are_one_requests_answers_under_the_shared_seed() -> None:
+    """Two requests of one prompt: each request's machines agree, the two seeds' answers
+    differ (another sample). Under the shared seed only the first counts; with
+    independent seeds every pair does."""
+    two_requests = answers("A", [bits_with(0)] * 3, seed=1) + answers(
+        "A", [bits_with(12, offset=4)] * 2 + [bits_with(11, offset=4)], seed=2
+    )
+    shared = calibrate(two_requests, target=1.0)
+    assert shared.shared_seed
+    assert shared.sec_distance_bp == 350  # 1 of 32 bits: the closest seed-2 pair's 0.03125
+    assert shared.per_prompt[0].cluster_share == 1.0
+    independent = calibrate(two_requests, target=1.0, shared_seed=False)
+    assert not independent.shared_seed
+    assert independent.sec_distance_bp == 3750  # 12 of 32 bits: across the two seeds
+    assert any("of different seeds" in line for line in render(independent))
+    assert any("one request's answers" in line for line in render(shared))
+
+
+def test_sec_percentage_is_the_worst_requests_cluster_share() -> None:
+    agreeing = answers("A", [bits_with(0)] * 4, seed=1)
+    split = answers("A", [bits_with(0)] * 2 + [bits_with(16)] * 2, seed=2)
+    calibration = calibrate(agreeing + split, target=0.3)
+    assert calibration.sec_distance_bp == 0
+    assert calibration.per_prompt[0].cluster_share == 0.5
+    assert calibration.sec_percentage_bp == MAJORITY_BP
+    assert not calibration.honest_majority
+
+
 def test_refuses_unusable_answers() -> None:
     with pytest.raises(CalibrationInputError):
         calibrate([], target=0.95)
     with pytest.raises(CalibrationInputError):
         calibrate(answers("A", [bits_with(1)]), target=0.95)
+    # under the shared seed a request answered once has no honest pair
+    lone = answers("A", [bits_with(1), bits_with(2)]) + answers("A", [bits_with(3)], seed=2)
+    with pytest.raises(CalibrationInputError, match="request with fewer than two answers"):
+        calibrate(lone, target=0.95)
+    assert calibrate(lone, target=0.95, shared_seed=False).sec_distance_bp > 0
 
 
 def test_prompts_from_a_template(tmp_path) -> None:  # type: ignore[no-untyped-def]

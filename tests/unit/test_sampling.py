@@ -11,6 +11,7 @@ from oracle.engine.sampling import (
     MIN_P,
     SEED_DOMAIN,
     TOP_K,
+    LogitNoise,
     _numpy_sum,  # the one-row path's sum, against numpy's
     candidate_margins,
     choice_margins,
@@ -340,3 +341,44 @@ def test_a_token_just_past_the_top_k_is_as_far_as_its_logit_lies_below_the_last(
     assert 0.25 - 1e-6 <= wide < math.inf
     picks = candidates[0][margins[0] == 0.0].tolist()
     assert picks == candidates[0][:TOP_K][margins[0][:TOP_K] == 0.0].tolist()  # width adds none
+
+
+# --- simulated noise (oracle calibrate) ---------------------------------------------------
+
+
+def test_logit_noise_is_a_function_of_its_seed_and_step() -> None:
+    logits = np.linspace(-3.0, 3.0, 1000, dtype=np.float32)
+    noise = LogitNoise(0.1, 7)
+
+    first = noise.applied(logits, 3)
+    assert first.dtype == logits.dtype
+    assert np.array_equal(first, LogitNoise(0.1, 7).applied(logits, 3))
+    assert not np.array_equal(first, noise.applied(logits, 4))
+    assert not np.array_equal(first, LogitNoise(0.1, 8).applied(logits, 3))
+    assert np.array_equal(logits, np.linspace(-3.0, 3.0, 1000, dtype=np.float32))
+    assert float(np.std(first - logits)) == pytest.approx(0.1, rel=0.1)
+    assert np.array_equal(LogitNoise(0.0, 7).applied(logits, 3), logits)
+
+
+@pytest.mark.parametrize(("sigma", "seed"), [(-0.1, 1), (math.nan, 1), (math.inf, 1), (0.1, -1)])
+def test_logit_noise_refuses_what_is_not_a_deviation_or_a_seed(sigma: float, seed: int) -> None:
+    with pytest.raises(ValueError, match="noise"):
+        LogitNoise(sigma, seed)
+
+
+def test_noise_parts_choices_only_near_a_tie() -> None:
+    """Two simulated machines (two noise seeds) choose alike where one candidate leads
+    clearly and part, some of the time, where two nearly tie."""
+    clear = np.array([5.0, 1.0, 0.0, -1.0], dtype=np.float32)
+    tied = np.array([1.0, 0.999, -2.0, -3.0], dtype=np.float32)
+
+    def choices(logits: np.ndarray, noise_seed: int) -> list[int]:
+        noise = LogitNoise(0.05, noise_seed)
+        return [
+            choose_token(noise.applied(logits, step), seed=3, step=step, temperature_milli=200)
+            for step in range(300)
+        ]
+
+    assert choices(clear, 1) == choices(clear, 2)
+    parted = sum(a != b for a, b in zip(choices(tied, 1), choices(tied, 2), strict=True))
+    assert 0 < parted < 150
