@@ -379,8 +379,9 @@ def render(calibration: Calibration) -> list[str]:
         "",
         f"recommended secDistance {c.sec_distance_bp} bp ({c.sec_distance_bp / BASIS_POINTS:.3f}): "
         f"{_pct(c.honest_agreement)} of honest pairs agree (target {_pct(c.target)})",
-        f"recommended secPercentage {c.sec_percentage_bp} bp: the least share of one prompt's "
-        "answers in one cluster at that distance, at least a strict majority",
+        f"recommended secPercentage {c.sec_percentage_bp} bp: the least share of "
+        f"{'one request' if c.shared_seed else 'one prompt'}'s answers in one cluster at that "
+        "distance, at least a strict majority",
     ]
     if c.honest_agreement < c.target:
         lines.append(
@@ -515,26 +516,31 @@ def calibrate_command(
     as_json: bool,
 ) -> None:
     """Recommend secDistance and secPercentage from the models' own answers to example prompts."""
-    examples = load_prompts(
-        prompts=prompts, prompts_file=prompts_file, template=template, values_file=values_file
-    )
-    answers = answer_prompts(
-        examples,
-        models=models,
-        temperature_milli=round(temperature * 1000),
-        max_tokens=max_tokens,
-        seeds=range(1, seeds + 1),
-        embedding_model=embedding_model,
-        threads=threads,
-        engines=1 if independent_seeds else engines,
-        logit_noise=0.0 if independent_seeds else logit_noise,
-    )
-    calibration = calibrate(
-        answers,
-        target=target,
-        max_sec_distance_bp=useful_sec_distance_bp(embedding_model),
-        shared_seed=not independent_seeds,
-    )
+    if independent_seeds and seeds < 2:
+        raise click.BadParameter("at least 2 with --independent-seeds", param_hint="--seeds")
+    try:
+        examples = load_prompts(
+            prompts=prompts, prompts_file=prompts_file, template=template, values_file=values_file
+        )
+        answers = answer_prompts(
+            examples,
+            models=models,
+            temperature_milli=round(temperature * 1000),
+            max_tokens=max_tokens,
+            seeds=range(1, seeds + 1),
+            embedding_model=embedding_model,
+            threads=threads,
+            engines=1 if independent_seeds else engines,
+            logit_noise=0.0 if independent_seeds else logit_noise,
+        )
+        calibration = calibrate(
+            answers,
+            target=target,
+            max_sec_distance_bp=useful_sec_distance_bp(embedding_model),
+            shared_seed=not independent_seeds,
+        )
+    except OracleError as exc:  # unusable input, an unknown or missing model: one line
+        raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(asdict(calibration), indent=2))
         return

@@ -80,13 +80,31 @@ def test_calibrate_pairs_different_seeds_when_asked() -> None:
     assert "honest pairs here are of different seeds" in result.output
 
 
+def test_calibrate_says_what_is_wrong_with_its_input_in_one_line() -> None:
+    no_prompts = CliRunner().invoke(main, ["calibrate"])
+    assert no_prompts.exit_code == 1
+    assert "no prompts: give --prompt" in no_prompts.output
+    assert "Traceback" not in no_prompts.output
+    unknown = CliRunner().invoke(main, ["calibrate", "--prompt", "Hi", "--model", "gpt-17"])
+    assert unknown.exit_code == 1
+    assert "gpt-17" in unknown.output
+    assert "Traceback" not in unknown.output
+
+
 @pytest.mark.parametrize(
-    ("option", "value"), [("--logit-noise", "0"), ("--logit-noise", "nan"), ("--engines", "1")]
+    ("option", "value"),
+    [
+        ("--logit-noise", "0"),
+        ("--logit-noise", "nan"),
+        ("--engines", "1"),
+        ("--seeds", "1 --independent-seeds"),
+    ],
 )
 def test_calibrate_refuses_machines_that_cannot_part(option: str, value: str) -> None:
     """Without noise, or with one machine, a request's answers could not part: the
     figures would claim agreement that nothing measured."""
-    result = CliRunner().invoke(main, ["calibrate", "--prompt", PROMPTS[0], option, value])
+    arguments = ["calibrate", "--prompt", PROMPTS[0], option, *value.split()]
+    result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 2
     assert option in result.output
 
