@@ -41,7 +41,7 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,13 +53,17 @@ from oracle.consensus.signal import useful_sec_distance_bp
 from oracle.errors import OracleError
 
 __all__ = [
+    "Answered",
     "Calibration",
     "CalibrationAnswer",
     "CalibrationInputError",
     "answer_prompts",
     "calibrate",
     "calibrate_command",
+    "embed_answers",
+    "generate_answers",
     "render",
+    "render_comparison",
 ]
 
 logger = logging.getLogger(__name__)
@@ -288,8 +292,42 @@ def answer_prompts(
     one and no noise: this machine as it is), embedded as nodes embed it
     (``embedding_model`` may name a registered signal: its model reads each answer as
     the signal does, bits against its centre)."""
-    from oracle.consensus.signal import SIGNALS, digest_bits, load_centre
-    from oracle.engine.embedder import Embedder
+    answered = generate_answers(
+        prompts,
+        models=models,
+        temperature_milli=temperature_milli,
+        max_tokens=max_tokens,
+        seeds=seeds,
+        threads=threads,
+        engines=engines,
+        logit_noise=logit_noise,
+    )
+    return embed_answers(answered, embedding_model=embedding_model, threads=threads)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Answered:
+    """One generation: the request (prompt, seed), who answered it, and the text."""
+
+    prompt: str
+    model: str
+    seed: int
+    engine: int
+    text: str
+
+
+def generate_answers(
+    prompts: Sequence[str],
+    *,
+    models: Sequence[str],
+    temperature_milli: int,
+    max_tokens: int,
+    seeds: Sequence[int],
+    threads: int,
+    engines: int = 1,
+    logit_noise: float = 0.0,
+) -> list[Answered]:
+    """The models' answers, not yet embedded (``answer_prompts``)."""
     from oracle.engine.llm import LlmRunner
     from oracle.engine.sampling import LogitNoise
 
@@ -300,7 +338,7 @@ def answer_prompts(
     noises = [
         LogitNoise(logit_noise, engine) if logit_noise else None for engine in range(1, engines + 1)
     ]
-    answered: list[tuple[str, str, int, int, str]] = []
+    answered: list[Answered] = []
     for model in models:
         with LlmRunner.from_registry(model, n_threads=threads) as runner:
             for prompt in prompts:
@@ -313,22 +351,41 @@ def answer_prompts(
                             seed=seed,
                             logit_noise=noise,
                         )
-                        engine = 0 if noise is None else noise.seed
-                        answered.append((prompt, model, seed, engine, generation.text))
+                        answered.append(
+                            Answered(
+                                prompt=prompt,
+                                model=model,
+                                seed=seed,
+                                engine=0 if noise is None else noise.seed,
+                                text=generation.text,
+                            )
+                        )
         logger.info("answered", extra={"model": model, "prompts": len(prompts)})
+    return answered
+
+
+def embed_answers(
+    answered: Sequence[Answered], *, embedding_model: str, threads: int
+) -> list[CalibrationAnswer]:
+    """The answers as nodes reveal them for ``embedding_model`` (``answer_prompts``)."""
+    from oracle.consensus.signal import SIGNALS, digest_bits, load_centre
+    from oracle.engine.embedder import Embedder
+
     signal = SIGNALS.get(embedding_model)
     if signal is None or signal.name == signal.model:
         embedder = Embedder(embedding_model, threads=threads)
-        bits = embedder.embed([text for *_request, text in answered])
+        bits = embedder.embed([a.text for a in answered])
     else:
-        read = [signal.text(prompt, text) for prompt, *_request, text in answered]
+        read = [signal.text(a.prompt, a.text) for a in answered]
         if signal.exact:
             bits = [digest_bits(text, signal.dimensions) for text in read]
         else:
             bits = Embedder(signal.model, threads=threads).embed(read, load_centre(signal))
     return [
-        CalibrationAnswer(prompt=p, model=m, seed=s, engine=e, text=t, bits=b)
-        for (p, m, s, e, t), b in zip(answered, bits, strict=True)
+        CalibrationAnswer(
+            prompt=a.prompt, model=a.model, seed=a.seed, engine=a.engine, text=a.text, bits=b
+        )
+        for a, b in zip(answered, bits, strict=True)
     ]
 
 
@@ -433,6 +490,24 @@ def render(calibration: Calibration) -> list[str]:
     return lines
 
 
+def render_comparison(calibrations: Mapping[str, Calibration]) -> list[str]:
+    """The signals side by side on the same answers, each at its recommendation."""
+    lines = [
+        "signals compared on the same answers, each at its recommended secDistance:",
+        "| signal | secDistance | honest pairs within | other-prompt pairs within "
+        "| secPercentage |",
+        "|---|---|---|---|---|",
+    ]
+    for signal, c in calibrations.items():
+        short = " (target not reached)" if c.honest_agreement < c.target else ""
+        lines.append(
+            f"| {signal} | {c.sec_distance_bp / BASIS_POINTS:.3f} | "
+            f"{_pct(c.honest_agreement)}{short} | {_pct(c.other_prompt_acceptance)} | "
+            f"{c.sec_percentage_bp} |"
+        )
+    return lines
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f} %"
 
@@ -495,7 +570,13 @@ def _finite(value: float) -> float:
 @click.option(
     "--target", default=0.95, type=click.FloatRange(0.0, 1.0), help="Honest pairs that must agree."
 )
-@click.option("--embedding-model", default="all-MiniLM-L6-v2")
+@click.option(
+    "--embedding-model",
+    "embedding_models",
+    multiple=True,
+    default=("all-MiniLM-L6-v2",),
+    help="The signal to calibrate (repeatable: the same answers read by each, compared).",
+)
 @click.option("--threads", default=2, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
 def calibrate_command(
@@ -511,48 +592,57 @@ def calibrate_command(
     logit_noise: float,
     independent_seeds: bool,
     target: float,
-    embedding_model: str,
+    embedding_models: tuple[str, ...],
     threads: int,
     as_json: bool,
 ) -> None:
     """Recommend secDistance and secPercentage from the models' own answers to example prompts."""
     if independent_seeds and seeds < 2:
         raise click.BadParameter("at least 2 with --independent-seeds", param_hint="--seeds")
+    signals = list(dict.fromkeys(embedding_models))
     try:
         examples = load_prompts(
             prompts=prompts, prompts_file=prompts_file, template=template, values_file=values_file
         )
-        answers = answer_prompts(
+        answered = generate_answers(
             examples,
             models=models,
             temperature_milli=round(temperature * 1000),
             max_tokens=max_tokens,
             seeds=range(1, seeds + 1),
-            embedding_model=embedding_model,
             threads=threads,
             engines=1 if independent_seeds else engines,
             logit_noise=0.0 if independent_seeds else logit_noise,
         )
-        calibration = calibrate(
-            answers,
-            target=target,
-            max_sec_distance_bp=useful_sec_distance_bp(embedding_model),
-            shared_seed=not independent_seeds,
-        )
+        calibrations = {
+            signal: calibrate(
+                embed_answers(answered, embedding_model=signal, threads=threads),
+                target=target,
+                max_sec_distance_bp=useful_sec_distance_bp(signal),
+                shared_seed=not independent_seeds,
+            )
+            for signal in signals
+        }
     except OracleError as exc:  # unusable input, an unknown or missing model: one line
         raise click.ClickException(str(exc)) from exc
     if as_json:
-        click.echo(json.dumps(asdict(calibration), indent=2))
+        found = [{"embedding_model": s, **asdict(c)} for s, c in calibrations.items()]
+        click.echo(json.dumps(found[0] if len(found) == 1 else found, indent=2))
         return
     machines = (
         "one machine, independent seeds"
         if independent_seeds
         else f"{engines} simulated machines (logit noise {logit_noise})"
     )
-    click.echo(
-        f"{len(examples)} prompts x {len(models)} models x {seeds} seeds x {machines} at "
-        f"temperature {temperature}, at most {max_tokens} tokens, {embedding_model} "
-        f"({calibration.dim_bits} sign bits)"
-    )
-    for line in render(calibration):
-        click.echo(line)
+    for signal, calibration in calibrations.items():
+        click.echo(
+            f"{len(examples)} prompts x {len(models)} models x {seeds} seeds x {machines} at "
+            f"temperature {temperature}, at most {max_tokens} tokens, {signal} "
+            f"({calibration.dim_bits} sign bits)"
+        )
+        for line in render(calibration):
+            click.echo(line)
+        click.echo("")
+    if len(calibrations) > 1:
+        for line in render_comparison(calibrations):
+            click.echo(line)

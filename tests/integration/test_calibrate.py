@@ -66,6 +66,30 @@ def test_calibrate_prints_the_recommendation() -> None:
     assert "one request's answers (one seed)" in result.output
 
 
+def test_calibrate_compares_signals_on_the_same_answers() -> None:
+    """Two signals read one set of answers: each gets its own recommendation, and the
+    text ends with them side by side."""
+    arguments = [
+        *("calibrate", "--prompt", "Is 17 a prime number? Answer yes or no.", "--prompt"),
+        *("Is the sun a star? Answer yes or no.", "--seeds", "2", "--max-tokens", "8"),
+        *("--embedding-model", "all-MiniLM-L6-v2"),
+        *("--embedding-model", "first-word-exact/shake256"),
+    ]
+    found = CliRunner().invoke(main, [*arguments, "--json"], catch_exceptions=False)
+    assert found.exit_code == 0, found.output
+    both = json.loads(found.stdout)
+    assert [c["embedding_model"] for c in both] == [
+        "all-MiniLM-L6-v2",
+        "first-word-exact/shake256",
+    ]
+    assert all(c["dim_bits"] == 384 for c in both)
+    assert both[1]["sec_distance_bp"] <= 3500  # an exact signal never merges other words
+    text = CliRunner().invoke(main, arguments, catch_exceptions=False)
+    assert text.exit_code == 0, text.output
+    assert "signals compared on the same answers" in text.output
+    assert "| first-word-exact/shake256 | " in text.output
+
+
 def test_calibrate_pairs_different_seeds_when_asked() -> None:
     result = CliRunner().invoke(
         main,

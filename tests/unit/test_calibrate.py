@@ -11,6 +11,7 @@ from oracle.calibrate import (
     calibrate,
     load_prompts,
     render,
+    render_comparison,
 )
 from oracle.consensus import hamming
 
@@ -161,3 +162,18 @@ def test_prompts_from_a_template(tmp_path) -> None:  # type: ignore[no-untyped-d
         load_prompts(prompts=[], prompts_file=None, template="no slot", values_file=values)
     with pytest.raises(CalibrationInputError):
         load_prompts(prompts=[], prompts_file=None, template=None, values_file=None)
+
+
+def test_signals_side_by_side_say_which_falls_short() -> None:
+    near = answers("A", [bits_with(0), bits_with(1)]) + answers("B", [bits_with(8, offset=24)] * 2)
+    apart = answers("A", [bits_with(0), bits_with(16)]) + answers("B", [bits_with(0)] * 2)
+    lines = render_comparison(
+        {
+            "close": calibrate(near, target=0.95),
+            "capped": calibrate(apart, target=0.95, max_sec_distance_bp=3500),
+        }
+    )
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ")}
+    assert rows["close"] == "| close | 0.035 | 100 % | 0 % | 10000 |"
+    assert "(target not reached)" in rows["capped"]
+    assert rows["capped"] == "| capped | 0.350 | 50 % (target not reached) | 50 % | 5100 |"
