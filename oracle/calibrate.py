@@ -16,7 +16,9 @@ nodes reveal, and recommends:
   do not reach a majority.
 
 It shows what that threshold lets through: the share of pairs of answers to *different*
-example prompts that lie within it, and the closest such pair. Agreement is not truth:
+example prompts that lie within it, of the pairs whose texts differ (a "No." to another
+question is the same text as this one's, within any threshold, and says nothing else),
+the share that are the same text, and the closest pair that differs. Agreement is not truth:
 a plausible wrong answer to the same prompt can lie as close as an honest one
 (docs/consensus.md); this command cannot see that.
 
@@ -49,7 +51,7 @@ import click
 
 from oracle.consensus import BASIS_POINTS, hamming
 from oracle.consensus.quality import cluster_share, share_within, smallest_sec_distance
-from oracle.consensus.signal import useful_sec_distance_bp
+from oracle.consensus.signal import normalise_answer, useful_sec_distance_bp
 from oracle.errors import OracleError
 
 __all__ = [
@@ -141,8 +143,11 @@ class Calibration:
     honest_majority: bool
     """Whether every prompt's answers reached a strict majority in one cluster."""
     other_prompt_acceptance: float | None
-    """Share of pairs of answers to different prompts within sec_distance_bp; None with
-    a single prompt."""
+    """Share of pairs of answers to different prompts within sec_distance_bp, of the
+    pairs whose texts differ; None with a single prompt (or no such pair)."""
+    other_same_text: float | None
+    """Share of the pairs of answers to different prompts that are the same text
+    (normalised): within any secDistance, and not an answer that says something else."""
     closest_other: ClosestOther | None
     per_prompt: tuple[PromptFigures, ...]
     curve: tuple[CurvePoint, ...]
@@ -183,7 +188,12 @@ def calibrate(
         smallest_sec_distance(all_honest, dim_bits, target=target, step_bp=STEP_BP),
         max_sec_distance_bp,
     )
-    others = _other_pairs(by_prompt)
+    every_other = _other_pairs(by_prompt)
+    others = [
+        pair
+        for pair in every_other
+        if normalise_answer(pair[1].text) != normalise_answer(pair[2].text)
+    ]
     per_prompt = tuple(
         PromptFigures(
             prompt=prompt,
@@ -207,6 +217,7 @@ def calibrate(
         honest_agreement=share_within(all_honest, sec_distance_bp, dim_bits),
         honest_majority=worst_share * BASIS_POINTS >= MAJORITY_BP,
         other_prompt_acceptance=_acceptance(others, sec_distance_bp, dim_bits),
+        other_same_text=(1 - len(others) / len(every_other) if every_other else None),
         closest_other=_closest(others, dim_bits),
         per_prompt=per_prompt,
         curve=tuple(
@@ -452,12 +463,16 @@ def render(calibration: Calibration) -> list[str]:
             "  warning: some prompt's honest answers do not reach a majority in one cluster at "
             "this distance; such requests will often fail (lower the temperature or maxTokens)"
         )
-    if c.other_prompt_acceptance is None:
+    if c.other_same_text is None:
         lines.append("lets through: unknown with one prompt (give several to see it)")
+    elif c.other_prompt_acceptance is None:
+        lines.append("lets through: unknown: every answer to another prompt is the same text")
     else:
         lines.append(
             f"lets through: {_pct(c.other_prompt_acceptance)} of pairs of answers to different "
-            "prompts lie within it (an answer not computed for the request)"
+            "prompts lie within it (an answer not computed for the request), of the pairs "
+            f"whose texts differ; {_pct(c.other_same_text)} of the pairs are the same text, "
+            "which no signal can tell apart"
         )
     if c.closest_other is not None:
         lines.append(

@@ -177,3 +177,30 @@ def test_signals_side_by_side_say_which_falls_short() -> None:
     assert rows["close"] == "| close | 0.035 | 100 % | 0 % | 10000 |"
     assert "(target not reached)" in rows["capped"]
     assert rows["capped"] == "| capped | 0.350 | 50 % (target not reached) | 50 % | 5100 |"
+
+
+def test_answers_to_other_prompts_with_the_same_text_are_counted_apart() -> None:
+    """ "No." to another question is the same bits as "No." to this one: no signal can
+    refuse it, so what the threshold lets through counts the pairs whose texts differ,
+    and the same-text share is reported beside it."""
+
+    def said(prompt: str, texts: list[str], bits: list[bytes]) -> list[CalibrationAnswer]:
+        return [
+            CalibrationAnswer(prompt=prompt, model="m", seed=1, engine=i, text=t, bits=b)
+            for i, (t, b) in enumerate(zip(texts, bits, strict=True), start=1)
+        ]
+
+    no = bits_with(0)
+    reason = bits_with(6)
+    calibration = calibrate(
+        said("Is 9 prime?", ["No.", "no"], [no, no])
+        + said("Is 21 prime?", ["No.", "No, 21 = 3 x 7."], [no, reason]),
+        target=0.5,
+    )
+    assert calibration.sec_distance_bp == 0
+    # 4 pairs across the prompts: 2 the same text ("No." / "no" normalised), 2 that differ
+    assert calibration.other_same_text == pytest.approx(0.5)
+    assert calibration.other_prompt_acceptance == 0.0  # "No." against the reason: 6 bits
+    assert calibration.closest_other is not None
+    assert calibration.closest_other.distance == 6 / 32
+    assert any("50 % of the pairs are the same text" in line for line in render(calibration))
