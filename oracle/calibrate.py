@@ -34,7 +34,8 @@ tips. ``DEFAULT_LOGIT_NOISE`` was chosen against answers of three real machines
 ``independent_seeds`` the pairs are of different seeds instead, each as far apart as two
 nodes that part at the first token: the worst case, as nodes drew before the shared seed.
 
-The calibration itself (``calibrate``) is pure; running the models is ``answer_prompts``.
+The calibration itself (``calibrate``) is pure; running the models is ``generate_answers``
+and reading the answers as a signal does is ``embed_answers`` (``answer_prompts``: both).
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENGINES = 3
 """Simulated machines answering each request."""
 DEFAULT_LOGIT_NOISE = 0.2
-"""The simulated machines' logit noise (standard deviation, in logits)."""
+"""The simulated machines' logit noise (standard deviation, in logits): the level whose
+pairs were as often the same text and as often within 0.35 as the pairs of three real
+machines, on SmolLM2's answers to the consensus benchmark (``bench/consensus.py
+--simulate-noise``)."""
 MAJORITY_BP = BASIS_POINTS // 2 + 100
 """The smallest secPercentage recommended: a strict majority, in 100 bp steps."""
 CURVE_BP = tuple(range(1000, 5001, 500))
@@ -141,7 +145,7 @@ class Calibration:
     honest_agreement: float
     """Share of all honest pairs within sec_distance_bp (at least ``target``)."""
     honest_majority: bool
-    """Whether every prompt's answers reached a strict majority in one cluster."""
+    """Whether every request's answers reached a strict majority in one cluster."""
     other_prompt_acceptance: float | None
     """Share of pairs of answers to different prompts within sec_distance_bp, of the
     pairs whose texts differ; None with a single prompt (or no such pair)."""
