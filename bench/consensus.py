@@ -345,12 +345,14 @@ def compare_simulated(
     encoders: Encoders,
     *,
     threads: int,
+    most: int = 0,
 ) -> None:
     """``oracle calibrate``'s simulated machines against real ones: SmolLM2's answer sets
-    that two or more engines answered are answered again on this machine twice per
-    noise level, with ``LogitNoise`` seeds 1 and 2 (two simulated machines), and the
-    pairs compared with the engines' pairs of the same sets and seeds: the share that
-    are the same text, and that agree at the default secDistance."""
+    that two or more engines answered (the first ``most`` of them; 0: all) are answered
+    again on this machine twice per noise level, with ``LogitNoise`` seeds 1 and 2 (two
+    simulated machines), and the pairs compared with the engines' pairs of the same sets
+    and seeds: the share that are the same text, and that agree at the default
+    secDistance."""
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     from oracle.engine.llm import LlmRunner
     from oracle.engine.sampling import LogitNoise
@@ -365,7 +367,7 @@ def compare_simulated(
             runs := [e[key] for e in engines.values() if key in e and e[key].seeds == row.seeds]
         )
         >= 2
-    ]
+    ][: most or None]
     pairs: dict[tuple[str, int, str], list[tuple[str, str]]] = {}
     for row, runs in sets:
         where = (by_id[row.prompt_id].task, row.temperature_milli)
@@ -1630,7 +1632,10 @@ def parse_args() -> argparse.Namespace:
         "--simulate-noise",
         metavar="SIGMAS",
         help="comma-separated logit noise levels: answer SmolLM2's sets on two simulated "
-        "machines each and compare them with the engines' pairs (oracle calibrate), and stop",
+        "machines each and compare them with the engines' pairs (oracle calibrate)",
+    )
+    parser.add_argument(
+        "--simulate-sets", type=int, default=0, help="--simulate-noise: at most this many sets"
     )
     parser.add_argument(
         "--cache", type=Path, help="an .npz file keeping the embeddings between runs"
@@ -1641,7 +1646,13 @@ def parse_args() -> argparse.Namespace:
         help=f"write the centre file of {PROPOSED_SIGNAL} from the reference split, and stop",
     )
     add_smoke_flag(parser)
-    return apply_smoke(parser.parse_args(), prompts_per_task=2, variants=SERVED_VARIANTS)
+    return apply_smoke(
+        parser.parse_args(),
+        prompts_per_task=2,
+        variants=SERVED_VARIANTS,
+        simulate_noise="0.2",
+        simulate_sets=1,
+    )
 
 
 def select(prompts: Sequence[Prompt], per_task: int) -> list[Prompt]:
@@ -1719,12 +1730,18 @@ def main() -> None:
     engines = {label: load_answers(path) for label, path in engine_files().items()}
     for label, engine in engines.items():
         print(f"  same seeds on {label}: {sum(k in answers for k in engine)} answer sets")
+    encoders = Encoders(threads=args.threads, cache=args.cache)
     if args.simulate_noise:
         sigmas = [float(sigma) for sigma in args.simulate_noise.split(",")]
-        encoders = Encoders(threads=args.threads, cache=args.cache)
-        compare_simulated(prompts, answers, engines, sigmas, encoders, threads=args.llm_threads)
-        encoders.save()
-        return
+        compare_simulated(
+            prompts,
+            answers,
+            engines,
+            sigmas,
+            encoders,
+            threads=args.llm_threads,
+            most=args.simulate_sets,
+        )
     print(
         f"{len(prompts)} prompts ({task_counts(prompts)}), {len(TEMPERATURES_MILLI)} "
         f"temperatures x {len(SEEDS)} seeds, answers read from {args.answers.name} "
@@ -1734,7 +1751,6 @@ def main() -> None:
         answered = [p for p in prompts if (p.id, model, 200) in answers]
         counts = task_counts(answered)
         print(f"  {model}: {len(answered)} of {len(prompts)} prompts answered ({counts})")
-    encoders = Encoders(threads=args.threads, cache=args.cache)
     if args.build_centre:
         build_shipped_centre(prompts, answers, encoders)
         encoders.save()
