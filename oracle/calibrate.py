@@ -35,7 +35,7 @@ tips. ``DEFAULT_LOGIT_NOISE`` was chosen against answers of three real machines
 nodes that part at the first token: the worst case, as nodes drew before the shared seed.
 
 The calibration itself (``calibrate``) is pure; running the models is ``generate_answers``
-and reading the answers as a signal does is ``embed_answers`` (``answer_prompts``: both).
+and reading the answers as a signal does is ``embed_answers``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ __all__ = [
     "Calibration",
     "CalibrationAnswer",
     "CalibrationInputError",
-    "answer_prompts",
     "calibrate",
     "calibrate_command",
     "embed_answers",
@@ -290,36 +289,6 @@ def _closest(
 # --- running the models ---------------------------------------------------------------
 
 
-def answer_prompts(
-    prompts: Sequence[str],
-    *,
-    models: Sequence[str],
-    temperature_milli: int,
-    max_tokens: int,
-    seeds: Sequence[int],
-    embedding_model: str,
-    threads: int,
-    engines: int = 1,
-    logit_noise: float = 0.0,
-) -> list[CalibrationAnswer]:
-    """Every prompt answered by every model once per seed and simulated machine
-    (``engines`` of them, each with its own ``LogitNoise`` of ``logit_noise`` logits;
-    one and no noise: this machine as it is), embedded as nodes embed it
-    (``embedding_model`` may name a registered signal: its model reads each answer as
-    the signal does, bits against its centre)."""
-    answered = generate_answers(
-        prompts,
-        models=models,
-        temperature_milli=temperature_milli,
-        max_tokens=max_tokens,
-        seeds=seeds,
-        threads=threads,
-        engines=engines,
-        logit_noise=logit_noise,
-    )
-    return embed_answers(answered, embedding_model=embedding_model, threads=threads)
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Answered:
     """One generation: the request (prompt, seed), who answered it, and the text."""
@@ -342,7 +311,9 @@ def generate_answers(
     engines: int = 1,
     logit_noise: float = 0.0,
 ) -> list[Answered]:
-    """The models' answers, not yet embedded (``answer_prompts``)."""
+    """Every prompt answered by every model once per seed and simulated machine
+    (``engines`` of them, each with its own ``LogitNoise`` of ``logit_noise`` logits;
+    one and no noise: this machine as it is), not yet embedded."""
     from oracle.engine.llm import LlmRunner
     from oracle.engine.sampling import LogitNoise
 
@@ -382,7 +353,9 @@ def generate_answers(
 def embed_answers(
     answered: Sequence[Answered], *, embedding_model: str, threads: int
 ) -> list[CalibrationAnswer]:
-    """The answers as nodes reveal them for ``embedding_model`` (``answer_prompts``)."""
+    """The answers as nodes reveal them for ``embedding_model``, which may name a
+    registered signal: its model reads each answer as the signal does, bits against its
+    centre."""
     from oracle.consensus.signal import SIGNALS, digest_bits, load_centre
     from oracle.engine.embedder import Embedder
 

@@ -139,20 +139,20 @@ def test_calibrate_refuses_machines_that_cannot_part(option: str, value: str) ->
 def test_calibrate_reads_the_answers_as_a_registered_signal_does(signal_name: str) -> None:
     """The centred signal embeds what it reads against its centre; the exact one digests
     the first word, with no model run."""
-    from oracle.calibrate import answer_prompts
+    from oracle.calibrate import embed_answers, generate_answers
     from oracle.consensus.signal import SIGNALS, digest_bits, load_centre
     from oracle.engine.embedder import Embedder
 
     signal = SIGNALS[signal_name]
-    answers = answer_prompts(
+    answered = generate_answers(
         [PROMPTS[0]],
         models=["SmolLM2-135M-Instruct-Q4_1"],
         temperature_milli=200,
         max_tokens=12,
         seeds=[1, 2],
-        embedding_model=signal.name,
         threads=1,
     )
+    answers = embed_answers(answered, embedding_model=signal.name, threads=1)
     embedder = None if signal.exact else Embedder(signal.model)
     for answer in answers:
         read = signal.text(answer.prompt, answer.text)

@@ -24,11 +24,19 @@ def bits_with(ones: int, *, offset: int = 0) -> bytes:
     return value.to_bytes(DIM_BYTES, "big")
 
 
-def answers(prompt: str, bit_values: list[bytes], *, seed: int = 1) -> list[CalibrationAnswer]:
-    """One request (a prompt and a seed) answered on simulated machines 1, 2, ..."""
+def answers(
+    prompt: str, bit_values: list[bytes], *, seed: int = 1, texts: list[str] | None = None
+) -> list[CalibrationAnswer]:
+    """One request (a prompt and a seed) answered on simulated machines 1, 2, ... (texts:
+    each one's own unless given)."""
     return [
         CalibrationAnswer(
-            prompt=prompt, model="m", seed=seed, engine=i, text=f"{prompt} #{seed}.{i}", bits=b
+            prompt=prompt,
+            model="m",
+            seed=seed,
+            engine=i,
+            text=f"{prompt} #{seed}.{i}" if texts is None else texts[i - 1],
+            bits=b,
         )
         for i, b in enumerate(bit_values, start=1)
     ]
@@ -184,17 +192,11 @@ def test_answers_to_other_prompts_with_the_same_text_are_counted_apart() -> None
     refuse it, so what the threshold lets through counts the pairs whose texts differ,
     and the same-text share is reported beside it."""
 
-    def said(prompt: str, texts: list[str], bits: list[bytes]) -> list[CalibrationAnswer]:
-        return [
-            CalibrationAnswer(prompt=prompt, model="m", seed=1, engine=i, text=t, bits=b)
-            for i, (t, b) in enumerate(zip(texts, bits, strict=True), start=1)
-        ]
-
     no = bits_with(0)
     reason = bits_with(6)
     calibration = calibrate(
-        said("Is 9 prime?", ["No.", "no"], [no, no])
-        + said("Is 21 prime?", ["No.", "No, 21 = 3 x 7."], [no, reason]),
+        answers("Is 9 prime?", [no, no], texts=["No.", "no"])
+        + answers("Is 21 prime?", [no, reason], texts=["No.", "No, 21 = 3 x 7."]),
         target=0.5,
     )
     assert calibration.sec_distance_bp == 0
