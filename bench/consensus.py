@@ -337,6 +337,18 @@ def generate_on_engine(
     print(f"{label}: generated {done} answer sets in {time.perf_counter() - started:.0f} s")
 
 
+def same_sets(
+    engines: dict[str, dict[tuple[str, str, int], AnswerSet]], reference: AnswerSet
+) -> list[AnswerSet]:
+    """``reference`` as each engine answered it: the same prompt, model, temperature and
+    seeds (one request per seed, on each engine)."""
+    return [
+        engine[reference.key]
+        for engine in engines.values()
+        if reference.key in engine and engine[reference.key].seeds == reference.seeds
+    ]
+
+
 def compare_simulated(
     prompts: Sequence[Prompt],
     answers: dict[tuple[str, str, int], AnswerSet],
@@ -353,7 +365,6 @@ def compare_simulated(
     simulated machines), and the pairs compared with the engines' pairs of the same sets
     and seeds: the share that are the same text, and that agree at the default
     secDistance."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     from oracle.engine.llm import LlmRunner
     from oracle.engine.sampling import LogitNoise
 
@@ -361,12 +372,7 @@ def compare_simulated(
     sets = [
         (row, runs)
         for key, row in answers.items()
-        if key[1] == SMOLLM
-        and key[0] in by_id
-        and len(
-            runs := [e[key] for e in engines.values() if key in e and e[key].seeds == row.seeds]
-        )
-        >= 2
+        if key[1] == SMOLLM and key[0] in by_id and len(runs := same_sets(engines, row)) >= 2
     ][: most or None]
     pairs: dict[tuple[str, int, str], list[tuple[str, str]]] = {}
     for row, runs in sets:
@@ -883,12 +889,7 @@ def measure(
     }
     # the same answer sets on the other engines, seed by seed beside the reference's
     elsewhere_raw: dict[tuple[str, str, int], list[tuple[str, ...]]] = {
-        key: [
-            engine[key].texts
-            for engine in engines.values()
-            if key in engine and engine[key].seeds == answers[key].seeds
-        ]
-        for key in texts
+        key: [run.texts for run in same_sets(engines, answers[key])] for key in texts
     }
     elsewhere = {
         key: [[signal.text(by_id[key[0]].prompt, a) for a in run] for run in runs]
