@@ -227,8 +227,9 @@ def generate_answers(
     from oracle.engine.llm import LlmRunner
 
     have = load_answers(path)
-    if not path.is_file():
-        write_meta(path, threads)
+    if all((p.id, m, t) in have for p in prompts for m in models for t in TEMPERATURES_MILLI):
+        return
+    write_meta(path, threads)
     runners = {m: LlmRunner.from_registry(m, n_threads=threads, n_ctx=1024) for m in models}
     started, done = time.perf_counter(), 0
     try:
@@ -276,8 +277,6 @@ def generate_on_engine(
     from oracle.engine.models import lookup_llm
 
     have = load_answers(path)
-    if not path.is_file():
-        write_engine_meta(path, label, parallel=parallel, threads=threads, gpu_layers=gpu_layers)
     by_id = {p.id: p for p in prompts}
     started, done = time.perf_counter(), 0
     with path.open("a", encoding="utf-8") as out:
@@ -291,6 +290,10 @@ def generate_on_engine(
             ]
             if not todo:
                 continue
+            if not done:
+                write_engine_meta(
+                    path, label, parallel=parallel, threads=threads, gpu_layers=gpu_layers
+                )
             spec = lookup_llm(model)
             llm = BatchedLlm(spec, parallel=parallel, threads=threads, gpu_layers=gpu_layers)
             try:
@@ -455,34 +458,46 @@ def round_robin(prompts: Sequence[Prompt]) -> list[Prompt]:
 
 
 def write_meta(path: Path, threads: int) -> None:
-    from bench._common import package_version
-
-    meta = {
-        "generated_with": f"llama-cpp-python {package_version('llama-cpp-python')}",
-        "runner": "oracle.engine.llm.LlmRunner (the node's sampling settings), n_ctx 1024",
-        "threads": threads,
-        "completion_suffix": COMPLETION_SUFFIX,
-    }
-    path.write_text(json.dumps({"meta": meta}) + "\n", encoding="utf-8")
+    _append_meta(
+        path,
+        {
+            "runner": "oracle.engine.llm.LlmRunner (the node's sampling settings, coupled "
+            "sampling), n_ctx 1024",
+            "threads": threads,
+        },
+    )
 
 
 def write_engine_meta(
     path: Path, label: str, *, parallel: int, threads: int, gpu_layers: int
 ) -> None:
+    _append_meta(
+        path,
+        {
+            "engine": label,
+            "runner": "oracle.engine.batched.BatchedLlm (coupled sampling, the request's "
+            f"seed), parallel {parallel}, gpu_layers {gpu_layers}",
+            "threads": threads,
+        },
+    )
+
+
+def _append_meta(path: Path, meta: dict[str, object]) -> None:
+    """Say where the rows that follow come from: a file gains a meta line each time a run
+    appends to it, so rows generated on different machines or by different code stay told
+    apart (``load_answers`` skips meta lines)."""
     import platform
 
-    from bench._common import package_version
+    from bench._common import cpu_model, package_version
 
-    meta = {
-        "engine": label,
+    meta |= {
         "generated_with": f"llama-cpp-python {package_version('llama-cpp-python')}",
-        "runner": "oracle.engine.batched.BatchedLlm (coupled sampling, the request's seed), "
-        f"parallel {parallel}, gpu_layers {gpu_layers}",
-        "threads": threads,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} cores",
         "completion_suffix": COMPLETION_SUFFIX,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
-    path.write_text(json.dumps({"meta": meta}) + "\n", encoding="utf-8")
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps({"meta": meta}) + "\n")
 
 
 def as_record(row: AnswerSet) -> dict[str, object]:
