@@ -1216,16 +1216,24 @@ def print_shared(d: Distances, models: Sequence[str], engines: Sequence[str], bp
     print(f"\n## Honest pairs under the shared seed: one seed, two engines ({', '.join(engines)})")
     print(
         f"Per task type and model at secDistance {bp / BASIS_POINTS:.3f}: pairs of the same "
-        "answer set and seed on two engines that are the same text, and that agree; pairs of "
-        "independent seeds (one per node) that agree, for comparison"
+        "answer set and seed on two engines that are the same text, that say the same thing "
+        "(_verdict; the most a signal that keeps different verdicts apart can merge), and "
+        "that agree; pairs of independent seeds (one per node) that agree, for comparison"
     )
     nodes = max((len(m) for ms in d.shared_requests.values() for m in ms), default=0)
     print(
-        "| task | model | pairs | same text 0.2 / 0.7 | agree 0.2 / 0.7 "
+        "| task | model | pairs | same text 0.2 / 0.7 | same verdict 0.2 / 0.7 "
+        "| agree 0.2 / 0.7 "
         f"| independent seeds agree 0.2 / 0.7 | {nodes} nodes, one per engine: "
         f"{nodes - 1} agree 0.2 / 0.7 | all {nodes} 0.2 / 0.7 |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def same_verdict(group: Group) -> str:
+        same = len(d.shared_same_verdict_pairs.get(group, []))
+        parted = len(d.shared_other_verdict_pairs.get(group, []))
+        return _pct(same / (same + parted)) if same + parted else "-"
+
     for task in TASKS:
         for model in models:
             cold, hot = Group(task, model, 200), Group(task, model, 700)
@@ -1236,6 +1244,7 @@ def print_shared(d: Distances, models: Sequence[str], engines: Sequence[str], bp
                 f"| {task} | {names.get(model, model)} "
                 f"| {len(d.shared.get(cold, [])) + len(d.shared.get(hot, []))} "
                 f"| {' / '.join(_pct(float(np.mean(v))) if v else '-' for v in same)} "
+                f"| {same_verdict(cold)} / {same_verdict(hot)} "
                 f"| {_pct(within(d.shared.get(cold, []), bp))} / "
                 f"{_pct(within(d.shared.get(hot, []), bp))} "
                 f"| {_pct(within(d.honest.get(cold, []), bp))} / "
