@@ -1179,10 +1179,11 @@ def summarise(d: Distances, bp: int) -> Summary:
     )
 
 
-def best_point(d: Distances, *, shared: bool = False) -> tuple[int, Summary]:
+def best_point(d: Distances, *, shared: bool = False) -> tuple[int, Summary] | None:
     """The secDistance (0.005 steps) with the highest honest_short_min (``shared``: the
     highest shared_short_min, then shared_short_min_hot) whose other-prompt acceptance
-    stays within the goal; the lowest such distance on a tie."""
+    stays within the goal; the lowest such distance on a tie; None where even the
+    smallest lets in more (answers to other prompts with the honest answer's very text)."""
 
     def rank(summary: Summary) -> tuple[float, ...]:
         if shared:
@@ -1196,7 +1197,7 @@ def best_point(d: Distances, *, shared: bool = False) -> tuple[int, Summary]:
             break
         if best is None or rank(summary) > rank(best[1]):
             best = (bp, summary)
-    return best or (FINE_BP[0], summarise(d, FINE_BP[0]))
+    return best
 
 
 def shared_consensus(d: Distances, group: Group, bp: int, need: int) -> float:
@@ -1453,21 +1454,30 @@ def print_variants(results: dict[str, Distances]) -> None:
     print("|---" * (9 if shared else 8) + "|")
     for name, d in results.items():
         now = summarise(d, DEFAULT_SEC_DISTANCE_BP)
-        bp, best = best_point(d)
         row = (
             f"| {VARIANTS[name].name} | {_pct(now.honest_short_min)} / "
             f"{_pct(now.honest_short_min_hot)} | {_pct(now.other_prompt_max)} | "
-            f"{_pct(now.wrong_max)} | {bp / BASIS_POINTS:.3f} | {_pct(best.honest_short_min)} / "
-            f"{_pct(best.honest_short_min_hot)} | {_pct(best.other_prompt_max)} | "
-            f"{_pct(best.wrong_max)} |"
+            f"{_pct(now.wrong_max)} | "
         )
-        if shared:  # honest pairs: one seed on two engines
-            bp, best = best_point(d, shared=True)
+        if (found := best_point(d)) is None:
+            row += "none | - | - | - |"
+        else:
+            bp, best = found
             row += (
-                f" {_pct(now.shared_short_min)} / {_pct(now.shared_short_min_hot)}; "
-                f"{bp / BASIS_POINTS:.3f}, {_pct(best.shared_short_min)} / "
-                f"{_pct(best.shared_short_min_hot)}, o {_pct(best.other_prompt_max)} |"
+                f"{bp / BASIS_POINTS:.3f} | {_pct(best.honest_short_min)} / "
+                f"{_pct(best.honest_short_min_hot)} | {_pct(best.other_prompt_max)} | "
+                f"{_pct(best.wrong_max)} |"
             )
+        if shared:  # honest pairs: one seed on two engines
+            row += f" {_pct(now.shared_short_min)} / {_pct(now.shared_short_min_hot)}; "
+            if (found := best_point(d, shared=True)) is None:
+                row += "none |"
+            else:
+                bp, best = found
+                row += (
+                    f"{bp / BASIS_POINTS:.3f}, {_pct(best.shared_short_min)} / "
+                    f"{_pct(best.shared_short_min_hot)}, o {_pct(best.other_prompt_max)} |"
+                )
         print(row)
     print(
         "\nOver secDistance: honest short min at 0.2 / 0.7, other-prompt max (o), "
@@ -1793,12 +1803,18 @@ def report_today(today: Distances, engines: Sequence[str]) -> None:
     print(f"\n## Today's signal: {MINILM} sign bits of the answer, as nodes reveal them")
     if today.shared:
         print_shared(today, MODELS, engines, DEFAULT_SEC_DISTANCE_BP)
-        bp, best = best_point(today, shared=True)
-        print(
-            f"\nshared seed, best secDistance {bp / BASIS_POINTS:.3f}: "
-            f"honest short min {best.shared_short_min:.3f} / {best.shared_short_min_hot:.3f}, "
-            f"other max {best.other_prompt_max:.3f}, wrong max {best.wrong_max:.3f}"
-        )
+        if (point := best_point(today, shared=True)) is None:
+            print(
+                "\nshared seed: no secDistance keeps other prompts' answers within "
+                f"{OTHER_PROMPT_GOAL:.0%} for every task type, model and temperature"
+            )
+        else:
+            bp, best = point
+            print(
+                f"\nshared seed, best secDistance {bp / BASIS_POINTS:.3f}: honest short min "
+                f"{best.shared_short_min:.3f} / {best.shared_short_min_hot:.3f}, "
+                f"other max {best.other_prompt_max:.3f}, wrong max {best.wrong_max:.3f}"
+            )
         print_misses(today, MODELS, DEFAULT_SEC_DISTANCE_BP, "today's signal")
     print_curves(today, MODELS, DEFAULT_SEC_DISTANCE_BP)
     print_task_table(today, MODELS, DEFAULT_SEC_DISTANCE_BP)
