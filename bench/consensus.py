@@ -1096,12 +1096,16 @@ def build_shipped_centre(
     encoders.encode(signal.model, corpus)
     data = centre_bytes(build_centre(encoders.matrix(signal.model, corpus)))
     path = Path(str(resources.files("oracle.consensus").joinpath("centres", signal.centre_file)))
+    digest = hashlib.sha256(data).hexdigest()
+    what = f"the mean of {len(corpus)} answers to the reference split, sha256 {digest}"
+    if path.is_file() and path.read_bytes() != data:
+        # The shipped centre is registered by its hash (the signal's name carries it):
+        # another centre is another signal, never a silent replacement of this one.
+        path = path.with_name(path.name + ".new")
+        what += ", not the shipped centre's: a new signal would need a new name in SIGNALS"
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(data)
-    digest = hashlib.sha256(data).hexdigest()
-    print(
-        f"wrote {path}: the mean of {len(corpus)} answers to the reference split, sha256 {digest}"
-    )
+    print(f"wrote {path}: {what}")
 
 
 def _cluster_shares(honest: npt.NDArray[np.bool_]) -> list[float]:
