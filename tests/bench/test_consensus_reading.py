@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.consensus import Prompt, _says_the_same
+from bench.consensus import Distances, Group, Prompt, _says_the_same, best_point
 
 
 def prompt(task: str, key: str | None) -> Prompt:
@@ -40,3 +40,31 @@ def test_what_a_replay_says(
     task: str, key: str | None, replay: str, answer: str, same: bool
 ) -> None:
     assert _says_the_same(prompt(task, key), replay, answer) is same
+
+
+def distances(other: list[float]) -> Distances:
+    """Honest pairs spread evenly from 0 to 0.5 apart, and the given replays."""
+    honest = [i / 100 for i in range(51)]
+    groups = [Group("factual", "SmolLM2-135M-Instruct-Q4_1", t) for t in (200, 700)]
+    return Distances(
+        honest={g: honest for g in groups},
+        shared={g: honest for g in groups},
+        other={groups[0]: other},
+    )
+
+
+def test_the_best_secdistance_keeps_replays_within_the_goal() -> None:
+    # 1 replay in 20 within any threshold (5 %, the goal), the rest 0.40 apart
+    point = best_point(distances([0.0] + [0.40] * 19))
+    assert point is not None
+    bp, summary = point
+    # the most honest pairs before 0.40, where the replays come in; of 0.390 and 0.395,
+    # which merge as many (the pairs lie 0.01 apart), the lower
+    assert bp == 3900
+    assert summary.other_prompt_max <= 0.05
+
+
+def test_no_best_secdistance_where_replays_are_the_honest_text() -> None:
+    # 2 replays in 20 are the honest answer word for word: in at every threshold
+    assert best_point(distances([0.0, 0.0] + [0.40] * 18)) is None
+    assert best_point(distances([0.0, 0.0] + [0.40] * 18), shared=True) is None
