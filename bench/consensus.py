@@ -227,23 +227,26 @@ def generate_answers(
     from oracle.engine.llm import LlmRunner
 
     have = load_answers(path)
-    if all((p.id, m, t) in have for p in prompts for m in models for t in TEMPERATURES_MILLI):
+    todo = [
+        (prompt, model, temperature)
+        for prompt in round_robin(prompts)
+        for model in models
+        for temperature in TEMPERATURES_MILLI
+        if (prompt.id, model, temperature) not in have
+    ]
+    if not todo:
         return
     write_meta(path, threads)
     runners = {m: LlmRunner.from_registry(m, n_threads=threads, n_ctx=1024) for m in models}
     started, done = time.perf_counter(), 0
     try:
         with path.open("a", encoding="utf-8") as out:
-            for prompt in round_robin(prompts):
-                for model, runner in runners.items():
-                    for temperature in TEMPERATURES_MILLI:
-                        if (prompt.id, model, temperature) in have:
-                            continue
-                        answer_set = answer(runner, prompt, temperature)
-                        out.write(json.dumps(as_record(answer_set), ensure_ascii=False) + "\n")
-                        out.flush()
-                        done += 1
-                if done and done % 40 == 0:
+            for prompt, model, temperature in todo:
+                answer_set = answer(runners[model], prompt, temperature)
+                out.write(json.dumps(as_record(answer_set), ensure_ascii=False) + "\n")
+                out.flush()
+                done += 1
+                if done % 40 == 0:
                     print(
                         f"  {done} answer sets, {time.perf_counter() - started:.0f} s", flush=True
                     )
